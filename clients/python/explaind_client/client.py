@@ -1,0 +1,165 @@
+"""A small typed wrapper over the generated stubs: build requests from Python values, get numpy back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from .tensors import from_proto, to_proto
+from .v1 import explaind_pb2 as pb
+from .v1 import explaind_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    label: str
+    probability: float
+    logit: float | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    attribution: np.ndarray
+    target_class: int
+    target_label: str
+    top_classes: list[ClassScore]
+    heatmap_png: bytes
+    stats: dict[str, Any]
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    rows_done: int
+    rows_total: int
+    fraction: float
+    stage: str = ""
+
+
+@dataclass
+class RenderSpec:
+    """Ask for a heatmap PNG; names as in the proto enums (case-insensitive)."""
+
+    colormap: str = ""
+    polarity: str = ""
+    overlay: str = ""
+    clip_percentile: float | None = None
+    clip_percentile_low: float | None = None
+    alpha: float | None = None
+
+    def to_proto(self) -> pb.Render:
+        render = pb.Render()
+        if self.colormap:
+            render.colormap = pb.Colormap.Value(self.colormap.upper())
+        if self.polarity:
+            render.polarity = pb.Polarity.Value(self.polarity.upper())
+        if self.overlay:
+            render.overlay = pb.Overlay.Value(self.overlay.upper())
+        for name in ("clip_percentile", "clip_percentile_low", "alpha"):
+            if getattr(self, name) is not None:
+                setattr(render, name, getattr(self, name))
+        return render
+
+
+def build_request(model: str, *, method: str, params: Mapping[str, Any] | None = None,
+                  image: bytes | str | Path | None = None, tensor: np.ndarray | None = None,
+                  target: int | str | None = None, score: str = "", seed: int = 0,
+                  render: RenderSpec | bool | None = None) -> pb.ExplainRequest:
+    """An ExplainRequest from plain values; `params` are the method message's fields."""
+    request = pb.ExplainRequest(model=model, seed=seed)
+    if image is not None:
+        request.image = image if isinstance(image, bytes) else Path(image).read_bytes()
+    if tensor is not None:
+        request.tensor.CopyFrom(to_proto(np.asarray(tensor)))
+    if isinstance(target, bool):
+        raise TypeError("target must be a class index or a label")
+    if isinstance(target, (int, np.integer)):
+        request.target.class_index = int(target)
+    elif isinstance(target, str):
+        request.target.label = target
+    if score:
+        request.score = pb.Score.Value(score.upper())
+    if render:
+        request.render.CopyFrom((render if isinstance(render, RenderSpec) else RenderSpec()).to_proto())
+    method_message = getattr(request, method)  # AttributeError names an unknown method
+    method_message.SetInParent()
+    for name, value in (params or {}).items():
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            getattr(method_message, name).extend(value)
+        else:
+            setattr(method_message, name, value)
+    return request
+
+
+def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) -> Explanation:
+    return Explanation(
+        attribution=from_proto(response.attribution),
+        target_class=response.target_class,
+        target_label=response.target_label,
+        top_classes=[ClassScore(c.class_index, c.label, c.probability, c.logit if c.HasField("logit") else None)
+                     for c in response.top_classes],
+        heatmap_png=response.heatmap_png,
+        stats=MessageToDict(response.stats, preserving_proto_field_name=True),
+        partial=partial,
+    )
+
+
+class ExplaindClient:
+    """Blocking client. Use as a context manager or call close()."""
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, channel: grpc.Channel | None = None) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        self.channel = channel or grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.ExplainerStub(self.channel)
+        self.timeout = timeout
+
+    def explain(self, model: str, *, method: str, timeout: float | None = None, **kwargs: Any) -> Explanation:
+        """One explanation; keyword arguments as build_request's."""
+        request = build_request(model, method=method, **kwargs)
+        return explanation_from_proto(self.stub.Explain(request, timeout=timeout or self.timeout))
+
+    def explain_stream(self, model: str, *, method: str, timeout: float | None = None,
+                       **kwargs: Any) -> Iterator[Progress | Explanation]:
+        """Progress, partial explanations (partial=True), then the final explanation."""
+        request = build_request(model, method=method, **kwargs)
+        for update in self.stub.ExplainStream(request, timeout=timeout or self.timeout):
+            kind = update.WhichOneof("kind")
+            if kind == "progress":
+                p = update.progress
+                yield Progress(p.rows_done, p.rows_total, p.fraction, p.stage)
+            elif kind == "partial":
+                yield explanation_from_proto(update.partial, partial=True)
+            elif kind == "result":
+                yield explanation_from_proto(update.result)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def get_model(self, name: str) -> pb.ModelInfo:
+        return self.stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout)
+
+    def list_methods(self, model: str = "") -> list[pb.MethodInfo]:
+        return list(self.stub.ListMethods(pb.ListMethodsRequest(model=model), timeout=self.timeout).methods)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "ExplaindClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["ClassScore", "Explanation", "ExplaindClient", "Progress", "RenderSpec", "build_request",
+           "explanation_from_proto"]

@@ -1,0 +1,157 @@
+"""proto <-> domain conversions, and nothing else."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from explaind_client.tensors import from_proto, to_proto
+from explaind_client.v1 import explaind_pb2 as pb
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from ..errors import InvalidArgument
+from ..explainer import Explanation, ExplainQuery
+from ..methods.base import Method
+from ..models.repository import ModelEntry
+from ..render import RenderOptions
+
+SCORES = {pb.SCORE_UNSPECIFIED: "", pb.PROBABILITY: "probability", pb.LOGIT: "logit"}
+SCORE_ENUM = {"probability": pb.PROBABILITY, "logit": pb.LOGIT}
+POLARITY = {pb.POLARITY_UNSPECIFIED: "positive", pb.POSITIVE: "positive", pb.NEGATIVE: "negative",
+            pb.BOTH: "both", pb.ABSOLUTE: "absolute"}
+OVERLAY = {pb.OVERLAY_UNSPECIFIED: "original", pb.ORIGINAL: "original", pb.GRAYSCALE: "grayscale",
+           pb.HEATMAP_ONLY: "heatmap_only"}
+KINDS = {"image": pb.IMAGE, "tabular": pb.TABULAR}
+NEEDS = {"FORWARD": pb.FORWARD, "INPUT_GRADIENTS": pb.INPUT_GRADIENTS, "LAYER_GRADIENTS": pb.LAYER_GRADIENTS}
+
+
+def enum_value(enum: Any, field: str, value: int, known: dict[int, Any]) -> Any:
+    if value not in known:
+        raise InvalidArgument(field, f"one of {', '.join(enum.Name(v) for v in known)}", value)
+    return known[value]
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """The fields a client set, as plain Python values (repeated fields as lists)."""
+    return {f.name: list(v) if f.label == f.LABEL_REPEATED else v for f, v in message.ListFields()}
+
+
+def explain_query(request: pb.ExplainRequest) -> ExplainQuery:
+    query = ExplainQuery(model=request.model, seed=request.seed)
+    input_kind = request.WhichOneof("input")
+    if input_kind == "tensor":
+        try:
+            query.tensor = from_proto(request.tensor)
+        except ValueError as exc:
+            raise InvalidArgument(*_split(str(exc))) from None
+    elif input_kind == "image":
+        query.image = request.image
+    if request.HasField("target"):
+        which = request.target.WhichOneof("kind")
+        if which == "class_index":
+            query.target_index = request.target.class_index
+        elif which == "label":
+            query.target_label = request.target.label
+    query.score = enum_value(pb.Score, "score", request.score, SCORES)
+    method = request.WhichOneof("method")
+    if method:
+        query.method = method
+        query.params = message_fields(getattr(request, method))
+    if request.HasField("render"):
+        r = request.render
+        colormap = "" if r.colormap == pb.COLORMAP_UNSPECIFIED else _enum_name(pb.Colormap, "render.colormap", r.colormap)
+        query.render = RenderOptions(
+            colormap=colormap.lower(),
+            polarity=enum_value(pb.Polarity, "render.polarity", r.polarity, POLARITY),
+            overlay=enum_value(pb.Overlay, "render.overlay", r.overlay, OVERLAY),
+            clip_percentile=r.clip_percentile if r.HasField("clip_percentile") else 99.9,
+            clip_percentile_low=r.clip_percentile_low if r.HasField("clip_percentile_low") else None,
+            alpha=r.alpha if r.HasField("alpha") else 0.5)
+    return query
+
+
+def _enum_name(enum: Any, field: str, value: int) -> str:
+    try:
+        return enum.Name(value)
+    except ValueError:
+        raise InvalidArgument(field, f"one of {', '.join(enum.keys()[1:])}", value) from None
+
+
+def _split(message: str) -> tuple[str, str, str]:
+    """'field: expected X, got Y' (explaind_client's ValueError text) -> (field, X, Y)."""
+    field, _, rest = message.partition(": expected ")
+    expected, _, got = rest.partition(", got ")
+    return field, expected, got
+
+
+def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update({k: _plain(v) for k, v in values.items()})
+    return struct
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def explain_response(result: Explanation) -> pb.ExplainResponse:
+    s = result.stats
+    stats = pb.Stats(seed=s["seed"], model_evaluations=s["model_evaluations"], batches=s["batches"],
+                     queue_seconds=s["queue_seconds"], compute_seconds=s["compute_seconds"],
+                     total_seconds=s["total_seconds"], model_sha256=s["model_sha256"], method=s["method"],
+                     parameters=to_struct(s["parameters"]), score=SCORE_ENUM[s["score"]])
+    top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
+                         **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
+    return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
+                              target_class=result.target_class, target_label=result.target_label,
+                              top_classes=top, heatmap_png=result.heatmap_png, stats=stats)
+
+
+def tensor_info(spec: Any) -> pb.TensorInfo:
+    dtypes = {np.dtype(np.float32): pb.FLOAT32, np.dtype(np.float64): pb.FLOAT64, np.dtype(np.float16): pb.FLOAT16,
+              np.dtype(np.int64): pb.INT64, np.dtype(np.int32): pb.INT32, np.dtype(np.int16): pb.INT16,
+              np.dtype(np.int8): pb.INT8, np.dtype(np.uint8): pb.UINT8, np.dtype(bool): pb.BOOL}
+    return pb.TensorInfo(name=spec.name, dtype=dtypes.get(np.dtype(spec.dtype), pb.DATA_TYPE_UNSPECIFIED),
+                         shape=list(spec.shape))
+
+
+def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=entry.name, status=pb.READY if entry.ready else pb.FAILED, reason=entry.reason,
+                        sha256=entry.sha256)
+    if entry.config is not None:
+        info.kind = KINDS.get(entry.config.kind, pb.MODEL_KIND_UNSPECIFIED)
+    if not entry.ready:
+        return info
+    config = entry.config
+    info.inputs.extend(tensor_info(t) for t in entry.inputs)
+    info.outputs.extend(tensor_info(t) for t in entry.outputs)
+    info.labels.extend(entry.labels)
+    info.methods.extend(methods)
+    info.scores = config.scores
+    info.num_classes = entry.num_classes
+    info.max_batch_rows = max_batch_rows
+    info.max_delay_ms = max_delay_ms
+    if config.kind == "tabular":
+        info.num_features = entry.example_shape[0]
+    elif entry.preprocess is not None:
+        pre = entry.preprocess
+        info.preprocess.CopyFrom(pb.Preprocess(size=list(pre.size or ()), scale=pre.scale, mean=list(pre.mean or ()),
+                                               std=list(pre.std or ()), layout=config.layout))
+    return info
+
+
+def method_info(method: Method) -> pb.MethodInfo:
+    return pb.MethodInfo(
+        name=method.name, title=method.title, description=method.description, reference=method.reference,
+        needs=NEEDS[method.needs], kinds=[KINDS[k] for k in sorted(method.kinds)],
+        default_score=SCORE_ENUM[method.default_score],
+        parameters=[pb.ParameterInfo(name=p.name, type=p.type, default_value=p.default, description=p.description)
+                    for p in method.parameters])

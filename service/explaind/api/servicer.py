@@ -1,0 +1,155 @@
+"""The Explainer gRPC service: a thin layer over explaind.explainer.
+
+Every error becomes a gRPC status here and only here: an ExplaindError maps to its code with its
+message; anything else is a bug, logged with its traceback and answered INTERNAL. Nothing a request
+does can take the server down, and no call ends with UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+from explaind_client.v1 import explaind_pb2 as pb
+from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
+
+from ..errors import ExplaindError, Unavailable
+from ..explainer import Explainer, Explanation
+from ..metrics import Metrics
+from . import convert
+
+log = logging.getLogger(__name__)
+
+
+class ExplainerServicer(pb_grpc.ExplainerServicer):
+    def __init__(self, explainer: Explainer, metrics: Metrics) -> None:
+        self.explainer = explainer
+        self.metrics = metrics
+        self.accepting = True
+
+    # Explain ------------------------------------------------------------------------------------
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        async with self._call(request, context):
+            query = convert.explain_query(request)
+            result = await self.explainer.explain(query, deadline=_deadline(context))
+            return convert.explain_response(result)
+
+    async def ExplainStream(self, request: pb.ExplainRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExplainUpdate]:
+        updates: asyncio.Queue[pb.ExplainUpdate | None] = asyncio.Queue()
+
+        def progress(done: int, total: int) -> None:
+            updates.put_nowait(pb.ExplainUpdate(progress=pb.Progress(
+                rows_done=done, rows_total=total, fraction=done / max(total, 1), stage="explaining")))
+
+        def partial(result: Explanation) -> None:
+            updates.put_nowait(pb.ExplainUpdate(partial=convert.explain_response(result)))
+
+        async with self._call(request, context):
+            query = convert.explain_query(request)
+            self.explainer.prepare(query)  # refuse bad requests before the stream starts
+            task = asyncio.ensure_future(self.explainer.explain(
+                query, deadline=_deadline(context), on_progress=progress, on_partial=partial))
+            task.add_done_callback(lambda _: updates.put_nowait(None))
+            try:
+                while (update := await updates.get()) is not None:
+                    yield update
+                yield pb.ExplainUpdate(result=convert.explain_response(task.result()))
+            finally:
+                task.cancel()
+
+    # Models and methods -------------------------------------------------------------------------
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        async with self._guard(context):
+            return pb.ListModelsResponse(models=[self._model_info(e) for e in self.explainer.repository.list()])
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        async with self._guard(context):
+            return self._model_info(self.explainer.repository.get(request.name))
+
+    async def ListMethods(self, request: pb.ListMethodsRequest, context: grpc.aio.ServicerContext) -> pb.ListMethodsResponse:
+        async with self._guard(context):
+            methods = self.explainer.methods
+            if request.model:
+                names = self.explainer.methods_for(self.explainer.ready_entry(request.model))
+                selected = [methods[n] for n in names]
+            else:
+                selected = list(methods.values())
+            return pb.ListMethodsResponse(methods=[convert.method_info(m) for m in selected])
+
+    def _model_info(self, entry) -> pb.ModelInfo:  # type: ignore[no-untyped-def]
+        if entry.ready:
+            served = self.explainer.served(entry)
+            return convert.model_info(entry, self.explainer.methods_for(entry), served.max_batch_rows,
+                                      served.max_delay_ms)
+        return convert.model_info(entry, [], 0, 0.0)
+
+    # Error mapping ------------------------------------------------------------------------------
+
+    def _guard(self, context: grpc.aio.ServicerContext) -> "_ErrorMapper":
+        return _ErrorMapper(self, context, None)
+
+    def _call(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> "_ErrorMapper":
+        return _ErrorMapper(self, context, request)
+
+
+class _ErrorMapper:
+    """Async context manager: refuses calls while shutting down, maps errors, records metrics."""
+
+    def __init__(self, servicer: ExplainerServicer, context: grpc.aio.ServicerContext,
+                 request: pb.ExplainRequest | None) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.request = request
+        self.started = time.monotonic()
+
+    async def __aenter__(self) -> None:
+        if not self.servicer.accepting:
+            await self._abort(Unavailable("the server is shutting down; retry on another instance"))
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        code = grpc.StatusCode.OK
+        if exc is None:
+            pass
+        elif isinstance(exc, ExplaindError):
+            code = exc.code
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            code = grpc.StatusCode.CANCELLED
+        elif isinstance(exc, grpc.aio.AbortError):
+            return False
+        else:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("internal error", exc_info=exc)
+        self._record(code)
+        if exc is None or isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            return False
+        if isinstance(exc, ExplaindError):
+            await self._abort(exc)
+        await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); "
+                                 "this is a bug in explaind, please report it")
+        return False
+
+    async def _abort(self, error: ExplaindError) -> None:
+        await self.context.abort(error.code, error.message)
+
+    def _record(self, code: grpc.StatusCode) -> None:
+        if self.request is None:
+            return
+        model = self.request.model if self.servicer.explainer.is_model(self.request.model) else "(unknown)"
+        method = self.request.WhichOneof("method") or "(none)"
+        seconds = time.monotonic() - self.started
+        self.servicer.metrics.requests.labels(model, method, code.name).inc()
+        if code == grpc.StatusCode.OK:
+            self.servicer.metrics.request_seconds.labels(model, method).observe(seconds)
+        log.info("explain", extra={"model": model, "method": method, "code": code.name,
+                                   "seconds": round(seconds, 4)})
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

@@ -1,0 +1,97 @@
+"""All of the server's configuration in one typed settings object.
+
+Every field can be set by a command-line flag (``--max-batch-rows 64``) or an environment variable
+(``EXPLAIND_MAX_BATCH_ROWS=64``); a flag wins over the environment, the environment over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ENV_PREFIX = "EXPLAIND_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server listens on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_port: int = field(default=9090, metadata={"help": "Prometheus /metrics port, -1 to disable"})
+    repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
+    providers: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: CUDA when onnxruntime has it)"})
+    intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime CPU threads per session, 0: all cores"})
+    max_batch_rows: int = field(default=64, metadata={"help": "rows per engine batch (model.yaml may override)"})
+    max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
+    max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
+    max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
+    max_rows_per_request: int = field(default=200_000, metadata={"help": "model evaluations one request may ask for"})
+    max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
+    max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
+    max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
+    max_image_pixels: int = field(default=4096 * 4096, metadata={"help": "largest decoded image, in pixels"})
+    max_model_bytes: int = field(default=2 << 30, metadata={"help": "largest model.onnx plus external data"})
+    grace_period_s: float = field(default=30.0, metadata={"help": "on SIGTERM, time for requests in flight"})
+    partial_every: float = field(default=0.1, metadata={"help": "stream a partial map every this fraction"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
+    log_format: str = field(default="json", metadata={"help": "json | text"})
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+        for name in ("max_batch_rows", "max_queued_rows", "max_queued_jobs", "max_rows_per_request",
+                     "max_num_masks", "max_message_bytes", "max_image_bytes", "max_image_pixels",
+                     "max_model_bytes"):
+            positive(name)
+        if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0:
+            raise ValueError("max_delay_ms, grace_period_s and intra_op_threads must be >= 0")
+        if not 0 < self.partial_every <= 1:
+            raise ValueError(f"partial_every must be in (0, 1], got {self.partial_every}")
+        if self.providers not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"providers must be auto, cpu or cuda, got {self.providers!r}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
+
+    @property
+    def repository_path(self) -> Path:
+        if self.repository:
+            return Path(self.repository)
+        return Path(__file__).resolve().parent / "demo" / "repository"
+
+    @property
+    def threads(self) -> int:
+        return self.intra_op_threads or (os.cpu_count() or 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field, defaulting to None so that unset flags fall through to the env."""
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} "
+                            f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})")
+
+
+def load_settings(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment variables, then defaults; validated."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Settings):
+        kind = type(f.default)
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif ENV_PREFIX + f.name.upper() in env:
+            raw = env[ENV_PREFIX + f.name.upper()]
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: expected {kind.__name__}, got {raw!r}") from None
+    settings = Settings(**values)  # type: ignore[arg-type]
+    settings.validate()
+    return settings

@@ -1,0 +1,98 @@
+"""Runners: onnxruntime sessions that execute one batch at a time, off the event loop.
+
+Each device has one worker thread (`Device.executor`); every scheduler on that device submits its
+batches there, so batches of different variants take turns instead of fighting over cores, and
+onnxruntime (which releases the GIL) leaves the event loop free to form the next batch.
+With CUDA the runner binds inputs and outputs through IOBinding and keeps per-job constants
+resident on the device while the same jobs keep sharing batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import Settings
+from ..onnxgraph.builder import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Device:
+    """Where sessions run: "cpu" or "cuda", with the single thread that feeds it."""
+
+    kind: str
+    executor: concurrent.futures.ThreadPoolExecutor
+    device_id: int = 0
+
+    @property
+    def providers(self) -> list[str | tuple[str, dict[str, object]]]:
+        if self.kind == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+
+def choose_device(settings: Settings) -> Device:
+    available = ort.get_available_providers()
+    if settings.providers == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError(f"providers=cuda but onnxruntime offers only {available}; install the gpu extra")
+    kind = "cuda" if settings.providers != "cpu" and "CUDAExecutionProvider" in available else "cpu"
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explaind-{kind}")
+    return Device(kind, executor)
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+class Runner:
+    """One variant's session. `run` is called from the device thread only.
+
+    Feeds and outputs are named as the variant's interface names them; in the graph they carry
+    explaind's namespace so they cannot collide with the model's own tensor names.
+    """
+
+    def __init__(self, model_bytes: bytes, outputs: tuple[str, ...], constants: tuple[str, ...],
+                 device: Device, settings: Settings, io_binding: bool | None = None) -> None:
+        self.session = ort.InferenceSession(model_bytes, sess_options=session_options(settings),
+                                            providers=device.providers)
+        self.outputs = list(outputs)
+        self._graph_outputs = [NAMESPACE + name for name in outputs]
+        self.constants = constants
+        self.device = device
+        self.io_binding = device.kind == "cuda" if io_binding is None else io_binding
+        # (name, job ids) -> OrtValue already on the device, for constants reused batch after batch.
+        self._resident: dict[str, tuple[tuple[int, ...], ort.OrtValue]] = {}
+
+    def run(self, feed: dict[str, np.ndarray], slot_ids: tuple[int, ...]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return self.session.run(self._graph_outputs, {NAMESPACE + k: v for k, v in feed.items()})
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            if name in self.constants:
+                binding.bind_ortvalue_input(NAMESPACE + name, self._resident_value(name, slot_ids, array))
+            else:
+                binding.bind_cpu_input(NAMESPACE + name, np.ascontiguousarray(array))
+        for name in self._graph_outputs:
+            binding.bind_output(name, self.device.kind, self.device.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _resident_value(self, name: str, slot_ids: tuple[int, ...], array: np.ndarray) -> ort.OrtValue:
+        cached = self._resident.get(name)
+        if cached is not None and cached[0] == slot_ids:
+            return cached[1]
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device.kind, self.device.device_id)
+        self._resident[name] = (slot_ids, value)
+        return value

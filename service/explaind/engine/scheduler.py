@@ -1,0 +1,228 @@
+"""The row-budget scheduler of one (model, variant, device).
+
+Batches are formed by rows, not requests: up to `max_batch_rows`, waiting at most `max_delay_s` for
+more, taken round-robin across active jobs in fair shares so a 10,000-row job cannot starve a 20-row
+one. Per-job constants are stacked (one slot per job in the batch) and each row carries its slot
+index, so rows of different requests share a batch. At most two batches are in flight: one running
+on the device while the next is formed. Results are handed back in batch order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from ..errors import DeadlineExceeded, ExplaindError
+from ..onnxgraph.variants import VariantInterface
+from .job import Job, RowChunk, chunk_rows
+from .runner import Device, Runner
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = 2
+
+
+@dataclass
+class Batch:
+    jobs: list[Job]
+    codes: list[RowChunk]  # one per job, contiguous in the batch
+    feed: dict[str, np.ndarray]
+    rows: int
+    formed_at: float
+
+
+class QueueAccount:
+    """Rows and jobs queued across all schedulers, against the configured bounds."""
+
+    def __init__(self, max_rows: int, max_jobs: int) -> None:
+        self.max_rows = max_rows
+        self.max_jobs = max_jobs
+        self.rows = 0
+        self.jobs = 0
+
+
+class Scheduler:
+    def __init__(self, *, model: str, variant: str, interface: VariantInterface,
+                 runner_factory: Callable[[], Awaitable[Runner]], device: Device,
+                 max_batch_rows: int, max_delay_s: float, account: QueueAccount,
+                 on_batch: Callable[[str, str, int, int, float], None] | None = None,
+                 on_queue: Callable[[str, str, int, int], None] | None = None) -> None:
+        self.model = model
+        self.variant = variant
+        self.interface = interface
+        self.device = device
+        self.max_batch_rows = max_batch_rows
+        self.max_delay_s = max_delay_s
+        self._account = account
+        self._runner_factory = runner_factory
+        self._runner: Runner | None = None
+        self._runner_lock = asyncio.Lock()
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
+        self._previous_delivery: asyncio.Future[None] | None = None
+        self._on_batch = on_batch
+        self._on_queue = on_queue
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {model}/{variant}")
+
+    # Jobs ---------------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        job.submitted_at = time.monotonic()
+        self._jobs.append(job)
+        self._report_queue()
+        self._wakeup.set()
+
+    def drop(self, job: Job) -> None:
+        """Forget a job's pending rows (cancelled or expired); rows in flight are discarded."""
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self._account.rows -= job.untaken
+            self._account.jobs -= 1
+            self._report_queue()
+
+    def queued_rows(self) -> int:
+        return sum(job.remaining for job in self._jobs)
+
+    def _report_queue(self) -> None:
+        if self._on_queue:
+            self._on_queue(self.model, self.variant, self.queued_rows(), len(self._jobs))
+
+    # Loop ---------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            self._expire()
+            if not self._jobs:
+                continue
+            await self._wait_for_rows()
+            await self._in_flight.acquire()
+            self._expire()
+            batch = self._form_batch()
+            if batch is None:
+                self._in_flight.release()
+                continue
+            previous, self._previous_delivery = self._previous_delivery, asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._execute(batch, previous, self._previous_delivery))
+            if self._jobs:
+                self._wakeup.set()
+
+    async def _wait_for_rows(self) -> None:
+        """Wait up to max_delay for a full batch when fewer rows than that are queued."""
+        end = time.monotonic() + self.max_delay_s
+        while self.queued_rows() < self.max_batch_rows:
+            timeout = end - time.monotonic()
+            if timeout <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                return
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._jobs if j.finished or j.expired(now)]:
+            if not job.finished:
+                job.fail(DeadlineExceeded(f"the request's deadline passed with {job.remaining} of "
+                                          f"{job.total_rows} model evaluations still queued"))
+            self.drop(job)
+
+    def _form_batch(self) -> Batch | None:
+        """Take rows round-robin in fair shares until the batch is full or no rows are left."""
+        capacity = self.max_batch_rows
+        taken: dict[Job, list[RowChunk]] = {}
+        active = [job for job in self._jobs if job.remaining > 0]
+        while capacity > 0 and active:
+            share = max(1, capacity // len(active))
+            still_active = []
+            for job in active:
+                if capacity == 0:
+                    break
+                chunk = job.take(min(share, capacity))
+                n = chunk_rows(chunk)
+                capacity -= n
+                self._account.rows -= n
+                taken.setdefault(job, []).append(chunk)
+                if job.remaining > 0:
+                    still_active.append(job)
+            active = still_active
+        for job in [j for j in self._jobs if j.remaining == 0]:
+            self._jobs.remove(job)
+            self._account.jobs -= 1
+        self._jobs.rotate(-1)
+        self._report_queue()
+        if not taken:
+            return None
+        jobs = list(taken)
+        codes = [chunks[0] if len(chunks) == 1 else {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+                 for chunks in taken.values()]
+        counts = [chunk_rows(c) for c in codes]
+        now = time.monotonic()
+        for job in jobs:
+            if not job.started:
+                job.started = True
+                job.stats.queue_seconds = now - job.submitted_at
+        feed = {name: np.stack([job.constants[name] for job in jobs]) for name in self.interface.constants}
+        feed["job_index"] = np.repeat(np.arange(len(jobs), dtype=np.int64), counts)
+        for name in self.interface.codes:
+            feed[name] = np.concatenate([c[name] for c in codes])
+        return Batch(jobs, codes, feed, sum(counts), now)
+
+    async def _runner_ready(self) -> Runner:
+        async with self._runner_lock:
+            if self._runner is None:
+                self._runner = await self._runner_factory()
+            return self._runner
+
+    async def _execute(self, batch: Batch, previous: asyncio.Future[None] | None,
+                       delivered: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            runner = await self._runner_ready()
+            started = time.monotonic()
+            slot_ids = tuple(job.id for job in batch.jobs)
+            outputs = await loop.run_in_executor(self.device.executor, runner.run, batch.feed, slot_ids)
+            seconds = time.monotonic() - started
+            if previous is not None:
+                await previous
+            self._deliver(batch, dict(zip(runner.outputs, outputs)), seconds)
+        except Exception as exc:
+            log.exception("batch of %s/%s failed", self.model, self.variant) if not isinstance(exc, ExplaindError) else None
+            for job in batch.jobs:
+                job.fail(exc)
+        finally:
+            delivered.set_result(None)
+            self._in_flight.release()
+
+    def _deliver(self, batch: Batch, outputs: dict[str, np.ndarray], seconds: float) -> None:
+        if self._on_batch:
+            self._on_batch(self.model, self.variant, batch.rows, len(batch.jobs), seconds)
+        start = 0
+        for slot, (job, codes) in enumerate(zip(batch.jobs, batch.codes)):
+            n = chunk_rows(codes)
+            job.stats.batches += 1
+            job.stats.rows += n
+            job.stats.compute_seconds += seconds * n / batch.rows
+            row_outputs = {name: outputs[name][start : start + n] for name in self.interface.row_outputs}
+            slot_outputs = {name: outputs[name][slot] for name in self.interface.slot_outputs}
+            job.deliver(codes, row_outputs, slot_outputs)
+            start += n
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        for job in list(self._jobs):
+            job.fail(ExplaindError("the engine stopped"))
+            self.drop(job)

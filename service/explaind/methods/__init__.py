@@ -1,0 +1,1 @@
+"""Explanation methods: one module per method, sharing methods.base."""

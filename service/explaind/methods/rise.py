@@ -1,0 +1,83 @@
+"""RISE: Randomized Input Sampling for Explanation (Petsiuk, Das & Saenko, BMVC 2018).
+
+saliency = sum_i f_c(x * m_i + baseline * (1 - m_i)) m_i / (N p), with N masks m_i made from
+random s x s binary grids (each cell kept with probability p) upsampled bilinearly to
+(s + 1) * ceil(size / s) and cropped at a random shift in [0, cell) per axis (TorchRay / the
+reference code eclique/RISE; the upsampling uses torch's align_corners=False convention).
+Defaults: N = 4000, s = 7, p = 0.5, baseline 0 in model input space, score = probability.
+Masks are built in the graph from the grid and shift codes, and each batch's sum of score-weighted
+masks is reduced in the graph too, so host memory and transfers stay small whatever N is.
+Partial maps divide the running sum by the masks seen so far instead of N.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import Settings
+from ..errors import InvalidArgument
+from ..onnxgraph.rise import cell_size
+from ..onnxgraph.variants import MASK_SUM_OUTPUT, RISE, VariantSpec
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, chunked, float_param, int_param
+
+CHUNK_ROWS = 256
+
+
+class RiseReducer(Reducer):
+    def __init__(self, height: int, width: int, keep_probability: float) -> None:
+        self.shape = (height, width)
+        self.keep_probability = keep_probability
+        self.weighted = np.zeros(height * width, np.float64)
+        self.masks = 0
+
+    def consume(self, codes, rows, slot) -> None:
+        self.weighted += slot[MASK_SUM_OUTPUT].astype(np.float64)
+        self.masks += len(codes["grid"])
+
+    def attribution(self) -> np.ndarray:
+        return (self.weighted / (max(self.masks, 1) * self.keep_probability)).reshape(self.shape)
+
+
+class Rise(Method):
+    name = "rise"
+    title = "RISE"
+    reference = "Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
+    description = ("Average of random smooth masks weighted by the target score of the masked input; "
+                   "images only.")
+    kinds = frozenset({"image"})
+    parameters = (
+        Parameter("num_masks", "int32", "4000", "number of random masks N"),
+        Parameter("grid_size", "int32", "7", "cells per side s of the random grid"),
+        Parameter("keep_probability", "float", "0.5", "probability p that a cell is kept, in (0, 1)"),
+        Parameter("baseline", "float", "0", "value replacing the masked input, in model input space"),
+    )
+
+    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+        height, width = model.signature.spatial_shape
+        limit = min(settings.max_num_masks, settings.max_rows_per_request)
+        num_masks = int_param(given, "rise", "num_masks", 4000, 1, limit)
+        grid_size = int_param(given, "rise", "grid_size", 7, 1, min(height, width))
+        keep = float_param(given, "rise", "keep_probability", 0.5, 0.0, 1.0, open_interval=True)
+        baseline = given.get("baseline", 0.0)
+        if not np.isfinite(baseline):
+            raise InvalidArgument("rise.baseline", "a finite number", baseline)
+        return {"num_masks": num_masks, "grid_size": grid_size, "keep_probability": keep,
+                "baseline": float(baseline)}
+
+    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        height, width = ctx.model.signature.spatial_shape
+        s, p, n = params["grid_size"], params["keep_probability"], params["num_masks"]
+        cells = np.array([cell_size(height, s), cell_size(width, s)], np.int64)
+        rng = ctx.rng
+
+        def draw(start: int, count: int) -> dict[str, np.ndarray]:
+            grid = (rng.random((count, s, s)) < p).astype(np.float32)
+            shift = rng.integers(0, cells, size=(count, 2), dtype=np.int64)
+            return {"grid": grid, "shift": shift}
+
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
+                     "fill": np.array(params["baseline"], np.float32)}
+        return Plan(VariantSpec(RISE, ctx.score, s), constants, chunked(n, CHUNK_ROWS, draw), n,
+                    RiseReducer(height, width, p), partial_maps=True)

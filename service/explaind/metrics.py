@@ -1,0 +1,62 @@
+"""Prometheus metrics, one registry per server (no process-global state).
+
+Requests by model, method and status code; request latency; the engine's queue depth in rows and in
+jobs; batch sizes; rows evaluated (rate() of the counter gives rows per second, and a gauge keeps a
+10-second moving figure for dashboards without PromQL).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("explaind_requests", "Explain requests by outcome",
+                                ["model", "method", "code"], registry=r)
+        self.request_seconds = Histogram("explaind_request_seconds", "Explain latency, arrival to result",
+                                         ["model", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_rows = Gauge("explaind_queue_rows", "Rows waiting in the engine",
+                                ["model", "variant"], registry=r)
+        self.queue_jobs = Gauge("explaind_queue_jobs", "Jobs with rows waiting in the engine",
+                                ["model", "variant"], registry=r)
+        self.batch_rows = Histogram("explaind_batch_rows", "Rows per engine batch",
+                                    ["model", "variant"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_jobs = Histogram("explaind_batch_jobs", "Jobs sharing one engine batch",
+                                    ["model", "variant"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("explaind_batch_seconds", "Model time per engine batch",
+                                       ["model", "variant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rows = Counter("explaind_rows", "Rows evaluated by the model", ["model", "variant"], registry=r)
+        self.rows_per_second = Gauge("explaind_rows_per_second", "Rows evaluated per second, last 10 s",
+                                     registry=r)
+        self.refused = Counter("explaind_refused", "Requests refused because the engine queue was full",
+                               ["model"], registry=r)
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def record_batch(self, model: str, variant: str, rows: int, jobs: int, seconds: float) -> None:
+        self.batch_rows.labels(model, variant).observe(rows)
+        self.batch_jobs.labels(model, variant).observe(jobs)
+        self.batch_seconds.labels(model, variant).observe(seconds)
+        self.rows.labels(model, variant).inc(rows)
+        now = time.monotonic()
+        with self._lock:
+            self._window.append((now, rows))
+            while self._window and self._window[0][0] < now - 10.0:
+                self._window.popleft()
+            span = max(now - self._window[0][0], 1.0)
+            self.rows_per_second.set(sum(n for _, n in self._window) / span)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> object:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the HTTP server."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

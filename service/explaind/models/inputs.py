@@ -1,0 +1,86 @@
+"""Turning a request's input into one example in the model's input space, checked.
+
+Images are decoded with Pillow (PNG and JPEG only), checked against the byte and pixel limits
+before any pixel is decoded, converted to RGB (or greyscale for one-channel models), resized
+bilinearly to the model's size, divided by `scale` and normalised per channel. Tensors must have the
+model's example shape and dtype exactly and hold only finite values.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InvalidArgument
+from .config import Preprocess
+
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, channels: int) -> np.ndarray:
+    """uint8 [h, w, 3] (or [h, w, 1]) at the image's own size."""
+    if len(data) == 0:
+        raise InvalidArgument("image", "PNG or JPEG bytes", "an empty image")
+    if len(data) > max_bytes:
+        raise InvalidArgument("image", f"at most {max_bytes} bytes (the server's max_image_bytes)",
+                              f"{len(data)} bytes")
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InvalidArgument("image", f"at most {max_pixels} pixels (the server's max_image_pixels)",
+                                      f"{width}x{height} = {width * height} pixels")
+            img.load()
+            rgb = img.convert("L" if channels == 1 else "RGB")
+    except InvalidArgument:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidArgument("image", "a decodable PNG or JPEG", f"undecodable data ({exc})") from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def preprocess_image(image: np.ndarray, pre: Preprocess, layout: str) -> np.ndarray:
+    """uint8 [h, w, C] -> float32 example ([C, H, W] for NCHW, [H, W, C] for NHWC)."""
+    height, width = pre.size  # type: ignore[misc]
+    mode = "L" if image.shape[2] == 1 else "RGB"
+    pil = Image.fromarray(image[:, :, 0] if mode == "L" else image, mode=mode)
+    if pil.size != (width, height):
+        pil = pil.resize((width, height), Image.Resampling.BILINEAR)
+    x = np.asarray(pil, dtype=np.float32).reshape(height, width, -1) / np.float32(pre.scale)
+    channels = x.shape[2]
+    mean = np.asarray(pre.mean if pre.mean is not None else [0.0] * channels, np.float32)
+    std = np.asarray(pre.std if pre.std is not None else [1.0] * channels, np.float32)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1) if layout == "NCHW" else x, dtype=np.float32)
+
+
+def display_image(x: np.ndarray, pre: Preprocess | None, layout: str) -> np.ndarray:
+    """Undo the preprocessing of an example to get uint8 [H, W, 3] pixels for overlays."""
+    hwc = x.transpose(1, 2, 0) if layout == "NCHW" else x
+    channels = hwc.shape[2]
+    scale = pre.scale if pre else 255.0
+    mean = np.asarray(pre.mean if pre and pre.mean is not None else [0.0] * channels, np.float32)
+    std = np.asarray(pre.std if pre and pre.std is not None else [1.0] * channels, np.float32)
+    pixels = np.clip((hwc * std + mean) * scale, 0, 255).round().astype(np.uint8)
+    return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels
+
+
+def check_tensor(array: np.ndarray, example_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The request's tensor, checked against the model's example shape, dtype and finiteness."""
+    if array.dtype != dtype:
+        raise InvalidArgument("tensor.dtype", f"{dtype.name.upper()} (the model's input type)",
+                              array.dtype.name.upper())
+    if tuple(array.shape) != tuple(example_shape):
+        raise InvalidArgument("tensor.shape", f"{list(example_shape)} (one example, without the batch "
+                              "dimension)", list(array.shape))
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidArgument("tensor.data", "finite values",
+                                  f"{int(bad.sum())} NaN or Inf values (first at index {list(first)}: "
+                                  f"{array[first]})")
+    return np.ascontiguousarray(array)

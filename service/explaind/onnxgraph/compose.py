@@ -1,0 +1,58 @@
+"""Splice explaind's prefix and suffix around the user's model to make a graph *variant*.
+
+A variant's prefix turns (stacked per-job constants, per-row codes, per-row job index) into the
+batch of perturbed inputs and writes it under the model's input name; the model runs unchanged; the
+suffix turns the model's output into what the method needs (the target score, a mask sum...).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from .builder import MIN_OPSET, GraphBuilder
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset the model was written for (prefixes are built at the same one)."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return max(entry.version, MIN_OPSET)
+    return MIN_OPSET
+
+
+def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder) -> onnx.ModelProto:
+    """Return a new model: builder's prefix nodes, the model's nodes, builder's suffix nodes.
+
+    The builder's prefix must produce a tensor named `input_name` (the model's input, which stops
+    being a graph input); the builder's inputs and outputs replace the model's.
+    """
+    if builder.model_position is None:
+        raise ValueError("builder.mark_model() was not called between prefix and suffix")
+    produced = {out for node in builder.nodes[: builder.model_position] for out in node.output}
+    if input_name not in produced:
+        raise ValueError(f"the prefix does not produce the model input {input_name!r}")
+    graph = model.graph
+    prefix = builder.nodes[: builder.model_position]
+    suffix = builder.nodes[builder.model_position :]
+    new_graph = helper.make_graph(
+        nodes=[*prefix, *graph.node, *suffix],
+        name=f"{graph.name or 'model'}+{builder.scope}",
+        inputs=[*builder.inputs, *[i for i in graph.input if i.name != input_name and _is_initializer(graph, i.name)]],
+        outputs=list(builder.outputs),
+        initializer=[*graph.initializer, *builder.initializers],
+        value_info=list(graph.value_info),
+        sparse_initializer=list(graph.sparse_initializer),
+    )
+    opsets = [helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        opsets.append(helper.make_opsetid("", builder.opset))
+    composed = helper.make_model(new_graph, opset_imports=opsets, producer_name="explaind")
+    composed.ir_version = model.ir_version
+    for function in model.functions:
+        composed.functions.append(function)
+    return composed
+
+
+def _is_initializer(graph: onnx.GraphProto, name: str) -> bool:
+    return any(init.name == name for init in graph.initializer)

@@ -1,0 +1,47 @@
+"""Occlusion prefixes: replace a window of the input (images) or one feature (tabular) by a baseline.
+
+Row codes are tiny: an image row is the window (y0, x0, y1, x1) with exclusive ends, so (0, 0, 0, 0)
+is the unoccluded input; a tabular row is a feature index, -1 for none. The perturbed batch is built
+in the graph, where the model runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from .builder import GraphBuilder
+from .signature import ModelSignature
+
+
+def image_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) -> str:
+    """Inputs window [R, 4] int64 and fill [J] float32; returns the perturbed batch [R, ...]."""
+    height, width = sig.spatial_shape
+    window = b.input("window", TensorProto.INT64, ["rows", 4])
+    fill = b.input("fill", TensorProto.FLOAT, ["jobs"])
+
+    def inside(start: int, stop: int, size: int) -> str:
+        """[R, size] bool: start <= i < stop for each row's interval along one axis."""
+        positions = b.const(np.arange(size, dtype=np.int64), "positions")
+        lo = b.unsqueeze(b.op("Gather", [window, b.const(np.array(start, np.int64))], axis=1), [1])
+        hi = b.unsqueeze(b.op("Gather", [window, b.const(np.array(stop, np.int64))], axis=1), [1])
+        at_or_after = b.op("Not", [b.op("Less", [positions, lo])])
+        return b.op("And", [at_or_after, b.op("Less", [positions, hi])])
+
+    rows_in = b.unsqueeze(inside(0, 2, height), [2])  # [R, H, 1]
+    cols_in = b.unsqueeze(inside(1, 3, width), [1])   # [R, 1, W]
+    covered = b.unsqueeze(b.op("And", [rows_in, cols_in]), [sig.channel_axis])
+    x = b.op("Gather", [x0, job_index], axis=0)
+    row_fill = b.op("Reshape", [b.op("Gather", [fill, job_index], axis=0), b.const(np.array([-1, 1, 1, 1], np.int64))])
+    return b.op("Where", [covered, row_fill, x])
+
+
+def tabular_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) -> str:
+    """Inputs feature [R] int64 and fill [J, F] float32; returns the perturbed batch [R, F]."""
+    (num_features,) = sig.example_shape
+    feature = b.input("feature", TensorProto.INT64, ["rows"])
+    fill = b.input("fill", TensorProto.FLOAT, ["jobs", num_features])
+    positions = b.const(np.arange(num_features, dtype=np.int64), "features")
+    replaced = b.op("Equal", [b.unsqueeze(feature, [1]), positions])
+    x = b.op("Gather", [x0, job_index], axis=0)
+    return b.op("Where", [replaced, b.op("Gather", [fill, job_index], axis=0), x])

@@ -1,0 +1,91 @@
+"""Graph variants: the user's model wrapped in the prefix and suffix one method needs.
+
+A variant is identified by a hashable :class:`VariantSpec`; the engine keeps one scheduler and one
+onnxruntime session per (model, variant). Each variant declares its interface: which inputs are
+per-job constants (stacked on axis 0, one slot per job in the batch), which are per-row codes, which
+outputs are per row and which per job slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto
+
+from . import occlusion, rise
+from .builder import GraphBuilder
+from .compose import model_opset, splice
+from .score import class_scores, declare_common_inputs, declare_target, target_score
+from .signature import ModelSignature
+
+PREDICT = "predict"
+OCCLUSION_IMAGE = "occlusion_image"
+OCCLUSION_TABULAR = "occlusion_tabular"
+RISE = "rise"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    kind: str
+    score: str = ""       # "probability" | "logit" (target-score variants)
+    grid_size: int = 0    # RISE
+
+    def describe(self) -> str:
+        parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else ""]
+        return "/".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class VariantInterface:
+    constants: tuple[str, ...]
+    codes: tuple[str, ...]
+    row_outputs: tuple[str, ...]
+    slot_outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Variant:
+    spec: VariantSpec
+    model: onnx.ModelProto
+    interface: VariantInterface
+
+
+SCORE_OUTPUT = "score"
+PROBABILITIES_OUTPUT = "probabilities"
+RAW_OUTPUT = "output"
+MASK_SUM_OUTPUT = "mask_sum"
+
+
+def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
+    """Compose the variant graph for `spec` around `model`."""
+    b = GraphBuilder(model_opset(model), spec.describe())
+    x0, job_index = declare_common_inputs(b, sig.example_shape)
+    target = declare_target(b) if spec.kind != PREDICT else ""
+    if spec.kind == PREDICT:
+        b.op("Gather", [x0, job_index], out=sig.input_name, axis=0)
+        b.mark_model()
+        b.output(sig.output_name, RAW_OUTPUT, TensorProto.FLOAT, ["rows", None])
+        probabilities = class_scores(b, sig.output_name, "probability", sig.scores)
+        b.output(probabilities, PROBABILITIES_OUTPUT, TensorProto.FLOAT, ["rows", None])
+        interface = VariantInterface(("x0",), (), (RAW_OUTPUT, PROBABILITIES_OUTPUT))
+    elif spec.kind in (OCCLUSION_IMAGE, OCCLUSION_TABULAR):
+        build = occlusion.image_prefix if spec.kind == OCCLUSION_IMAGE else occlusion.tabular_prefix
+        b.op("Identity", [build(b, sig, x0, job_index)], out=sig.input_name)
+        b.mark_model()
+        score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
+        b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
+        code = "window" if spec.kind == OCCLUSION_IMAGE else "feature"
+        interface = VariantInterface(("x0", "target", "fill"), (code,), (SCORE_OUTPUT,))
+    elif spec.kind == RISE:
+        mask = rise.masks(b, sig, spec.grid_size)
+        b.op("Identity", [rise.prefix(b, sig, x0, job_index, mask)], out=sig.input_name)
+        b.mark_model()
+        score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
+        b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
+        mask_sum = rise.weighted_mask_sum(b, mask, score, job_index, x0)
+        b.output(mask_sum, MASK_SUM_OUTPUT, TensorProto.FLOAT, ["jobs", None])
+        interface = VariantInterface(("x0", "target", "fill"), ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
+    else:
+        raise ValueError(f"unknown variant kind {spec.kind!r}")
+    return Variant(spec, splice(model, sig.input_name, b), interface)
