@@ -1,0 +1,166 @@
+"""The engine's scheduling, bounds, deadlines and cancellation, on a real onnxruntime session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from explaind.engine.engine import Engine
+from explaind.engine.job import Job
+from explaind.engine.runner import Runner
+from explaind.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from explaind.metrics import Metrics
+from explaind.onnxgraph.variants import PREDICT, VariantSpec
+
+from _linear import run, served_linear, settings, softmax
+
+PREDICT_SPEC = VariantSpec(PREDICT)
+
+
+def predict_job(x: np.ndarray, rows: int, seen: list, deadline: float | None = None, chunk: int = 10) -> Job:
+    """`rows` copies of x through the predict variant; each delivery appends (job label, row ids, probs)."""
+
+    def chunks():
+        for start in range(0, rows, chunk):
+            yield {"row": np.arange(start, min(start + chunk, rows))}
+
+    def consume(codes, outputs, slot):
+        seen.append((codes["row"].copy(), outputs["probabilities"].copy()))
+
+    return Job(constants={"x0": x}, rows=chunks(), total_rows=rows, consume=consume, deadline=deadline)
+
+
+def test_rows_of_different_jobs_share_a_batch_and_each_gets_its_own_results():
+    async def main():
+        metrics = Metrics()
+        engine = Engine(settings(), metrics)
+        served, weights = served_linear("lin", (2, 3, 3), 4, max_batch_rows=64, max_delay_ms=20)
+        xs = [np.random.default_rng(i).normal(size=(2, 3, 3)).astype(np.float32) for i in range(3)]
+        seen = [[] for _ in xs]
+        jobs = [predict_job(x, 5, s) for x, s in zip(xs, seen)]
+        await asyncio.gather(*(engine.run(served, PREDICT_SPEC, j) for j in jobs))
+        await engine.close()
+        return metrics, weights, xs, seen, jobs
+
+    metrics, weights, xs, seen, jobs = run(main())
+    for x, rows in zip(xs, seen):
+        expected = softmax(x.reshape(-1).astype(np.float64) @ weights)
+        got = np.concatenate([p for _, p in rows])
+        np.testing.assert_allclose(got, np.tile(expected, (5, 1)), rtol=1e-5)
+        assert np.concatenate([r for r, _ in rows]).tolist() == [0, 1, 2, 3, 4]
+    labels = {"model": "lin", "variant": "predict"}
+    assert metrics.registry.get_sample_value("explaind_batch_rows_count", labels) == 1
+    assert metrics.registry.get_sample_value("explaind_batch_jobs_sum", labels) == 3
+    assert metrics.registry.get_sample_value("explaind_rows_total", labels) == 15
+    assert all(job.stats.batches == 1 for job in jobs)
+
+
+def test_a_small_job_is_not_starved_by_a_large_one():
+    async def main():
+        engine = Engine(settings())
+        served, _ = served_linear("lin", (1, 4, 4), 3, max_batch_rows=16, max_delay_ms=0)
+        x = np.ones((1, 4, 4), np.float32)
+        big_seen, small_seen = [], []
+        big = predict_job(x, 2000, big_seen, chunk=100)
+        small = predict_job(x, 6, small_seen)
+        big_task = asyncio.ensure_future(engine.run(served, PREDICT_SPEC, big))
+        await asyncio.sleep(0.05)  # the big job is already running
+        assert 0 < big.done_rows < 2000
+        await engine.run(served, PREDICT_SPEC, small)
+        rows_of_big_when_small_finished = big.done_rows
+        await big_task
+        await engine.close()
+        return small, rows_of_big_when_small_finished
+
+    small, big_rows_then = run(main())
+    # Fair shares: 8 of 16 rows per batch go to the small job, so it needs one batch, not 125.
+    assert small.stats.batches == 1
+    assert big_rows_then < 2000
+
+
+def test_queue_bounds_refuse_at_once_and_are_released():
+    async def main():
+        engine = Engine(settings(max_queued_rows=100, max_queued_jobs=2))
+        served, _ = served_linear("lin", (1, 2, 2), 2, max_batch_rows=8)
+        x = np.zeros((1, 2, 2), np.float32)
+        first = predict_job(x, 80, [])
+        engine.submit(served, PREDICT_SPEC, first)
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted, match="queue is full"):
+            engine.submit(served, PREDICT_SPEC, predict_job(x, 50, []))
+        assert time.monotonic() - started < 0.1
+        engine.submit(served, PREDICT_SPEC, predict_job(x, 10, []))
+        with pytest.raises(ResourceExhausted):
+            engine.submit(served, PREDICT_SPEC, predict_job(x, 1, []))  # third job over max_queued_jobs
+        await first.done
+        await asyncio.sleep(0.05)
+        assert (engine.account.rows, engine.account.jobs) == (0, 0)
+        engine.submit(served, PREDICT_SPEC, predict_job(x, 50, []))  # room again
+        await engine.close()
+
+    run(main())
+
+
+def test_an_expired_job_is_failed_and_its_rows_dropped():
+    async def main():
+        engine = Engine(settings())
+        served, _ = served_linear("lin", (1, 4, 4), 2, max_batch_rows=4)
+        x = np.zeros((1, 4, 4), np.float32)
+        seen = []
+        job = predict_job(x, 100_000, seen, deadline=time.monotonic() + 0.2, chunk=4)
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            await engine.run(served, PREDICT_SPEC, job)
+        await asyncio.sleep(0.05)
+        assert job.taken < 100_000
+        assert (engine.account.rows, engine.account.jobs) == (0, 0)
+        await engine.close()
+
+    run(main())
+
+
+def test_a_cancelled_request_drops_its_pending_rows():
+    async def main():
+        engine = Engine(settings())
+        served, _ = served_linear("lin", (1, 4, 4), 2, max_batch_rows=4)
+        x = np.zeros((1, 4, 4), np.float32)
+        job = predict_job(x, 100_000, [], chunk=4)
+        task = asyncio.ensure_future(engine.run(served, PREDICT_SPEC, job))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        taken = job.taken
+        await asyncio.sleep(0.1)
+        assert job.taken == taken < 100_000  # nothing more was run for it
+        assert isinstance(job.failed, Cancelled)
+        assert (engine.account.rows, engine.account.jobs) == (0, 0)
+        await engine.close()
+
+    run(main())
+
+
+def test_io_binding_path_gives_the_same_results_as_plain_run():
+    served, _ = served_linear("lin", (2, 3, 3), 4)
+
+    async def main():
+        engine = Engine(settings())
+        variant = engine.variant(served, PREDICT_SPEC)
+        await engine.close()
+        return engine, variant
+
+    engine, variant = run(main())
+    data = variant.model.SerializeToString()
+    outputs = variant.interface.row_outputs
+    plain = Runner(data, outputs, variant.interface.constants, engine.device, engine.settings, io_binding=False)
+    bound = Runner(data, outputs, variant.interface.constants, engine.device, engine.settings, io_binding=True)
+    rng = np.random.default_rng(0)
+    per_job = {job: rng.normal(size=(2, 3, 3)).astype(np.float32) for job in (1, 2, 3)}
+    # A job's constants never change, so the same jobs reuse the resident copy; another set uploads anew.
+    for jobs in ((1, 2), (1, 2), (3,), (2, 3)):
+        feed = {"x0": np.stack([per_job[j] for j in jobs]),
+                "job_index": np.array([0] * 3 + [len(jobs) - 1] * 2, np.int64)}
+        for a, b in zip(plain.run(feed, jobs), bound.run(feed, jobs)):
+            np.testing.assert_array_equal(a, b)
