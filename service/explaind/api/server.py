@@ -2,6 +2,8 @@
 
 On SIGTERM (or SIGINT) health turns NOT_SERVING, new Explain calls are answered UNAVAILABLE, calls
 in flight get `grace_period_s` to finish, then the engine stops and `serve` returns (exit code 0).
+The server keeps answering during the grace period, so health checks see NOT_SERVING and clients
+get a clear UNAVAILABLE rather than a refused connection.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ class RunningServer:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.accepting = False
-        await self.server.stop(self.settings.grace_period_s)
+        finished = await self.servicer.wait_idle(self.settings.grace_period_s)
+        if not finished:
+            log.warning("grace period over; cancelling calls in flight", extra={"calls": self.servicer.in_flight})
+        await self.server.stop(0 if not finished else 1.0)
         await self.engine.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()  # type: ignore[attr-defined]

@@ -29,6 +29,26 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self.explainer = explainer
         self.metrics = metrics
         self.accepting = True
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no Explain call is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def call_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def call_ended(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     # Explain ------------------------------------------------------------------------------------
 
@@ -109,10 +129,15 @@ class _ErrorMapper:
         self.started = time.monotonic()
 
     async def __aenter__(self) -> None:
-        if not self.servicer.accepting:
+        if self.request is not None and not self.servicer.accepting:
+            self._record(grpc.StatusCode.UNAVAILABLE)
             await self._abort(Unavailable("the server is shutting down; retry on another instance"))
+        if self.request is not None:
+            self.servicer.call_started()
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if self.request is not None:
+            self.servicer.call_ended()
         code = grpc.StatusCode.OK
         if exc is None:
             pass

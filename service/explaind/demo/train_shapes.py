@@ -84,18 +84,20 @@ def train(n_train: int, n_val: int, epochs: int, batch: int, lr: float, seed: in
     x_val, y_val = torch.from_numpy(preprocess(xv)), torch.from_numpy(yv)
     print(f"data: {n_train} train / {n_val} val in {time.perf_counter() - t0:.1f}s", flush=True)
 
-    model = ShapesNet()
+    # channels_last roughly halves the CPU cost of a training step here.
+    model = ShapesNet().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * ((n_train + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    loss_fn = nn.CrossEntropyLoss()
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n_train, generator=gen)
         total = 0.0
         for i in range(0, n_train, batch):
             idx = perm[i:i + batch]
-            loss = loss_fn(model(_augment(x_train[idx], gen)), y_train[idx])
+            x = _augment(x_train[idx], gen).contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,7 +107,7 @@ def train(n_train: int, n_val: int, epochs: int, batch: int, lr: float, seed: in
         print(f"epoch {epoch + 1}/{epochs}: loss {total / n_train:.4f}  val acc {acc:.4f}"
               f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     model.eval()
-    return model
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def _cam_tensor(model: onnx.ModelProto) -> str:

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""explaind against the hardware limit, in one run on one machine.
+
+    python benchmarks/bench.py            # the `shapes` demo CNN; prints a table and writes JSON
+
+1. The limit: raw onnxruntime throughput of the model at the best batch size (images/s), with the
+   same thread count the server uses.
+2. explaind end to end through gRPC: RISE with 4000 masks for 1 client, and for 8 concurrent clients
+   (masks/s over the whole run), divided by the limit.
+3. Latency of a small occlusion request (17 windows) alone, then while a 50,000-mask RISE job runs:
+   p50 and p99 divided by the solo p50.
+4. Peak RSS of a fresh server after RISE with 4,000 masks and after 50,000 masks.
+Medians of repeated runs; the server runs in its own process, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from conftest import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+
+from explaind_client import ExplaindClient  # noqa: E402
+
+MODEL_DIR = ROOT / "service" / "explaind" / "demo" / "repository"
+
+
+def raw_throughput(model: Path, threads: int, batch_sizes: list[int], seconds: float) -> dict[int, float]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    results = {}
+    for batch in batch_sizes:
+        x = np.random.default_rng(0).normal(size=(batch, 3, 64, 64)).astype(np.float32)
+        session.run(None, {name: x})  # warm up
+        rates = []
+        for _ in range(3):
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                session.run(None, {name: x})
+                runs += 1
+            rates.append(runs * batch / (time.perf_counter() - start))
+        results[batch] = statistics.median(rates)
+    return results
+
+
+def rise_throughput(address: str, clients: int, masks: int, repeats: int) -> float:
+    """Masks per second over the whole run, median of `repeats` runs."""
+    x = np.random.default_rng(1).normal(size=(3, 64, 64)).astype(np.float32)
+    rates = []
+    with ExplaindClient(address) as client:
+        client.explain("shapes", method="rise", tensor=x, params={"num_masks": 256})  # sessions built
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(lambda i: client.explain("shapes", method="rise", tensor=x, seed=i + 1,
+                                                       params={"num_masks": masks}), range(clients)))
+            rates.append(clients * masks / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def occlusion_latencies(client: ExplaindClient, x: np.ndarray, count: int, stop: threading.Event | None = None) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        if stop is not None and stop.is_set():
+            break
+        start = time.perf_counter()
+        client.explain("shapes", method="occlusion", tensor=x, params={"window": [16], "stride": [16]})
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def latency_under_load(address: str, big_masks: int) -> dict[str, float]:
+    x = np.random.default_rng(2).normal(size=(3, 64, 64)).astype(np.float32)
+    with ExplaindClient(address) as client:
+        occlusion_latencies(client, x, 5)
+        solo = occlusion_latencies(client, x, 40)
+        done = threading.Event()
+        big = threading.Thread(target=lambda: (client.explain("shapes", method="rise", tensor=x,
+                                                              params={"num_masks": big_masks}), done.set()))
+        big.start()
+        time.sleep(0.5)
+        loaded = occlusion_latencies(client, x, 200, stop=done)
+        big.join()
+    solo_p50 = float(np.percentile(solo, 50))
+    return {"solo_p50_ms": 1000 * solo_p50, "loaded_p50_ms": 1000 * float(np.percentile(loaded, 50)),
+            "loaded_p99_ms": 1000 * float(np.percentile(loaded, 99)), "loaded_requests": len(loaded),
+            "p50_ratio": float(np.percentile(loaded, 50)) / solo_p50,
+            "p99_ratio": float(np.percentile(loaded, 99)) / solo_p50}
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_for(masks: int, log_dir: Path) -> float:
+    server = start_server(MODEL_DIR, log_dir / f"rss-{masks}.log", metrics_port=-1)
+    try:
+        x = np.random.default_rng(3).normal(size=(3, 64, 64)).astype(np.float32)
+        with ExplaindClient(server.address) as client:
+            client.explain("shapes", method="rise", tensor=x, params={"num_masks": masks})
+        return peak_rss_mib(server.process.pid)
+    finally:
+        stop_server(server)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seconds", type=float, default=1.5, help="per raw measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--big-masks", type=int, default=50_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                    f"{platform.processor() or platform.platform()}", "onnxruntime": ort.__version__,
+                    "threads": args.threads}
+
+    print(f"raw onnxruntime, shapes CNN, {args.threads} threads")
+    raw = raw_throughput(MODEL_DIR / "shapes" / "model.onnx", args.threads, [1, 8, 16, 32, 64, 128, 256], args.seconds)
+    for batch, rate in raw.items():
+        print(f"  batch {batch:4d}: {rate:9.1f} images/s")
+    best_batch = max(raw, key=raw.get)
+    limit = raw[best_batch]
+    report["raw"] = {"by_batch": raw, "best_batch": best_batch, "limit_images_per_s": limit}
+
+    server = start_server(MODEL_DIR, args.out / "bench-server.log", metrics_port=-1,
+                          intra_op_threads=args.threads, max_num_masks=max(100_000, args.big_masks))
+    try:
+        one = rise_throughput(server.address, 1, 4000, args.repeats)
+        eight = rise_throughput(server.address, 8, 4000, args.repeats)
+        report["rise_4000"] = {"one_client_masks_per_s": one, "one_client_ratio": one / limit,
+                               "eight_clients_masks_per_s": eight, "eight_clients_ratio": eight / limit}
+        print(f"RISE 4000 masks, 1 client : {one:9.1f} masks/s  ratio {one / limit:.3f}  (target >= 0.85)")
+        print(f"RISE 4000 masks, 8 clients: {eight:9.1f} masks/s  ratio {eight / limit:.3f}  (target >= 0.85)")
+        latency = latency_under_load(server.address, args.big_masks)
+        report["occlusion_latency"] = latency
+        print(f"small occlusion alone: p50 {latency['solo_p50_ms']:.1f} ms; during a {args.big_masks}-mask RISE: "
+              f"p50 {latency['loaded_p50_ms']:.1f} ms (x{latency['p50_ratio']:.2f}), p99 {latency['loaded_p99_ms']:.1f} ms "
+              f"(x{latency['p99_ratio']:.2f}) over {latency['loaded_requests']} requests  (target p50 ratio <= 3)")
+    finally:
+        stop_server(server)
+
+    small, big = rss_for(4000, args.out), rss_for(args.big_masks, args.out)
+    report["peak_rss_mib"] = {"rise_4000": small, f"rise_{args.big_masks}": big, "ratio": big / small}
+    print(f"peak RSS: RISE 4000 {small:.1f} MiB, RISE {args.big_masks} {big:.1f} MiB, ratio {big / small:.3f} "
+          "(target within 10%)")
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"written {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

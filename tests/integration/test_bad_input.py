@@ -1,0 +1,126 @@
+"""Every bad input gets the right status code and a message naming the field, what was expected
+and what came; the server stays healthy and keeps answering good requests."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from explaind_client import build_request
+from explaind_client.v1 import explaind_pb2 as pb
+
+GOOD_TENSOR = np.zeros((3, 64, 64), np.float32)
+
+
+def png_of(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request(method: str = "occlusion", params: dict | None = None, model: str = "shapes", **kwargs) -> pb.ExplainRequest:
+    if "tensor" not in kwargs and "image" not in kwargs:
+        kwargs["tensor"] = GOOD_TENSOR
+    return build_request(model, method=method, params=params or {"window": [16], "stride": [16]}, **kwargs)
+
+
+def raw_tensor(dtype: int, shape: list[int], data: bytes) -> pb.ExplainRequest:
+    req = pb.ExplainRequest(model="shapes", occlusion=pb.Occlusion(window=[16], stride=[16]))
+    req.tensor.CopyFrom(pb.Tensor(dtype=dtype, shape=shape, data=data))
+    return req
+
+
+def with_nan() -> pb.ExplainRequest:
+    x = GOOD_TENSOR.copy()
+    x[1, 2, 3] = np.nan
+    return request(tensor=x)
+
+
+def no_method() -> pb.ExplainRequest:
+    req = request()
+    req.ClearField("occlusion")
+    return req
+
+
+CASES = [
+    # (name, request, code, words the message must contain)
+    ("unknown model", lambda: request(model="nope"), grpc.StatusCode.NOT_FOUND, ["nope", "shapes"]),
+    ("unknown label", lambda: request(target="hexagon"), grpc.StatusCode.NOT_FOUND, ["hexagon", "circle"]),
+    ("class index out of range", lambda: request(target=9), grpc.StatusCode.INVALID_ARGUMENT,
+     ["target.class_index", "[0, 4]", "9"]),
+    ("negative class index", lambda: request(target=-1), grpc.StatusCode.INVALID_ARGUMENT, ["target.class_index", "-1"]),
+    ("wrong shape", lambda: request(tensor=np.zeros((3, 32, 32), np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+     ["tensor.shape", "[3, 64, 64]", "[3, 32, 32]"]),
+    ("batch dimension included", lambda: request(tensor=np.zeros((1, 3, 64, 64), np.float32)),
+     grpc.StatusCode.INVALID_ARGUMENT, ["tensor.shape", "without the batch dimension"]),
+    ("wrong dtype", lambda: request(tensor=GOOD_TENSOR.astype(np.float64)), grpc.StatusCode.INVALID_ARGUMENT,
+     ["tensor.dtype", "FLOAT32", "FLOAT64"]),
+    ("wrong byte length", lambda: raw_tensor(pb.FLOAT32, [3, 64, 64], b"\0" * 100), grpc.StatusCode.INVALID_ARGUMENT,
+     ["tensor.data", "49152 bytes", "100 bytes"]),
+    ("unspecified dtype", lambda: raw_tensor(pb.DATA_TYPE_UNSPECIFIED, [3, 64, 64], b""), grpc.StatusCode.INVALID_ARGUMENT,
+     ["tensor.dtype", "DATA_TYPE_UNSPECIFIED"]),
+    ("NaN in the input", with_nan, grpc.StatusCode.INVALID_ARGUMENT, ["tensor.data", "finite", "[1, 2, 3]"]),
+    ("Inf in the input", lambda: request(tensor=np.full((3, 64, 64), np.inf, np.float32)),
+     grpc.StatusCode.INVALID_ARGUMENT, ["tensor.data", "finite", "Inf"]),
+    ("undecodable image", lambda: request(image=b"\x89PNG not really"), grpc.StatusCode.INVALID_ARGUMENT,
+     ["image", "decodable PNG or JPEG"]),
+    ("image over the pixel limit", lambda: request(image=png_of(5000, 4000)), grpc.StatusCode.INVALID_ARGUMENT,
+     ["image", "max_image_pixels", "5000x4000"]),
+    ("image for a tabular model", lambda: request(model="tabular", image=png_of(8, 8)), grpc.StatusCode.INVALID_ARGUMENT,
+     ["image", "tabular"]),
+    ("occlusion window larger than the input", lambda: request(params={"window": [65, 8]}),
+     grpc.StatusCode.INVALID_ARGUMENT, ["occlusion.window", "[64, 64]", "[65, 8]"]),
+    ("occlusion stride 0", lambda: request(params={"stride": [0]}), grpc.StatusCode.INVALID_ARGUMENT,
+     ["occlusion.stride", "positive", "[0, 0]"]),
+    ("num_masks 0", lambda: request("rise", {"num_masks": 0}), grpc.StatusCode.INVALID_ARGUMENT,
+     ["rise.num_masks", "[1, 60000]", "got 0"]),
+    ("num_masks over the maximum", lambda: request("rise", {"num_masks": 60001}), grpc.StatusCode.INVALID_ARGUMENT,
+     ["rise.num_masks", "[1, 60000]", "60001"]),
+    ("keep probability 0", lambda: request("rise", {"keep_probability": 0.0}), grpc.StatusCode.INVALID_ARGUMENT,
+     ["rise.keep_probability", "(0.0, 1.0)", "0.0"]),
+    ("keep probability above 1", lambda: request("rise", {"keep_probability": 1.5}), grpc.StatusCode.INVALID_ARGUMENT,
+     ["rise.keep_probability", "1.5"]),
+    ("no method chosen", no_method, grpc.StatusCode.INVALID_ARGUMENT, ["method", "occlusion", "rise", "no method"]),
+    ("method the model does not support", lambda: request("rise", {}, model="tabular", tensor=np.zeros(13, np.float32)),
+     grpc.StatusCode.FAILED_PRECONDITION, ["rise", "tabular", "occlusion"]),
+    ("logit of a probabilities model", lambda: request(model="tabular", tensor=np.zeros(13, np.float32), params={},
+                                                       score="logit"),
+     grpc.StatusCode.FAILED_PRECONDITION, ["LOGIT", "probabilities"]),
+    ("no input", lambda: pb.ExplainRequest(model="shapes", rise=pb.Rise()), grpc.StatusCode.INVALID_ARGUMENT,
+     ["input", "tensor or an image"]),
+    ("failed model", lambda: request(model="broken"), grpc.StatusCode.UNAVAILABLE, ["broken", "failed to load"]),
+    ("unknown score enum", lambda: pb.ExplainRequest(model="shapes", tensor=pb.Tensor(), score=7, rise=pb.Rise()),
+     grpc.StatusCode.INVALID_ARGUMENT, ["score", "7"]),
+]
+
+
+@pytest.mark.parametrize("name, make, code, words", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("rpc", ["Explain", "ExplainStream"])
+def test_bad_input_is_refused_clearly_and_the_server_stays_healthy(server, client, name, make, code, words, rpc):
+    call = getattr(client.stub, rpc)
+    with pytest.raises(grpc.RpcError) as err:
+        reply = call(make(), timeout=30)
+        if rpc == "ExplainStream":
+            list(reply)
+    assert err.value.code() == code, err.value.details()
+    for word in words:
+        assert word in err.value.details(), (word, err.value.details())
+    assert server.health() == "SERVING"
+
+
+def test_good_requests_still_work_after_bad_ones(client):
+    result = client.explain("shapes", method="occlusion", tensor=GOOD_TENSOR, params={"window": [32], "stride": [32]})
+    assert result.attribution.shape == (64, 64)
+
+
+def test_a_request_over_the_message_size_limit_is_refused(server, client):
+    huge = np.random.default_rng(0).integers(0, 255, size=5 << 20, dtype=np.uint8).tobytes()  # 5 MiB > 4 MiB
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Explain(pb.ExplainRequest(model="shapes", image=huge, rise=pb.Rise()), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in err.value.details()
+    assert server.health() == "SERVING"

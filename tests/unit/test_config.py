@@ -1,0 +1,41 @@
+"""Settings come from flags, then EXPLAIND_* variables, then defaults, and are validated."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from explaind.config import Settings, add_arguments, load_settings
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_win_over_environment_which_wins_over_defaults():
+    env = {"EXPLAIND_MAX_BATCH_ROWS": "32", "EXPLAIND_PORT": "6000", "EXPLAIND_MAX_DELAY_MS": "0.5"}
+    settings = load_settings(parse(["--port", "7000"]), env)
+    assert settings.port == 7000
+    assert settings.max_batch_rows == 32
+    assert settings.max_delay_ms == 0.5
+    assert settings.grace_period_s == Settings().grace_period_s
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EXPLAIND_MAX_BATCH_ROWS": "many"}, "EXPLAIND_MAX_BATCH_ROWS: expected int, got 'many'"),
+    ({"EXPLAIND_MAX_BATCH_ROWS": "0"}, "max_batch_rows must be positive"),
+    ({"EXPLAIND_PROVIDERS": "tpu"}, "providers must be auto, cpu or cuda"),
+    ({"EXPLAIND_PARTIAL_EVERY": "0"}, "partial_every"),
+])
+def test_bad_settings_are_refused_with_the_name(env, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(parse([]), env)
+
+
+def test_empty_repository_means_the_bundled_demo():
+    path = Settings().repository_path
+    assert path.name == "repository" and path.parent.name == "demo"
+    assert (path / "tabular" / "model.yaml").is_file()
