@@ -173,11 +173,13 @@ class Explainer:
         logits = result[RAW_OUTPUT] if served.signature.scores == "logits" else None
         return result[PROBABILITIES_OUTPUT], logits
 
-    async def explain(self, query: ExplainQuery, *, deadline: float | None = None,
+    async def explain(self, query: ExplainQuery, *, prepared: Prepared | None = None,
+                      deadline: float | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
                       on_partial: Callable[[Explanation], None] | None = None) -> Explanation:
+        """Run a query (`prepared`: the result of prepare(query), when the caller already has it)."""
         started = time.monotonic()
-        p = self.prepare(query)
+        p = prepared or self.prepare(query)
         entry = p.entry
         probabilities, logits = await self.predict(p.served, p.x, deadline)
         target = self._target(query, entry, probabilities)

@@ -67,7 +67,10 @@ def test_a_small_job_is_not_starved_by_a_large_one():
         big = predict_job(x, 2000, big_seen, chunk=100)
         small = predict_job(x, 6, small_seen)
         big_task = asyncio.ensure_future(engine.run(served, PREDICT_SPEC, big))
-        await asyncio.sleep(0.05)  # the big job is already running
+        for _ in range(1000):  # until the big job is running
+            if big.done_rows > 0:
+                break
+            await asyncio.sleep(0.01)
         assert 0 < big.done_rows < 2000
         await engine.run(served, PREDICT_SPEC, small)
         rows_of_big_when_small_finished = big.done_rows

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from _onnx_builders import (
@@ -443,3 +444,23 @@ def test_symlinked_file_reference_outside_is_rejected(tmp_path: Path) -> None:
     (folder / "labels.txt").symlink_to(tmp_path / "secret.txt")
     with pytest.raises(ModelConfigError, match="labels_file: 'labels.txt' resolves outside the model folder"):
         parse_model_config({"kind": "image", "labels_file": "labels.txt"}, folder)
+
+
+def test_a_model_below_opset_11_is_failed_with_the_reason(tmp_path):
+    """explaind's graph prefixes need opset 11; older models are refused at load, not at first use."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["logits"])], "old",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(np.ones((4, 2), np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
+    model.ir_version = 5
+    folder = tmp_path / "old"
+    folder.mkdir()
+    onnx.save_model(model, str(folder / "model.onnx"))
+    (folder / "model.yaml").write_text("kind: tabular\n")
+    repo = ModelRepository(tmp_path)
+    repo.scan()
+    entry = repo.get("old")
+    assert entry.status == "FAILED" and "opset 10" in entry.reason and "opset 11" in entry.reason

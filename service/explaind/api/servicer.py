@@ -71,9 +71,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
         async with self._call(request, context):
             query = convert.explain_query(request)
-            self.explainer.prepare(query)  # refuse bad requests before the stream starts
+            prepared = self.explainer.prepare(query)  # refuse bad requests before the stream starts
             task = asyncio.ensure_future(self.explainer.explain(
-                query, deadline=_deadline(context), on_progress=progress, on_partial=partial))
+                query, prepared=prepared, deadline=_deadline(context), on_progress=progress, on_partial=partial))
             task.add_done_callback(lambda _: updates.put_nowait(None))
             try:
                 while (update := await updates.get()) is not None:

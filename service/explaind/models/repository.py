@@ -28,6 +28,7 @@ import onnx.shape_inference
 import yaml
 
 from explaind.errors import ModelConfigError, NotFound
+from explaind.onnxgraph.builder import MIN_OPSET
 from explaind.models.config import (
     ModelConfig,
     Preprocess,
@@ -222,6 +223,7 @@ def _load(name: str, folder: Path, limits: RepositoryLimits, known: dict[str, An
         raise ModelConfigError(f"model.onnx is not a valid ONNX model: {_first_line(str(exc))}") from None
 
     _check_domains(model, limits.allowed_domains)  # before reading any external data
+    _check_opset(model)
     external_bytes = _check_external_data(model, folder)
     total = len(raw) + external_bytes
     if external_bytes and total > limits.max_model_bytes:
@@ -457,6 +459,14 @@ def _check_external_data(model: onnx.ModelProto, folder: Path) -> int:
 
 def _tensor_label(tensor: onnx.TensorProto) -> str:
     return f"tensor {tensor.name!r}" if tensor.name else "an unnamed attribute tensor"
+
+
+def _check_opset(model: onnx.ModelProto) -> None:
+    """explaind's graph prefixes and suffixes are written for opset 11 and later."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version < MIN_OPSET:
+            raise ModelConfigError(f"model.onnx uses opset {entry.version}; explaind needs opset {MIN_OPSET} or "
+                                   "later (re-export the model, or convert it with onnx.version_converter)")
 
 
 def _check_domains(model: onnx.ModelProto, allowed: frozenset[str]) -> None:

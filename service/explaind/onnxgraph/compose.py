@@ -14,10 +14,12 @@ from .builder import MIN_OPSET, GraphBuilder
 
 
 def model_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset the model was written for (prefixes are built at the same one)."""
+    """The default-domain opset the model was written for (prefixes are built at the same one).
+
+    Below MIN_OPSET the GraphBuilder refuses; the repository refuses such models at load time."""
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            return max(entry.version, MIN_OPSET)
+            return entry.version
     return MIN_OPSET
 
 
