@@ -1,0 +1,3 @@
+"""Backward rules, one module per operator family; importing this package fills the rule table."""
+
+from . import activations, elementwise, linear, pooling, reduce, shape  # noqa: F401

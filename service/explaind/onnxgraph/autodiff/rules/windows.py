@@ -1,0 +1,101 @@
+"""Sliding-window geometry shared by Conv and AveragePool: padding, and the exact-size adjoint.
+
+For one spatial axis with input size n, begin/end pads p0/p1, kernel k, dilation d (extent
+e = d (k - 1) + 1) and stride s, a window-op's adjoint is a transposed convolution with the same
+kernel, stride and dilation. Unpadded, it covers padded positions [0, s (out - 1) + e); the input
+gradient is its slice [p0, p0 + n), with zeros where no window reached (output_padding extends the
+transposed output by s - 1 so the slice never runs past its end).
+"""
+
+from __future__ import annotations
+
+from ..registry import RuleContext
+
+
+def geometry(ctx: RuleContext, nd: int) -> tuple[list[int], list[int], str, list[int]]:
+    """strides, dilations, auto_pad, pads of a window operator (ONNX defaults filled in)."""
+    strides = [int(v) for v in (ctx.attr("strides") or [1] * nd)]
+    dilations = [int(v) for v in (ctx.attr("dilations") or [1] * nd)]
+    auto_pad = str(ctx.attr("auto_pad", "NOTSET") or "NOTSET")
+    pads = [int(v) for v in (ctx.attr("pads") or [0] * (2 * nd))]
+    return strides, dilations, auto_pad, pads
+
+
+def _same_begin(total: int, auto_pad: str) -> int:
+    """onnxruntime's split of SAME padding (C++ integer division, truncating toward zero)."""
+    numerator = total + 1 if auto_pad == "SAME_LOWER" else total
+    return int(numerator / 2)
+
+
+def static_pads(
+    n: list, kernel: list[int], strides: list[int], dilations: list[int], auto_pad: str, pads: list[int]
+) -> tuple[list[int], list[int]] | None:
+    """(begin, end) pads when they are known before run time, else None."""
+    nd = len(kernel)
+    if auto_pad in ("NOTSET", ""):
+        return pads[:nd], pads[nd:]
+    if auto_pad == "VALID":
+        return [0] * nd, [0] * nd
+    if not all(isinstance(v, int) for v in n):
+        return None
+    begin, end = [], []
+    for size, k, s, d in zip(n, kernel, strides, dilations):
+        out = (size + s - 1) // s
+        total = (out - 1) * s + (k - 1) * d + 1 - size
+        begin.append(_same_begin(total, auto_pad))
+        end.append(total - begin[-1])
+    return begin, end
+
+
+def runtime_begin_pads(
+    ctx: RuleContext, x: str, kernel: list[int], strides: list[int], dilations: list[int], auto_pad: str
+) -> str:
+    """SAME_UPPER/SAME_LOWER begin pads computed from Shape(x) at run time (int64 [nd])."""
+    e = ctx.e
+    nd = len(kernel)
+    size = e.dims_slice(e.shape(x), 2, 2 + nd)
+    s = e.ints(strides)
+    out = e.op("Div", [e.op("Add", [size, e.ints([v - 1 for v in strides])]), s])
+    extent = e.ints([(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
+    total = e.op("Sub", [e.op("Add", [e.op("Mul", [e.op("Sub", [out, e.ints([1] * nd)]), s]), extent]), size])
+    if auto_pad == "SAME_LOWER":
+        total = e.op("Add", [total, e.ints([1] * nd)])
+    return e.op("Div", [total, e.ints([2] * nd)])
+
+
+def transposed_window(
+    ctx: RuleContext, g: str, w: str, kernel: list[int], nd: int, group: int = 1, x: str | None = None, exact_static: bool = True
+) -> str:
+    """The adjoint of a window operator on x: ConvTranspose(g, w) cut to exactly x's shape.
+
+    With pads and sizes known (and no ceil_mode: `exact_static`), pads and output_padding give the
+    exact size directly; otherwise the unpadded transposed output is sliced at run time.
+    """
+    e = ctx.e
+    x = x or ctx.x(0)
+    strides, dilations, auto_pad, pads = geometry(ctx, nd)
+    n = ctx.dims(x)[2:]
+    known = static_pads(n, kernel, strides, dilations, auto_pad, pads)
+    if exact_static and known is not None and all(isinstance(v, int) for v in n):
+        begin, end = known
+        remainder = []
+        for size, p0, p1, k, s, d in zip(n, begin, end, kernel, strides, dilations):
+            span = size + p0 + p1 - ((k - 1) * d + 1)
+            remainder.append(span - (span // s) * s)
+        if min(begin + end) >= 0:
+            return e.op(
+                "ConvTranspose", [g, w], strides=strides, dilations=dilations, group=group,
+                pads=[*begin, *end], output_padding=remainder if any(remainder) else None,
+            )
+    full = e.op(
+        "ConvTranspose", [g, w], strides=strides, dilations=dilations, group=group,
+        output_padding=[s - 1 for s in strides] if any(s > 1 for s in strides) else None,
+    )
+    if known is not None:
+        if min(known[0]) < 0:
+            ctx.fail("negative begin padding")
+        starts = e.ints(known[0])
+    else:
+        starts = runtime_begin_pads(ctx, x, kernel, strides, dilations, auto_pad)
+    ends = e.op("Add", [starts, e.dims_slice(e.shape(x), 2, 2 + nd)])
+    return e.slice(full, starts, ends, list(range(2, 2 + nd)))
