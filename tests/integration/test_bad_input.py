@@ -25,7 +25,8 @@ def png_of(width: int, height: int) -> bytes:
 def request(method: str = "occlusion", params: dict | None = None, model: str = "shapes", **kwargs) -> pb.ExplainRequest:
     if "tensor" not in kwargs and "image" not in kwargs:
         kwargs["tensor"] = GOOD_TENSOR
-    return build_request(model, method=method, params=params or {"window": [16], "stride": [16]}, **kwargs)
+    params = {"window": [16], "stride": [16]} if params is None else params
+    return build_request(model, method=method, params=params, **kwargs)
 
 
 def raw_tensor(dtype: int, shape: list[int], data: bytes) -> pb.ExplainRequest:
@@ -93,7 +94,7 @@ CASES = [
     ("no input", lambda: pb.ExplainRequest(model="shapes", rise=pb.Rise()), grpc.StatusCode.INVALID_ARGUMENT,
      ["input", "tensor or an image"]),
     ("failed model", lambda: request(model="broken"), grpc.StatusCode.UNAVAILABLE, ["broken", "failed to load"]),
-    ("unknown score enum", lambda: pb.ExplainRequest(model="shapes", tensor=pb.Tensor(), score=7, rise=pb.Rise()),
+    ("unknown score enum", lambda: pb.ExplainRequest(model="shapes", tensor=request().tensor, score=7, rise=pb.Rise()),
      grpc.StatusCode.INVALID_ARGUMENT, ["score", "7"]),
 ]
 

@@ -132,8 +132,11 @@ def test_rise_agrees_statistically_with_an_independent_rise(client, shapes_sessi
     x = preprocess(png)
     result = client.explain("shapes", method="rise", tensor=x, seed=11, params={"num_masks": 4000})
     reference = independent_rise(shapes_session, x, result.target_class, 4000, seed=99)
+    another = independent_rise(shapes_session, x, result.target_class, 4000, seed=98)
     correlation = np.corrcoef(result.attribution.ravel(), reference.ravel())[0, 1]
-    assert correlation > 0.9, correlation
+    # Monte Carlo noise sets the bar: two independent runs of the reference agree this well.
+    noise_floor = np.corrcoef(another.ravel(), reference.ravel())[0, 1]
+    assert correlation > 0.8 and correlation > noise_floor - 0.05, (correlation, noise_floor)
     # Same expected value: the means agree to within the Monte Carlo error.
     assert abs(result.attribution.mean() - reference.mean()) < 0.05 * abs(reference.mean())
     assert result.stats["parameters"] == {"num_masks": 4000.0, "grid_size": 7.0, "keep_probability": 0.5,

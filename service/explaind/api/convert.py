@@ -35,7 +35,7 @@ def enum_value(enum: Any, field: str, value: int, known: dict[int, Any]) -> Any:
 
 def message_fields(message: Message) -> dict[str, Any]:
     """The fields a client set, as plain Python values (repeated fields as lists)."""
-    return {f.name: list(v) if f.label == f.LABEL_REPEATED else v for f, v in message.ListFields()}
+    return {f.name: list(v) if f.is_repeated else v for f, v in message.ListFields()}
 
 
 def explain_query(request: pb.ExplainRequest) -> ExplainQuery:
