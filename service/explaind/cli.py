@@ -73,6 +73,9 @@ def _explain(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"\nexplaind explain: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+        except (ValueError, OSError) as exc:
+            print(f"explaind explain: {exc}", file=sys.stderr)
+            return 2
     if not args.quiet:
         print(file=sys.stderr)
     if result is None:

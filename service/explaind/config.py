@@ -25,6 +25,7 @@ class Settings:
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
     providers: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: CUDA when onnxruntime has it)"})
     intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime CPU threads per session, 0: all cores"})
+    spin: int = field(default=1, metadata={"help": "1: onnxruntime threads spin between batches (faster), 0: they sleep"})
     max_batch_rows: int = field(default=64, metadata={"help": "rows per engine batch (model.yaml may override)"})
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})

@@ -7,6 +7,7 @@ then the method's job runs through the engine; then the heatmap is rendered.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -205,7 +206,10 @@ class Explainer:
         heatmap = b""
         if query.render is not None:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)
-            heatmap = render_heatmap(result.attribution, query.render, image=image)
+            options = query.render
+            if options.clip_percentile_low is None and p.method.render_low_percentile is not None:
+                options = dataclasses.replace(options, clip_percentile_low=p.method.render_low_percentile)
+            heatmap = render_heatmap(result.attribution, options, image=image)
         return Explanation(result.attribution, target, entry.labels[target], top, heatmap,
                            stats(result.model_evaluations, result.batches, result.queue_seconds,
                                  result.compute_seconds))

@@ -167,3 +167,20 @@ def test_io_binding_path_gives_the_same_results_as_plain_run():
                 "job_index": np.array([0] * 3 + [len(jobs) - 1] * 2, np.int64)}
         for a, b in zip(plain.run(feed, jobs), bound.run(feed, jobs)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_device_runs_the_smallest_request_first():
+    import threading
+
+    from explaind.engine.device import DeviceQueue
+
+    queue = DeviceQueue("test")
+    gate = threading.Event()
+    order = []
+    blocker = queue.submit(100, gate.wait)  # occupies the device while the others queue up
+    futures = [queue.submit(p, order.append, p) for p in (50_000, 20, 50_000, 3)]
+    gate.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    queue.shutdown()
+    assert order == [3, 20, 50_000, 50_000]

@@ -91,9 +91,12 @@ def build_request(model: str, *, method: str, params: Mapping[str, Any] | None =
         request.render.CopyFrom((render if isinstance(render, RenderSpec) else RenderSpec()).to_proto())
     method_message = getattr(request, method)  # AttributeError names an unknown method
     method_message.SetInParent()
+    fields = method_message.DESCRIPTOR.fields_by_name
     for name, value in (params or {}).items():
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            getattr(method_message, name).extend(value)
+        if name not in fields:
+            raise ValueError(f"{method} has no parameter {name!r}; it has {', '.join(fields) or 'none'}")
+        if fields[name].is_repeated:
+            getattr(method_message, name).extend(value if isinstance(value, Sequence) else [value])
         else:
             setattr(method_message, name, value)
     return request

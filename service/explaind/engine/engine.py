@@ -109,4 +109,4 @@ class Engine:
     async def close(self) -> None:
         for scheduler in self._schedulers.values():
             await scheduler.close()
-        self.device.executor.shutdown(wait=True)
+        self.device.queue.shutdown()

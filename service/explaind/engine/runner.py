@@ -1,15 +1,14 @@
 """Runners: onnxruntime sessions that execute one batch at a time, off the event loop.
 
-Each device has one worker thread (`Device.executor`); every scheduler on that device submits its
-batches there, so batches of different variants take turns instead of fighting over cores, and
-onnxruntime (which releases the GIL) leaves the event loop free to form the next batch.
+Each device has one worker thread (`Device.queue`, smallest requests first); every scheduler on that
+device submits its batches there, so batches of different variants take turns instead of fighting
+over cores, and onnxruntime (which releases the GIL) leaves the event loop free to form the next batch.
 With CUDA the runner binds inputs and outputs through IOBinding and keeps per-job constants
 resident on the device while the same jobs keep sharing batches.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import onnxruntime as ort
 
 from ..config import Settings
 from ..onnxgraph.builder import NAMESPACE
+from .device import DeviceQueue
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Device:
     """Where sessions run: "cpu" or "cuda", with the single thread that feeds it."""
 
     kind: str
-    executor: concurrent.futures.ThreadPoolExecutor
+    queue: DeviceQueue
     device_id: int = 0
 
     @property
@@ -42,8 +42,7 @@ def choose_device(settings: Settings) -> Device:
     if settings.providers == "cuda" and "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"providers=cuda but onnxruntime offers only {available}; install the gpu extra")
     kind = "cuda" if settings.providers != "cpu" and "CUDAExecutionProvider" in available else "cpu"
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explaind-{kind}")
-    return Device(kind, executor)
+    return Device(kind, DeviceQueue(f"explaind-{kind}"))
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -53,6 +52,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if not settings.spin:
+        # Idle onnxruntime threads otherwise spin on the cores the event loop needs between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

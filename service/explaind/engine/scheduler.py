@@ -67,6 +67,7 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)
         self._previous_delivery: asyncio.Future[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {model}/{variant}")
@@ -111,7 +112,9 @@ class Scheduler:
                 self._in_flight.release()
                 continue
             previous, self._previous_delivery = self._previous_delivery, asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().create_task(self._execute(batch, previous, self._previous_delivery))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, previous, self._previous_delivery))
+            self._running.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._running.discard)
             if self._jobs:
                 self._wakeup.set()
 
@@ -185,12 +188,12 @@ class Scheduler:
 
     async def _execute(self, batch: Batch, previous: asyncio.Future[None] | None,
                        delivered: asyncio.Future[None]) -> None:
-        loop = asyncio.get_running_loop()
         try:
             runner = await self._runner_ready()
             started = time.monotonic()
             slot_ids = tuple(job.id for job in batch.jobs)
-            outputs = await loop.run_in_executor(self.device.executor, runner.run, batch.feed, slot_ids)
+            priority = min(job.total_rows for job in batch.jobs)
+            outputs = await asyncio.wrap_future(self.device.queue.submit(priority, runner.run, batch.feed, slot_ids))
             seconds = time.monotonic() - started
             if previous is not None:
                 await previous

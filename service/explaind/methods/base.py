@@ -103,6 +103,8 @@ class Method(ABC):
     kinds: ClassVar[frozenset[str]]
     default_score: ClassVar[str] = PROBABILITY
     parameters: ClassVar[tuple[Parameter, ...]]
+    # Heatmaps clip below this percentile unless the request says otherwise (None: at zero).
+    render_low_percentile: ClassVar[float | None] = None
 
     @abstractmethod
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:

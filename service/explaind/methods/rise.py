@@ -47,6 +47,8 @@ class Rise(Method):
     description = ("Average of random smooth masks weighted by the target score of the masked input; "
                    "images only.")
     kinds = frozenset({"image"})
+    # RISE saliency is an expected score, positive everywhere: its minimum, not 0, is "no evidence".
+    render_low_percentile = 0.0
     parameters = (
         Parameter("num_masks", "int32", "4000", "number of random masks N"),
         Parameter("grid_size", "int32", "7", "cells per side s of the random grid"),

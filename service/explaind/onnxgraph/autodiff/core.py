@@ -20,13 +20,14 @@ import copy
 from collections import defaultdict
 
 import onnx
+import onnx.inliner
 from onnx import helper
 
 from . import rules as _rules  # noqa: F401  (registers the rule table)
 from .emitter import Emitter
 from .errors import UnsupportedOperator
 from .info import GraphInfo
-from .registry import VARIANTS, RuleContext, is_non_differentiable, lookup
+from .registry import RuleContext, is_non_differentiable, known_variants, lookup
 
 MIN_OPSET = 11
 
@@ -47,7 +48,12 @@ def differentiate(
     or "deconvnet". Raises UnsupportedOperator for the first operator on the path without a rule.
     """
     model, walk = _walk(model, output, wrt, rule, seed_name, collect=None)
-    return _assemble(model, walk, output, wrt, seed_name, grad_prefix)
+    taken = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    taken |= {o for n in model.graph.node for o in n.output}
+    clashes = [grad_prefix + t for t in wrt if grad_prefix + t in taken]
+    if clashes:
+        raise ValueError(f"grad_prefix: the names {clashes} are already tensors of the graph")
+    return _assemble(model, walk, wrt, seed_name, grad_prefix)
 
 
 def unsupported_operators(model: onnx.ModelProto, output: str, wrt: list[str], *, rule: str = "plain") -> list[tuple[str, str]]:
@@ -79,10 +85,12 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 def _walk(
     model: onnx.ModelProto, output: str, wrt: list[str], variant: str, seed_name: str, collect: list | None
 ) -> tuple[onnx.ModelProto, _Walk]:
-    if variant not in VARIANTS:
-        raise ValueError(f"rule: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant not in known_variants():
+        raise ValueError(f"rule: expected one of {', '.join(sorted(known_variants()))}, got {variant!r}")
     if not wrt:
         raise ValueError("wrt: expected at least one tensor name, got none")
+    if len(set(wrt)) != len(wrt):
+        raise ValueError(f"wrt: expected distinct tensor names, got {wrt}")
     model = copy.deepcopy(model)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
@@ -155,8 +163,7 @@ def _walk(
                 raise UnsupportedOperator(node.op_type, name, node.domain, f"no gradient with respect to {which}")
             if all(g is None for g in gy):
                 continue
-            ctx = RuleContext(node, name, emitter, info, variant, gy, need)
-            ctx.default_dtype = default_dtype
+            ctx = RuleContext(node, name, emitter, info, variant, gy, need, default_dtype)
             grads = spec.fn(ctx)
         except UnsupportedOperator as err:
             if collect is None:
@@ -178,7 +185,7 @@ def _type_of(info: GraphInfo, name: str, default_dtype: int) -> onnx.TypeProto:
     return helper.make_tensor_type_proto(elem, dims)
 
 
-def _assemble(model: onnx.ModelProto, walk: _Walk, output: str, wrt: list[str], seed_name: str, grad_prefix: str) -> onnx.ModelProto:
+def _assemble(model: onnx.ModelProto, walk: _Walk, wrt: list[str], seed_name: str, grad_prefix: str) -> onnx.ModelProto:
     graph = model.graph
     e = walk.emitter
     new_outputs = []

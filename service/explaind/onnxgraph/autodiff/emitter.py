@@ -67,11 +67,6 @@ class Emitter:
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(op_type), **attrs))
         return names[0]
 
-    def op_multi(self, op_type: str, inputs: list[str], count: int, **attrs: object) -> list[str]:
-        names = [self.fresh(op_type.lower()) for _ in range(count)]
-        self.op(op_type, inputs, names, **attrs)
-        return names
-
     # Shapes ------------------------------------------------------------------------------------
 
     def shape(self, x: str) -> str:
@@ -128,7 +123,10 @@ class Emitter:
     def reduce_sum(self, x: str, axes: list[int] | str, keepdims: bool = True) -> str:
         return self.reduce("ReduceSum", x, axes, keepdims)
 
-    def slice(self, x: str, starts: list[int] | str, ends: list[int] | str, axes: list[int], steps: list[int] | None = None) -> str:
+    def slice(
+        self, x: str, starts: list[int] | str, ends: list[int] | str, axes: list[int], steps: list[int] | None = None
+    ) -> str:
+        """Slice with starts/ends given as int lists or as run-time int64 tensors."""
         inputs = [
             starts if isinstance(starts, str) else self.ints(starts),
             ends if isinstance(ends, str) else self.ints(ends),
@@ -154,7 +152,7 @@ class Emitter:
         """
         t_dims = self.info.dims(target)
         if t_dims is None or g_dims is None:
-            raise ShapeUnknown(f"the rank of {target!r} or of its broadcast result is unknown")
+            return self._unbroadcast_at_run_time(g, target)
         lead = len(g_dims) - len(t_dims)
         if lead < 0:
             raise ShapeUnknown(f"{target!r} has a higher rank than the broadcast result")
@@ -182,6 +180,23 @@ class Emitter:
         if lead:
             result = self.op("Reshape", [result, self.shape(target)])
         return result
+
+    def _unbroadcast_at_run_time(self, g: str, target: str) -> str:
+        """Ranks unknown: reduce over the axes where Shape(target), left-padded with ones to g's
+        rank, differs from Shape(g) (broadcast never changes a size otherwise). Opset 13+."""
+        if self.opset < 13:
+            raise ShapeUnknown(f"the rank of {target!r} or of its broadcast result is unknown (needs opset 13)")
+        g_shape, t_shape = self.shape(g), self.shape(target)
+        missing = self.op("Sub", [self.op("Size", [g_shape]), self.op("Size", [t_shape])])
+        ones = self.op(
+            "ConstantOfShape", [self.op("Reshape", [missing, self.ints([1])])],
+            value=helper.make_tensor("value", TensorProto.INT64, [1], [1]),
+        )
+        padded = self.op("Concat", [ones, t_shape], axis=0)
+        differs = self.op("Not", [self.op("Equal", [padded, g_shape])])
+        axes = self.op("Reshape", [self.op("NonZero", [differs]), self.ints([-1])])
+        summed = self.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", [summed, t_shape])
 
 
 class ShapeUnknown(Exception):

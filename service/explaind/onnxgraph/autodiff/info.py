@@ -49,11 +49,14 @@ class GraphInfo:
         inferred = _infer(model)
         self.types: dict[str, tuple[int, list[Dim] | None]] = {}
         graph = inferred.graph
-        for vi in [*graph.value_info, *graph.output, *graph.input]:  # declared types win
+        for vi in [*graph.value_info, *graph.output, *graph.input]:
             elem, dims = _dims(vi.type)
-            old = self.types.get(vi.name)
-            if old is None or dims is not None or not old[0]:
-                self.types[vi.name] = (elem or (old[0] if old else 0), dims if dims is not None else (old[1] if old else None))
+            old_elem, old_dims = self.types.get(vi.name, (0, None))
+            self.types[vi.name] = (elem or old_elem, _merge(old_dims, dims))
+        for name in _untrusted_sizes(model):
+            elem, dims = self.types.get(name, (0, None))
+            if dims is not None:
+                self.types[name] = (elem, [d if isinstance(d, str) else None for d in dims])
         self.constants: dict[str, np.ndarray] = {}
         for init in model.graph.initializer:
             self.constants[init.name] = numpy_helper.to_array(init)
@@ -95,6 +98,33 @@ class GraphInfo:
     def constant(self, name: str) -> np.ndarray | None:
         """The value of an initializer or Constant output, else None."""
         return self.constants.get(name) if name else None
+
+
+def _merge(a: list[Dim] | None, b: list[Dim] | None) -> list[Dim] | None:
+    """Two views of one shape, per dim the most precise (int, then name, then unknown)."""
+    if a is None or b is None or len(a) != len(b):
+        return b if b is not None else a
+    return [x if isinstance(x, int) else y if isinstance(y, int) else x or y for x, y in zip(a, b)]
+
+
+def _untrusted_sizes(model: onnx.ModelProto) -> set[str]:
+    """Tensors downstream of a ceil_mode pooling with padding.
+
+    ONNX shape inference keeps a last window that starts in the right padding, which onnxruntime
+    (like torch) drops, so the inferred sizes there and below may be one too large: the rules read
+    those at run time instead.
+    """
+    tainted: set[str] = set()
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        suspicious = (
+            node.op_type in ("MaxPool", "AveragePool", "LpPool")
+            and attrs.get("ceil_mode", 0)
+            and (any(attrs.get("pads", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"))
+        )
+        if suspicious or any(i in tainted for i in node.input):
+            tainted.update(o for o in node.output if o)
+    return tainted
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -6,13 +6,13 @@ gradient tensor (None where no gradient is needed: ``ctx.need[i]`` is False).
 
 Variants change a few rules and fall back to the plain ones for every other operator:
 "guided" and "deconvnet" replace Relu (and Clip used as ReLU6); LRP rules can be added the same way
-(register under a new variant name, list it in VARIANTS).
+(register rules under a new variant name; it becomes a valid `rule` argument).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -22,7 +22,7 @@ from .emitter import Emitter, ShapeUnknown
 from .errors import UnsupportedOperator
 from .info import GraphInfo
 
-VARIANTS = ("plain", "guided", "deconvnet")
+VARIANTS = ("plain", "guided", "deconvnet")  # the built-in ones; register() may add more
 
 # Operators whose outputs carry no gradient (integers, booleans, shapes, or piecewise-constant
 # values): they stay in the graph as they are and stop the differentiated path.
@@ -81,6 +81,10 @@ def register(
     return decorate
 
 
+def known_variants() -> set[str]:
+    return {*VARIANTS, *(variant for variant, _, _ in RULES)}
+
+
 def lookup(variant: str, node: onnx.NodeProto) -> RuleSpec | None:
     domain = "" if node.domain == "ai.onnx" else node.domain
     key = (domain, node.op_type)
@@ -102,7 +106,7 @@ class RuleContext:
     variant: str
     gy: list[str | None]
     need: list[bool]
-    extra_outputs: list[str] = field(default_factory=list)
+    default_dtype: int = onnx.TensorProto.FLOAT  # the output's type, for tensors inference missed
 
     # The forward node ---------------------------------------------------------------------------
 
@@ -140,8 +144,6 @@ class RuleContext:
     def dtype(self, name: str | None = None) -> int:
         """The element type of a tensor (default: input 0); gradients share their tensor's type."""
         return self.info.elem_type(name or self.x(0)) or self.default_dtype
-
-    default_dtype: int = onnx.TensorProto.FLOAT
 
     def scalar(self, value: float, like: str | None = None) -> str:
         return self.e.scalar(value, self.dtype(like))

@@ -49,9 +49,12 @@ def _indices(ctx: RuleContext) -> str:
     """MaxPool's row-major Indices: the node's own output, one added to it, or a second MaxPool."""
     node = ctx.node
     storage_order = int(ctx.attr("storage_order", 0))
-    if len(node.output) > 1 and node.output[1] and storage_order == 0:
-        return node.output[1]
-    if len(node.output) == 1 and storage_order == 0:
+    if storage_order == 0:
+        if len(node.output) > 1 and node.output[1]:
+            return node.output[1]
+        if len(node.output) > 1:  # the Indices output was declared but omitted ('')
+            node.output[1] = ctx.e.fresh("maxpool_indices")
+            return node.output[1]
         return ctx.add_forward_output()
     e = ctx.e
     outputs = [e.fresh("maxpool_values"), e.fresh("maxpool_indices")]

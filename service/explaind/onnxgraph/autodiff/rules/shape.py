@@ -37,21 +37,20 @@ def concat(ctx: RuleContext) -> list:
     rank = ctx.rank(ctx.y())
     axis = ctx.axis(int(ctx.attr("axis")), rank)
     grads: list[str | None] = []
-    offset: int | str = 0
+    offset: int | str = 0  # a known int, or a [1] int64 tensor computed at run time
     for i, name in enumerate(ctx.node.input):
         dims = ctx.info.dims(name)
-        size: int | str = dims[axis] if dims is not None and isinstance(dims[axis], int) else e.dims_slice(e.shape(name), axis, axis + 1)
+        size: int | str
+        if dims is not None and isinstance(dims[axis], int):
+            size = dims[axis]
+        else:
+            size = e.dims_slice(e.shape(name), axis, axis + 1)
         end: int | str
         if isinstance(offset, int) and isinstance(size, int):
             end = offset + size
         else:
-            end = e.op("Add", [e.ints([offset]) if isinstance(offset, int) else offset, e.ints([size]) if isinstance(size, int) else size])
-        if ctx.need[i]:
-            starts = [offset] if isinstance(offset, int) else offset
-            ends = [end] if isinstance(end, int) else end
-            grads.append(e.slice(ctx.g, starts, ends, [axis]))
-        else:
-            grads.append(None)
+            end = e.op("Add", [_one(e, offset), _one(e, size)])
+        grads.append(e.slice(ctx.g, _one(e, offset), _one(e, end), [axis]) if ctx.need[i] else None)
         offset = end
     return grads
 
@@ -161,8 +160,9 @@ def _fold_axis(ctx: RuleContext, g: str, x: str, rank: int, axis: int, before: i
 
     def placed(part: str, lead: int | str, trail: int | str) -> str:
         """`part` zero-padded along `axis` to length n: `lead` zeros before, `trail` after."""
-        pads_parts = [e.ints([0] * axis), _one(e, lead), e.ints([0] * (rank - 1)), _one(e, trail), e.ints([0] * (rank - 1 - axis))]
-        return e.op("Pad", [part, e.op("Concat", pads_parts, axis=0)], mode="constant")
+        zeros = [e.ints([0] * axis), e.ints([0] * (rank - 1)), e.ints([0] * (rank - 1 - axis))]
+        pads = e.op("Concat", [zeros[0], _one(e, lead), zeros[1], _one(e, trail), zeros[2]], axis=0)
+        return e.op("Pad", [part, pads], mode="constant")
 
     def minus(value: str, amount: int) -> str:
         return e.op("Sub", [value, e.ints([amount])])
