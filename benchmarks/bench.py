@@ -40,23 +40,30 @@ MODEL_DIR = ROOT / "service" / "explaind" / "demo" / "repository"
 
 
 def raw_throughput(model: Path, threads: int, batch_sizes: list[int], seconds: float) -> dict[int, float]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    """Images/s at each batch size: the better of onnxruntime's default (spinning threads) and no spinning."""
+    sessions = []
+    for spin in ("1", "0"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        sessions.append(ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"]))
+    name = sessions[0].get_inputs()[0].name
     results = {}
     for batch in batch_sizes:
         x = np.random.default_rng(0).normal(size=(batch, 3, 64, 64)).astype(np.float32)
-        session.run(None, {name: x})  # warm up
-        rates = []
-        for _ in range(3):
-            runs, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                session.run(None, {name: x})
-                runs += 1
-            rates.append(runs * batch / (time.perf_counter() - start))
-        results[batch] = statistics.median(rates)
+        best = 0.0
+        for session in sessions:
+            session.run(None, {name: x})  # warm up
+            rates = []
+            for _ in range(3):
+                runs, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    session.run(None, {name: x})
+                    runs += 1
+                rates.append(runs * batch / (time.perf_counter() - start))
+            best = max(best, statistics.median(rates))
+        results[batch] = best
     return results
 
 

@@ -220,7 +220,7 @@ def test_health_reflection_and_metrics(server, client, example_image):
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     assert 'explaind_requests_total{code="OK",method="rise",model="shapes"}' in text
     assert 'explaind_request_seconds_bucket{le="+Inf",method="rise",model="shapes"}' in text
-    assert 'explaind_batch_rows_bucket' in text and 'explaind_queue_rows{model="shapes",variant="rise/probability/7"}' in text
+    assert 'explaind_batch_rows_bucket' in text and 'explaind_queue_rows{model="shapes",variant="rise/probability/7/zero"}' in text
     assert 'explaind_queue_jobs' in text and 'explaind_rows_per_second' in text
 
 

@@ -139,20 +139,21 @@ def rise_reference(weights, x, target, n, s, p, baseline, seed, chunk=256):
     return saliency / (n * p)
 
 
-def test_rise_matches_its_definition_for_the_same_codes():
+@pytest.mark.parametrize("baseline", [0.0, 0.25])  # 0 takes the variant without a fill input
+def test_rise_matches_its_definition_for_the_same_codes(baseline):
     x = np.random.default_rng(4).normal(size=(3, 12, 9)).astype(np.float32)
 
     async def main():
         engine = Engine(settings())
         served, weights = served_linear("lin", (3, 12, 9), 3, max_batch_rows=32)
         result, params = await run_method(engine, served, Rise(), {"num_masks": 300, "grid_size": 4,
-                                                                   "keep_probability": 0.3, "baseline": 0.25},
+                                                                   "keep_probability": 0.3, "baseline": baseline},
                                           x, 1, seed=77)
         await engine.close()
         return result, weights
 
     result, weights = run(main())
-    expected = rise_reference(weights, x, 1, 300, 4, 0.3, 0.25, seed=77)
+    expected = rise_reference(weights, x, 1, 300, 4, 0.3, baseline, seed=77)
     np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-6)
     assert result.model_evaluations == 300
 

@@ -79,7 +79,9 @@ class Rise(Method):
             shift = rng.integers(0, cells, size=(count, 2), dtype=np.int64)
             return {"grid": grid, "shift": shift}
 
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
-                     "fill": np.array(params["baseline"], np.float32)}
-        return Plan(VariantSpec(RISE, ctx.score, s), constants, chunked(n, CHUNK_ROWS, draw), n,
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
+        zero = params["baseline"] == 0.0
+        if not zero:
+            constants["fill"] = np.array(params["baseline"], np.float32)
+        return Plan(VariantSpec(RISE, ctx.score, s, zero), constants, chunked(n, CHUNK_ROWS, draw), n,
                     RiseReducer(height, width, p), partial_maps=True)

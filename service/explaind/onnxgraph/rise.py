@@ -57,13 +57,20 @@ def masks(b: GraphBuilder, sig: ModelSignature, grid_size: int) -> str:
     return b.op("MatMul", [b.op("MatMul", [rows, grid]), b.op("Transpose", [cols], perm=[0, 2, 1])])
 
 
-def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, mask: str) -> str:
-    """Input fill [J] float32; returns x * m + fill * (1 - m) for each row [R, ...]."""
-    fill = b.input("fill", TensorProto.FLOAT, ["jobs"])
-    x = b.op("Gather", [x0, job_index], axis=0)
-    row_fill = b.op("Reshape", [b.op("Gather", [fill, job_index], axis=0), b.const(np.array([-1, 1, 1, 1], np.int64))])
+def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, mask: str, zero_baseline: bool) -> str:
+    """Returns x * m + fill * (1 - m) for each row [R, ...]; input fill [J] unless the baseline is 0.
+
+    With a zero baseline (the default) the blend is a single product, one pass less over the batch.
+    """
     m = b.unsqueeze(mask, [sig.channel_axis])
-    return b.op("Add", [row_fill, b.op("Mul", [b.op("Sub", [x, row_fill]), m])])
+    if zero_baseline:
+        return b.op("Mul", [b.op("Gather", [x0, job_index], axis=0), m])
+    fill = b.input("fill", TensorProto.FLOAT, ["jobs"])
+    per_job = b.const(np.array([-1] + [1] * len(sig.example_shape), np.int64))
+    # (x - fill) is formed once per job, before the rows are gathered: one pass less over the batch.
+    centred = b.op("Sub", [x0, b.op("Reshape", [fill, per_job])])
+    row_fill = b.op("Reshape", [b.op("Gather", [fill, job_index], axis=0), per_job])
+    return b.op("Add", [b.op("Mul", [b.op("Gather", [centred, job_index], axis=0), m]), row_fill])
 
 
 def weighted_mask_sum(b: GraphBuilder, mask: str, score: str, job_index: str, x0: str) -> str:

@@ -30,9 +30,12 @@ class VariantSpec:
     kind: str
     score: str = ""       # "probability" | "logit" (target-score variants)
     grid_size: int = 0    # RISE
+    zero_baseline: bool = False  # RISE: baseline 0 everywhere, so no fill input
+
 
     def describe(self) -> str:
-        parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else ""]
+        parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else "",
+                 "zero" if self.zero_baseline else ""]
         return "/".join(p for p in parts if p)
 
 
@@ -79,13 +82,14 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
         interface = VariantInterface(("x0", "target", "fill"), (code,), (SCORE_OUTPUT,))
     elif spec.kind == RISE:
         mask = rise.masks(b, sig, spec.grid_size)
-        b.op("Identity", [rise.prefix(b, sig, x0, job_index, mask)], out=sig.input_name)
+        b.op("Identity", [rise.prefix(b, sig, x0, job_index, mask, spec.zero_baseline)], out=sig.input_name)
         b.mark_model()
         score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
         b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
         mask_sum = rise.weighted_mask_sum(b, mask, score, job_index, x0)
         b.output(mask_sum, MASK_SUM_OUTPUT, TensorProto.FLOAT, ["jobs", None])
-        interface = VariantInterface(("x0", "target", "fill"), ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
+        constants = ("x0", "target") if spec.zero_baseline else ("x0", "target", "fill")
+        interface = VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
     else:
         raise ValueError(f"unknown variant kind {spec.kind!r}")
     return Variant(spec, splice(model, sig.input_name, b), interface)
