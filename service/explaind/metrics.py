@@ -41,6 +41,7 @@ class Metrics:
         self.refused = Counter("explaind_refused", "Requests refused because the engine queue was full",
                                ["model"], registry=r)
         self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._window_rows = 0
         self._lock = threading.Lock()
 
     def record_batch(self, model: str, variant: str, rows: int, jobs: int, seconds: float) -> None:
@@ -51,10 +52,11 @@ class Metrics:
         now = time.monotonic()
         with self._lock:
             self._window.append((now, rows))
-            while self._window and self._window[0][0] < now - 10.0:
-                self._window.popleft()
+            self._window_rows += rows
+            while self._window[0][0] < now - 10.0:
+                self._window_rows -= self._window.popleft()[1]
             span = max(now - self._window[0][0], 1.0)
-            self.rows_per_second.set(sum(n for _, n in self._window) / span)
+            self.rows_per_second.set(self._window_rows / span)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> object:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the HTTP server."""

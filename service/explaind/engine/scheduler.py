@@ -68,6 +68,7 @@ class Scheduler:
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)
         self._previous_delivery: asyncio.Future[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._stack_cache: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {model}/{variant}")
@@ -174,11 +175,19 @@ class Scheduler:
             if not job.started:
                 job.started = True
                 job.stats.queue_seconds = now - job.submitted_at
-        feed = {name: np.stack([job.constants[name] for job in jobs]) for name in self.interface.constants}
+        feed = self._stacked_constants(jobs)
         feed["job_index"] = np.repeat(np.arange(len(jobs), dtype=np.int64), counts)
         for name in self.interface.codes:
             feed[name] = np.concatenate([c[name] for c in codes])
         return Batch(jobs, codes, feed, sum(counts), now)
+
+    def _stacked_constants(self, jobs: list[Job]) -> dict[str, np.ndarray]:
+        """Per-job constants stacked one slot per job; reused while the same jobs share batches."""
+        ids = tuple(job.id for job in jobs)
+        if self._stack_cache is None or self._stack_cache[0] != ids:
+            stacked = {name: np.stack([job.constants[name] for job in jobs]) for name in self.interface.constants}
+            self._stack_cache = (ids, stacked)
+        return dict(self._stack_cache[1])
 
     async def _runner_ready(self) -> Runner:
         async with self._runner_lock:

@@ -33,7 +33,7 @@ class RiseReducer(Reducer):
         self.masks = 0
 
     def consume(self, codes, rows, slot) -> None:
-        self.weighted += slot[MASK_SUM_OUTPUT].astype(np.float64)
+        np.add(self.weighted, slot[MASK_SUM_OUTPUT], out=self.weighted)
         self.masks += len(codes["grid"])
 
     def attribution(self) -> np.ndarray:
