@@ -20,7 +20,9 @@ from .config import Settings
 from .engine.engine import Engine, ServedModel
 from .engine.job import Job
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .methods.base import LOGIT, Method, MethodContext, ModelView
+from .methods.base import FORWARD, LOGIT, Method, MethodContext, ModelView
+from .methods.gradient_base import WhiteBox
+from .models.white_box import inspect_white_box
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
 from .models.repository import ModelEntry, ModelRepository
@@ -63,6 +65,7 @@ class Explanation:
     top_classes: list[ClassScore]
     heatmap_png: bytes
     stats: dict[str, Any]
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Explainer:
         self.engine = engine
         self.methods = all_methods()
         self._served: dict[str, ServedModel] = {}
+        self._white_box: dict[str, WhiteBox] = {}
 
     # Models -------------------------------------------------------------------------------------
 
@@ -116,10 +120,18 @@ class Explainer:
             self._served[entry.name] = served
         return served
 
+    def white_box(self, entry: ModelEntry) -> WhiteBox:
+        """Whether gradients can be derived from this model's graph (computed once per model)."""
+        if entry.name not in self._white_box:
+            self._white_box[entry.name] = inspect_white_box(entry)
+        return self._white_box[entry.name]
+
     def methods_for(self, entry: ModelEntry) -> list[str]:
         if not entry.ready:
             return []
-        return [name for name, m in self.methods.items() if entry.config.kind in m.kinds]
+        white_box = self.white_box(entry).available
+        return [name for name, m in self.methods.items()
+                if entry.config.kind in m.kinds and (m.needs == FORWARD or white_box)]
 
     # Explain ------------------------------------------------------------------------------------
 
@@ -135,7 +147,12 @@ class Explainer:
             raise FailedPrecondition(f"method {method.name!r} does not explain {kind} models such as "
                                      f"{entry.name!r}; methods for this model: {', '.join(self.methods_for(entry))}")
         served = self.served(entry)
-        view = ModelView(kind, served.signature, entry.background)
+        white_box = self.white_box(entry)
+        if method.needs != FORWARD and not white_box.available:
+            raise FailedPrecondition(f"method {method.name!r} needs gradients, which model {entry.name!r} cannot "
+                                     f"provide: {white_box.reason}; black-box methods for it: "
+                                     f"{', '.join(self.methods_for(entry))}")
+        view = ModelView(kind, served.signature, entry.background, white_box)
         x, image = self._input(query, entry, served.signature)
         score = query.score or method.default_score
         if score == LOGIT and entry.config.scores != "logits":
@@ -212,7 +229,7 @@ class Explainer:
             heatmap = render_heatmap(result.attribution, options, image=image)
         return Explanation(result.attribution, target, entry.labels[target], top, heatmap,
                            stats(result.model_evaluations, result.batches, result.queue_seconds,
-                                 result.compute_seconds))
+                                 result.compute_seconds), result.extras)
 
     def _target(self, query: ExplainQuery, entry: ModelEntry, probabilities: np.ndarray) -> int:
         if query.target_label is not None:

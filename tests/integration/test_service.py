@@ -58,11 +58,16 @@ def test_get_model_reports_the_contract(client):
     assert [(i.name, i.dtype, list(i.shape)) for i in info.inputs] == [("input", pb.FLOAT32, [-1, 3, 64, 64])]
     assert [o.name for o in info.outputs] == ["logits"]
     assert list(info.labels) == ["circle", "square", "triangle", "cross", "star"]
-    assert list(info.methods) == ["occlusion", "rise"]
+    assert list(info.methods) == ["occlusion", "rise", "saliency", "input_x_gradient", "smooth_grad",
+                                  "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
+                                  "grad_cam_plus_plus", "guided_grad_cam"]
+    assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
+    assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers
     assert info.scores == "logits" and info.num_classes == 5
     assert list(info.preprocess.size) == [64, 64] and list(info.preprocess.mean) == [0.5, 0.5, 0.5]
     tabular = client.get_model("tabular")
     assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion"] and tabular.num_features == 13
+    assert not tabular.white_box and "TreeEnsembleClassifier" in tabular.white_box_reason
 
 
 def test_list_methods_shows_parameters_and_defaults(client):
@@ -70,6 +75,10 @@ def test_list_methods_shows_parameters_and_defaults(client):
     rise = {p.name: p.default_value for p in methods["rise"].parameters}
     assert rise == {"num_masks": "4000", "grid_size": "7", "keep_probability": "0.5", "baseline": "0"}
     assert methods["occlusion"].needs == pb.FORWARD
+    assert methods["grad_cam"].needs == pb.LAYER_GRADIENTS and methods["saliency"].needs == pb.INPUT_GRADIENTS
+    assert methods["integrated_gradients"].default_score == pb.LOGIT
+    ig = {p.name: p.default_value for p in methods["integrated_gradients"].parameters}
+    assert ig["n_steps"] == "50" and ig["method"] == "gausslegendre"
     assert [m.name for m in client.list_methods(model="tabular")] == ["occlusion"]
 
 
@@ -256,3 +265,25 @@ def test_a_stub_generated_independently_from_proto_can_call_the_server(server, t
         for k in [k for k in sys.modules if k == "explaind" or k.startswith("explaind.")]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+def test_white_box_methods_over_grpc(client, shapes_session, example_image):
+    png, box = example_image
+    x = preprocess(png)
+    ig = client.explain("shapes", method="integrated_gradients", tensor=x, params={"n_steps": 64})
+    assert ig.attribution.shape == (3, 64, 64) and ig.stats["score"] == "LOGIT"
+    figures = client.stub.Explain(build_request("shapes", method="integrated_gradients", tensor=x,
+                                                params={"n_steps": 64}), timeout=60).figures
+    logits = shapes_session.run(None, {"input": x[None]})[0][0]
+    assert figures["f_input"] == pytest.approx(float(logits[ig.target_class]), rel=1e-4)
+    # Completeness: the attributions add up to f(x) - f(0), up to the quadrature error.
+    assert abs(figures["completeness_gap"]) < 0.05 * abs(figures["f_input"] - figures["f_baseline"])
+    cam = client.explain("shapes", method="grad_cam", tensor=x)
+    assert cam.attribution.shape == (64, 64) and cam.attribution.min() >= 0
+    y, xx = np.unravel_index(np.argmax(cam.attribution), cam.attribution.shape)
+    x0, y0, x1, y1 = box["box"]
+    assert x0 - 8 <= xx < x1 + 8 and y0 - 8 <= y < y1 + 8  # the map's peak is on the object
+    smooth = client.explain("shapes", method="smooth_grad", tensor=x, seed=4, params={"num_samples": 10})
+    again = client.explain("shapes", method="smooth_grad", tensor=x, seed=4, params={"num_samples": 10})
+    np.testing.assert_array_equal(smooth.attribution, again.attribution)
+    assert smooth.stats["model_evaluations"] == "11"

@@ -112,7 +112,8 @@ def explain_response(result: Explanation) -> pb.ExplainResponse:
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
     return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
                               target_class=result.target_class, target_label=result.target_label,
-                              top_classes=top, heatmap_png=result.heatmap_png, stats=stats)
+                              top_classes=top, heatmap_png=result.heatmap_png, stats=stats,
+                              figures=result.figures)
 
 
 def tensor_info(spec: Any) -> pb.TensorInfo:
@@ -123,7 +124,8 @@ def tensor_info(spec: Any) -> pb.TensorInfo:
                          shape=list(spec.shape))
 
 
-def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float) -> pb.ModelInfo:
+def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float,
+               white_box: Any = None) -> pb.ModelInfo:
     info = pb.ModelInfo(name=entry.name, status=pb.READY if entry.ready else pb.FAILED, reason=entry.reason,
                         sha256=entry.sha256)
     if entry.config is not None:
@@ -139,6 +141,11 @@ def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_d
     info.num_classes = entry.num_classes
     info.max_batch_rows = max_batch_rows
     info.max_delay_ms = max_delay_ms
+    if white_box is not None:
+        info.white_box = white_box.available
+        info.white_box_reason = white_box.reason
+        info.layers.extend(white_box.layers)
+        info.default_layer = white_box.default_layer
     if config.kind == "tabular":
         info.num_features = entry.example_shape[0]
     elif entry.preprocess is not None:

@@ -106,7 +106,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         if entry.ready:
             served = self.explainer.served(entry)
             return convert.model_info(entry, self.explainer.methods_for(entry), served.max_batch_rows,
-                                      served.max_delay_ms)
+                                      served.max_delay_ms, self.explainer.white_box(entry))
         return convert.model_info(entry, [], 0, 0.0)
 
     # Error mapping ------------------------------------------------------------------------------

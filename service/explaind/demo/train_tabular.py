@@ -78,7 +78,7 @@ output: {{name: probabilities, scores: probabilities}}
 labels: {_yaml_list(list(data.target_names))}
 feature_names: {_yaml_list(list(data.feature_names))}
 background: background.npy
-gradients: none
+gradients: auto            # tree ensembles have no gradient rule: GetModel says which node
 batching: {{max_batch_rows: 256, max_delay_ms: 2}}
 """
     (args.out / "model.yaml").write_text(text)

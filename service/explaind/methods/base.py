@@ -44,6 +44,7 @@ class ModelView:
     kind: str                 # "image" | "tabular"
     signature: ModelSignature
     background: np.ndarray | None = None
+    white_box: Any = None     # methods.gradient_base.WhiteBox, for gradient methods
 
 
 @dataclass
@@ -114,6 +115,14 @@ class Method(ABC):
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         """The job that computes this explanation."""
 
+    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
+        """The final attribution from the reducer (layer methods transform it further)."""
+        return reducer.attribution()
+
+    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
+        """Method-specific figures for the response (e.g. Integrated Gradients' completeness gap)."""
+        return {}
+
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         plan = self.plan(params, ctx)
         progress = _ProgressReporter(plan, ctx)
@@ -121,9 +130,10 @@ class Method(ABC):
                   consume=progress.consume, deadline=ctx.deadline, label=self.name)
         await ctx.engine.run(ctx.served, plan.spec, job)
         return MethodResult(
-            attribution=plan.reducer.attribution().astype(np.float32),
+            attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
             model_evaluations=job.stats.rows, batches=job.stats.batches,
-            queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds)
+            queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
+            extras=self.extras(params, ctx, plan.reducer))
 
 
 class _ProgressReporter:

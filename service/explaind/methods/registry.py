@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from .base import Method
+from .deconvnet import Deconvnet
+from .grad_cam import GradCam
+from .grad_cam_plus_plus import GradCamPlusPlus
+from .guided_backprop import GuidedBackprop
+from .guided_grad_cam import GuidedGradCam
+from .input_x_gradient import InputXGradient
+from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .rise import Rise
+from .saliency import Saliency
+from .smooth_grad import SmoothGrad
 
 
 def all_methods() -> dict[str, Method]:
-    methods: list[Method] = [Occlusion(), Rise()]
+    methods: list[Method] = [Occlusion(), Rise(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
+                             GuidedBackprop(), Deconvnet(), GradCam(), GradCamPlusPlus(), GuidedGradCam()]
     return {m.name: m for m in methods}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
-from . import occlusion, rise
+from . import gradients, occlusion, rise
 from .builder import GraphBuilder
 from .compose import model_opset, splice
 from .score import class_scores, declare_common_inputs, declare_target, target_score
@@ -23,6 +23,7 @@ PREDICT = "predict"
 OCCLUSION_IMAGE = "occlusion_image"
 OCCLUSION_TABULAR = "occlusion_tabular"
 RISE = "rise"
+GRADIENT = "gradient"
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,14 @@ class VariantSpec:
     score: str = ""       # "probability" | "logit" (target-score variants)
     grid_size: int = 0    # RISE
     zero_baseline: bool = False  # RISE: baseline 0 everywhere, so no fill input
+    rule: str = ""        # gradient: plain | guided | deconvnet
+    path: str = ""        # gradient: input | line | noise (see onnxgraph.gradients)
+    layer: str = ""       # gradient: a tensor whose activation and gradient are also output
 
 
     def describe(self) -> str:
         parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else "",
-                 "zero" if self.zero_baseline else ""]
+                 "zero" if self.zero_baseline else "", self.rule, self.path, self.layer]
         return "/".join(p for p in parts if p)
 
 
@@ -62,6 +66,14 @@ MASK_SUM_OUTPUT = "mask_sum"
 
 def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
     """Compose the variant graph for `spec` around `model`."""
+    if spec.kind == GRADIENT:
+        constants, codes = gradients.gradient_inputs(spec.path)
+        outputs = (SCORE_OUTPUT, gradients.INPUT_GRAD_OUTPUT)
+        if spec.layer:
+            outputs += (gradients.LAYER_OUTPUT, gradients.LAYER_GRAD_OUTPUT)
+        graph = gradients.build_gradient_model(model, sig, score=spec.score, rule=spec.rule, path=spec.path,
+                                               layer=spec.layer, describe=spec.describe())
+        return Variant(spec, graph, VariantInterface(constants, codes, outputs))
     b = GraphBuilder(model_opset(model), spec.describe())
     x0, job_index = declare_common_inputs(b, sig.example_shape)
     target = declare_target(b) if spec.kind != PREDICT else ""

@@ -151,6 +151,88 @@ class Rise(_message.Message):
     baseline: float
     def __init__(self, num_masks: _Optional[int] = ..., grid_size: _Optional[int] = ..., keep_probability: _Optional[float] = ..., baseline: _Optional[float] = ...) -> None: ...
 
+class Saliency(_message.Message):
+    __slots__ = ("postprocess", "channel_reduction")
+    POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    postprocess: str
+    channel_reduction: str
+    def __init__(self, postprocess: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class InputXGradient(_message.Message):
+    __slots__ = ("channel_reduction",)
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    channel_reduction: str
+    def __init__(self, channel_reduction: _Optional[str] = ...) -> None: ...
+
+class SmoothGrad(_message.Message):
+    __slots__ = ("num_samples", "noise_level", "stdev", "postprocess", "channel_reduction")
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    STDEV_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    num_samples: int
+    noise_level: float
+    stdev: float
+    postprocess: str
+    channel_reduction: str
+    def __init__(self, num_samples: _Optional[int] = ..., noise_level: _Optional[float] = ..., stdev: _Optional[float] = ..., postprocess: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class IntegratedGradients(_message.Message):
+    __slots__ = ("n_steps", "method", "baseline", "channel_reduction")
+    N_STEPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    n_steps: int
+    method: str
+    baseline: float
+    channel_reduction: str
+    def __init__(self, n_steps: _Optional[int] = ..., method: _Optional[str] = ..., baseline: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class GuidedBackprop(_message.Message):
+    __slots__ = ("channel_reduction",)
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    channel_reduction: str
+    def __init__(self, channel_reduction: _Optional[str] = ...) -> None: ...
+
+class Deconvnet(_message.Message):
+    __slots__ = ("channel_reduction",)
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    channel_reduction: str
+    def __init__(self, channel_reduction: _Optional[str] = ...) -> None: ...
+
+class GradCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
+class GradCamPlusPlus(_message.Message):
+    __slots__ = ("layer", "relu", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
+class GuidedGradCam(_message.Message):
+    __slots__ = ("layer", "upsample", "channel_reduction")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    upsample: str
+    channel_reduction: str
+    def __init__(self, layer: _Optional[str] = ..., upsample: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -168,7 +250,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +260,15 @@ class ExplainRequest(_message.Message):
     RENDER_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
     RISE_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_GRAD_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_BACKPROP_FIELD_NUMBER: _ClassVar[int]
+    DECONVNET_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAM_PLUS_PLUS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_X_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
     model: str
     tensor: Tensor
     image: bytes
@@ -187,7 +278,16 @@ class ExplainRequest(_message.Message):
     render: Render
     occlusion: Occlusion
     rise: Rise
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ...) -> None: ...
+    saliency: Saliency
+    smooth_grad: SmoothGrad
+    integrated_gradients: IntegratedGradients
+    guided_backprop: GuidedBackprop
+    deconvnet: Deconvnet
+    grad_cam: GradCam
+    grad_cam_plus_plus: GradCamPlusPlus
+    input_x_gradient: InputXGradient
+    guided_grad_cam: GuidedGradCam
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -226,20 +326,29 @@ class Stats(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats")
+    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     TARGET_LABEL_FIELD_NUMBER: _ClassVar[int]
     TOP_CLASSES_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
     attribution: Tensor
     target_class: int
     target_label: str
     top_classes: _containers.RepeatedCompositeFieldContainer[ClassScore]
     heatmap_png: bytes
     stats: Stats
-    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ...) -> None: ...
+    figures: _containers.ScalarMap[str, float]
+    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("rows_done", "rows_total", "fraction", "stage")
@@ -288,7 +397,7 @@ class Preprocess(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms")
+    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +413,10 @@ class ModelInfo(_message.Message):
     NUM_FEATURES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    WHITE_BOX_FIELD_NUMBER: _ClassVar[int]
+    WHITE_BOX_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_LAYER_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ModelStatus
     reason: str
@@ -319,7 +432,11 @@ class ModelInfo(_message.Message):
     num_features: int
     max_batch_rows: int
     max_delay_ms: float
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ...) -> None: ...
+    white_box: bool
+    white_box_reason: str
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    default_layer: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,146 @@
+"""What the white-box methods share: the gradient variant, post-processing, and one reducer.
+
+Each white-box method is a GradientMethod that picks the backward rule, the path its rows sample
+(the input itself, a straight path, noisy copies), the per-row weights of its rows, and a final
+transform of the weighted gradient sum. Gradients come from the model's own ONNX graph through
+`onnxgraph.autodiff`; nothing else than onnxruntime runs them.
+Default score: the logit (pre-softmax), as Captum and the papers use for gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..engine.job import RowChunk
+from ..errors import InvalidArgument
+from ..onnxgraph import gradients as g
+from ..onnxgraph.rise import interpolation_matrix
+from ..onnxgraph.variants import GRADIENT, SCORE_OUTPUT, VariantSpec
+from .base import LOGIT, Method, MethodContext, ModelView, Plan, Reducer
+
+INPUT_GRADIENTS = "INPUT_GRADIENTS"
+LAYER_GRADIENTS = "LAYER_GRADIENTS"
+
+POSTPROCESS = ("raw", "absolute", "squared")
+CHANNEL_REDUCTIONS = ("none", "max", "sum", "mean")
+
+
+@dataclass(frozen=True)
+class WhiteBox:
+    """Whether a model can be differentiated, why not, and the layers layer methods may use."""
+
+    available: bool
+    reason: str = ""
+    layers: tuple[str, ...] = ()       # 4-D float activations, in graph order
+    default_layer: str = ""            # model.yaml layers.cam, else the last 4-D input of a global pooling
+
+
+def choice_param(given: Mapping[str, Any], method: str, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = given.get(name, default)
+    if isinstance(value, str):
+        value = value.lower()
+    if value not in choices:
+        raise InvalidArgument(f"{method}.{name}", f"one of {', '.join(choices)}", value)
+    return value
+
+
+def postprocess(values: np.ndarray, how: str) -> np.ndarray:
+    if how == "absolute":
+        return np.abs(values)
+    if how == "squared":
+        return values * values
+    return values
+
+
+def reduce_channels(values: np.ndarray, how: str, model: ModelView) -> np.ndarray:
+    """[C, H, W] or [H, W, C] -> [H, W] (or unchanged for "none" and for tabular models)."""
+    if how == "none" or model.kind != "image":
+        return values
+    axis = model.signature.channel_axis - 1
+    return {"max": np.max, "sum": np.sum, "mean": np.mean}[how](values, axis=axis)
+
+
+def resolve_layer(given: Mapping[str, Any], method: str, model: ModelView) -> str:
+    white_box = model.white_box
+    name = given.get("layer", "") or (white_box.default_layer if white_box else "")
+    usable = white_box.layers if white_box else ()
+    if not name:
+        raise InvalidArgument(f"{method}.layer", "a tensor name (the model has no default layer); usable: "
+                              + ", ".join(usable[-10:]), "none")
+    if name not in usable:
+        shown = ", ".join(usable[-10:]) + (f" (and {len(usable) - 10} earlier)" if len(usable) > 10 else "")
+        raise InvalidArgument(f"{method}.layer", f"a 4-D activation of the model, e.g. {shown}", repr(name))
+    return name
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """[h, w] -> [H, W]: bilinear with half-pixel centres (torch align_corners=False) or nearest."""
+    h, w = maps.shape
+    if mode == "nearest":  # torch's "nearest": source index floor(i * in / out)
+        rows = np.minimum((np.arange(size[0]) * h) // size[0], h - 1)
+        cols = np.minimum((np.arange(size[1]) * w) // size[1], w - 1)
+        return maps[rows][:, cols]
+    return interpolation_matrix(h, size[0]) @ maps @ interpolation_matrix(w, size[1]).T
+
+
+class WeightedGradientReducer(Reducer):
+    """sum_r weight_r * input_grad_r (float64), plus the rows' scores by row id (for IG's gap)."""
+
+    def __init__(self, shape: tuple[int, ...], weights: np.ndarray, keep_layer: bool = False) -> None:
+        self.total = np.zeros(shape, np.float64)
+        self.weights = weights
+        self.scores: dict[int, float] = {}
+        self.keep_layer = keep_layer
+        self.layer: np.ndarray | None = None
+        self.layer_grad: np.ndarray | None = None
+        self.rows = 0
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        ids = codes["row"]
+        w = self.weights[ids].astype(np.float64)
+        grads = rows[g.INPUT_GRAD_OUTPUT].astype(np.float64)
+        self.total += np.tensordot(w, grads, axes=1)
+        for row, score in zip(ids, rows[SCORE_OUTPUT]):
+            self.scores[int(row)] = float(score)
+        if self.keep_layer:
+            self.layer = rows[g.LAYER_OUTPUT][0].astype(np.float64)
+            self.layer_grad = rows[g.LAYER_GRAD_OUTPUT][0].astype(np.float64)
+        self.rows += len(ids)
+
+    def attribution(self) -> np.ndarray:
+        return self.total
+
+
+@dataclass
+class GradientPlan:
+    """What a GradientMethod asks of the engine: rows on a path, with their weights."""
+
+    path: str = g.PATH_INPUT
+    rule: str = "plain"
+    layer: str = ""
+    weights: np.ndarray = field(default_factory=lambda: np.ones(1))
+    codes: dict[str, np.ndarray] = field(default_factory=dict)  # per-row codes, all rows
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # beyond x0 and target
+
+
+class GradientMethod(Method):
+    needs = INPUT_GRADIENTS
+    default_score = LOGIT
+    kinds = frozenset({"image", "tabular"})
+
+    def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
+        return GradientPlan()
+
+    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        gp = self.gradient_plan(params, ctx)
+        spec = VariantSpec(GRADIENT, ctx.score, rule=gp.rule, path=gp.path, layer=gp.layer)
+        n = len(gp.weights)
+        codes = {"row": np.arange(n, dtype=np.int64), **gp.codes}
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), **gp.constants}
+        reducer = WeightedGradientReducer(ctx.x.shape, gp.weights, keep_layer=bool(gp.layer))
+        chunk = 256
+        rows = ({k: v[s:s + chunk] for k, v in codes.items()} for s in range(0, n, chunk))
+        return Plan(spec, constants, rows, n, reducer)

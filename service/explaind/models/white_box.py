@@ -1,0 +1,60 @@
+"""Can a model be explained white-box? Which layers can layer methods use?
+
+Gradients are derived from the graph by onnxgraph.autodiff; a model whose path from input to output
+holds an operator without a gradient rule (a tree ensemble, say) stays fully usable black-box, and
+this says which operator and node block the rest. Layers are the graph's 4-D float activations; the
+default layer is model.yaml's `layers.cam`, else the last 4-D activation feeding a global pooling.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..methods.gradient_base import WhiteBox
+from ..onnxgraph.autodiff import unsupported_operators
+from .repository import ModelEntry
+
+GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
+
+
+def inspect_white_box(entry: ModelEntry) -> WhiteBox:
+    config, model = entry.config, entry.model
+    if config.gradients == "none":
+        return WhiteBox(False, "model.yaml sets gradients: none")
+    if config.gradients == "exported":
+        return WhiteBox(False, "gradients: exported models are not supported yet; use gradients: auto")
+    try:
+        blocked = unsupported_operators(model, entry.output_spec.name, [entry.input_spec.name])
+    except Exception as exc:  # a graph the differentiator cannot walk: black-box only, with the reason
+        return WhiteBox(False, f"gradients cannot be derived: {exc}")
+    if blocked:
+        op, node = blocked[0]
+        more = f" (and {len(blocked) - 1} more operators)" if len(blocked) > 1 else ""
+        return WhiteBox(False, f"operator {op} (node {node!r}) has no gradient rule{more}")
+    layers = four_d_activations(model) if config.kind == "image" else ()
+    default = config.layers.get("cam", "") or last_pooled_activation(model, set(layers))
+    return WhiteBox(True, "", tuple(layers), default)
+
+
+def four_d_activations(model: onnx.ModelProto) -> list[str]:
+    """Node outputs of rank 4 and float type with a spatial extent (not 1 x 1), in graph order."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    usable = set()
+    for v in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor = v.type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.HasField("shape") or len(tensor.shape.dim) != 4:
+            continue
+        spatial = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim[2:]]
+        if spatial != [1, 1]:
+            usable.add(v.name)
+    return [out for node in inferred.graph.node for out in node.output if out in usable]
+
+
+def last_pooled_activation(model: onnx.ModelProto, layers: set[str]) -> str:
+    for node in reversed(model.graph.node):
+        if node.op_type in GLOBAL_POOLS and node.input and node.input[0] in layers:
+            return node.input[0]
+    return ""

@@ -1,0 +1,113 @@
+"""Gradient variants: prefix (the input, a point on a straight path, or a noisy copy), the model, the
+target score, and the gradients of that score derived from the graph by `onnxgraph.autodiff`.
+
+Rows are compact codes like every other variant's: nothing for a plain gradient, the path position
+alpha for Integrated Gradients, one integer noise seed for SmoothGrad (the noise itself is made in
+the graph by `onnxgraph.noise`). The seed of the backward pass, one-hot of each row's target class,
+is built in the graph from the per-job target, so the host sends no [R, K] tensor.
+Outputs: `score` [R] (the target score of each row's input), `input_grad` [R, ...], and when a layer
+is asked for, `layer` and `layer_grad` (its activation and the gradient there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .autodiff import differentiate
+from .builder import NAMESPACE, GraphBuilder
+from .compose import model_opset, splice
+from .noise import gaussian_noise
+from .score import class_scores, declare_common_inputs, declare_target, target_score
+from .signature import ModelSignature
+
+PATH_INPUT = "input"   # the example itself
+PATH_LINE = "line"     # reference + alpha * (x - reference): Integrated Gradients
+PATH_NOISE = "noise"   # x + sigma * N(0, 1): SmoothGrad
+
+INPUT_GRAD_OUTPUT = "input_grad"
+LAYER_OUTPUT = "layer"
+LAYER_GRAD_OUTPUT = "layer_grad"
+
+_AUTODIFF_SEED = NAMESPACE + "autodiff_seed"
+_GRAD_PREFIX = NAMESPACE + "grad::"
+
+
+def gradient_inputs(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(per-job constants, per-row codes) of a gradient variant with this path."""
+    if path == PATH_LINE:
+        return ("x0", "target", "reference"), ("alpha",)
+    if path == PATH_NOISE:
+        return ("x0", "target", "sigma"), ("noise_seed",)
+    return ("x0", "target"), ()
+
+
+def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: str, rule: str, path: str,
+                         layer: str, describe: str) -> onnx.ModelProto:
+    b = GraphBuilder(model_opset(model), describe)
+    x0, job_index = declare_common_inputs(b, sig.example_shape)
+    target = declare_target(b)
+    rows = b.op("Gather", [x0, job_index], axis=0)
+    per_row = b.const(np.array([-1] + [1] * len(sig.example_shape), np.int64))
+    if path == PATH_LINE:
+        reference = b.op("Gather", [b.input("reference", TensorProto.FLOAT, ["jobs", *sig.example_shape]), job_index],
+                         axis=0)
+        alpha = b.op("Reshape", [b.input("alpha", TensorProto.FLOAT, ["rows"]), per_row])
+        rows = b.op("Add", [reference, b.op("Mul", [alpha, b.op("Sub", [rows, reference])])])
+    elif path == PATH_NOISE:
+        size = int(np.prod(sig.example_shape))
+        noise = gaussian_noise(b, b.input("noise_seed", TensorProto.INT64, ["rows"]), size)
+        shape = b.const(np.array([-1, *sig.example_shape], np.int64))
+        sigma = b.op("Reshape", [b.op("Gather", [b.input("sigma", TensorProto.FLOAT, ["jobs"]), job_index], axis=0),
+                                 per_row])
+        rows = b.op("Add", [rows, b.op("Mul", [sigma, b.op("Reshape", [noise, shape])])])
+    elif path != PATH_INPUT:
+        raise ValueError(f"unknown gradient path {path!r}")
+    b.op("Identity", [rows], out=sig.input_name)
+    b.mark_model()
+    scores = class_scores(b, sig.output_name, score, sig.scores)
+    b.output(target_score(b, scores, target, job_index), "score", TensorProto.FLOAT, ["rows"])
+    if layer:
+        b.output(layer, LAYER_OUTPUT, TensorProto.FLOAT, None)  # type: ignore[arg-type]
+    composed = splice(model, sig.input_name, b)
+    wrt = [sig.input_name] + ([layer] if layer else [])
+    derived = differentiate(composed, scores, wrt, rule=rule, seed_name=_AUTODIFF_SEED, grad_prefix=_GRAD_PREFIX)
+    first_node, first_init = len(b.nodes), len(b.initializers)
+    _one_hot_seed(b, scores, target, job_index)
+    return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer)
+
+
+def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str) -> None:
+    """Nodes making the backward seed: one-hot of each row's target over the score's classes."""
+    classes = b.op("Range", [b.const(np.array(0, np.int64)),
+                             b.squeeze(b.op("Slice", [b.op("Shape", [scores]), b.const(np.array([1], np.int64)),
+                                                      b.const(np.array([2], np.int64))]), [0]),
+                             b.const(np.array(1, np.int64))])
+    row_target = b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])
+    b.op("Cast", [b.op("Equal", [row_target, classes])], out=_AUTODIFF_SEED, to=TensorProto.FLOAT)
+
+
+def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_constants: list[onnx.TensorProto],
+            input_name: str, layer: str) -> onnx.ModelProto:
+    """The seed made in the graph instead of fed; gradients exposed under explaind's output names."""
+    graph = model.graph
+    kept_inputs = [i for i in graph.input if i.name != _AUTODIFF_SEED]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    nodes = list(graph.node)
+    first_use = next(i for i, n in enumerate(nodes) if _AUTODIFF_SEED in n.input)
+    # The seed nodes need only the scores (made before the backward pass) and the inputs.
+    nodes[first_use:first_use] = seed_nodes
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(seed_constants)
+    outputs = [o for o in graph.output if not o.name.startswith(_GRAD_PREFIX)]
+    renames = [(input_name, INPUT_GRAD_OUTPUT)] + ([(layer, LAYER_GRAD_OUTPUT)] if layer else [])
+    for tensor, public in renames:
+        graph.node.append(helper.make_node("Identity", [_GRAD_PREFIX + tensor], [NAMESPACE + public],
+                                           name=NAMESPACE + "expose/" + public))
+        outputs.append(helper.make_tensor_value_info(NAMESPACE + public, TensorProto.FLOAT, None))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    return model
