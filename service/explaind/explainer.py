@@ -129,9 +129,9 @@ class Explainer:
     def methods_for(self, entry: ModelEntry) -> list[str]:
         if not entry.ready:
             return []
-        white_box = self.white_box(entry).available
+        white_box = self.white_box(entry)
         return [name for name, m in self.methods.items()
-                if entry.config.kind in m.kinds and (m.needs == FORWARD or white_box)]
+                if entry.config.kind in m.kinds and (m.needs == FORWARD or white_box.offers(m))]
 
     # Explain ------------------------------------------------------------------------------------
 
@@ -148,9 +148,9 @@ class Explainer:
                                      f"{entry.name!r}; methods for this model: {', '.join(self.methods_for(entry))}")
         served = self.served(entry)
         white_box = self.white_box(entry)
-        if method.needs != FORWARD and not white_box.available:
+        if method.needs != FORWARD and not white_box.offers(method):
             raise FailedPrecondition(f"method {method.name!r} needs gradients, which model {entry.name!r} cannot "
-                                     f"provide: {white_box.reason}; black-box methods for it: "
+                                     f"provide: {white_box.why_not(method)}; methods for it: "
                                      f"{', '.join(self.methods_for(entry))}")
         view = ModelView(kind, served.signature, entry.background, white_box)
         x, image = self._input(query, entry, served.signature)

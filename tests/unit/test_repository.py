@@ -424,6 +424,7 @@ def test_parse_full_config(tmp_path: Path) -> None:
             "preprocess": {"size": [64, 32], "scale": 1, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
             "layers": {"cam": "/layer4/relu/Relu_output_0"},
             "gradients": "exported",
+            "exported_gradients": {"seed": "seed", "input_gradient": "grad"},
             "batching": {"max_batch_rows": 64, "max_delay_ms": 2},
         },
         tmp_path,
@@ -433,7 +434,7 @@ def test_parse_full_config(tmp_path: Path) -> None:
     assert config.preprocess is not None
     assert config.preprocess.size == (64, 32) and config.preprocess.scale == 1.0
     assert config.preprocess.mean == (0.5, 0.5, 0.5)
-    assert config.gradients == "exported"
+    assert config.gradients == "exported" and config.exported_gradients == ("seed", "grad")
     assert config.max_batch_rows == 64 and config.max_delay_ms == 2.0
 
 
@@ -464,3 +465,15 @@ def test_a_model_below_opset_11_is_failed_with_the_reason(tmp_path):
     repo.scan()
     entry = repo.get("old")
     assert entry.status == "FAILED" and "opset 10" in entry.reason and "opset 11" in entry.reason
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"kind": "tabular", "gradients": "exported"}, "exported_gradients: required with gradients: exported"),
+    ({"kind": "tabular", "gradients": "exported", "exported_gradients": {"seed": "s"}},
+     "exported_gradients.input_gradient: required"),
+    ({"kind": "tabular", "exported_gradients": {"seed": "s", "input_gradient": "g"}},
+     "only allowed with gradients: exported"),
+])
+def test_exported_gradients_config_is_checked(tmp_path: Path, data, message) -> None:
+    with pytest.raises(ModelConfigError, match=message):
+        parse_model_config(data, tmp_path)

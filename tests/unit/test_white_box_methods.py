@@ -167,3 +167,55 @@ def test_grad_cam_and_grad_cam_plus_plus_in_closed_form():
     np.testing.assert_allclose(plus.attribution, np.maximum(np.tensordot(weights, act, axes=1), 0), rtol=1e-4, atol=1e-7)
     with pytest.raises(InvalidArgument, match="grad_cam.layer.*act"):
         GradCam().resolve({"layer": "nope"}, ModelView("image", served.signature, None, white_box), settings())
+
+
+def exported_gradient_model(weights: np.ndarray) -> onnx.ModelProto:
+    """A linear model that outputs its own gradient: grad = reshape(seed @ W^T), as an exporter would."""
+    size = int(np.prod(SHAPE))
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+             helper.make_node("Transpose", ["W"], ["Wt"]), helper.make_node("MatMul", ["seed", "Wt"], ["g_flat"]),
+             helper.make_node("Reshape", ["g_flat", "shape"], ["grad"])]
+    graph = helper.make_graph(
+        nodes, "exported",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE]),
+         helper.make_tensor_value_info("seed", TensorProto.FLOAT, ["N", weights.shape[1]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", weights.shape[1]]),
+         helper.make_tensor_value_info("grad", TensorProto.FLOAT, ["N", *SHAPE])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.array([-1, *SHAPE], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert size == weights.shape[0]
+    return model
+
+
+@pytest.mark.parametrize("score", ["logit", "probability"])
+def test_a_model_exporting_its_gradients_is_used_as_it_is(tmp_path, score):
+    import yaml
+
+    from explaind.models.repository import ModelRepository
+    from explaind.models.white_box import inspect_white_box
+
+    _, weights = linear_model(SHAPE, 4)
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    onnx.save_model(exported_gradient_model(weights), str(folder / "model.onnx"))
+    (folder / "model.yaml").write_text(yaml.safe_dump({
+        "kind": "image", "input": {"name": "input"}, "output": {"name": "logits"},
+        "gradients": "exported", "exported_gradients": {"seed": "seed", "input_gradient": "grad"},
+        "preprocess": {"size": [6, 5]}}))
+    repo = ModelRepository(tmp_path)
+    repo.scan()
+    entry = repo.get("exported")
+    assert entry.ready, entry.reason
+    white_box = inspect_white_box(entry)
+    assert white_box.available and white_box.exported == ("seed", "grad") and white_box.rules == ("plain",)
+    assert not white_box.offers(GradCam())
+    served = ServedModel("exported", entry.model, ModelSignature("input", "logits", SHAPE, "NCHW", "logits"), 16, 1.0)
+    result, _ = explain(Saliency(), {"postprocess": "raw", "channel_reduction": "none"}, X, target=3, score=score,
+                        served=served, white_box=white_box)
+    if score == "logit":
+        expected = weights[:, 3].reshape(SHAPE)
+    else:
+        p = softmax(X.reshape(-1).astype(np.float64) @ weights)
+        expected = (p[3] * (weights[:, 3] - weights @ p)).reshape(SHAPE)
+    np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-7)

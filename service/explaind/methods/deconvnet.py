@@ -15,3 +15,4 @@ class Deconvnet(GuidedBackprop):
     reference = "Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks; Captum Deconvolution"
     description = "Gradient with only positive signals passed back through ReLUs, whatever their input."
     rule = "deconvnet"
+    rules_needed = ("deconvnet",)

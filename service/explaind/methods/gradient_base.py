@@ -36,6 +36,24 @@ class WhiteBox:
     reason: str = ""
     layers: tuple[str, ...] = ()       # 4-D float activations, in graph order
     default_layer: str = ""            # model.yaml layers.cam, else the last 4-D input of a global pooling
+    rules: tuple[str, ...] = ("plain", "guided", "deconvnet")  # backward rules the model offers
+    exported: tuple[str, str] | None = None  # gradients: exported: (seed input, gradient output)
+
+    def offers(self, method: "GradientMethod") -> bool:
+        """Whether this model can serve a white-box method (rules and layers it needs)."""
+        if not self.available:
+            return False
+        if method.needs == LAYER_GRADIENTS and not self.layers:
+            return False
+        return all(rule in self.rules for rule in method.rules_needed)
+
+    def why_not(self, method: "GradientMethod") -> str:
+        if not self.available:
+            return self.reason
+        if self.exported:
+            return "the model exports its plain input gradient only (layer methods and guided or deconvnet " \
+                   "rules need gradients: auto)"
+        return "the model has no 4-D activation to use as a layer"
 
 
 def choice_param(given: Mapping[str, Any], method: str, name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -130,13 +148,15 @@ class GradientMethod(Method):
     needs = INPUT_GRADIENTS
     default_score = LOGIT
     kinds = frozenset({"image", "tabular"})
+    rules_needed: tuple[str, ...] = ("plain",)
 
     def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
         return GradientPlan()
 
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         gp = self.gradient_plan(params, ctx)
-        spec = VariantSpec(GRADIENT, ctx.score, rule=gp.rule, path=gp.path, layer=gp.layer)
+        exported = ctx.model.white_box.exported if ctx.model.white_box else None
+        spec = VariantSpec(GRADIENT, ctx.score, rule=gp.rule, path=gp.path, layer=gp.layer, exported=exported)
         n = len(gp.weights)
         codes = {"row": np.arange(n, dtype=np.int64), **gp.codes}
         constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), **gp.constants}

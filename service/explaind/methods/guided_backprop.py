@@ -23,6 +23,7 @@ class GuidedBackprop(GradientMethod):
     description = "Gradient with only positive signals passed back through ReLUs where they were active."
     kinds = frozenset({"image"})
     rule = "guided"
+    rules_needed = ("guided",)
     parameters = (Parameter("channel_reduction", "string", "none", "none | max | sum | mean"),)
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class GuidedGradCam(GradCam):
     title = "Guided Grad-CAM"
     reference = "Selvaraju et al. 2017, Grad-CAM; Captum GuidedGradCam"
     description = "Guided backpropagation times the upsampled Grad-CAM map."
+    rules_needed = ("plain", "guided")
     parameters = (
         GradCam.parameters[0],
         Parameter("upsample", "string", "nearest", "nearest | bilinear"),

@@ -31,12 +31,14 @@ _TOP_KEYS = (
     "background",
     "layers",
     "gradients",
+    "exported_gradients",
     "batching",
 )
 _INPUT_KEYS = ("name", "layout")
 _OUTPUT_KEYS = ("name", "scores")
 _PREPROCESS_KEYS = ("size", "scale", "mean", "std")
 _BATCHING_KEYS = ("max_batch_rows", "max_delay_ms")
+_EXPORTED_GRADIENTS_KEYS = ("seed", "input_gradient")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ModelConfig:
     background: str | None
     layers: dict[str, str] = field(default_factory=dict)
     gradients: str = "auto"
+    # gradients: exported: (the graph's seed input, its output d sum(seed * output) / d input)
+    exported_gradients: tuple[str, str] | None = None
     max_batch_rows: int | None = None
     max_delay_ms: float | None = None
 
@@ -171,6 +175,19 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
             layers[key] = _string(value, f"layers.{key}")
 
     gradients = _enum(top["gradients"], "gradients", GRADIENTS) if "gradients" in top else "auto"
+    exported: tuple[str, str] | None = None
+    if gradients == "exported":
+        if "exported_gradients" not in top:
+            raise _error("exported_gradients", "required with gradients: exported: "
+                         "{seed: <seed input name>, input_gradient: <gradient output name>}")
+        section = _mapping(top["exported_gradients"], "exported_gradients", _EXPORTED_GRADIENTS_KEYS)
+        for key in _EXPORTED_GRADIENTS_KEYS:
+            if key not in section:
+                raise _error(f"exported_gradients.{key}", "required")
+        exported = (_string(section["seed"], "exported_gradients.seed"),
+                    _string(section["input_gradient"], "exported_gradients.input_gradient"))
+    elif "exported_gradients" in top:
+        raise _error("exported_gradients", f"only allowed with gradients: exported (gradients is {gradients})")
 
     max_batch_rows: int | None = None
     max_delay_ms: float | None = None
@@ -194,6 +211,7 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
         background=background,
         layers=layers,
         gradients=gradients,
+        exported_gradients=exported,
         max_batch_rows=max_batch_rows,
         max_delay_ms=max_delay_ms,
     )

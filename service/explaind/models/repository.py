@@ -600,13 +600,18 @@ def _pick_input(graph_inputs: list[onnx.ValueInfoProto], config: ModelConfig) ->
                 f"model.yaml: input.name: the graph has no input {config.input_name!r}; its inputs are {_names(names)}"
             )
         chosen = next(v for v in graph_inputs if v.name == config.input_name)
-    elif len(graph_inputs) == 1:
-        chosen = graph_inputs[0]
+    elif len(graph_inputs) == 1 or (config.exported_gradients and len(graph_inputs) == 2):
+        chosen = next(v for v in graph_inputs if not config.exported_gradients
+                      or v.name != config.exported_gradients[0])
     else:
         raise ModelConfigError(
             f"model.onnx has {len(graph_inputs)} inputs ({_names(names)}); set input.name in model.yaml"
         )
-    others = [n for n in names if n != chosen.name]
+    seed = config.exported_gradients[0] if config.exported_gradients else None
+    if seed is not None and seed not in names:
+        raise ModelConfigError(f"model.yaml: exported_gradients.seed: the graph has no input {seed!r}; "
+                               f"its inputs are {_names(names)}")
+    others = [n for n in names if n not in (chosen.name, seed)]
     if others:
         # Every non-initializer graph input is required at run time, and explaind feeds one.
         raise ModelConfigError(
@@ -617,6 +622,9 @@ def _pick_input(graph_inputs: list[onnx.ValueInfoProto], config: ModelConfig) ->
 
 def _pick_output(graph_outputs: list[onnx.ValueInfoProto], config: ModelConfig) -> onnx.ValueInfoProto:
     names = [v.name for v in graph_outputs]
+    if config.exported_gradients and config.exported_gradients[1] not in names:
+        raise ModelConfigError(f"model.yaml: exported_gradients.input_gradient: the graph has no output "
+                               f"{config.exported_gradients[1]!r}; its outputs are {_names(names)}")
     if config.output_name is not None:
         for value in graph_outputs:
             if value.name == config.output_name:

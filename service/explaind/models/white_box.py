@@ -22,7 +22,7 @@ def inspect_white_box(entry: ModelEntry) -> WhiteBox:
     if config.gradients == "none":
         return WhiteBox(False, "model.yaml sets gradients: none")
     if config.gradients == "exported":
-        return WhiteBox(False, "gradients: exported models are not supported yet; use gradients: auto")
+        return WhiteBox(True, "", rules=("plain",), exported=config.exported_gradients)
     try:
         blocked = unsupported_operators(model, entry.output_spec.name, [entry.input_spec.name])
     except Exception as exc:  # a graph the differentiator cannot walk: black-box only, with the reason

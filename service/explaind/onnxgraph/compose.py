@@ -58,3 +58,37 @@ def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder) -> on
 
 def _is_initializer(graph: onnx.GraphProto, name: str) -> bool:
     return any(init.name == name for init in graph.initializer)
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs (Kahn's algorithm,
+    keeping the existing order where it is already valid)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {t.name for t in graph.sparse_initializer}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        still: list[onnx.NodeProto] = []
+        for node in pending:
+            if all(name in available for name in node.input) and _subgraph_inputs_ready(node, available):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                still.append(node)
+        if len(still) == len(pending):
+            missing = sorted({n for node in still for n in node.input if n not in available})[:5]
+            raise ValueError(f"the graph has a cycle or undefined inputs: {missing}")
+        pending = still
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _subgraph_inputs_ready(node: onnx.NodeProto, available: set[str]) -> bool:
+    """Outer-scope names used inside If/Loop/Scan bodies must be produced first, too."""
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            local |= {o for n in sub.node for o in n.output}
+            if any(name not in available and name not in local for n in sub.node for name in n.input if name):
+                return False
+    return True

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from .autodiff import differentiate
 from .builder import NAMESPACE, GraphBuilder
-from .compose import model_opset, splice
+from .compose import model_opset, splice, topological_sort
 from .noise import gaussian_noise
 from .score import class_scores, declare_common_inputs, declare_target, target_score
 from .signature import ModelSignature
@@ -44,7 +44,9 @@ def gradient_inputs(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: str, rule: str, path: str,
-                         layer: str, describe: str) -> onnx.ModelProto:
+                         layer: str, describe: str, exported: tuple[str, str] | None = None) -> onnx.ModelProto:
+    """The gradient variant; `exported` = (seed input, gradient output) of a model that already
+    computes its own input gradient (model.yaml `gradients: exported`), used as it is."""
     b = GraphBuilder(model_opset(model), describe)
     x0, job_index = declare_common_inputs(b, sig.example_shape)
     target = declare_target(b)
@@ -71,36 +73,47 @@ def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: 
     if layer:
         b.output(layer, LAYER_OUTPUT, TensorProto.FLOAT, None)  # type: ignore[arg-type]
     composed = splice(model, sig.input_name, b)
+    first_node, first_init = len(b.nodes), len(b.initializers)
+    if exported is not None:
+        if layer or rule != "plain":
+            raise ValueError("exported gradients give the plain input gradient only")
+        seed_input, gradient_output = exported
+        one_hot = _one_hot_seed(b, scores, target, job_index, b.name("one_hot"))
+        if score == "probability" and sig.scores == "logits":
+            # The exported gradient is of sum(seed * logits): seed = dp_t/dlogits = p_t (e_t - p).
+            p_t = b.op("GatherElements", [scores, b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])],
+                       axis=1)
+            b.op("Mul", [p_t, b.op("Sub", [one_hot, scores])], out=seed_input)
+        else:
+            b.op("Identity", [one_hot], out=seed_input)
+        composed.graph.output.append(helper.make_tensor_value_info(_GRAD_PREFIX + sig.input_name, TensorProto.FLOAT, None))
+        composed.graph.node.append(helper.make_node("Identity", [gradient_output], [_GRAD_PREFIX + sig.input_name],
+                                                    name=NAMESPACE + "exported_gradient"))
+        return _finish(composed, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, "", seed_input)
     wrt = [sig.input_name] + ([layer] if layer else [])
     derived = differentiate(composed, scores, wrt, rule=rule, seed_name=_AUTODIFF_SEED, grad_prefix=_GRAD_PREFIX)
-    first_node, first_init = len(b.nodes), len(b.initializers)
-    _one_hot_seed(b, scores, target, job_index)
-    return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer)
+    _one_hot_seed(b, scores, target, job_index, _AUTODIFF_SEED)
+    return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer, _AUTODIFF_SEED)
 
 
-def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str) -> None:
+def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out: str) -> str:
     """Nodes making the backward seed: one-hot of each row's target over the score's classes."""
     classes = b.op("Range", [b.const(np.array(0, np.int64)),
                              b.squeeze(b.op("Slice", [b.op("Shape", [scores]), b.const(np.array([1], np.int64)),
                                                       b.const(np.array([2], np.int64))]), [0]),
                              b.const(np.array(1, np.int64))])
     row_target = b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])
-    b.op("Cast", [b.op("Equal", [row_target, classes])], out=_AUTODIFF_SEED, to=TensorProto.FLOAT)
+    return b.op("Cast", [b.op("Equal", [row_target, classes])], out=out, to=TensorProto.FLOAT)
 
 
 def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_constants: list[onnx.TensorProto],
-            input_name: str, layer: str) -> onnx.ModelProto:
+            input_name: str, layer: str, seed: str) -> onnx.ModelProto:
     """The seed made in the graph instead of fed; gradients exposed under explaind's output names."""
     graph = model.graph
-    kept_inputs = [i for i in graph.input if i.name != _AUTODIFF_SEED]
+    kept_inputs = [i for i in graph.input if i.name != seed]
     del graph.input[:]
     graph.input.extend(kept_inputs)
-    nodes = list(graph.node)
-    first_use = next(i for i, n in enumerate(nodes) if _AUTODIFF_SEED in n.input)
-    # The seed nodes need only the scores (made before the backward pass) and the inputs.
-    nodes[first_use:first_use] = seed_nodes
-    del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(seed_nodes)
     graph.initializer.extend(seed_constants)
     outputs = [o for o in graph.output if not o.name.startswith(_GRAD_PREFIX)]
     renames = [(input_name, INPUT_GRAD_OUTPUT)] + ([(layer, LAYER_GRAD_OUTPUT)] if layer else [])
@@ -110,4 +123,5 @@ def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_const
         outputs.append(helper.make_tensor_value_info(NAMESPACE + public, TensorProto.FLOAT, None))
     del graph.output[:]
     graph.output.extend(outputs)
+    topological_sort(graph)  # the seed is made from the scores and feeds the backward nodes
     return model

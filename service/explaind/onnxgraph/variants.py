@@ -35,6 +35,7 @@ class VariantSpec:
     rule: str = ""        # gradient: plain | guided | deconvnet
     path: str = ""        # gradient: input | line | noise (see onnxgraph.gradients)
     layer: str = ""       # gradient: a tensor whose activation and gradient are also output
+    exported: tuple[str, str] | None = None  # gradient: the model's own (seed input, gradient output)
 
 
     def describe(self) -> str:
@@ -72,7 +73,7 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
         if spec.layer:
             outputs += (gradients.LAYER_OUTPUT, gradients.LAYER_GRAD_OUTPUT)
         graph = gradients.build_gradient_model(model, sig, score=spec.score, rule=spec.rule, path=spec.path,
-                                               layer=spec.layer, describe=spec.describe())
+                                               layer=spec.layer, describe=spec.describe(), exported=spec.exported)
         return Variant(spec, graph, VariantInterface(constants, codes, outputs))
     b = GraphBuilder(model_opset(model), spec.describe())
     x0, job_index = declare_common_inputs(b, sig.example_shape)
