@@ -219,3 +219,36 @@ def test_a_model_exporting_its_gradients_is_used_as_it_is(tmp_path, score):
         p = softmax(X.reshape(-1).astype(np.float64) @ weights)
         expected = (p[3] * (weights[:, 3] - weights @ p)).reshape(SHAPE)
     np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_rows_of_concurrent_requests_share_batches_and_keep_their_answers():
+    import asyncio
+
+    from explaind.methods.base import MethodContext
+    from explaind.metrics import Metrics
+
+    served, weights = linear_served()
+    view = ModelView("image", served.signature, None, WhiteBox(True))
+    xs = [X, -X, 2 * X]
+
+    async def main():
+        metrics = Metrics()
+        engine = Engine(settings(), metrics)
+        method = IntegratedGradients()
+        params = method.resolve({"n_steps": 20}, view, engine.settings)
+
+        def ctx(x, target):
+            return MethodContext(engine=engine, served=served, model=view, x=x, target=target, score="logit",
+                                 rng=np.random.default_rng(0), settings=engine.settings)
+
+        results = await asyncio.gather(*(method.explain(params, ctx(x, t)) for t, x in enumerate(xs)))
+        await engine.close()
+        return results, metrics
+
+    results, metrics = run(main())
+    for target, (x, result) in enumerate(zip(xs, results)):
+        np.testing.assert_allclose(result.attribution, x * weights[:, target].reshape(SHAPE), rtol=1e-4, atol=1e-6)
+    labels = {"model": "lin", "variant": "gradient/logit/plain/line"}
+    batches = metrics.registry.get_sample_value("explaind_batch_rows_count", labels)
+    assert metrics.registry.get_sample_value("explaind_rows_total", labels) == 3 * 22
+    assert metrics.registry.get_sample_value("explaind_batch_jobs_sum", labels) > batches  # shared batches
