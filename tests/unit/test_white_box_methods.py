@@ -84,8 +84,11 @@ def test_integrated_gradients_of_a_linear_model_is_exact_and_complete(method):
     served, weights = linear_served()
     result, params = explain(IntegratedGradients(), {"n_steps": 7, "method": method, "baseline": 0.5}, X,
                              served=served)
-    np.testing.assert_allclose(result.attribution, (X - 0.5) * weights[:, 1].reshape(SHAPE), rtol=1e-4, atol=1e-6)
-    assert abs(result.extras["completeness_gap"]) < 1e-4
+    total_weight = quadrature(method, 7)[1].sum()  # 1, but 6/7 for Captum's trapezoid
+    exact = (X - 0.5) * weights[:, 1].reshape(SHAPE)
+    np.testing.assert_allclose(result.attribution, total_weight * exact, rtol=1e-4, atol=1e-6)
+    expected_gap = (total_weight - 1) * exact.sum()
+    assert result.extras["completeness_gap"] == pytest.approx(expected_gap, abs=1e-4)
     f = lambda z: float(z.reshape(-1).astype(np.float64) @ weights[:, 1])  # noqa: E731
     assert result.extras["f_input"] == pytest.approx(f(X), rel=1e-5)
     assert result.extras["f_baseline"] == pytest.approx(f(np.full(SHAPE, 0.5)), rel=1e-5, abs=1e-6)
@@ -98,7 +101,7 @@ def test_quadratures_follow_captum():
     np.testing.assert_allclose(steps, [5 / 18, 8 / 18, 5 / 18])
     alphas, steps = quadrature("riemann_trapezoid", 5)
     np.testing.assert_allclose(alphas, [0, 0.25, 0.5, 0.75, 1])
-    np.testing.assert_allclose(steps, [0.125, 0.25, 0.25, 0.25, 0.125])
+    np.testing.assert_allclose(steps, [0.1, 0.2, 0.2, 0.2, 0.1])  # Captum's: 1/n, ends halved
     np.testing.assert_allclose(quadrature("riemann_middle", 4)[0], [0.125, 0.375, 0.625, 0.875])
 
 

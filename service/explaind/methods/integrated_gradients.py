@@ -2,7 +2,8 @@
 
 attribution = (x - x') * integral_0^1 d f_c / d x (x' + a (x - x')) da, the integral by a quadrature
 of n_steps points: Gauss-Legendre (default, Captum's "gausslegendre") or Riemann left, right,
-middle or trapezoid. Baseline x' = a constant (default 0). Every path point is a row (its code is
+middle or trapezoid, each with Captum's nodes and weights (Captum's trapezoid weights sum to
+(n - 1)/n, and so do these). Baseline x' = a constant (default 0). Every path point is a row (its code is
 alpha). Two more rows, at alpha 0 and 1 with weight 0, give f(x') and f(x) for the completeness gap
 sum(attribution) - (f(x) - f(x')), reported in the response. Score: the logit by default.
 """
@@ -30,8 +31,10 @@ def quadrature(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     if method == "riemann_trapezoid":
         if n < 2:
             raise InvalidArgument("integrated_gradients.n_steps", "at least 2 for riemann_trapezoid", n)
-        steps = np.full(n, 1.0 / (n - 1))
-        steps[0] = steps[-1] = 0.5 / (n - 1)
+        # Captum's weights: 1/n with both ends halved. They sum to (n - 1)/n, not 1 (the textbook
+        # rule has 1/(n - 1)); kept for agreement with Captum, visible in the completeness gap.
+        steps = np.full(n, 1.0 / n)
+        steps[0] = steps[-1] = 0.5 / n
         return np.linspace(0, 1, n), steps
     offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
     return (np.arange(n) + offsets[method]) / n, np.full(n, 1.0 / n)
