@@ -124,9 +124,10 @@ def forward_feed(x: np.ndarray):
 
 # explaind through gRPC -------------------------------------------------------------------------
 
-def explaind_run(client: ExplaindClient, method: str, steps: int, x: np.ndarray, target: int,
+def explaind_run(client: ExplaindClient, method: str, steps: int, x: np.ndarray, target: int | None,
                  clients: int, per_client: int) -> dict[str, float]:
-    """`clients` concurrent clients, each sending `per_client` requests one after the other."""
+    """`clients` concurrent clients, each sending `per_client` requests one after the other (target
+    None: the server picks the predicted class, as the Captum loop does)."""
     name, param = METHODS[method]
 
     def one_client(i: int) -> list[dict]:
@@ -216,6 +217,22 @@ class CaptumLoop:
         return count / (time.perf_counter() - start)
 
 
+def torch_gradient_rate(net: torch.nn.Module, x: np.ndarray, rows: int, seconds: float) -> float:
+    """Rows/s of torch's own input gradient of one logit (forward + backward), a batch of `rows`."""
+    batch = torch.from_numpy(x[None]).repeat(rows, 1, 1, 1)
+
+    def step() -> None:
+        inputs = batch.clone().requires_grad_(True)
+        torch.autograd.grad(net(inputs)[:, 0].sum(), inputs)
+
+    step()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        runs += 1
+    return runs * rows / (time.perf_counter() - start)
+
+
 def ig_agreement(client: ExplaindClient, captum: CaptumLoop, x: np.ndarray, target: int, steps: int) -> dict:
     """max |explaind - Captum| / max |Captum|, per channel, for Integrated Gradients on one input."""
     ours = client.explain("shapes", method="integrated_gradients", tensor=x, target=target,
@@ -238,7 +255,7 @@ def captum_pairs(client: ExplaindClient, captum: CaptumLoop, x: np.ndarray, step
         pairs = []
         for _ in range(repeats):
             theirs = captum.rate(method, xt, count)
-            ours = explaind_run(client, method, steps, x, None, 1, count)["explanations_per_s"]  # type: ignore[arg-type]
+            ours = explaind_run(client, method, steps, x, None, 1, count)["explanations_per_s"]
             pairs.append((ours, theirs))
         result[method] = {"explaind_explanations_per_s": statistics.median(o for o, _ in pairs),
                           "captum_explanations_per_s": statistics.median(t for _, t in pairs),
@@ -249,20 +266,24 @@ def captum_pairs(client: ExplaindClient, captum: CaptumLoop, x: np.ndarray, step
 
 # Other load ------------------------------------------------------------------------------------
 
-def cpu_snapshot() -> tuple[float, float, float, float]:
-    """(wall, busy CPU seconds of the whole machine, steal seconds, CPU seconds of this process and
-    its reaped children: the server, once stopped)."""
+def cpu_snapshot(server_pid: int | None = None) -> tuple[float, float, float, float]:
+    """(wall, busy CPU seconds of the whole machine, steal seconds, CPU seconds of this process, its
+    reaped children (the server, once stopped) and the running server `server_pid`)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     tick = os.sysconf("SC_CLK_TCK")
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     own = os.times()
+    server = 0.0
+    if server_pid is not None:
+        stat = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        server = (int(stat[11]) + int(stat[12])) / tick  # utime, stime
     return (time.perf_counter(), (user + nice + system + irq + softirq) / tick, steal / tick,
-            own.user + own.system + own.children_user + own.children_system)
+            own.user + own.system + own.children_user + own.children_system + server)
 
 
-def other_load(start: tuple[float, float, float, float], cores: int) -> dict[str, float]:
+def other_load(start: tuple[float, float, float, float], cores: int, server_pid: int | None = None) -> dict[str, float]:
     """Share of the machine's cores that other processes (and the hypervisor: steal) used meanwhile."""
-    end = cpu_snapshot()
+    end = cpu_snapshot(server_pid)
     capacity = (end[0] - start[0]) * cores
     return {"other_processes": max(0.0, (end[1] - start[1]) - (end[3] - start[3])) / capacity,
             "steal": (end[2] - start[2]) / capacity}
@@ -304,6 +325,8 @@ def main() -> int:
     with torch.no_grad():
         target = int(net(torch.from_numpy(x[None])).argmax(1))
 
+    phases = {}
+    phase_start = cpu_snapshot()
     print(f"limit: explaind's plain-gradient graph (path input), raw onnxruntime, {args.threads} threads")
     limit = GraphRate(gradient_graph("input"), args.threads, gradient_feed("input", x))
     by_batch = {}
@@ -312,6 +335,7 @@ def main() -> int:
         by_batch[batch] = max(rates.values())
         print(f"  batch {batch:4d}: {by_batch[batch]:8.1f} rows/s  (spinning {rates['1']:.1f}, not {rates['0']:.1f})")
     best_batch = max(by_batch, key=by_batch.get)
+    phases["limit_sweep"] = other_load(phase_start, os.cpu_count() or 1)
     report["limit"] = {"by_batch": by_batch, "best_batch": best_batch, "rows_per_s": by_batch[best_batch]}
 
     server = start_server(MODEL_DIR, args.out / "white-box-server.log", metrics_port=-1,
@@ -327,11 +351,16 @@ def main() -> int:
                   f"{agreement['max_relative_error']:.2e} per channel "
                   f"{[f'{e:.1e}' for e in agreement['per_channel_relative_error']]} (must be <= 1e-3)")
 
+            pid = server.process.pid
+            phase_start = cpu_snapshot(pid)
             ratios = paired_ratios(client, limit, best_batch, x, target, args.steps, args.repeats, args.seconds,
                                    args.requests, args.per_client)
             report["explaind_vs_limit"] = ratios
+            phases["explaind_vs_limit"] = other_load(phase_start, os.cpu_count() or 1, pid)
+            phase_start = cpu_snapshot(pid)
             speed = captum_pairs(client, captum, x, args.steps, args.captum_repeats, args.requests)
             report["explaind_vs_captum"] = speed
+            phases["explaind_vs_captum"] = other_load(phase_start, os.cpu_count() or 1, pid)
     finally:
         stop_server(server)
 
@@ -348,10 +377,12 @@ def main() -> int:
             "rows_per_s_batch_64": graph.best(64, args.seconds),
         }
     diag["plain_gradient_rows_per_s_best_batch"] = limit.best(best_batch, args.seconds)
+    diag[f"torch_gradient_rows_per_s_batch_{args.steps}"] = torch_gradient_rate(net, x, args.steps, 2 * args.seconds)
     diag["gradient_cost_vs_forward"] = diag["forward_model_rows_per_s"] / diag["plain_gradient_rows_per_s_best_batch"]
     report["diagnostics"] = diag
     report["seconds"] = time.perf_counter() - began
     report["other_load"] = load = other_load(cpu_start, os.cpu_count() or 1)
+    load["by_phase"] = phases
 
     print()
     print(f"{'':24s} {'rows/s':>9s} {'limit':>9s} {'ratio':>6s}  {'expl/s':>7s}  {'in ORT':>6s}  pairs")
@@ -374,14 +405,17 @@ def main() -> int:
     print(f"diagnostics (raw rows/s): forward model {diag['forward_model_rows_per_s']:.0f}, plain gradient "
           f"{diag['plain_gradient_rows_per_s_best_batch']:.0f} (x{diag['gradient_cost_vs_forward']:.1f} the forward "
           f"cost), IG line variant {diag['ig_variant_line']['rows_per_s_best_batch']:.0f}, SmoothGrad noise variant "
-          f"{diag['sg_variant_noise']['rows_per_s_best_batch']:.0f} (batch {best_batch})")
+          f"{diag['sg_variant_noise']['rows_per_s_best_batch']:.0f} (batch {best_batch}); torch's gradient "
+          f"{diag[f'torch_gradient_rows_per_s_batch_{args.steps}']:.0f} (batch {args.steps})")
     print(f"other load during the run: {100 * load['other_processes']:.1f}% of the cores used by other processes, "
-          f"{100 * load['steal']:.1f}% stolen by the hypervisor"
+          f"{100 * load['steal']:.1f}% stolen by the hypervisor (by phase: "
+          + ", ".join(f"{k} {100 * v['other_processes']:.1f}%" for k, v in phases.items()) + ")"
           + ("  -- WARNING: the machine was not quiet; figures (Captum's most) are unreliable"
              if load["other_processes"] + load["steal"] > 0.05 else ""))
     path = args.out / f"white-box-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"written {path.relative_to(ROOT)} in {report['seconds']:.0f} s")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"written {shown} in {report['seconds']:.0f} s")
     return 0 if agreement["ok"] else 1
 
 
