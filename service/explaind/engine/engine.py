@@ -14,7 +14,7 @@ from ..config import Settings
 from ..errors import Cancelled, ResourceExhausted
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
-from ..onnxgraph.variants import Variant, VariantSpec, build_variant
+from ..onnxgraph.variants import Variant, VariantSpec, build_variant, variant_interface
 from .job import Job
 from .runner import Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
@@ -47,15 +47,17 @@ class Engine:
         key = (served.name, spec)
         scheduler = self._schedulers.get(key)
         if scheduler is None:
-            interface = self.variant(served, spec).interface
+            interface = variant_interface(spec)
+
+            def build() -> Runner:
+                data = self.variant(served, spec).model.SerializeToString()
+                return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
+                              self.device, self.settings)
 
             async def make_runner() -> Runner:
-                variant = self.variant(served, spec)
-                loop = asyncio.get_running_loop()
-                data = variant.model.SerializeToString()
-                runner = await loop.run_in_executor(
-                    None, lambda: Runner(data, interface.row_outputs + interface.slot_outputs,
-                                         interface.constants, self.device, self.settings))
+                # Graph construction (autodiff included) and session creation can take seconds on a
+                # large model: off the event loop.
+                runner = await asyncio.get_running_loop().run_in_executor(None, build)
                 log.info("session ready", extra={"model": served.name, "variant": spec.describe(),
                                                  "device": self.device.kind})
                 return runner

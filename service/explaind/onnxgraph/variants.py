@@ -65,16 +65,32 @@ RAW_OUTPUT = "output"
 MASK_SUM_OUTPUT = "mask_sum"
 
 
-def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
-    """Compose the variant graph for `spec` around `model`."""
+def variant_interface(spec: VariantSpec) -> VariantInterface:
+    """What the engine feeds and reads for `spec`, known without building the graph."""
     if spec.kind == GRADIENT:
         constants, codes = gradients.gradient_inputs(spec.path)
         outputs = (SCORE_OUTPUT, gradients.INPUT_GRAD_OUTPUT)
         if spec.layer:
             outputs += (gradients.LAYER_OUTPUT, gradients.LAYER_GRAD_OUTPUT)
+        return VariantInterface(constants, codes, outputs)
+    if spec.kind == PREDICT:
+        return VariantInterface(("x0",), (), (RAW_OUTPUT, PROBABILITIES_OUTPUT))
+    if spec.kind in (OCCLUSION_IMAGE, OCCLUSION_TABULAR):
+        code = "window" if spec.kind == OCCLUSION_IMAGE else "feature"
+        return VariantInterface(("x0", "target", "fill"), (code,), (SCORE_OUTPUT,))
+    if spec.kind == RISE:
+        constants = ("x0", "target") if spec.zero_baseline else ("x0", "target", "fill")
+        return VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
+    raise ValueError(f"unknown variant kind {spec.kind!r}")
+
+
+def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
+    """Compose the variant graph for `spec` around `model`."""
+    interface = variant_interface(spec)
+    if spec.kind == GRADIENT:
         graph = gradients.build_gradient_model(model, sig, score=spec.score, rule=spec.rule, path=spec.path,
                                                layer=spec.layer, describe=spec.describe(), exported=spec.exported)
-        return Variant(spec, graph, VariantInterface(constants, codes, outputs))
+        return Variant(spec, graph, interface)
     b = GraphBuilder(model_opset(model), spec.describe())
     x0, job_index = declare_common_inputs(b, sig.example_shape)
     target = declare_target(b) if spec.kind != PREDICT else ""
@@ -84,16 +100,13 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
         b.output(sig.output_name, RAW_OUTPUT, TensorProto.FLOAT, ["rows", None])
         probabilities = class_scores(b, sig.output_name, "probability", sig.scores)
         b.output(probabilities, PROBABILITIES_OUTPUT, TensorProto.FLOAT, ["rows", None])
-        interface = VariantInterface(("x0",), (), (RAW_OUTPUT, PROBABILITIES_OUTPUT))
     elif spec.kind in (OCCLUSION_IMAGE, OCCLUSION_TABULAR):
         build = occlusion.image_prefix if spec.kind == OCCLUSION_IMAGE else occlusion.tabular_prefix
         b.op("Identity", [build(b, sig, x0, job_index)], out=sig.input_name)
         b.mark_model()
         score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
         b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
-        code = "window" if spec.kind == OCCLUSION_IMAGE else "feature"
-        interface = VariantInterface(("x0", "target", "fill"), (code,), (SCORE_OUTPUT,))
-    elif spec.kind == RISE:
+    else:  # RISE
         mask = rise.masks(b, sig, spec.grid_size)
         b.op("Identity", [rise.prefix(b, sig, x0, job_index, mask, spec.zero_baseline)], out=sig.input_name)
         b.mark_model()
@@ -101,8 +114,4 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
         b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
         mask_sum = rise.weighted_mask_sum(b, mask, score, job_index, x0)
         b.output(mask_sum, MASK_SUM_OUTPUT, TensorProto.FLOAT, ["jobs", None])
-        constants = ("x0", "target") if spec.zero_baseline else ("x0", "target", "fill")
-        interface = VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
-    else:
-        raise ValueError(f"unknown variant kind {spec.kind!r}")
     return Variant(spec, splice(model, sig.input_name, b), interface)

@@ -1,0 +1,475 @@
+"""Numerical core of LIME (Ribeiro, Singh & Guestrin, KDD 2016) with the `lime` package's semantics.
+
+Independent of explaind's engine: coalitions are boolean rows ``z`` (1 = interpretable feature kept),
+the caller evaluates the model on the images / rows they map to, and the surrogate is fitted either
+at once (:func:`fit_surrogate`) or from streamed chunks (:class:`RidgeAccumulator`).
+
+Images (lime_image.LimeImageExplainer):
+  * superpixels: quickshift(kernel_size=4, max_dist=200, ratio=0.2, random_seed) (slic, felzenszwalb);
+  * ``num_samples`` = 1000 rows, each superpixel on/off with probability 1/2, the first row all on;
+  * a switched-off superpixel takes its mean colour (``hide_color=None``) or a constant value;
+  * distance d = cosine distance of z to the all-on row = 1 - sqrt(|z| / S) (1 for the empty row),
+    NOT multiplied by 100 (lime_text does that, lime_image does not);
+  * kernel pi(z) = sqrt(exp(-d^2 / w^2)), w = 0.25.
+Tabular (lime_tabular.LimeTabularExplainer, discretize_continuous=True, discretizer='quartile'):
+  * per-feature quartile edges of the background, per-bin mean/std/min/max;
+  * ``num_samples`` = 5000 rows: bin indices drawn from the background's bin frequencies, values by
+    truncated-normal draws inside the bin, the first row the instance itself;
+  * binary representation z_j = [bin_j(row) == bin_j(instance)] (the first row all ones);
+  * with everything discretised lime's scaler is the identity, so d = ||z - 1||_2 and
+    the kernel width is w = sqrt(F) * 0.75 (F = number of columns), pi = sqrt(exp(-d^2 / w^2)).
+Surrogate (lime_base.LimeBase.explain_instance_with_data):
+  Ridge(alpha=1, fit_intercept=True) on z with sample weights pi, score = weighted R^2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import Ridge, lars_path
+
+Rng = np.random.Generator | np.random.RandomState
+FeatureSelection = Literal["auto", "none", "forward_selection", "highest_weights", "lasso_path"]
+
+IMAGE_KERNEL_WIDTH = 0.25
+IMAGE_NUM_SAMPLES = 1000
+TABULAR_NUM_SAMPLES = 5000
+TABULAR_KERNEL_WIDTH_FACTOR = 0.75
+QUICKSHIFT_DEFAULTS: dict[str, Any] = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2}
+LIME_STD_EPSILON = 1e-11  # lime adds this to every bin's std
+
+
+def _rng(rng: Rng | int | None) -> Rng:
+    if isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def exponential_kernel(distances: np.ndarray, kernel_width: float) -> np.ndarray:
+    """lime's default kernel: pi(d) = sqrt(exp(-d^2 / w^2))."""
+    d = np.asarray(distances, np.float64)
+    return np.sqrt(np.exp(-(d**2) / float(kernel_width) ** 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def segment(
+    image: np.ndarray,
+    algorithm: Literal["quickshift", "slic", "felzenszwalb"] = "quickshift",
+    *,
+    random_seed: int | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """Superpixels of an RGB image [H, W, 3] (uint8 or float) as int labels [H, W] in 0..S-1.
+
+    quickshift defaults are lime's: kernel_size=4, max_dist=200, ratio=0.2. lime also passes
+    ``random_seed`` (drawn as ``random_state.randint(0, 1000)``), but its wrapper drops arguments
+    the skimage function does not accept, and skimage >= 0.20 renamed it ``rng`` (default 42): so
+    with current skimage lime's quickshift always runs with rng=42, which ``random_seed=None``
+    reproduces. A given ``random_seed`` is passed as ``rng`` (or ``random_seed`` on old skimage);
+    it only breaks ties (quickshift adds tiny noise to the density).
+    slic / felzenszwalb use skimage's defaults unless overridden in ``params``. Labels are
+    renumbered to 0..S-1 in order of first label value (lime assumes this; skimage's slic starts
+    at 1, which lime mishandles).
+    """
+    from skimage import segmentation as sk
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if algorithm == "quickshift":
+        kw = {**QUICKSHIFT_DEFAULTS, **params}
+        if random_seed is not None:
+            seed_arg = "rng" if "rng" in inspect.signature(sk.quickshift).parameters else "random_seed"
+            kw[seed_arg] = random_seed
+        labels = sk.quickshift(img, **kw)
+    elif algorithm == "slic":
+        labels = sk.slic(img, **params)
+    elif algorithm == "felzenszwalb":
+        labels = sk.felzenszwalb(img, **params)
+    else:
+        raise ValueError(f"unknown segmentation algorithm {algorithm!r}")
+    _, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape).astype(np.int64)
+
+
+def sample_image_coalitions(num_segments: int, num_samples: int = IMAGE_NUM_SAMPLES, rng: Rng | int | None = None) -> np.ndarray:
+    """Bool [N, S]: each superpixel on/off with probability 1/2, row 0 all on (lime_image.data_labels).
+
+    With a ``np.random.RandomState`` the draws are lime's exactly
+    (``randint(0, 2, N * S).reshape(N, S)``); a Generator uses ``integers(0, 2, (N, S))``.
+    """
+    r = _rng(rng)
+    if isinstance(r, np.random.RandomState):
+        bits = r.randint(0, 2, num_samples * num_segments).reshape((num_samples, num_segments))
+    else:
+        bits = r.integers(0, 2, (num_samples, num_segments))
+    z = bits.astype(bool)
+    if num_samples:
+        z[0, :] = True
+    return z
+
+
+def image_distances(coalitions: np.ndarray) -> np.ndarray:
+    """Cosine distance of each row to the all-on row: d = 1 - |z| / (sqrt(|z|) sqrt(S)) = 1 - sqrt(|z|/S).
+
+    The empty row gets d = 1 (sklearn's cosine distance of a zero vector). lime_image does not
+    scale it by 100 (only lime_text does).
+    """
+    z = np.asarray(coalitions)
+    s = z.shape[1]
+    on = z.astype(np.float64).sum(axis=1)
+    return np.clip(1.0 - np.sqrt(on / s), 0.0, 2.0)
+
+
+def image_kernel_weights(coalitions: np.ndarray, kernel_width: float = IMAGE_KERNEL_WIDTH) -> np.ndarray:
+    """pi(z) = sqrt(exp(-d^2 / w^2)) with d = :func:`image_distances` and w = 0.25 (lime_image)."""
+    return exponential_kernel(image_distances(coalitions), kernel_width)
+
+
+def segment_mean_colors(image: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Float64 [S, C]: the mean colour of each superpixel (labels 0..S-1)."""
+    img = np.asarray(image)
+    flat = img.reshape(-1, img.shape[-1]).astype(np.float64)
+    seg = np.asarray(segments).ravel()
+    count = np.bincount(seg, minlength=int(seg.max()) + 1).astype(np.float64)
+    sums = np.stack([np.bincount(seg, weights=flat[:, c], minlength=count.size) for c in range(flat.shape[1])], axis=1)
+    return sums / np.maximum(count, 1.0)[:, None]
+
+
+def hide_image(image: np.ndarray, segments: np.ndarray, hide_color: float | Sequence[float] | None = None) -> np.ndarray:
+    """lime's ``fudged_image``: the image every switched-off superpixel is taken from.
+
+    ``hide_color=None`` (lime's default): each superpixel's mean colour; otherwise the constant.
+    Same dtype as ``image`` (a uint8 image gets the means cast to uint8 as numpy assignment does,
+    i.e. truncated, as in lime).
+    """
+    img = np.asarray(image)
+    fudged = img.copy()
+    if hide_color is None:
+        fudged[...] = segment_mean_colors(img, segments)[np.asarray(segments)]
+    else:
+        fudged[...] = hide_color
+    return fudged
+
+
+def fill_images(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
+    """Images [N, H, W, C] for coalition rows [N, S]: pixel of segment j from ``image`` if z_j else ``fudged``."""
+    z = np.asarray(coalitions, bool)
+    keep = z[:, np.asarray(segments)]  # [N, H, W]
+    return np.where(keep[..., None], np.asarray(image)[None], np.asarray(fudged)[None])
+
+
+def fill_image(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, coalition: np.ndarray) -> np.ndarray:
+    """One perturbed image [H, W, C] for one coalition row [S] (see :func:`fill_images`)."""
+    return fill_images(image, fudged, segments, np.asarray(coalition)[None])[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Tabular
+# --------------------------------------------------------------------------------------------
+
+
+class QuartileDiscretizer:
+    """lime.discretize.QuartileDiscretizer, fitted on background rows [B, F].
+
+    For each non-categorical feature f: edges_f = unique(percentile(x_f, [25, 50, 75])) (numpy's
+    linear interpolation); bin(x) = searchsorted(edges_f, x) (side='left', so x <= q25 is bin 0);
+    per bin b: mean and std (ddof=0, + 1e-11) of the background values in it (0 for an empty bin),
+    min = [min x_f] + edges_f, max = edges_f + [max x_f]. Sampling frequencies: the sorted
+    distinct values of the discretised background column and their relative counts (lime's
+    ``feature_values`` / ``feature_frequencies``); categorical features keep their raw values.
+    """
+
+    def __init__(self, data: np.ndarray, categorical_features: Iterable[int] = ()) -> None:
+        x = np.asarray(data, np.float64)
+        if x.ndim != 2:
+            raise ValueError("background data must be [rows, features]")
+        self.num_features = x.shape[1]
+        self.categorical_features = sorted(set(int(c) for c in categorical_features))
+        self.to_discretize = [f for f in range(self.num_features) if f not in self.categorical_features]
+        self.edges: dict[int, np.ndarray] = {}
+        self.means: dict[int, np.ndarray] = {}
+        self.stds: dict[int, np.ndarray] = {}
+        self.mins: dict[int, np.ndarray] = {}
+        self.maxs: dict[int, np.ndarray] = {}
+        for f in self.to_discretize:
+            col = x[:, f]
+            qts = np.unique(np.percentile(col, [25, 50, 75]))
+            bins = np.searchsorted(qts, col)
+            means, stds = [], []
+            for b in range(qts.size + 1):
+                sel = col[bins == b]
+                means.append(float(np.mean(sel)) if sel.size else 0.0)
+                stds.append((float(np.std(sel)) if sel.size else 0.0) + LIME_STD_EPSILON)
+            self.edges[f] = qts
+            self.means[f] = np.array(means)
+            self.stds[f] = np.array(stds)
+            self.mins[f] = np.concatenate([[col.min()], qts])
+            self.maxs[f] = np.concatenate([qts, [col.max()]])
+        disc = self.discretize(x)
+        self.values: list[np.ndarray] = []
+        self.frequencies: list[np.ndarray] = []
+        for f in range(self.num_features):
+            vals, counts = np.unique(disc[:, f], return_counts=True)
+            self.values.append(vals)
+            self.frequencies.append(counts / counts.sum())
+
+    def discretize(self, data: np.ndarray) -> np.ndarray:
+        """Float array like ``data`` with discretised columns replaced by bin indices 0..len(edges)."""
+        x = np.array(data, np.float64, copy=True)
+        for f in self.to_discretize:
+            x[..., f] = np.searchsorted(self.edges[f], x[..., f])
+        return x
+
+    def undiscretize(self, bins: np.ndarray, rng: Rng | int | None = None, *, lime_degenerate_bins: bool = False) -> np.ndarray:
+        """Values for rows of bin indices [N, F]: per feature (in order) a truncated normal
+        N(mean_b, std_b) on [min_b, max_b], drawn with one vectorised
+        ``scipy.stats.truncnorm.rvs(a, b, loc, scale, random_state=rng)`` call as lime does.
+
+        A bin with min == max has value min; lime instead returns the z-score (min - mean) / std
+        there (a lime bug), reproduced with ``lime_degenerate_bins=True``.
+        """
+        r = _rng(rng)
+        out = np.array(bins, np.float64, copy=True)
+        for f in self.to_discretize:
+            idx = out[:, f].astype(int)
+            lo, hi = self.mins[f][idx], self.maxs[f][idx]
+            mu, sd = self.means[f][idx], self.stds[f][idx]
+            minz, maxz = (lo - mu) / sd, (hi - mu) / sd
+            ok = minz != maxz
+            val = minz.copy() if lime_degenerate_bins else lo.copy()
+            if ok.any():
+                val[ok] = stats.truncnorm.rvs(minz[ok], maxz[ok], loc=mu[ok], scale=sd[ok], random_state=r)
+            out[:, f] = val
+        return out
+
+    def sample(
+        self,
+        instance: np.ndarray,
+        num_samples: int = TABULAR_NUM_SAMPLES,
+        rng: Rng | int | None = None,
+        *,
+        lime_degenerate_bins: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """lime_tabular's neighbourhood: (binary bool [N, F], rows float [N, F]).
+
+        For each feature f in order: bins_f ~ choice(values_f, N, p=frequencies_f); binary
+        z_f = [bins_f == bin_f(instance)]; then rows 1.. are undiscretised (:meth:`undiscretize`)
+        and row 0 is the instance with z_0 = all ones. With a ``np.random.RandomState`` seeded
+        like lime's ``random_state`` the draws are lime's exactly.
+        """
+        r = _rng(rng)
+        x0 = np.asarray(instance, np.float64)
+        first = self.discretize(x0)
+        n, nf = int(num_samples), self.num_features
+        binary = np.zeros((n, nf), bool)
+        rows = np.zeros((n, nf), np.float64)
+        for f in range(nf):
+            col = r.choice(self.values[f], size=n, replace=True, p=self.frequencies[f])
+            binary[:, f] = col == first[f]
+            rows[:, f] = col
+        binary[0] = True
+        if n > 1:
+            rows[1:] = self.undiscretize(rows[1:], r, lime_degenerate_bins=lime_degenerate_bins)
+        rows[0] = x0
+        return binary, rows
+
+
+def tabular_kernel_width(num_features: int) -> float:
+    """lime_tabular's default kernel width: sqrt(F) * 0.75."""
+    return math.sqrt(num_features) * TABULAR_KERNEL_WIDTH_FACTOR
+
+
+def tabular_distances(binary: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance of each scaled row to the first (the instance): d = ||(z - z_0) / scale||.
+
+    With every feature discretised lime's scaler has mean 0 and scale 1, so d = sqrt(#zeros in z).
+    """
+    z = np.asarray(binary, np.float64)
+    diff = z - z[0]
+    if scale is not None:
+        diff = diff / np.asarray(scale, np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def tabular_kernel_weights(binary: np.ndarray, kernel_width: float | None = None) -> np.ndarray:
+    """pi = sqrt(exp(-d^2 / w^2)), d = :func:`tabular_distances`, w = sqrt(F) * 0.75 by default."""
+    z = np.asarray(binary)
+    w = tabular_kernel_width(z.shape[1]) if kernel_width is None else kernel_width
+    return exponential_kernel(tabular_distances(z), w)
+
+
+# --------------------------------------------------------------------------------------------
+# Surrogate
+# --------------------------------------------------------------------------------------------
+
+
+def _weighted_r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    ybar = np.average(y, weights=w)
+    ss_res = float(np.sum(w * (y - pred) ** 2))
+    ss_tot = float(np.sum(w * (y - ybar) ** 2))
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def select_features(
+    binary: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    num_features: int | None = None,
+    method: FeatureSelection = "auto",
+) -> np.ndarray:
+    """lime_base.LimeBase.feature_selection: the indices used by the surrogate.
+
+    * ``none``: all S features.
+    * ``forward_selection``: greedily add the feature maximising the weighted R^2 of
+      Ridge(alpha=0) with intercept, num_features times (cost O(K S) fits).
+    * ``highest_weights``: Ridge(alpha=0.01) on all features; the num_features with the largest
+      |coef_j * z_0j| (z_0 = the instance's row, all ones for LIME), stable order.
+    * ``lasso_path``: LARS lasso path on weighted-centred data (x - avg_w x) sqrt(w); walking back
+      from the least regularised end, the first set with <= num_features non-zeros.
+    * ``auto`` (lime's default): forward_selection if num_features <= 6, else highest_weights.
+      lime_image passes num_features=100000 and lime_tabular 10, so with S <= num_features auto
+      keeps every feature and equals ``none``.
+    ``num_features=None`` means S.
+    """
+    x = np.asarray(binary, np.float64)
+    y = np.asarray(targets, np.float64)
+    w = np.asarray(weights, np.float64)
+    s = x.shape[1]
+    k = s if num_features is None else int(num_features)
+    if method == "none":
+        return np.arange(s)
+    if method == "auto":
+        method = "forward_selection" if k <= 6 else "highest_weights"
+    if method == "forward_selection":
+        used: list[int] = []
+        clf = Ridge(alpha=0, fit_intercept=True)
+        for _ in range(min(k, s)):
+            best, best_score = 0, -1e8
+            for j in range(s):
+                if j in used:
+                    continue
+                cols = used + [j]
+                clf.fit(x[:, cols], y, sample_weight=w)
+                score = clf.score(x[:, cols], y, sample_weight=w)
+                if score > best_score:
+                    best, best_score = j, score
+            used.append(best)
+        return np.array(used, dtype=int)
+    if method == "highest_weights":
+        clf = Ridge(alpha=0.01, fit_intercept=True).fit(x, y, sample_weight=w)
+        contrib = clf.coef_ * x[0]
+        order = sorted(range(s), key=lambda j: abs(contrib[j]), reverse=True)
+        return np.array(order[:k], dtype=int)
+    if method == "lasso_path":
+        xw = (x - np.average(x, axis=0, weights=w)) * np.sqrt(w)[:, None]
+        yw = (y - np.average(y, weights=w)) * np.sqrt(w)
+        _, _, coefs = lars_path(xw, yw, method="lasso", verbose=False)
+        nonzero = np.arange(s)
+        for i in range(coefs.shape[1] - 1, 0, -1):
+            nonzero = coefs[:, i].nonzero()[0]
+            if len(nonzero) <= k:
+                break
+        return np.asarray(nonzero, dtype=int)
+    raise ValueError(f"unknown feature_selection {method!r}")
+
+
+def fit_surrogate(
+    binary: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    alpha: float = 1.0,
+    *,
+    feature_selection: FeatureSelection = "none",
+    num_features: int | None = None,
+) -> tuple[np.ndarray, float, float]:
+    """The weighted linear surrogate: (coefficients [S], intercept, weighted R^2).
+
+    Ridge(alpha, fit_intercept=True) minimising sum_i w_i (y_i - c - z_i . b)^2 + alpha ||b||^2 on the
+    features chosen by :func:`select_features` (others get coefficient 0), and
+    R^2 = 1 - sum w (y - yhat)^2 / sum w (y - avg_w y)^2 (sklearn's ``score`` with sample_weight),
+    as lime_base.explain_instance_with_data. The default ``none`` equals lime's ``auto`` whenever
+    S <= num_features (always for lime_image's 100000); pass ``feature_selection="auto"`` and
+    num_features=10 for lime_tabular's behaviour with more than 10 columns.
+    """
+    x = np.asarray(binary, np.float64)
+    y = np.asarray(targets, np.float64)
+    w = np.asarray(weights, np.float64)
+    used = select_features(x, y, w, num_features, feature_selection)
+    model = Ridge(alpha=alpha, fit_intercept=True).fit(x[:, used], y, sample_weight=w)
+    coef = np.zeros(x.shape[1])
+    coef[used] = model.coef_
+    r2 = _weighted_r2(y, model.predict(x[:, used]), w)
+    return coef, float(model.intercept_), r2
+
+
+class RidgeAccumulator:
+    """Streaming weighted Ridge with intercept from sufficient statistics.
+
+    Keeps W = sum w, Sx = sum w x, Sxx = sum w x x^T, Sy = sum w y, Sxy = sum w x y, Syy = sum w y^2.
+    With xbar = Sx/W, ybar = Sy/W, Cxx = Sxx - W xbar xbar^T, Cxy = Sxy - W xbar ybar,
+    Cyy = Syy - W ybar^2:  b = (Cxx + alpha I)^-1 Cxy,  c = ybar - xbar . b,
+    SSres = Cyy - 2 b.Cxy + b^T Cxx b,  R^2 = 1 - SSres / Cyy (sklearn's convention when Cyy = 0).
+    This is exactly sklearn's Ridge(alpha, fit_intercept=True).fit(X, y, sample_weight=w).
+    """
+
+    def __init__(self, num_features: int, alpha: float = 1.0) -> None:
+        self.num_features = int(num_features)
+        self.alpha = float(alpha)
+        s = self.num_features
+        self.sum_w = 0.0
+        self.sum_wx = np.zeros(s)
+        self.sum_wxx = np.zeros((s, s))
+        self.sum_wy = 0.0
+        self.sum_wxy = np.zeros(s)
+        self.sum_wyy = 0.0
+        self.count = 0
+
+    def add(self, binary: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> None:
+        """Accumulate a chunk: rows [n, S], targets [n], weights [n]."""
+        x = np.asarray(binary, np.float64).reshape(-1, self.num_features)
+        y = np.asarray(targets, np.float64).ravel()
+        w = np.asarray(weights, np.float64).ravel()
+        if not (x.shape[0] == y.size == w.size):
+            raise ValueError("rows, targets and weights differ in length")
+        xw = x * w[:, None]
+        self.sum_w += float(w.sum())
+        self.sum_wx += xw.sum(axis=0)
+        self.sum_wxx += xw.T @ x
+        self.sum_wy += float(w @ y)
+        self.sum_wxy += xw.T @ y
+        self.sum_wyy += float(w @ (y * y))
+        self.count += x.shape[0]
+
+    def solve(self) -> tuple[np.ndarray, float, float]:
+        """(coefficients [S], intercept, weighted R^2), as :func:`fit_surrogate` with feature_selection='none'."""
+        if self.sum_w <= 0:
+            raise ValueError("no weighted rows accumulated")
+        big_w = self.sum_w
+        xbar = self.sum_wx / big_w
+        ybar = self.sum_wy / big_w
+        cxx = self.sum_wxx - big_w * np.outer(xbar, xbar)
+        cxy = self.sum_wxy - big_w * xbar * ybar
+        cyy = self.sum_wyy - big_w * ybar * ybar
+        a = cxx + self.alpha * np.eye(self.num_features)
+        try:
+            coef = np.linalg.solve(a, cxy)
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(a, cxy, rcond=None)[0]
+        intercept = float(ybar - xbar @ coef)
+        ss_res = max(float(cyy - 2.0 * coef @ cxy + coef @ cxx @ coef), 0.0)
+        if cyy <= 0.0:
+            r2 = 1.0 if ss_res == 0.0 else 0.0
+        else:
+            r2 = 1.0 - ss_res / cyy
+        return coef, intercept, r2

@@ -1,0 +1,314 @@
+"""Kernel SHAP numerical core against shap.KernelExplainer and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explaind.methods.kernel_shap_core import (
+    KernelShapAccumulator,
+    coalition_inputs,
+    coalition_values,
+    default_nsamples,
+    sample_coalitions,
+    shapley_kernel_weight,
+    solve,
+)
+
+shap = pytest.importorskip("shap")
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def linear_model(m: int, seed: int = 0):
+    w = np.random.default_rng(seed).normal(size=m)
+    return w, (lambda X: np.asarray(X) @ w + 0.7)
+
+
+def nonlinear_model(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X)
+    return X[:, 0] * X[:, 1] + np.sin(X[:, 2]) * X[:, -1] + _sigmoid(X[:, 3] - X[:, 4]) + 0.3 * X[:, 5] ** 2
+
+
+def prob_model(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X)
+    return _sigmoid(0.8 * X[:, 0] * X[:, 1] - X[:, 2] + 0.5 * np.tanh(X[:, 3] + X[:, -1]))
+
+
+def two_output_model(X: np.ndarray) -> np.ndarray:
+    return np.stack([nonlinear_model(X), np.asarray(X) @ np.linspace(-1, 1, np.shape(X)[1])], axis=1)
+
+
+def data(m: int, n_bg: int = 30, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n_bg, m)), rng.normal(size=m) * 1.5
+
+
+def ours(f, x, bg, nsamples, rng=None, bg_weights=None, **kw):
+    m = x.shape[0]
+    masks, weights = sample_coalitions(m, nsamples, rng if rng is not None else np.random.default_rng(0))
+    bw = np.ones(bg.shape[0]) if bg_weights is None else bg_weights
+    values = coalition_values(f(coalition_inputs(x, bg, masks)), bw)
+    f_x = f(x[None, :])[0]
+    base = np.tensordot(bw / bw.sum(), f(bg), axes=(0, 0))
+    return solve(masks, weights, values, f_x, base, **kw), f_x, base, (masks, weights, values)
+
+
+def theirs(f, x, bg, nsamples, link="identity", l1_reg=False, seed=None):
+    explainer = shap.KernelExplainer(f, bg, link=link)
+    if seed is not None:
+        np.random.seed(seed)
+    phi = np.asarray(explainer.shap_values(x[None, :], nsamples=nsamples, l1_reg=l1_reg, silent=True))
+    return phi[0], explainer
+
+
+def assert_efficient(phi, f_x, base, link="identity"):
+    g = (lambda p: np.log(p / (1 - p))) if link == "logit" else (lambda a: a)
+    np.testing.assert_allclose(np.sum(phi, axis=0), g(np.asarray(f_x)) - g(np.asarray(base)), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- kernel and sampling
+
+
+def test_shapley_kernel_weight_formula():
+    assert shapley_kernel_weight(4, 1) == pytest.approx(3 / (4 * 1 * 3))
+    assert shapley_kernel_weight(10, 5) == pytest.approx(9 / (252 * 25))
+    with pytest.raises(ValueError):
+        shapley_kernel_weight(4, 0)
+    with pytest.raises(ValueError):
+        shapley_kernel_weight(4, 4)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 11])
+def test_exact_enumeration_covers_every_coalition_with_kernel_weights(m):
+    masks, weights = sample_coalitions(m, 2**m + 100, np.random.default_rng(0))
+    assert masks.shape == (2**m - 2, m) and masks.dtype == bool
+    assert len({row.tobytes() for row in masks}) == 2**m - 2
+    sizes = masks.sum(axis=1)
+    assert sizes.min() >= 1 and sizes.max() <= m - 1
+    kernel = np.array([shapley_kernel_weight(m, int(s)) for s in sizes])
+    np.testing.assert_allclose(weights, kernel / kernel.sum(), rtol=1e-12)
+    assert weights.sum() == pytest.approx(1.0)
+
+
+def test_default_nsamples():
+    assert default_nsamples(4) == 14
+    assert default_nsamples(12) == 24 + 2048
+
+
+def test_exact_masks_match_shap_order_and_weights():
+    m = 6
+    bg, x = data(m)
+    _, explainer = theirs(nonlinear_model, x, bg, 2**m)
+    masks, weights = sample_coalitions(m, 2**m, np.random.default_rng(0))
+    np.testing.assert_array_equal(masks, explainer.maskMatrix.astype(bool))
+    np.testing.assert_allclose(weights, explainer.kernelWeights, rtol=1e-14)
+
+
+def test_sampling_branch_structure_matches_shap():
+    m, nsamples = 12, 500
+    bg, x = data(m)
+    _, explainer = theirs(nonlinear_model, x, bg, nsamples, seed=0)
+    masks, weights = sample_coalitions(m, nsamples, np.random.default_rng(0))
+    assert masks.shape == (nsamples, m)
+    assert len({row.tobytes() for row in masks}) == nsamples
+    # the completely enumerated sizes are identical to shap's rows, order and weights included
+    n_fixed = 2 * m  # size 1 and its complements fit the budget, size 2 does not
+    np.testing.assert_array_equal(masks[:n_fixed], explainer.maskMatrix[:n_fixed].astype(bool))
+    np.testing.assert_allclose(weights[:n_fixed], explainer.kernelWeights[:n_fixed], rtol=1e-14)
+    assert not np.allclose(weights[n_fixed:], weights[n_fixed])  # sampled part is reweighted
+    np.testing.assert_allclose(weights.sum(), explainer.kernelWeights.sum(), rtol=1e-12)
+    # sampled rows of the paired sizes come with their complements (size M/2 is unpaired)
+    sampled = masks[n_fixed:]
+    present = {row.tobytes() for row in sampled}
+    paired = [row for row in sampled[:-1] if row.sum() != m // 2]
+    assert paired and all((~row).tobytes() in present for row in paired)
+
+
+def test_coalition_inputs_and_values():
+    x = np.array([1.0, 2.0, 3.0])
+    bg = np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
+    masks = np.array([[True, False, True], [False, True, False]])
+    rows = coalition_inputs(x, bg, masks)
+    np.testing.assert_array_equal(
+        rows, [[1, 20, 3], [1, 50, 3], [10, 2, 30], [40, 2, 60]]
+    )
+    v = coalition_values(rows.sum(axis=1), np.array([1.0, 3.0]))
+    np.testing.assert_allclose(v, [(24 + 3 * 54) / 4, (42 + 3 * 102) / 4])
+    v2 = coalition_values(np.stack([rows.sum(axis=1), rows[:, 0]], axis=1), np.ones(2))
+    assert v2.shape == (2, 2)
+    np.testing.assert_allclose(v2[:, 1], [1.0, 25.0])
+
+
+# --------------------------------------------------------------------------- exact values
+
+
+@pytest.mark.parametrize("m", [3, 6, 10])
+def test_linear_model_closed_form(m):
+    bg, x = data(m, n_bg=40)
+    w, f = linear_model(m)
+    phi, f_x, base, _ = ours(f, x, bg, 2**m)
+    np.testing.assert_allclose(phi, w * (x - bg.mean(axis=0)), rtol=1e-9, atol=1e-10)
+    assert_efficient(phi, f_x, base)
+
+
+@pytest.mark.parametrize("m", [6, 8, 10])
+def test_exact_matches_shap_nonlinear(m):
+    bg, x = data(m, n_bg=25, seed=m)
+    phi, f_x, base, _ = ours(nonlinear_model, x, bg, 2**m)
+    ref, _ = theirs(nonlinear_model, x, bg, 2**m)
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-8)
+    assert_efficient(phi, f_x, base)
+
+
+def test_exact_matches_shap_linear():
+    m = 7
+    bg, x = data(m, n_bg=50)
+    _, f = linear_model(m, seed=3)
+    phi, f_x, base, _ = ours(f, x, bg, 2**m)
+    np.testing.assert_allclose(phi, theirs(f, x, bg, 2**m)[0], rtol=0, atol=1e-8)
+    assert_efficient(phi, f_x, base)
+
+
+def test_multi_output_matches_shap():
+    m = 6
+    bg, x = data(m, n_bg=20)
+    phi, f_x, base, _ = ours(two_output_model, x, bg, 2**m)
+    ref, _ = theirs(two_output_model, x, bg, 2**m)
+    assert phi.shape == (m, 2)
+    np.testing.assert_allclose(phi, ref.reshape(m, 2), rtol=0, atol=1e-8)
+    assert_efficient(phi, f_x, base)
+
+
+def test_kmeans_background_weights_match_shap():
+    m = 6
+    bg, x = data(m, n_bg=50)
+    summary = shap.kmeans(bg, 7)
+    phi, f_x, base, _ = ours(nonlinear_model, x, summary.data, 2**m, bg_weights=summary.weights)
+    explainer = shap.KernelExplainer(nonlinear_model, summary)
+    ref = explainer.shap_values(x[None, :], nsamples=2**m, l1_reg=False, silent=True)[0]
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-8)
+    assert base == pytest.approx(explainer.expected_value, abs=1e-12)
+    assert_efficient(phi, f_x, base)
+
+
+def test_logit_link_matches_shap():
+    m = 7
+    bg, x = data(m, n_bg=30, seed=5)
+    phi, f_x, base, _ = ours(prob_model, x, bg, 2**m, link="logit")
+    ref, explainer = theirs(prob_model, x, bg, 2**m, link="logit")
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-8)
+    assert_efficient(phi, f_x, base, link="logit")
+    assert np.sum(phi) == pytest.approx(np.log(f_x / (1 - f_x)) - explainer.expected_value, abs=1e-10)
+
+
+def test_single_feature():
+    x = np.array([2.0])
+    bg = np.array([[0.0], [1.0]])
+    phi, f_x, base, _ = ours(lambda X: 3 * np.asarray(X)[:, 0], x, bg, 10)
+    np.testing.assert_allclose(phi, [6.0 - 1.5])
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_accumulator_chunks_equal_batch(chunk):
+    m = 8
+    bg, x = data(m, n_bg=20)
+    phi, f_x, base, (masks, weights, values) = ours(two_output_model, x, bg, 2**m)
+    acc = KernelShapAccumulator(m)
+    order = np.random.default_rng(chunk).permutation(len(masks))  # arrival order does not matter
+    for start in range(0, len(masks), chunk):
+        idx = order[start : start + chunk]
+        acc.add(masks[idx], weights[idx], values[idx])
+    np.testing.assert_allclose(acc.solve(f_x, base), phi, rtol=1e-10, atol=1e-12)
+    assert_efficient(acc.solve(f_x, base), f_x, base)
+
+
+def test_accumulator_irregular_chunks_sampled_logit():
+    m = 12
+    bg, x = data(m, n_bg=20)
+    phi, f_x, base, (masks, weights, values) = ours(prob_model, x, bg, 300, link="logit")
+    acc = KernelShapAccumulator(m, link="logit")
+    cuts = [0, 1, 5, 50, 51, 200, 300]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        acc.add(masks[a:b], weights[a:b], values[a:b])
+    np.testing.assert_allclose(acc.solve(f_x, base), phi, rtol=1e-10, atol=1e-12)
+    assert acc.count == 300 and not acc._rows  # statistics only, no rows without l1
+
+
+def test_accumulator_with_l1_keeps_rows_and_matches_batch():
+    m = 8
+    bg, x = data(m, n_bg=20)
+    phi, f_x, base, (masks, weights, values) = ours(nonlinear_model, x, bg, 2**m, l1_reg="num_features(3)")
+    acc = KernelShapAccumulator(m, l1_reg="num_features(3)")
+    for start in range(0, len(masks), 50):
+        acc.add(masks[start : start + 50], weights[start : start + 50], values[start : start + 50])
+    assert len(acc._rows) > 0
+    np.testing.assert_allclose(acc.solve(f_x, base), phi, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- sampling vs shap
+
+
+def test_sampling_branch_close_to_shap():
+    m, nsamples = 12, 500
+    bg, x = data(m, n_bg=30, seed=7)
+    phi, f_x, base, _ = ours(nonlinear_model, x, bg, nsamples, rng=np.random.default_rng(0))
+    ref, _ = theirs(nonlinear_model, x, bg, nsamples, seed=0)
+    assert np.corrcoef(phi, ref)[0, 1] > 0.95
+    assert_efficient(phi, f_x, base)
+    assert np.sum(ref) == pytest.approx(np.sum(phi), abs=1e-10)
+
+
+def test_sampling_branch_linear_is_exact():
+    # Kernel SHAP recovers a linear model exactly from any full-rank design
+    m = 12
+    bg, x = data(m, n_bg=30)
+    w, f = linear_model(m)
+    phi, f_x, base, _ = ours(f, x, bg, 200, rng=np.random.default_rng(3))
+    np.testing.assert_allclose(phi, w * (x - bg.mean(axis=0)), rtol=1e-8, atol=1e-9)
+    assert_efficient(phi, f_x, base)
+
+
+# --------------------------------------------------------------------------- l1 feature selection
+
+
+def sparse_model(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X)
+    return 2.0 * X[:, 1] - 3.0 * X[:, 4] + np.sin(X[:, 6]) * 1.5 + 0.01 * X[:, 0] * X[:, 2]
+
+
+@pytest.mark.parametrize("l1_reg", ["num_features(3)", "aic", "bic"])
+def test_l1_selection_matches_shap(l1_reg):
+    m = 8
+    bg, x = data(m, n_bg=30, seed=11)
+    phi, f_x, base, _ = ours(sparse_model, x, bg, 2**m, l1_reg=l1_reg)
+    ref, _ = theirs(sparse_model, x, bg, 2**m, l1_reg=l1_reg)
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=1e-8)
+    assert_efficient(phi, f_x, base)
+    if l1_reg == "num_features(3)":
+        assert set(np.flatnonzero(phi)) == {1, 4, 6}
+
+
+def test_l1_sampled_selects_relevant_features():
+    m = 12
+    bg, x = data(m, n_bg=30, seed=11)
+    phi, f_x, base, _ = ours(sparse_model, x, bg, 500, l1_reg="num_features(3)")
+    assert set(np.flatnonzero(phi)) == {1, 4, 6}
+    assert_efficient(phi, f_x, base)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        KernelShapAccumulator(3, link="probit")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        KernelShapAccumulator(3, l1_reg="auto")
+    acc = KernelShapAccumulator(3)
+    with pytest.raises(ValueError):
+        acc.add(np.ones((2, 4), bool), np.ones(2), np.ones(2))
+    with pytest.raises(ValueError):
+        coalition_values(np.ones(7), np.ones(2))

@@ -1,0 +1,214 @@
+"""explaind.methods.lime_core against sklearn and the `lime` package (values, not just shapes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris, load_wine
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from explaind.methods import lime_core as lc
+
+lime_image = pytest.importorskip("lime.lime_image")
+lime_tabular = pytest.importorskip("lime.lime_tabular")
+lime_discretize = pytest.importorskip("lime.discretize")
+
+
+def _as_vector(local_exp, size: int) -> np.ndarray:
+    v = np.zeros(size)
+    for j, w in local_exp:
+        v[int(j)] = w
+    return v
+
+
+# ---------------------------------------------------------------------------- surrogate
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.01])
+def test_ridge_accumulator_matches_sklearn_in_chunks(alpha):
+    rng = np.random.default_rng(0)
+    n, s = 1237, 17
+    x = rng.integers(0, 2, (n, s)).astype(float)
+    x[0] = 1
+    y = x @ rng.normal(size=s) * 0.1 + 0.3 + rng.normal(scale=0.05, size=n)
+    w = lc.image_kernel_weights(x.astype(bool))
+    ref = Ridge(alpha=alpha, fit_intercept=True).fit(x, y, sample_weight=w)
+    acc = lc.RidgeAccumulator(s, alpha)
+    for start in range(0, n, 100):
+        acc.add(x[start : start + 100], y[start : start + 100], w[start : start + 100])
+    coef, intercept, r2 = acc.solve()
+    np.testing.assert_allclose(coef, ref.coef_, atol=1e-8, rtol=0)
+    assert abs(intercept - ref.intercept_) < 1e-8
+    assert abs(r2 - ref.score(x, y, sample_weight=w)) < 1e-8
+    coef2, intercept2, r22 = lc.fit_surrogate(x, y, w, alpha)
+    np.testing.assert_allclose(coef, coef2, atol=1e-8, rtol=0)
+    assert abs(intercept - intercept2) < 1e-8 and abs(r2 - r22) < 1e-8
+
+
+def test_feature_selection_semantics():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2, (400, 9)).astype(float)
+    x[0] = 1
+    y = 0.8 * x[:, 2] - 0.5 * x[:, 5] + 0.1 * x[:, 7] + rng.normal(scale=0.01, size=400)
+    w = lc.tabular_kernel_weights(x.astype(bool))
+    for method in ("forward_selection", "highest_weights", "lasso_path"):
+        used = lc.select_features(x, y, w, 2, method)
+        assert set(used.tolist()) == {2, 5}, method
+        coef, _, _ = lc.fit_surrogate(x, y, w, feature_selection=method, num_features=2)
+        assert np.count_nonzero(coef) == 2 and coef[2] > 0 > coef[5]
+    # auto = forward_selection for num_features <= 6, highest_weights otherwise
+    assert lc.select_features(x, y, w, 3, "auto").tolist() == lc.select_features(x, y, w, 3, "forward_selection").tolist()
+    assert lc.select_features(x, y, w, 7, "auto").tolist() == lc.select_features(x, y, w, 7, "highest_weights").tolist()
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _image() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    img = np.zeros((32, 32, 3), np.uint8)
+    colours = rng.integers(0, 256, (4, 4, 3))
+    for i in range(4):
+        for j in range(4):
+            img[8 * i : 8 * i + 8, 8 * j : 8 * j + 8] = colours[i, j]
+    noise = rng.integers(-6, 7, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def _image_model(images: np.ndarray) -> np.ndarray:
+    """A simple function of segment colours: red of the left half against green of the right half."""
+    x = np.asarray(images, np.float64) / 255.0
+    left_red = x[:, :, :16, 0].mean(axis=(1, 2))
+    right_green = x[:, :, 16:, 1].mean(axis=(1, 2))
+    top_blue = x[:, :12, :, 2].mean(axis=(1, 2))
+    p = 1.0 / (1.0 + np.exp(-(6 * left_red - 5 * right_green + 3 * top_blue - 1.0)))
+    return np.stack([1 - p, p], axis=1)
+
+
+def _run_lime_image(seed: int, num_samples: int, captured: list | None = None):
+    def fn(images):
+        if captured is not None:
+            captured.append(np.array(images))
+        return _image_model(images)
+
+    explainer = lime_image.LimeImageExplainer(random_state=seed)
+    return explainer.explain_instance(
+        _image(), fn, labels=(1,), top_labels=None, num_samples=num_samples, batch_size=250, random_seed=5
+    )
+
+
+def test_image_same_samples_match_lime_exactly():
+    captured: list[np.ndarray] = []
+    exp = _run_lime_image(seed=7, num_samples=1000, captured=captured)
+    img = _image()
+    segments = lc.segment(img)
+    np.testing.assert_array_equal(segments, exp.segments)
+    s = int(segments.max()) + 1
+    assert s >= 6
+    z = lc.sample_image_coalitions(s, 1000, np.random.RandomState(7))
+    images = lc.fill_images(img, lc.hide_image(img, segments), segments, z)
+    np.testing.assert_array_equal(images, np.concatenate(captured))  # lime's own perturbed images
+    y = _image_model(images)[:, 1]
+    coef, intercept, r2 = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
+    np.testing.assert_allclose(coef, _as_vector(exp.local_exp[1], s), atol=1e-6, rtol=0)
+    assert abs(intercept - exp.intercept[1]) < 1e-6
+    assert abs(r2 - exp.score) < 1e-6
+    acc = lc.RidgeAccumulator(s)
+    for start in range(0, 1000, 64):
+        sl = slice(start, start + 64)
+        acc.add(z[sl], y[sl], lc.image_kernel_weights(z[sl]))
+    coef2, intercept2, r22 = acc.solve()
+    np.testing.assert_allclose(coef2, coef, atol=1e-8, rtol=0)
+    assert abs(intercept2 - intercept) < 1e-8 and abs(r22 - r2) < 1e-8
+
+
+def test_image_kernel_equals_lime_cosine_kernel():
+    from sklearn.metrics import pairwise_distances
+
+    z = lc.sample_image_coalitions(23, 500, np.random.default_rng(2))
+    d = pairwise_distances(z.astype(int), z[:1].astype(int), metric="cosine").ravel()
+    np.testing.assert_allclose(lc.image_distances(z), d, atol=1e-12)
+    np.testing.assert_allclose(lc.image_kernel_weights(z), np.sqrt(np.exp(-(d**2) / 0.25**2)), atol=1e-12)
+
+
+def test_image_independent_sampling_correlates():
+    exp = _run_lime_image(seed=11, num_samples=3000)
+    img = _image()
+    segments = lc.segment(img)
+    s = int(segments.max()) + 1
+    z = lc.sample_image_coalitions(s, 3000, np.random.default_rng(12345))
+    y = _image_model(lc.fill_images(img, lc.hide_image(img, segments), segments, z))[:, 1]
+    coef, _, _ = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
+    r = np.corrcoef(coef, _as_vector(exp.local_exp[1], s))[0, 1]
+    print(f"image independent-sampling Pearson r = {r:.4f} over {s} segments")
+    assert r >= 0.9
+
+
+# ---------------------------------------------------------------------------- tabular
+
+
+def _tabular(name: str):
+    data = load_iris() if name == "iris" else load_wine()
+    x, t = data.data, data.target
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, t)
+    return x, model
+
+
+@pytest.mark.parametrize("name", ["iris", "wine"])
+def test_quartile_edges_and_bin_stats_match_lime(name):
+    x, _ = _tabular(name)
+    ours = lc.QuartileDiscretizer(x)
+    ref = lime_discretize.QuartileDiscretizer(x, [], [str(i) for i in range(x.shape[1])])
+    for f in range(x.shape[1]):
+        np.testing.assert_array_equal(ours.edges[f], np.unique(np.percentile(x[:, f], [25, 50, 75])))
+        np.testing.assert_array_equal(ours.means[f], ref.means[f])
+        np.testing.assert_array_equal(ours.stds[f], ref.stds[f])
+        np.testing.assert_array_equal(ours.mins[f], ref.mins[f])
+        np.testing.assert_array_equal(ours.maxs[f], ref.maxs[f])
+    np.testing.assert_array_equal(ours.discretize(x), ref.discretize(x))
+
+
+@pytest.mark.parametrize("name,num_features", [("iris", 10), ("wine", 10)])
+def test_tabular_same_samples_match_lime(name, num_features):
+    """Same RandomState seed: the same neighbourhood as lime, then the same weights.
+
+    wine has 13 columns, so lime's feature_selection='auto' with num_features=10 is highest_weights."""
+    x, model = _tabular(name)
+    instance = x[17]
+    captured: list[np.ndarray] = []
+
+    def predict(rows):
+        captured.append(np.array(rows))
+        return model.predict_proba(rows)
+
+    explainer = lime_tabular.LimeTabularExplainer(x, random_state=21)
+    exp = explainer.explain_instance(instance, predict, labels=(1,), num_features=num_features, num_samples=5000)
+    disc = lc.QuartileDiscretizer(x)
+    binary, rows = disc.sample(instance, 5000, np.random.RandomState(21), lime_degenerate_bins=True)
+    np.testing.assert_allclose(rows, captured[0], atol=1e-12, rtol=0)
+    ours_bins = disc.discretize(rows[1:]) == disc.discretize(instance)
+    assert (binary[1:] == ours_bins).mean() > 0.99  # equal up to draws on a bin edge
+    y = model.predict_proba(rows)[:, 1]
+    w = lc.tabular_kernel_weights(binary)
+    coef, intercept, r2 = lc.fit_surrogate(binary, y, w, feature_selection="auto", num_features=num_features)
+    np.testing.assert_allclose(coef, _as_vector(exp.local_exp[1], x.shape[1]), atol=1e-6, rtol=0)
+    assert abs(intercept - exp.intercept[1]) < 1e-6
+    assert abs(r2 - exp.score) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["iris", "wine"])
+def test_tabular_independent_sampling_correlates(name):
+    x, model = _tabular(name)
+    instance = x[60]
+    f = x.shape[1]
+    explainer = lime_tabular.LimeTabularExplainer(x, random_state=3, feature_selection="none")
+    exp = explainer.explain_instance(instance, model.predict_proba, labels=(1,), num_features=f, num_samples=5000)
+    disc = lc.QuartileDiscretizer(x)
+    binary, rows = disc.sample(instance, 5000, np.random.default_rng(999))
+    y = model.predict_proba(rows)[:, 1]
+    coef, _, _ = lc.fit_surrogate(binary, y, lc.tabular_kernel_weights(binary))
+    r = np.corrcoef(coef, _as_vector(exp.local_exp[1], f))[0, 1]
+    print(f"tabular {name} independent-sampling Pearson r = {r:.4f} over {f} features")
+    assert r >= 0.9
