@@ -67,27 +67,31 @@ def test_feature_selection_semantics():
 
 
 def _image() -> np.ndarray:
+    """64 x 64 RGB of 4 x 4 coloured blocks with vertical stripes plus noise: quickshift with lime's
+    parameters finds 15 segments (blocks), whose mean colour removes the stripes."""
     rng = np.random.default_rng(3)
-    img = np.zeros((32, 32, 3), np.uint8)
-    colours = rng.integers(0, 256, (4, 4, 3))
-    for i in range(4):
-        for j in range(4):
-            img[8 * i : 8 * i + 8, 8 * j : 8 * j + 8] = colours[i, j]
-    noise = rng.integers(-6, 7, img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+    colours = rng.integers(30, 226, (4, 4, 3))
+    img = np.repeat(np.repeat(colours, 16, axis=0), 16, axis=1)
+    stripes = np.where((np.arange(64) // 2) % 2 == 0, 20, -20)[None, :, None]
+    return np.clip(img + stripes + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
 
 
 def _image_model(images: np.ndarray) -> np.ndarray:
-    """A simple function of segment colours: red of the left half against green of the right half."""
+    """A simple function of segment colours and texture: red of the left half against green of the
+    right half, blue at the top, horizontal red contrast (which mean-colour hiding removes)."""
     x = np.asarray(images, np.float64) / 255.0
-    left_red = x[:, :, :16, 0].mean(axis=(1, 2))
-    right_green = x[:, :, 16:, 1].mean(axis=(1, 2))
-    top_blue = x[:, :12, :, 2].mean(axis=(1, 2))
-    p = 1.0 / (1.0 + np.exp(-(6 * left_red - 5 * right_green + 3 * top_blue - 1.0)))
+    left_red = x[:, :, :32, 0].mean(axis=(1, 2))
+    right_green = x[:, :, 32:, 1].mean(axis=(1, 2))
+    top_blue = x[:, :24, :, 2].mean(axis=(1, 2))
+    contrast = np.abs(np.diff(x[..., 0], axis=2))
+    left_contrast = contrast[:, :, :31].mean(axis=(1, 2))
+    bottom_contrast = contrast[:, 40:].mean(axis=(1, 2))
+    z = 6 * left_red - 5 * right_green + 3 * top_blue + 10 * left_contrast - 12 * bottom_contrast - 1.0
+    p = 1.0 / (1.0 + np.exp(-z))
     return np.stack([1 - p, p], axis=1)
 
 
-def _run_lime_image(seed: int, num_samples: int, captured: list | None = None):
+def _run_lime_image(seed: int, num_samples: int, hide_color, captured: list | None = None):
     def fn(images):
         if captured is not None:
             captured.append(np.array(images))
@@ -95,20 +99,22 @@ def _run_lime_image(seed: int, num_samples: int, captured: list | None = None):
 
     explainer = lime_image.LimeImageExplainer(random_state=seed)
     return explainer.explain_instance(
-        _image(), fn, labels=(1,), top_labels=None, num_samples=num_samples, batch_size=250, random_seed=5
+        _image(), fn, labels=(1,), top_labels=None, num_samples=num_samples, batch_size=250,
+        random_seed=5, hide_color=hide_color,
     )
 
 
-def test_image_same_samples_match_lime_exactly():
+@pytest.mark.parametrize("hide_color", [None, 0])
+def test_image_same_samples_match_lime_exactly(hide_color):
     captured: list[np.ndarray] = []
-    exp = _run_lime_image(seed=7, num_samples=1000, captured=captured)
+    exp = _run_lime_image(seed=7, num_samples=1000, hide_color=hide_color, captured=captured)
     img = _image()
     segments = lc.segment(img)
     np.testing.assert_array_equal(segments, exp.segments)
     s = int(segments.max()) + 1
-    assert s >= 6
+    assert s >= 10
     z = lc.sample_image_coalitions(s, 1000, np.random.RandomState(7))
-    images = lc.fill_images(img, lc.hide_image(img, segments), segments, z)
+    images = lc.fill_images(img, lc.hide_image(img, segments, hide_color), segments, z)
     np.testing.assert_array_equal(images, np.concatenate(captured))  # lime's own perturbed images
     y = _image_model(images)[:, 1]
     coef, intercept, r2 = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
@@ -133,16 +139,17 @@ def test_image_kernel_equals_lime_cosine_kernel():
     np.testing.assert_allclose(lc.image_kernel_weights(z), np.sqrt(np.exp(-(d**2) / 0.25**2)), atol=1e-12)
 
 
-def test_image_independent_sampling_correlates():
-    exp = _run_lime_image(seed=11, num_samples=3000)
+@pytest.mark.parametrize("hide_color", [None, 0])
+def test_image_independent_sampling_correlates(hide_color):
+    exp = _run_lime_image(seed=11, num_samples=3000, hide_color=hide_color)
     img = _image()
     segments = lc.segment(img)
     s = int(segments.max()) + 1
     z = lc.sample_image_coalitions(s, 3000, np.random.default_rng(12345))
-    y = _image_model(lc.fill_images(img, lc.hide_image(img, segments), segments, z))[:, 1]
+    y = _image_model(lc.fill_images(img, lc.hide_image(img, segments, hide_color), segments, z))[:, 1]
     coef, _, _ = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
     r = np.corrcoef(coef, _as_vector(exp.local_exp[1], s))[0, 1]
-    print(f"image independent-sampling Pearson r = {r:.4f} over {s} segments")
+    print(f"image hide_color={hide_color} independent-sampling Pearson r = {r:.4f} over {s} segments")
     assert r >= 0.9
 
 
