@@ -61,12 +61,11 @@ def test_a_full_queue_refuses_at_once(repository, tmp_path):
                 r=client.explain("shapes", method="rise", tensor=X, params={"num_masks": 5000})))
             thread.start()
             assert wait_until(lambda: queued_rows(server) > 0)
-            started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 client.explain("shapes", method="rise", tensor=X, params={"num_masks": 5000})
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full" in err.value.details()
-            assert time.monotonic() - started < 2.0
+            assert thread.is_alive()  # refused at once, while the first request still runs
             thread.join(120)
             assert first["r"].stats["model_evaluations"] == "5001"
     finally:
