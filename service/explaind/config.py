@@ -31,7 +31,7 @@ class Settings:
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
-    max_rows_per_request: int = field(default=200_000, metadata={"help": "model evaluations one request may ask for"})
+    max_rows_per_request: int = field(default=2_000_000, metadata={"help": "model evaluations one request may ask for"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})

@@ -66,7 +66,8 @@ def test_get_model_reports_the_contract(client):
     assert info.scores == "logits" and info.num_classes == 5
     assert list(info.preprocess.size) == [64, 64] and list(info.preprocess.mean) == [0.5, 0.5, 0.5]
     tabular = client.get_model("tabular")
-    assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion"] and tabular.num_features == 13
+    assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion", "kernel_shap"]
+    assert tabular.num_features == 13
     assert not tabular.white_box and "TreeEnsembleClassifier" in tabular.white_box_reason
 
 
@@ -79,7 +80,7 @@ def test_list_methods_shows_parameters_and_defaults(client):
     assert methods["integrated_gradients"].default_score == pb.LOGIT
     ig = {p.name: p.default_value for p in methods["integrated_gradients"].parameters}
     assert ig["n_steps"] == "50" and ig["method"] == "gausslegendre"
-    assert [m.name for m in client.list_methods(model="tabular")] == ["occlusion"]
+    assert [m.name for m in client.list_methods(model="tabular")] == ["occlusion", "kernel_shap"]
 
 
 # Occlusion and RISE against independent computations ---------------------------------------------

@@ -93,6 +93,7 @@ class Plan:
     total_rows: int
     reducer: Reducer
     partial_maps: bool = False  # stream partial maps (sampling methods)
+    evaluations_per_row: int = 1  # model evaluations one row costs (a coalition over B background rows: B)
 
 
 class Method(ABC):
@@ -131,7 +132,7 @@ class Method(ABC):
         await ctx.engine.run(ctx.served, plan.spec, job)
         return MethodResult(
             attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
-            model_evaluations=job.stats.rows, batches=job.stats.batches,
+            model_evaluations=job.stats.rows * plan.evaluations_per_row, batches=job.stats.batches,
             queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
             extras=self.extras(params, ctx, plan.reducer))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
-from . import gradients, occlusion, rise
+from . import coalition, gradients, occlusion, rise
 from .builder import GraphBuilder
 from .compose import model_opset, splice
 from .score import class_scores, declare_common_inputs, declare_target, target_score
@@ -24,6 +24,7 @@ OCCLUSION_IMAGE = "occlusion_image"
 OCCLUSION_TABULAR = "occlusion_tabular"
 RISE = "rise"
 GRADIENT = "gradient"
+COALITION_TABULAR = "coalition_tabular"
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,13 @@ class VariantSpec:
     path: str = ""        # gradient: input | line | noise (see onnxgraph.gradients)
     layer: str = ""       # gradient: a tensor whose activation and gradient are also output
     exported: tuple[str, str] | None = None  # gradient: the model's own (seed input, gradient output)
+    background_rows: int = 0  # coalition: background rows per job
 
 
     def describe(self) -> str:
         parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else "",
-                 "zero" if self.zero_baseline else "", self.rule, self.path, self.layer]
+                 "zero" if self.zero_baseline else "", self.rule, self.path, self.layer,
+                 f"b{self.background_rows}" if self.background_rows else ""]
         return "/".join(p for p in parts if p)
 
 
@@ -81,6 +84,8 @@ def variant_interface(spec: VariantSpec) -> VariantInterface:
     if spec.kind == RISE:
         constants = ("x0", "target") if spec.zero_baseline else ("x0", "target", "fill")
         return VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
+    if spec.kind == COALITION_TABULAR:
+        return VariantInterface(("x0", "target", "background", "background_weights"), ("mask",), (SCORE_OUTPUT,))
     raise ValueError(f"unknown variant kind {spec.kind!r}")
 
 
@@ -106,6 +111,13 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
         b.mark_model()
         score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
         b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
+    elif spec.kind == COALITION_TABULAR:
+        model_input, row_weights = coalition.prefix(b, sig, x0, job_index, spec.background_rows)
+        b.op("Identity", [model_input], out=sig.input_name)
+        b.mark_model()
+        scores = class_scores(b, sig.output_name, spec.score, sig.scores)
+        value = coalition.coalition_value(b, scores, row_weights, target, job_index, spec.background_rows)
+        b.output(value, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
     else:  # RISE
         mask = rise.masks(b, sig, spec.grid_size)
         b.op("Identity", [rise.prefix(b, sig, x0, job_index, mask, spec.zero_baseline)], out=sig.input_name)

@@ -1,0 +1,130 @@
+"""Kernel SHAP for tabular models (Lundberg & Lee 2017; shap's `KernelExplainer` semantics).
+
+Players are the features; a coalition z keeps x on z and takes the other features from each
+background row (the model's background rows, or their k-means summary as `shap.kmeans`), and its
+value is the weighted mean of f_c over them. Coalitions come from shap's scheme (exact enumeration
+when 2^M - 2 <= nsamples, else complete subset sizes then paired samples; default nsamples
+2M + 2048), Shapley kernel weights, and weighted least squares under the efficiency constraint
+sum(phi) = g(f(x)) - g(E[f(background)]) with link g identity (default) or logit; l1 feature selection
+"num_features(k)", "aic" or "bic" (default: off for M <= 10, num_features(10) above, as METHODS.md).
+Each coalition is one row (its mask); the graph expands it over the background, so a request costs
+nsamples * B model evaluations. Score: the probability by default. The response's figures hold
+base_value and f_x. Images (superpixels as players) come later.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import Settings
+from ..engine.job import RowChunk
+from ..errors import FailedPrecondition, InvalidArgument
+from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, int_param
+from .gradient_base import choice_param
+from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
+
+CHUNK_ROWS = 512
+
+
+class KernelShapReducer(Reducer):
+    """Rows 0 and 1 are the full and the empty coalition (f(x), the base value); then the samples."""
+
+    def __init__(self, masks: np.ndarray, weights: np.ndarray, link: str, l1_reg: str | None) -> None:
+        self.masks = masks
+        self.weights = weights
+        self.accumulator = KernelShapAccumulator(masks.shape[1], link, l1_reg)
+        self.f_x: float | None = None
+        self.base: float | None = None
+        self.seen = 0
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        ids, values = codes["row"], rows[SCORE_OUTPUT].astype(np.float64)
+        for special, name in ((0, "f_x"), (1, "base")):
+            hit = ids == special
+            if hit.any():
+                setattr(self, name, float(values[hit][0]))
+        sampled = ids >= 2
+        if sampled.any():
+            index = ids[sampled] - 2
+            self.accumulator.add(self.masks[index], self.weights[index], values[sampled])
+            self.seen += int(sampled.sum())
+
+    def attribution(self) -> np.ndarray:
+        if self.f_x is None or self.base is None or self.seen == 0:
+            return np.zeros(self.masks.shape[1])
+        return self.accumulator.solve(self.f_x, self.base)
+
+
+def parse_l1(value: str, num_features: int) -> str | None:
+    if value in ("", "default"):
+        return None if num_features <= 10 else "num_features(10)"
+    if value in ("none", "off", "false"):
+        return None
+    if value in ("aic", "bic") or re.fullmatch(r"num_features\(\d+\)", value):
+        return value
+    raise InvalidArgument("kernel_shap.l1_reg", "none, num_features(k), aic or bic", repr(value))
+
+
+class KernelShap(Method):
+    name = "kernel_shap"
+    title = "Kernel SHAP"
+    reference = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions; shap KernelExplainer"
+    description = "Shapley values from a kernel-weighted regression over feature coalitions (tabular models)."
+    kinds = frozenset({"tabular"})
+    parameters = (
+        Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)", "coalitions to evaluate"),
+        Parameter("l1_reg", "string", "none for M <= 10, else num_features(10)", "none | num_features(k) | aic | bic"),
+        Parameter("link", "string", "identity", "identity | logit"),
+        Parameter("background_kmeans", "int32", "unset (all background rows)",
+                  "summarise the background with k-means to this many weighted rows (shap.kmeans)"),
+    )
+
+    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+        if model.background is None:
+            raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
+        num_features = model.signature.example_shape[0]
+        rows = len(model.background)
+        params: dict[str, Any] = {
+            "nsamples": int_param(given, self.name, "nsamples", default_nsamples(num_features), 1, 10_000_000),
+            "l1_reg": parse_l1(str(given.get("l1_reg", "")).lower(), num_features) or "none",
+            "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
+        }
+        if "background_kmeans" in given:
+            params["background_kmeans"] = int_param(given, self.name, "background_kmeans", rows, 1, rows)
+        background = params.get("background_kmeans", rows)
+        evaluations = (min(params["nsamples"], 2 ** num_features - 2) + 2) * background
+        if evaluations > settings.max_rows_per_request:
+            raise InvalidArgument(f"{self.name}.nsamples", f"at most {settings.max_rows_per_request} model "
+                                  "evaluations (nsamples x background rows; the server's max_rows_per_request)",
+                                  f"{params['nsamples']} x {background} = {evaluations}")
+        return params
+
+    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        background = np.asarray(ctx.model.background, np.float32)
+        weights = np.full(len(background), 1.0 / len(background))
+        if "background_kmeans" in params:
+            import shap
+
+            summary = shap.kmeans(background, params["background_kmeans"])
+            background = np.asarray(summary.data, np.float32)
+            weights = np.asarray(summary.weights, np.float64) / np.sum(summary.weights)
+        num_features = ctx.x.shape[0]
+        masks, kernel_weights = sample_coalitions(num_features, params["nsamples"], ctx.rng)
+        ends = np.stack([np.ones(num_features, bool), np.zeros(num_features, bool)])
+        all_masks = np.concatenate([ends, masks]).astype(np.float32)
+        total = len(all_masks)
+        rows = ({"row": np.arange(s, min(s + CHUNK_ROWS, total), dtype=np.int64), "mask": all_masks[s:s + CHUNK_ROWS]}
+                for s in range(0, total, CHUNK_ROWS))
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), "background": background,
+                     "background_weights": weights.astype(np.float32)}
+        l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
+        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1)
+        spec = VariantSpec(COALITION_TABULAR, ctx.score, background_rows=len(background))
+        return Plan(spec, constants, rows, total, reducer, partial_maps=True, evaluations_per_row=len(background))
+
+    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
+        return {"base_value": float(reducer.base), "f_x": float(reducer.f_x)}  # type: ignore[attr-defined]

@@ -1,0 +1,93 @@
+"""explaind's Kernel SHAP through the real engine against shap.KernelExplainer on the tabular demo."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import shap
+
+from explaind.config import Settings
+from explaind.engine.engine import Engine
+from explaind.errors import FailedPrecondition, InvalidArgument
+from explaind.explainer import Explainer, ExplainQuery
+from explaind.models.repository import ModelRepository
+
+TABULAR = Settings().repository_path / "tabular"
+
+
+@pytest.fixture(scope="module")
+def background() -> np.ndarray:
+    return np.load(TABULAR / "background.npy")
+
+
+@pytest.fixture(scope="module")
+def model_probability():
+    session = ort.InferenceSession(str(TABULAR / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda target: (lambda a: session.run(["probabilities"], {"input": a.astype(np.float32)})[0][:, target])
+
+
+def explain(**query) -> object:
+    async def main():
+        repository = ModelRepository(Settings().repository_path)
+        repository.scan()
+        engine = Engine(Settings(intra_op_threads=2))
+        try:
+            return await Explainer(engine.settings, repository, engine).explain(
+                ExplainQuery(model="tabular", method="kernel_shap", **query))
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def test_exact_kernel_shap_equals_shap_on_the_tabular_demo(background, model_probability):
+    x = background[5].copy()
+    x[0] += 0.7  # off the background, so every feature can matter
+    result = explain(tensor=x.astype(np.float32), target_index=1, params={"nsamples": 8190, "l1_reg": "none"})
+    explainer = shap.KernelExplainer(model_probability(1), background)
+    expected = explainer.shap_values(x, nsamples=8190, l1_reg=False)
+    scores = model_probability(1)(np.vstack([background, x[None]]))
+    score_range = scores.max() - scores.min()
+    assert np.abs(result.attribution - expected).max() <= 1e-4 * score_range
+    assert result.figures["base_value"] == pytest.approx(explainer.expected_value, abs=1e-6)
+    assert result.figures["f_x"] == pytest.approx(float(model_probability(1)(x[None])[0]), abs=1e-6)
+    assert result.attribution.sum() == pytest.approx(result.figures["f_x"] - result.figures["base_value"], abs=1e-6)
+    assert result.stats["model_evaluations"] == (8190 + 2) * len(background) + 1
+
+
+def test_sampled_kernel_shap_is_seeded_and_close_to_shap(background, model_probability):
+    x = background[11].astype(np.float32)
+    first = explain(tensor=x, seed=3, params={"nsamples": 600, "background_kmeans": 20})
+    again = explain(tensor=x, seed=3, params={"nsamples": 600, "background_kmeans": 20})
+    np.testing.assert_array_equal(first.attribution, again.attribution)
+    assert first.stats["parameters"]["l1_reg"] == "num_features(10)"  # M = 13 > 10: shap's default
+    assert int(np.sum(first.attribution != 0)) <= 10
+    target = first.target_class
+    summary = shap.kmeans(background, 20)
+    expected = shap.KernelExplainer(model_probability(target), summary).shap_values(x, nsamples=8190, l1_reg=False)
+    assert np.corrcoef(first.attribution, expected)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"nsamples": 0}, "kernel_shap.nsamples"),
+    ({"l1_reg": "sometimes"}, "kernel_shap.l1_reg"),
+    ({"link": "probit"}, "kernel_shap.link"),
+    ({"background_kmeans": 1000}, "kernel_shap.background_kmeans"),
+])
+def test_kernel_shap_parameters_are_validated(background, params, field):
+    with pytest.raises(InvalidArgument) as err:
+        explain(tensor=background[0].astype(np.float32), params=params)
+    assert err.value.field == field
+
+
+def test_kernel_shap_needs_background():
+    from explaind.methods.base import ModelView
+    from explaind.methods.kernel_shap import KernelShap
+    from explaind.onnxgraph.signature import ModelSignature
+
+    view = ModelView("tabular", ModelSignature("input", "probabilities", (13,), "tabular", "probabilities"), None)
+    with pytest.raises(FailedPrecondition, match="background"):
+        KernelShap().resolve({}, view, Settings())
