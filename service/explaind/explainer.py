@@ -66,6 +66,7 @@ class Explanation:
     heatmap_png: bytes
     stats: dict[str, Any]
     figures: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Explainer:
             raise FailedPrecondition(f"method {method.name!r} needs gradients, which model {entry.name!r} cannot "
                                      f"provide: {white_box.why_not(method)}; methods for it: "
                                      f"{', '.join(self.methods_for(entry))}")
-        view = ModelView(kind, served.signature, entry.background, white_box)
+        view = ModelView(kind, served.signature, entry.background, white_box, entry.preprocess)
         x, image = self._input(query, entry, served.signature)
         score = query.score or method.default_score
         if score == LOGIT and entry.config.scores != "logits":
@@ -229,7 +230,7 @@ class Explainer:
             heatmap = render_heatmap(result.attribution, options, image=image)
         return Explanation(result.attribution, target, entry.labels[target], top, heatmap,
                            stats(result.model_evaluations, result.batches, result.queue_seconds,
-                                 result.compute_seconds), result.extras)
+                                 result.compute_seconds), result.extras, result.outputs)
 
     def _target(self, query: ExplainQuery, entry: ModelEntry, probabilities: np.ndarray) -> int:
         if query.target_label is not None:

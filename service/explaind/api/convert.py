@@ -110,10 +110,14 @@ def explain_response(result: Explanation) -> pb.ExplainResponse:
                      parameters=to_struct(s["parameters"]), score=SCORE_ENUM[s["score"]])
     top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
-    return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
+    response = pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
                               target_class=result.target_class, target_label=result.target_label,
                               top_classes=top, heatmap_png=result.heatmap_png, stats=stats,
                               figures=result.figures)
+    if "segments" in result.outputs:
+        response.segments.CopyFrom(to_proto(result.outputs["segments"]))
+        response.segment_weights.extend(result.outputs["segment_weights"].tolist())
+    return response
 
 
 def tensor_info(spec: Any) -> pb.TensorInfo:

@@ -45,6 +45,7 @@ class ModelView:
     signature: ModelSignature
     background: np.ndarray | None = None
     white_box: Any = None     # methods.gradient_base.WhiteBox, for gradient methods
+    preprocess: Any = None    # models.config.Preprocess of image models (to see the input as pixels)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class MethodResult:
     queue_seconds: float
     compute_seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. LIME's segment map and weights
 
 
 class Reducer(ABC):
@@ -124,6 +126,10 @@ class Method(ABC):
         """Method-specific figures for the response (e.g. Integrated Gradients' completeness gap)."""
         return {}
 
+    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
+        """Method-specific arrays for the response (LIME: the segment map and per-segment weights)."""
+        return {}
+
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         plan = self.plan(params, ctx)
         progress = _ProgressReporter(plan, ctx)
@@ -134,7 +140,7 @@ class Method(ABC):
             attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
             model_evaluations=job.stats.rows * plan.evaluations_per_row, batches=job.stats.batches,
             queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
-            extras=self.extras(params, ctx, plan.reducer))
+            extras=self.extras(params, ctx, plan.reducer), outputs=self.outputs(params, ctx, plan.reducer))
 
 
 class _ProgressReporter:

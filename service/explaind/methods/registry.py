@@ -11,6 +11,7 @@ from .guided_grad_cam import GuidedGradCam
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
+from .lime import Lime
 from .occlusion import Occlusion
 from .rise import Rise
 from .saliency import Saliency
@@ -18,6 +19,6 @@ from .smooth_grad import SmoothGrad
 
 
 def all_methods() -> dict[str, Method]:
-    methods: list[Method] = [Occlusion(), Rise(), KernelShap(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
+    methods: list[Method] = [Occlusion(), Rise(), Lime(), KernelShap(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
                              GuidedBackprop(), Deconvnet(), GradCam(), GradCamPlusPlus(), GuidedGradCam()]
     return {m.name: m for m in methods}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
-from . import coalition, gradients, occlusion, rise
+from . import coalition, gradients, occlusion, rise, segments
 from .builder import GraphBuilder
 from .compose import model_opset, splice
 from .score import class_scores, declare_common_inputs, declare_target, target_score
@@ -25,6 +25,8 @@ OCCLUSION_TABULAR = "occlusion_tabular"
 RISE = "rise"
 GRADIENT = "gradient"
 COALITION_TABULAR = "coalition_tabular"
+SEGMENTS = "segments"            # image rows as superpixel on/off bits
+ROWS_TABULAR = "rows_tabular"    # tabular rows given in full (LIME's sampled neighbourhood)
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,14 @@ class VariantSpec:
     layer: str = ""       # gradient: a tensor whose activation and gradient are also output
     exported: tuple[str, str] | None = None  # gradient: the model's own (seed input, gradient output)
     background_rows: int = 0  # coalition: background rows per job
+    segments: int = 0         # segments: coalition width (segment count, padded)
 
 
     def describe(self) -> str:
         parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else "",
                  "zero" if self.zero_baseline else "", self.rule, self.path, self.layer,
-                 f"b{self.background_rows}" if self.background_rows else ""]
+                 f"b{self.background_rows}" if self.background_rows else "",
+                 f"s{self.segments}" if self.segments else ""]
         return "/".join(p for p in parts if p)
 
 
@@ -86,6 +90,10 @@ def variant_interface(spec: VariantSpec) -> VariantInterface:
         return VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
     if spec.kind == COALITION_TABULAR:
         return VariantInterface(("x0", "target", "background", "background_weights"), ("mask",), (SCORE_OUTPUT,))
+    if spec.kind == SEGMENTS:
+        return VariantInterface(("x0", "target", "segments", "fill_image"), ("coalition",), (SCORE_OUTPUT,))
+    if spec.kind == ROWS_TABULAR:
+        return VariantInterface(("x0", "target"), ("row_input",), (SCORE_OUTPUT,))
     raise ValueError(f"unknown variant kind {spec.kind!r}")
 
 
@@ -108,6 +116,15 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
     elif spec.kind in (OCCLUSION_IMAGE, OCCLUSION_TABULAR):
         build = occlusion.image_prefix if spec.kind == OCCLUSION_IMAGE else occlusion.tabular_prefix
         b.op("Identity", [build(b, sig, x0, job_index)], out=sig.input_name)
+        b.mark_model()
+        score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
+        b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
+    elif spec.kind in (SEGMENTS, ROWS_TABULAR):
+        if spec.kind == SEGMENTS:
+            model_input = segments.prefix(b, sig, x0, job_index, spec.segments)
+        else:
+            model_input = b.input("row_input", TensorProto.FLOAT, ["rows", *sig.example_shape])
+        b.op("Identity", [model_input], out=sig.input_name)
         b.mark_model()
         score = target_score(b, class_scores(b, sig.output_name, spec.score, sig.scores), target, job_index)
         b.output(score, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])

@@ -151,6 +151,18 @@ class Rise(_message.Message):
     baseline: float
     def __init__(self, num_masks: _Optional[int] = ..., grid_size: _Optional[int] = ..., keep_probability: _Optional[float] = ..., baseline: _Optional[float] = ...) -> None: ...
 
+class Lime(_message.Message):
+    __slots__ = ("num_samples", "segmentation", "hide_value", "kernel_width")
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    HIDE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    num_samples: int
+    segmentation: str
+    hide_value: float
+    kernel_width: float
+    def __init__(self, num_samples: _Optional[int] = ..., segmentation: _Optional[str] = ..., hide_value: _Optional[float] = ..., kernel_width: _Optional[float] = ...) -> None: ...
+
 class KernelShap(_message.Message):
     __slots__ = ("nsamples", "l1_reg", "link", "background_kmeans")
     NSAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -262,7 +274,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "kernel_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "lime", "kernel_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +284,7 @@ class ExplainRequest(_message.Message):
     RENDER_FIELD_NUMBER: _ClassVar[int]
     OCCLUSION_FIELD_NUMBER: _ClassVar[int]
     RISE_FIELD_NUMBER: _ClassVar[int]
+    LIME_FIELD_NUMBER: _ClassVar[int]
     KERNEL_SHAP_FIELD_NUMBER: _ClassVar[int]
     SALIENCY_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_GRAD_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +304,7 @@ class ExplainRequest(_message.Message):
     render: Render
     occlusion: Occlusion
     rise: Rise
+    lime: Lime
     kernel_shap: KernelShap
     saliency: Saliency
     smooth_grad: SmoothGrad
@@ -301,7 +315,7 @@ class ExplainRequest(_message.Message):
     grad_cam_plus_plus: GradCamPlusPlus
     input_x_gradient: InputXGradient
     guided_grad_cam: GuidedGradCam
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -340,7 +354,7 @@ class Stats(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures")
+    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "segments", "segment_weights")
     class FiguresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +369,8 @@ class ExplainResponse(_message.Message):
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     attribution: Tensor
     target_class: int
     target_label: str
@@ -362,7 +378,9 @@ class ExplainResponse(_message.Message):
     heatmap_png: bytes
     stats: Stats
     figures: _containers.ScalarMap[str, float]
-    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    segments: Tensor
+    segment_weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Union[Tensor, _Mapping]] = ..., segment_weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("rows_done", "rows_total", "fraction", "stage")

@@ -1,0 +1,147 @@
+"""LIME (Ribeiro, Singh & Guestrin 2016; the lime package's semantics, see methods/lime_core.py).
+
+Images: superpixels by quickshift(kernel_size=4, max_dist=200, ratio=0.2) on the input image
+(slic and felzenszwalb as options), computed once per request and sent to the graph prefix as a
+per-job constant; each sample switches every superpixel on or off uniformly (the first sample all
+on) and travels as a bit-vector row; switched-off superpixels show their mean colour (lime's
+hide_color=None) or a given value; kernel sqrt(exp(-d^2 / 0.25^2)) on the cosine distance to the
+all-on vector; surrogate Ridge(alpha=1) on the bits, weighted, fitted from running sufficient
+statistics. 1000 samples by default. The response holds the per-pixel map (each pixel gets its
+superpixel's weight), the segment map, the per-segment weights and the weighted R^2 (`figures`).
+Tabular (lime_tabular): quartile discretisation from the model's background rows, 5000 samples,
+kernel width sqrt(F) * 0.75 on the euclidean distance of the binary representation; weights per
+feature ("x_i stays in its quartile"), all features kept (lime's default keeps 10).
+Score: the probability by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import Settings
+from ..engine.job import RowChunk
+from ..errors import FailedPrecondition, InvalidArgument
+from ..models.inputs import display_image
+from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, SEGMENTS, VariantSpec
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
+from .gradient_base import choice_param
+from .lime_core import (QuartileDiscretizer, RidgeAccumulator, image_kernel_weights, sample_image_coalitions,
+                        segment, tabular_kernel_weights)
+
+CHUNK_ROWS = 256
+SEGMENT_WIDTH_STEP = 32  # coalition widths are padded to a multiple of this: fewer distinct variants
+
+
+class LimeReducer(Reducer):
+    """Ridge sufficient statistics; the attribution is per feature, or per pixel via the segment map."""
+
+    def __init__(self, binary: np.ndarray, weights: np.ndarray, alpha: float, segments: np.ndarray | None = None) -> None:
+        self.binary = binary
+        self.weights = weights
+        self.segments = segments
+        self.accumulator = RidgeAccumulator(binary.shape[1], alpha)
+        self.result: tuple[np.ndarray, float, float] | None = None
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        ids = codes["row"]
+        self.accumulator.add(self.binary[ids], rows[SCORE_OUTPUT].astype(np.float64), self.weights[ids])
+        self.result = None
+
+    def solve(self) -> tuple[np.ndarray, float, float]:
+        if self.result is None:
+            self.result = self.accumulator.solve()
+        return self.result
+
+    def attribution(self) -> np.ndarray:
+        coefficients = self.solve()[0]
+        return coefficients if self.segments is None else coefficients[self.segments]
+
+
+class Lime(Method):
+    name = "lime"
+    title = "LIME"
+    reference = "Ribeiro, Singh & Guestrin 2016, Why Should I Trust You?; the lime package"
+    description = "A weighted linear surrogate fitted on random on/off perturbations of superpixels or features."
+    kinds = frozenset({"image", "tabular"})
+    parameters = (
+        Parameter("num_samples", "int32", "1000 (images), 5000 (tabular)", "perturbed samples"),
+        Parameter("segmentation", "string", "quickshift", "images: quickshift | slic | felzenszwalb"),
+        Parameter("hide_value", "float", "unset: each superpixel's mean colour",
+                  "images: value of switched-off superpixels, in model input space"),
+        Parameter("kernel_width", "float", "0.25 (images), sqrt(F) * 0.75 (tabular)", "width of the kernel"),
+    )
+
+    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+        image = model.kind == "image"
+        params: dict[str, Any] = {
+            "num_samples": int_param(given, self.name, "num_samples", 1000 if image else 5000, 2,
+                                     settings.max_rows_per_request)}
+        if "kernel_width" in given:
+            params["kernel_width"] = float_param(given, self.name, "kernel_width", 0.25, 0.0, 1e6, open_interval=True)
+        if image:
+            params["segmentation"] = choice_param(given, self.name, "segmentation", "quickshift",
+                                                  ("quickshift", "slic", "felzenszwalb"))
+            if "hide_value" in given:
+                value = float(given["hide_value"])
+                if not np.isfinite(value):
+                    raise InvalidArgument(f"{self.name}.hide_value", "a finite number", value)
+                params["hide_value"] = value
+        elif model.background is None:
+            raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
+        return params
+
+    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        if ctx.model.kind == "tabular":
+            return self._plan_tabular(params, ctx)
+        sig = ctx.model.signature
+        pixels = display_image(ctx.x, ctx.model.preprocess, sig.layout)
+        labels = segment(pixels, params["segmentation"])
+        count = int(labels.max()) + 1
+        hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x
+        if "hide_value" in params:
+            fill_hwc = np.full_like(hwc, params["hide_value"])
+        else:
+            flat = hwc.reshape(-1, hwc.shape[2]).astype(np.float64)
+            sizes = np.bincount(labels.ravel(), minlength=count)
+            means = np.stack([np.bincount(labels.ravel(), flat[:, c], minlength=count) for c in range(flat.shape[1])],
+                             axis=1) / np.maximum(sizes, 1)[:, None]
+            fill_hwc = means[labels].astype(np.float32)
+        fill = fill_hwc.transpose(2, 0, 1) if sig.layout == "NCHW" else fill_hwc
+        binary = sample_image_coalitions(count, params["num_samples"], ctx.rng)
+        weights = image_kernel_weights(binary, params.get("kernel_width", 0.25))
+        width = -(-count // SEGMENT_WIDTH_STEP) * SEGMENT_WIDTH_STEP
+        padded = np.zeros((len(binary), width), np.float32)
+        padded[:, :count] = binary
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
+                     "segments": labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
+        rows = self._chunks(len(binary), {"coalition": padded})
+        return Plan(VariantSpec(SEGMENTS, ctx.score, segments=width), constants, rows, len(binary),
+                    LimeReducer(binary, weights, 1.0, labels), partial_maps=True)
+
+    def _plan_tabular(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))
+        binary, samples = discretizer.sample(ctx.x.astype(np.float64), params["num_samples"], ctx.rng)
+        weights = tabular_kernel_weights(binary, params.get("kernel_width"))
+        rows = self._chunks(len(samples), {"row_input": samples.astype(np.float32)})
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
+        return Plan(VariantSpec(ROWS_TABULAR, ctx.score), constants, rows, len(samples),
+                    LimeReducer(binary, weights, 1.0), partial_maps=True)
+
+    @staticmethod
+    def _chunks(total: int, codes: dict[str, np.ndarray]) -> Any:
+        for start in range(0, total, CHUNK_ROWS):
+            chunk = {k: v[start:start + CHUNK_ROWS] for k, v in codes.items()}
+            chunk["row"] = np.arange(start, min(start + CHUNK_ROWS, total), dtype=np.int64)
+            yield chunk
+
+    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
+        if reducer.segments is None:  # type: ignore[attr-defined]
+            return {}
+        return {"segments": reducer.segments.astype(np.int32),  # type: ignore[attr-defined]
+                "segment_weights": reducer.solve()[0].astype(np.float32)}  # type: ignore[attr-defined]
+
+    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
+        coefficients, intercept, r2 = reducer.solve()  # type: ignore[attr-defined]
+        return {"weighted_r2": float(r2), "intercept": float(intercept), "num_features": float(len(coefficients))}

@@ -1,0 +1,30 @@
+"""Superpixel prefix (LIME, image Kernel SHAP): a row is an on/off bit per segment.
+
+Per job: the segment map [H * W] (int64 labels 0..S-1) and the fill image (what a switched-off
+segment shows: lime's per-segment mean colour, or a value) in model input space. Per row: the
+coalition [S] as 0/1 floats (padded with zeros to the variant's width). The mask is the coalition
+looked up at every pixel's label; perturbed = fill + (x - fill) * mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from .builder import GraphBuilder
+from .signature import ModelSignature
+
+
+def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, width: int) -> str:
+    height, image_width = sig.spatial_shape
+    coalition = b.input("coalition", TensorProto.FLOAT, ["rows", width])
+    segments = b.input("segments", TensorProto.INT64, ["jobs", height * image_width])
+    fill = b.input("fill_image", TensorProto.FLOAT, ["jobs", *sig.example_shape])
+    labels = b.op("Gather", [segments, job_index], axis=0)                       # [R, H*W]
+    on = b.op("GatherElements", [coalition, labels], axis=1)                     # [R, H*W]
+    spatial = [height, image_width]
+    shape = [-1, 1, *spatial] if sig.layout == "NCHW" else [-1, *spatial, 1]
+    mask = b.op("Reshape", [on, b.const(np.array(shape, np.int64))])
+    x = b.op("Gather", [x0, job_index], axis=0)
+    f = b.op("Gather", [fill, job_index], axis=0)
+    return b.op("Add", [f, b.op("Mul", [b.op("Sub", [x, f]), mask])])
