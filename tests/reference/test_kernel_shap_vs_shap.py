@@ -91,3 +91,45 @@ def test_kernel_shap_needs_background():
     view = ModelView("tabular", ModelSignature("input", "probabilities", (13,), "tabular", "probabilities"), None)
     with pytest.raises(FailedPrecondition, match="background"):
         KernelShap().resolve({}, view, Settings())
+
+
+def test_image_kernel_shap_equals_shap_over_the_same_superpixels():
+    """shap's usual recipe for images: players are superpixels, f(z) = model(image with absent ones filled)."""
+    import io
+
+    from PIL import Image
+
+    from explaind.methods.lime_core import segment
+
+    png = (Settings().repository_path.parent / "examples" / "star_0.png").read_bytes()
+    async def run():
+        repository = ModelRepository(Settings().repository_path)
+        repository.scan()
+        engine = Engine(Settings(intra_op_threads=2))
+        try:
+            return await Explainer(engine.settings, repository, engine).explain(ExplainQuery(
+                model="shapes", method="kernel_shap", image=png, params={"fill": "mean"}))
+        finally:
+            await engine.close()
+
+    result = asyncio.run(run())
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    x = ((pixels.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)
+    labels = segment(pixels, "quickshift")
+    players = labels.max() + 1
+    means = np.stack([x[:, labels == j].mean(axis=1) for j in range(players)])  # [M, C]
+    fill = means[labels].transpose(2, 0, 1)
+    session = ort.InferenceSession(str(Settings().repository_path / "shapes" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+
+    def f(z):
+        keep = z[:, labels].astype(bool)[:, None]
+        images = np.where(keep, x[None], fill[None]).astype(np.float32)
+        logits = session.run(None, {"input": images})[0].astype(np.float64)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (p / p.sum(axis=1, keepdims=True))[:, result.target_class]
+
+    expected = shap.KernelExplainer(f, np.zeros((1, players))).shap_values(np.ones(players), nsamples=2 ** players,
+                                                                          l1_reg=False)
+    np.testing.assert_allclose(result.outputs["segment_weights"], expected, atol=1e-5)
+    np.testing.assert_array_equal(result.outputs["segments"], labels)

@@ -9,7 +9,11 @@ sum(phi) = g(f(x)) - g(E[f(background)]) with link g identity (default) or logit
 "num_features(k)", "aic" or "bic" (default: off for M <= 10, num_features(10) above, as METHODS.md).
 Each coalition is one row (its mask); the graph expands it over the background, so a request costs
 nsamples * B model evaluations. Score: the probability by default. The response's figures hold
-base_value and f_x. Images (superpixels as players) come later.
+base_value and f_x.
+Images: superpixels (quickshift by default, as LIME) are the players; an absent superpixel shows
+the blurred image (default, Gaussian sigma 5 px), its mean colour, or a value; coalitions travel as
+bit-vector rows through the same superpixel prefix as LIME; base_value is f of the all-absent image.
+The response holds the per-pixel map, the segment map and phi per segment.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import numpy as np
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, int_param
+from ..models.inputs import display_image
+from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, SEGMENTS, VariantSpec
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
 from .gradient_base import choice_param
 from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
+from .lime import SEGMENT_WIDTH_STEP, segment_means
+from .lime_core import segment
 
 CHUNK_ROWS = 512
 
@@ -33,7 +40,9 @@ CHUNK_ROWS = 512
 class KernelShapReducer(Reducer):
     """Rows 0 and 1 are the full and the empty coalition (f(x), the base value); then the samples."""
 
-    def __init__(self, masks: np.ndarray, weights: np.ndarray, link: str, l1_reg: str | None) -> None:
+    def __init__(self, masks: np.ndarray, weights: np.ndarray, link: str, l1_reg: str | None,
+                 segments: np.ndarray | None = None) -> None:
+        self.segments = segments
         self.masks = masks
         self.weights = weights
         self.accumulator = KernelShapAccumulator(masks.shape[1], link, l1_reg)
@@ -53,10 +62,14 @@ class KernelShapReducer(Reducer):
             self.accumulator.add(self.masks[index], self.weights[index], values[sampled])
             self.seen += int(sampled.sum())
 
-    def attribution(self) -> np.ndarray:
+    def phi(self) -> np.ndarray:
         if self.f_x is None or self.base is None or self.seen == 0:
             return np.zeros(self.masks.shape[1])
         return self.accumulator.solve(self.f_x, self.base)
+
+    def attribution(self) -> np.ndarray:
+        phi = self.phi()
+        return phi if self.segments is None else phi[self.segments]
 
 
 def parse_l1(value: str, num_features: int) -> str | None:
@@ -74,16 +87,32 @@ class KernelShap(Method):
     title = "Kernel SHAP"
     reference = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions; shap KernelExplainer"
     description = "Shapley values from a kernel-weighted regression over feature coalitions (tabular models)."
-    kinds = frozenset({"tabular"})
+    kinds = frozenset({"tabular", "image"})
     parameters = (
         Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)", "coalitions to evaluate"),
         Parameter("l1_reg", "string", "none for M <= 10, else num_features(10)", "none | num_features(k) | aic | bic"),
         Parameter("link", "string", "identity", "identity | logit"),
         Parameter("background_kmeans", "int32", "unset (all background rows)",
-                  "summarise the background with k-means to this many weighted rows (shap.kmeans)"),
+                  "tabular: summarise the background with k-means to this many weighted rows (shap.kmeans)"),
+        Parameter("segmentation", "string", "quickshift", "images: quickshift | slic | felzenszwalb"),
+        Parameter("fill", "string", "blur", "images: absent superpixels show blur | mean | value"),
+        Parameter("fill_value", "float", "0", "images, fill=value: the value, in model input space"),
+        Parameter("blur_sigma", "float", "5", "images, fill=blur: Gaussian sigma in pixels"),
     )
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+        if model.kind == "image":
+            params = {"nsamples": int_param(given, self.name, "nsamples", 2048, 1, settings.max_rows_per_request),
+                      "l1_reg": parse_l1(str(given.get("l1_reg", "none")).lower(), 0) or "none",
+                      "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
+                      "segmentation": choice_param(given, self.name, "segmentation", "quickshift",
+                                                   ("quickshift", "slic", "felzenszwalb")),
+                      "fill": choice_param(given, self.name, "fill", "blur", ("blur", "mean", "value"))}
+            if params["fill"] == "value":
+                params["fill_value"] = float_param(given, self.name, "fill_value", 0.0, -1e6, 1e6)
+            if params["fill"] == "blur":
+                params["blur_sigma"] = float_param(given, self.name, "blur_sigma", 5.0, 0.0, 1e4, open_interval=True)
+            return params
         if model.background is None:
             raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
         num_features = model.signature.example_shape[0]
@@ -104,6 +133,8 @@ class KernelShap(Method):
         return params
 
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        if ctx.model.kind == "image":
+            return self._plan_image(params, ctx)
         background = np.asarray(ctx.model.background, np.float32)
         weights = np.full(len(background), 1.0 / len(background))
         if "background_kmeans" in params:
@@ -126,5 +157,40 @@ class KernelShap(Method):
         spec = VariantSpec(COALITION_TABULAR, ctx.score, background_rows=len(background))
         return Plan(spec, constants, rows, total, reducer, partial_maps=True, evaluations_per_row=len(background))
 
+    def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        sig = ctx.model.signature
+        labels = segment(display_image(ctx.x, ctx.model.preprocess, sig.layout), params["segmentation"])
+        players = int(labels.max()) + 1
+        hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x
+        if params["fill"] == "value":
+            fill_hwc = np.full_like(hwc, params["fill_value"])
+        elif params["fill"] == "blur":
+            from skimage.filters import gaussian
+
+            fill_hwc = gaussian(hwc.astype(np.float64), sigma=params["blur_sigma"], channel_axis=-1).astype(np.float32)
+        else:
+            fill_hwc = segment_means(hwc, labels)
+        fill = fill_hwc.transpose(2, 0, 1) if sig.layout == "NCHW" else fill_hwc
+        masks, kernel_weights = sample_coalitions(players, params["nsamples"], ctx.rng)
+        ends = np.stack([np.ones(players, bool), np.zeros(players, bool)])
+        all_masks = np.concatenate([ends, masks])
+        width = -(-players // SEGMENT_WIDTH_STEP) * SEGMENT_WIDTH_STEP
+        padded = np.zeros((len(all_masks), width), np.float32)
+        padded[:, :players] = all_masks
+        total = len(padded)
+        rows = ({"row": np.arange(s, min(s + CHUNK_ROWS, total), dtype=np.int64), "coalition": padded[s:s + CHUNK_ROWS]}
+                for s in range(0, total, CHUNK_ROWS))
+        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
+                     "segments": labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
+        l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
+        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1, labels)
+        return Plan(VariantSpec(SEGMENTS, ctx.score, segments=width), constants, rows, total, reducer, partial_maps=True)
+
     def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
         return {"base_value": float(reducer.base), "f_x": float(reducer.f_x)}  # type: ignore[attr-defined]
+
+    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
+        if reducer.segments is None:  # type: ignore[attr-defined]
+            return {}
+        return {"segments": reducer.segments.astype(np.int32),  # type: ignore[attr-defined]
+                "segment_weights": reducer.phi().astype(np.float32)}  # type: ignore[attr-defined]

@@ -34,6 +34,16 @@ CHUNK_ROWS = 256
 SEGMENT_WIDTH_STEP = 32  # coalition widths are padded to a multiple of this: fewer distinct variants
 
 
+def segment_means(hwc: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[H, W, C]: every pixel replaced by its superpixel's mean (lime's hide_color=None)."""
+    count = int(labels.max()) + 1
+    flat = hwc.reshape(-1, hwc.shape[2]).astype(np.float64)
+    sizes = np.bincount(labels.ravel(), minlength=count)
+    means = np.stack([np.bincount(labels.ravel(), flat[:, c], minlength=count) for c in range(flat.shape[1])],
+                     axis=1) / np.maximum(sizes, 1)[:, None]
+    return means[labels].astype(np.float32)
+
+
 class LimeReducer(Reducer):
     """Ridge sufficient statistics; the attribution is per feature, or per pixel via the segment map."""
 
@@ -100,14 +110,7 @@ class Lime(Method):
         labels = segment(pixels, params["segmentation"])
         count = int(labels.max()) + 1
         hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x
-        if "hide_value" in params:
-            fill_hwc = np.full_like(hwc, params["hide_value"])
-        else:
-            flat = hwc.reshape(-1, hwc.shape[2]).astype(np.float64)
-            sizes = np.bincount(labels.ravel(), minlength=count)
-            means = np.stack([np.bincount(labels.ravel(), flat[:, c], minlength=count) for c in range(flat.shape[1])],
-                             axis=1) / np.maximum(sizes, 1)[:, None]
-            fill_hwc = means[labels].astype(np.float32)
+        fill_hwc = np.full_like(hwc, params["hide_value"]) if "hide_value" in params else segment_means(hwc, labels)
         fill = fill_hwc.transpose(2, 0, 1) if sig.layout == "NCHW" else fill_hwc
         binary = sample_image_coalitions(count, params["num_samples"], ctx.rng)
         weights = image_kernel_weights(binary, params.get("kernel_width", 0.25))

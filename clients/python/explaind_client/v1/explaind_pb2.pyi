@@ -164,16 +164,24 @@ class Lime(_message.Message):
     def __init__(self, num_samples: _Optional[int] = ..., segmentation: _Optional[str] = ..., hide_value: _Optional[float] = ..., kernel_width: _Optional[float] = ...) -> None: ...
 
 class KernelShap(_message.Message):
-    __slots__ = ("nsamples", "l1_reg", "link", "background_kmeans")
+    __slots__ = ("nsamples", "l1_reg", "link", "background_kmeans", "segmentation", "fill", "fill_value", "blur_sigma")
     NSAMPLES_FIELD_NUMBER: _ClassVar[int]
     L1_REG_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_KMEANS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
+    FILL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
     nsamples: int
     l1_reg: str
     link: str
     background_kmeans: int
-    def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ...) -> None: ...
+    segmentation: str
+    fill: str
+    fill_value: float
+    blur_sigma: float
+    def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ..., segmentation: _Optional[str] = ..., fill: _Optional[str] = ..., fill_value: _Optional[float] = ..., blur_sigma: _Optional[float] = ...) -> None: ...
 
 class Saliency(_message.Message):
     __slots__ = ("postprocess", "channel_reduction")
