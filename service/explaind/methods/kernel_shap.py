@@ -26,13 +26,11 @@ import numpy as np
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..models.inputs import display_image
-from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, SEGMENTS, VariantSpec
+from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
 from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
 from .gradient_base import choice_param
 from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
-from .lime import SEGMENT_WIDTH_STEP, segment_means
-from .lime_core import segment
+from .superpixels import segment_means, superpixels
 
 CHUNK_ROWS = 512
 
@@ -86,7 +84,7 @@ class KernelShap(Method):
     name = "kernel_shap"
     title = "Kernel SHAP"
     reference = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions; shap KernelExplainer"
-    description = "Shapley values from a kernel-weighted regression over feature coalitions (tabular models)."
+    description = "Shapley values from a kernel-weighted regression over coalitions of features or superpixels."
     kinds = frozenset({"tabular", "image"})
     parameters = (
         Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)", "coalitions to evaluate"),
@@ -158,33 +156,22 @@ class KernelShap(Method):
         return Plan(spec, constants, rows, total, reducer, partial_maps=True, evaluations_per_row=len(background))
 
     def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        sig = ctx.model.signature
-        labels = segment(display_image(ctx.x, ctx.model.preprocess, sig.layout), params["segmentation"])
-        players = int(labels.max()) + 1
-        hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x
+        sp = superpixels(ctx, params["segmentation"])
         if params["fill"] == "value":
-            fill_hwc = np.full_like(hwc, params["fill_value"])
+            absent = np.full_like(sp.hwc, params["fill_value"])
         elif params["fill"] == "blur":
             from skimage.filters import gaussian
 
-            fill_hwc = gaussian(hwc.astype(np.float64), sigma=params["blur_sigma"], channel_axis=-1).astype(np.float32)
+            absent = gaussian(sp.hwc.astype(np.float64), sigma=params["blur_sigma"], channel_axis=-1).astype(np.float32)
         else:
-            fill_hwc = segment_means(hwc, labels)
-        fill = fill_hwc.transpose(2, 0, 1) if sig.layout == "NCHW" else fill_hwc
-        masks, kernel_weights = sample_coalitions(players, params["nsamples"], ctx.rng)
-        ends = np.stack([np.ones(players, bool), np.zeros(players, bool)])
-        all_masks = np.concatenate([ends, masks])
-        width = -(-players // SEGMENT_WIDTH_STEP) * SEGMENT_WIDTH_STEP
-        padded = np.zeros((len(all_masks), width), np.float32)
-        padded[:, :players] = all_masks
-        total = len(padded)
-        rows = ({"row": np.arange(s, min(s + CHUNK_ROWS, total), dtype=np.int64), "coalition": padded[s:s + CHUNK_ROWS]}
-                for s in range(0, total, CHUNK_ROWS))
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
-                     "segments": labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
+            absent = segment_means(sp.hwc, sp.labels)
+        masks, kernel_weights = sample_coalitions(sp.count, params["nsamples"], ctx.rng)
+        ends = np.stack([np.ones(sp.count, bool), np.zeros(sp.count, bool)])
+        coalitions = np.concatenate([ends, masks])
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
-        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1, labels)
-        return Plan(VariantSpec(SEGMENTS, ctx.score, segments=width), constants, rows, total, reducer, partial_maps=True)
+        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1, sp.labels)
+        return Plan(sp.spec(ctx.score), sp.constants(ctx, absent), sp.rows(coalitions), len(coalitions), reducer,
+                    partial_maps=True)
 
     def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
         return {"base_value": float(reducer.base), "f_x": float(reducer.f_x)}  # type: ignore[attr-defined]

@@ -23,25 +23,14 @@ import numpy as np
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..models.inputs import display_image
-from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, SEGMENTS, VariantSpec
+from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, VariantSpec
 from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
 from .gradient_base import choice_param
 from .lime_core import (QuartileDiscretizer, RidgeAccumulator, image_kernel_weights, sample_image_coalitions,
-                        segment, tabular_kernel_weights)
+                        tabular_kernel_weights)
+from .superpixels import segment_means, superpixels
 
 CHUNK_ROWS = 256
-SEGMENT_WIDTH_STEP = 32  # coalition widths are padded to a multiple of this: fewer distinct variants
-
-
-def segment_means(hwc: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[H, W, C]: every pixel replaced by its superpixel's mean (lime's hide_color=None)."""
-    count = int(labels.max()) + 1
-    flat = hwc.reshape(-1, hwc.shape[2]).astype(np.float64)
-    sizes = np.bincount(labels.ravel(), minlength=count)
-    means = np.stack([np.bincount(labels.ravel(), flat[:, c], minlength=count) for c in range(flat.shape[1])],
-                     axis=1) / np.maximum(sizes, 1)[:, None]
-    return means[labels].astype(np.float32)
 
 
 class LimeReducer(Reducer):
@@ -105,23 +94,12 @@ class Lime(Method):
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         if ctx.model.kind == "tabular":
             return self._plan_tabular(params, ctx)
-        sig = ctx.model.signature
-        pixels = display_image(ctx.x, ctx.model.preprocess, sig.layout)
-        labels = segment(pixels, params["segmentation"])
-        count = int(labels.max()) + 1
-        hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x
-        fill_hwc = np.full_like(hwc, params["hide_value"]) if "hide_value" in params else segment_means(hwc, labels)
-        fill = fill_hwc.transpose(2, 0, 1) if sig.layout == "NCHW" else fill_hwc
-        binary = sample_image_coalitions(count, params["num_samples"], ctx.rng)
+        sp = superpixels(ctx, params["segmentation"])
+        hidden = np.full_like(sp.hwc, params["hide_value"]) if "hide_value" in params else segment_means(sp.hwc, sp.labels)
+        binary = sample_image_coalitions(sp.count, params["num_samples"], ctx.rng)
         weights = image_kernel_weights(binary, params.get("kernel_width", 0.25))
-        width = -(-count // SEGMENT_WIDTH_STEP) * SEGMENT_WIDTH_STEP
-        padded = np.zeros((len(binary), width), np.float32)
-        padded[:, :count] = binary
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
-                     "segments": labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
-        rows = self._chunks(len(binary), {"coalition": padded})
-        return Plan(VariantSpec(SEGMENTS, ctx.score, segments=width), constants, rows, len(binary),
-                    LimeReducer(binary, weights, 1.0, labels), partial_maps=True)
+        return Plan(sp.spec(ctx.score), sp.constants(ctx, hidden), sp.rows(binary), len(binary),
+                    LimeReducer(binary, weights, 1.0, sp.labels), partial_maps=True)
 
     def _plan_tabular(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))
