@@ -288,3 +288,24 @@ def test_white_box_methods_over_grpc(client, shapes_session, example_image):
     again = client.explain("shapes", method="smooth_grad", tensor=x, seed=4, params={"num_samples": 10})
     np.testing.assert_array_equal(smooth.attribution, again.attribution)
     assert smooth.stats["model_evaluations"] == "11"
+
+
+def test_lime_and_kernel_shap_over_grpc(client, example_image):
+    png, _ = example_image
+    reply = client.stub.Explain(build_request("shapes", method="lime", image=png, seed=2,
+                                              params={"num_samples": 400, "segmentation": "slic"}), timeout=60)
+    from explaind_client import from_proto
+
+    segments = from_proto(reply.segments)
+    attribution = from_proto(reply.attribution)
+    weights = np.asarray(reply.segment_weights)
+    assert segments.shape == (64, 64) and len(weights) == segments.max() + 1
+    np.testing.assert_allclose(attribution, weights[segments], rtol=1e-6)
+    assert 0 < reply.figures["weighted_r2"] <= 1
+    x = np.load(TABULAR / "background.npy")[9].astype(np.float32)
+    updates = list(client.explain_stream("tabular", method="kernel_shap", tensor=x, seed=1, params={"nsamples": 400}))
+    partials = [u for u in updates if getattr(u, "partial", False)]
+    final = updates[-1]
+    assert len(partials) >= 1 and not final.partial  # one per batch at most: 402 rows in batches of 256
+    assert final.attribution.shape == (13,)
+    assert int(final.stats["model_evaluations"]) == (400 + 2) * 100 + 1
