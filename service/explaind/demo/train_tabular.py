@@ -79,7 +79,7 @@ labels: {_yaml_list(list(data.target_names))}
 feature_names: {_yaml_list(list(data.feature_names))}
 background: background.npy
 gradients: auto            # tree ensembles have no gradient rule: GetModel says which node
-batching: {{max_batch_rows: 256, max_delay_ms: 2}}
+batching: {{max_batch_rows: 2048, max_delay_ms: 2}}
 """
     (args.out / "model.yaml").write_text(text)
     print(f"wrote {args.out / 'model.yaml'} and background.npy [{BACKGROUND_ROWS}, {x.shape[1]}]")
