@@ -30,8 +30,6 @@ def linear_served() -> tuple[ServedModel, np.ndarray]:
 
 
 def explain(method, given, x, target=1, score="logit", served=None, white_box=WhiteBox(True), seed=3):
-    from _linear import run_method
-
     async def main():
         engine = Engine(settings())
         s = served or linear_served()[0]

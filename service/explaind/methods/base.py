@@ -203,3 +203,10 @@ def chunked(total: int, chunk: int, make: Callable[[int, int], RowChunk]) -> Ite
     """Rows [0, total) in chunks of `chunk`; make(start, count) draws one chunk."""
     for start in range(0, total, chunk):
         yield make(start, min(chunk, total - start))
+
+
+def row_chunks(codes: dict[str, np.ndarray], chunk: int) -> Iterator[RowChunk]:
+    """Codes drawn up front, in chunks, each with its row numbers under "row" for the reducer."""
+    total = len(next(iter(codes.values())))
+    return chunked(total, chunk, lambda start, n: {"row": np.arange(start, start + n, dtype=np.int64),
+                                                   **{k: v[start:start + n] for k, v in codes.items()}})

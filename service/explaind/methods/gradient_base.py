@@ -19,7 +19,7 @@ from ..errors import InvalidArgument
 from ..onnxgraph import gradients as g
 from ..onnxgraph.rise import interpolation_matrix
 from ..onnxgraph.variants import GRADIENT, SCORE_OUTPUT, VariantSpec
-from .base import LOGIT, Method, MethodContext, ModelView, Plan, Reducer
+from .base import LOGIT, Method, MethodContext, ModelView, Plan, Reducer, row_chunks
 
 INPUT_GRADIENTS = "INPUT_GRADIENTS"
 LAYER_GRADIENTS = "LAYER_GRADIENTS"
@@ -158,9 +158,7 @@ class GradientMethod(Method):
         exported = ctx.model.white_box.exported if ctx.model.white_box else None
         spec = VariantSpec(GRADIENT, ctx.score, rule=gp.rule, path=gp.path, layer=gp.layer, exported=exported)
         n = len(gp.weights)
-        codes = {"row": np.arange(n, dtype=np.int64), **gp.codes}
         constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), **gp.constants}
         reducer = WeightedGradientReducer(ctx.x.shape, gp.weights, keep_layer=bool(gp.layer))
-        chunk = 256
-        rows = ({k: v[s:s + chunk] for k, v in codes.items()} for s in range(0, n, chunk))
-        return Plan(spec, constants, rows, n, reducer)
+        codes = gp.codes or {"row": np.arange(n, dtype=np.int64)}
+        return Plan(spec, constants, row_chunks(codes, 256), n, reducer)

@@ -27,7 +27,7 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, row_chunks
 from .gradient_base import choice_param
 from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
 from .superpixels import segment_means, superpixels
@@ -146,8 +146,7 @@ class KernelShap(Method):
         ends = np.stack([np.ones(num_features, bool), np.zeros(num_features, bool)])
         all_masks = np.concatenate([ends, masks]).astype(np.float32)
         total = len(all_masks)
-        rows = ({"row": np.arange(s, min(s + CHUNK_ROWS, total), dtype=np.int64), "mask": all_masks[s:s + CHUNK_ROWS]}
-                for s in range(0, total, CHUNK_ROWS))
+        rows = row_chunks({"mask": all_masks}, CHUNK_ROWS)
         constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), "background": background,
                      "background_weights": weights.astype(np.float32)}
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
+from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, row_chunks
 from .gradient_base import choice_param
 from .lime_core import (QuartileDiscretizer, RidgeAccumulator, image_kernel_weights, sample_image_coalitions,
                         tabular_kernel_weights)
@@ -105,17 +105,10 @@ class Lime(Method):
         discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))
         binary, samples = discretizer.sample(ctx.x.astype(np.float64), params["num_samples"], ctx.rng)
         weights = tabular_kernel_weights(binary, params.get("kernel_width"))
-        rows = self._chunks(len(samples), {"row_input": samples.astype(np.float32)})
+        rows = row_chunks({"row_input": samples.astype(np.float32)}, CHUNK_ROWS)
         constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
         return Plan(VariantSpec(ROWS_TABULAR, ctx.score), constants, rows, len(samples),
                     LimeReducer(binary, weights, 1.0), partial_maps=True)
-
-    @staticmethod
-    def _chunks(total: int, codes: dict[str, np.ndarray]) -> Any:
-        for start in range(0, total, CHUNK_ROWS):
-            chunk = {k: v[start:start + CHUNK_ROWS] for k, v in codes.items()}
-            chunk["row"] = np.arange(start, min(start + CHUNK_ROWS, total), dtype=np.int64)
-            yield chunk
 
     def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
         if reducer.segments is None:  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import numpy as np
 from ..engine.job import RowChunk
 from ..models.inputs import display_image
 from ..onnxgraph.variants import SEGMENTS, VariantSpec
-from .base import MethodContext
+from .base import MethodContext, row_chunks
 from .lime_core import segment
 
 WIDTH_STEP = 32
@@ -54,12 +54,10 @@ class Superpixels:
 
     def rows(self, coalitions: np.ndarray) -> Iterator[RowChunk]:
         """Chunks of {"row": ids, "coalition": bits padded to the variant's width}."""
-        total = len(coalitions)
-        for start in range(0, total, CHUNK_ROWS):
-            part = coalitions[start:start + CHUNK_ROWS]
-            padded = np.zeros((len(part), self.width), np.float32)
-            padded[:, :self.count] = part
-            yield {"row": np.arange(start, start + len(part), dtype=np.int64), "coalition": padded}
+        for chunk in row_chunks({"coalition": coalitions}, CHUNK_ROWS):
+            padded = np.zeros((len(chunk["coalition"]), self.width), np.float32)
+            padded[:, :self.count] = chunk["coalition"]
+            yield {**chunk, "coalition": padded}
 
 
 def superpixels(ctx: MethodContext, algorithm: str) -> Superpixels:
