@@ -57,7 +57,7 @@ def test_get_model_reports_the_contract(client):
     assert [(i.name, i.dtype, list(i.shape)) for i in info.inputs] == [("input", pb.FLOAT32, [-1, 3, 64, 64])]
     assert [o.name for o in info.outputs] == ["logits"]
     assert list(info.labels) == ["circle", "square", "triangle", "cross", "star"]
-    assert list(info.methods) == ["occlusion", "rise", "lime", "kernel_shap", "saliency", "input_x_gradient", "smooth_grad",
+    assert list(info.methods) == ["occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "input_x_gradient", "smooth_grad",
                                   "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
                                   "grad_cam_plus_plus", "guided_grad_cam"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -34,6 +34,10 @@ class Explanation:
     heatmap_png: bytes
     stats: dict[str, Any]
     partial: bool = False
+    figures: dict[str, float] = field(default_factory=dict)  # method-specific numbers
+    segments: np.ndarray | None = None          # lime / kernel_shap on images: superpixel map [H, W]
+    segment_weights: np.ndarray | None = None   # their weights
+    masks: np.ndarray | None = None             # extremal_perturbation: [A, H, W]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,10 @@ def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) 
         heatmap_png=response.heatmap_png,
         stats=MessageToDict(response.stats, preserving_proto_field_name=True),
         partial=partial,
+        figures=dict(response.figures),
+        segments=from_proto(response.segments) if response.HasField("segments") else None,
+        segment_weights=np.array(response.segment_weights, np.float32) if response.segment_weights else None,
+        masks=from_proto(response.masks) if response.HasField("masks") else None,
     )
 
 

@@ -117,6 +117,8 @@ def explain_response(result: Explanation) -> pb.ExplainResponse:
     if "segments" in result.outputs:
         response.segments.CopyFrom(to_proto(result.outputs["segments"]))
         response.segment_weights.extend(result.outputs["segment_weights"].tolist())
+    if "masks" in result.outputs:
+        response.masks.CopyFrom(to_proto(result.outputs["masks"]))
     return response
 
 

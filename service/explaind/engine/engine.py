@@ -14,7 +14,7 @@ from ..config import Settings
 from ..errors import Cancelled, ResourceExhausted
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
-from ..onnxgraph.variants import Variant, VariantSpec, build_variant, variant_interface
+from ..onnxgraph.variants import Variant, VariantSpec, build_variant, max_batch_rows, variant_interface
 from .job import Job
 from .runner import Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
@@ -64,7 +64,7 @@ class Engine:
 
             scheduler = Scheduler(
                 model=served.name, variant=spec.describe(), interface=interface, runner_factory=make_runner,
-                device=self.device, max_batch_rows=served.max_batch_rows,
+                device=self.device, max_batch_rows=max_batch_rows(spec, served.signature, served.max_batch_rows),
                 max_delay_s=served.max_delay_ms / 1000.0, account=self.account,
                 on_batch=self.metrics.record_batch if self.metrics else None,
                 on_queue=self._report_queue if self.metrics else None)

@@ -44,12 +44,16 @@ class Job:
         consume: Consumer,
         deadline: float | None = None,
         label: str = "",
+        eager: bool = False,
     ) -> None:
         self.id = next(_ids)
         self.label = label
         self.constants = constants
         self.total_rows = total_rows
         self.deadline = deadline  # time.monotonic() seconds
+        # One step of an iterative method: these rows are all it has and its request waits on them,
+        # so a batch holding only such jobs does not wait max_delay for more rows.
+        self.eager = eager
         self._rows = rows
         self._buffer: RowChunk | None = None
         self._buffer_offset = 0

@@ -120,7 +120,10 @@ class Scheduler:
                 self._wakeup.set()
 
     async def _wait_for_rows(self) -> None:
-        """Wait up to max_delay for a full batch when fewer rows than that are queued."""
+        """Wait up to max_delay for a full batch when fewer rows than that are queued (not for a batch
+        of eager jobs only: steps of iterative methods, whose next rows wait for these results)."""
+        if all(job.eager for job in self._jobs):
+            return
         end = time.monotonic() + self.max_delay_s
         while self.queued_rows() < self.max_batch_rows:
             timeout = end - time.monotonic()

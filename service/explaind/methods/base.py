@@ -114,9 +114,9 @@ class Method(ABC):
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
         """Validate the request's parameters and fill in defaults; returns the parameters as used."""
 
-    @abstractmethod
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        """The job that computes this explanation."""
+        """The one job that computes this explanation (iterative methods override `explain` instead)."""
+        raise TypeError(f"{type(self).__name__} neither plans a job nor overrides explain")
 
     def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
         """The final attribution from the reducer (layer methods transform it further)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Method
 from .deconvnet import Deconvnet
+from .extremal_perturbation import ExtremalPerturbation
 from .grad_cam import GradCam
 from .grad_cam_plus_plus import GradCamPlusPlus
 from .guided_backprop import GuidedBackprop
@@ -19,6 +20,6 @@ from .smooth_grad import SmoothGrad
 
 
 def all_methods() -> dict[str, Method]:
-    methods: list[Method] = [Occlusion(), Rise(), Lime(), KernelShap(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
+    methods: list[Method] = [Occlusion(), Rise(), Lime(), KernelShap(), ExtremalPerturbation(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
                              GuidedBackprop(), Deconvnet(), GradCam(), GradCamPlusPlus(), GuidedGradCam()]
     return {m.name: m for m in methods}

@@ -73,6 +73,15 @@ def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: 
     if layer:
         b.output(layer, LAYER_OUTPUT, TensorProto.FLOAT, None)  # type: ignore[arg-type]
     composed = splice(model, sig.input_name, b)
+    return with_gradients(composed, b, sig, scores, target, job_index, score=score, rule=rule, layer=layer,
+                          exported=exported)
+
+
+def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignature, scores: str, target: str,
+                   job_index: str, *, score: str, rule: str, layer: str,
+                   exported: tuple[str, str] | None) -> onnx.ModelProto:
+    """`composed` (b's prefix, the model, b's suffix computing the class `scores`) plus the gradient of
+    each row's target score with respect to the model input (and `layer`), exposed as `input_grad`."""
     first_node, first_init = len(b.nodes), len(b.initializers)
     if exported is not None:
         if layer or rule != "plain":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
-from . import coalition, gradients, occlusion, rise, segments
+from . import coalition, extremal, gradients, occlusion, rise, segments
 from .builder import GraphBuilder
 from .compose import model_opset, splice
 from .score import class_scores, declare_common_inputs, declare_target, target_score
@@ -27,6 +27,7 @@ GRADIENT = "gradient"
 COALITION_TABULAR = "coalition_tabular"
 SEGMENTS = "segments"            # image rows as superpixel on/off bits
 ROWS_TABULAR = "rows_tabular"    # tabular rows given in full (LIME's sampled neighbourhood)
+EXTREMAL = "extremal"            # rows of mask parameters (extremal perturbation)
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,19 @@ class VariantSpec:
     exported: tuple[str, str] | None = None  # gradient: the model's own (seed input, gradient output)
     background_rows: int = 0  # coalition: background rows per job
     segments: int = 0         # segments: coalition width (segment count, padded)
-
+    step: int = 0             # extremal: mask parameter pitch in pixels
+    sigma: float = 0.0        # extremal: mask smoothing in pixels
+    levels: int = 0           # extremal: perturbation pyramid levels
+    padded_area: bool = False  # extremal: area regulariser over the canvas with its margin (TorchRay)
+    exact: bool = False       # extremal: the score's gradient from the graph (else black-box rows)
 
     def describe(self) -> str:
         parts = [self.kind, self.score, str(self.grid_size) if self.grid_size else "",
                  "zero" if self.zero_baseline else "", self.rule, self.path, self.layer,
                  f"b{self.background_rows}" if self.background_rows else "",
-                 f"s{self.segments}" if self.segments else ""]
+                 f"s{self.segments}" if self.segments else "",
+                 f"step{self.step}/sigma{self.sigma:g}/l{self.levels}" if self.kind == EXTREMAL else "",
+                 "padded" if self.padded_area else "", "exact" if self.exact else ""]
         return "/".join(p for p in parts if p)
 
 
@@ -94,7 +101,21 @@ def variant_interface(spec: VariantSpec) -> VariantInterface:
         return VariantInterface(("x0", "target", "segments", "fill_image"), ("coalition",), (SCORE_OUTPUT,))
     if spec.kind == ROWS_TABULAR:
         return VariantInterface(("x0", "target"), ("row_input",), (SCORE_OUTPUT,))
+    if spec.kind == EXTREMAL:
+        return VariantInterface(("x0", "target", "pyramid"), extremal.code_names(spec.exact),
+                                (SCORE_OUTPUT, extremal.MASK_OUTPUT, extremal.PARAM_GRAD_OUTPUT))
     raise ValueError(f"unknown variant kind {spec.kind!r}")
+
+
+def extremal_geometry(sig: ModelSignature, spec: VariantSpec) -> extremal.MaskGeometry:
+    return extremal.MaskGeometry(*sig.spatial_shape, spec.step, spec.sigma)
+
+
+def max_batch_rows(spec: VariantSpec, sig: ModelSignature, configured: int) -> int:
+    """The model's batch size, capped where a variant's tensors grow faster than its rows (extremal)."""
+    if spec.kind == EXTREMAL:
+        return min(configured, extremal_geometry(sig, spec).max_rows())
+    return configured
 
 
 def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
@@ -103,6 +124,11 @@ def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec
     if spec.kind == GRADIENT:
         graph = gradients.build_gradient_model(model, sig, score=spec.score, rule=spec.rule, path=spec.path,
                                                layer=spec.layer, describe=spec.describe(), exported=spec.exported)
+        return Variant(spec, graph, interface)
+    if spec.kind == EXTREMAL:
+        graph = extremal.build_model(model, sig, geometry=extremal_geometry(sig, spec), levels=spec.levels,
+                                     padded_area=spec.padded_area, exact=spec.exact, score=spec.score,
+                                     exported=spec.exported, describe=spec.describe())
         return Variant(spec, graph, interface)
     b = GraphBuilder(model_opset(model), spec.describe())
     x0, job_index = declare_common_inputs(b, sig.example_shape)

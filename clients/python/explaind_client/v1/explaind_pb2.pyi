@@ -183,6 +183,36 @@ class KernelShap(_message.Message):
     blur_sigma: float
     def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ..., segmentation: _Optional[str] = ..., fill: _Optional[str] = ..., fill_value: _Optional[float] = ..., blur_sigma: _Optional[float] = ...) -> None: ...
 
+class ExtremalPerturbation(_message.Message):
+    __slots__ = ("areas", "iterations", "step", "sigma", "num_levels", "max_blur", "perturbation", "variant", "jitter", "gradient", "gradient_samples", "gradient_sigma", "area_reference")
+    AREAS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    NUM_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLUR_FIELD_NUMBER: _ClassVar[int]
+    PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    AREA_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    areas: _containers.RepeatedScalarFieldContainer[float]
+    iterations: int
+    step: int
+    sigma: float
+    num_levels: int
+    max_blur: float
+    perturbation: str
+    variant: str
+    jitter: bool
+    gradient: str
+    gradient_samples: int
+    gradient_sigma: float
+    area_reference: str
+    def __init__(self, areas: _Optional[_Iterable[float]] = ..., iterations: _Optional[int] = ..., step: _Optional[int] = ..., sigma: _Optional[float] = ..., num_levels: _Optional[int] = ..., max_blur: _Optional[float] = ..., perturbation: _Optional[str] = ..., variant: _Optional[str] = ..., jitter: _Optional[bool] = ..., gradient: _Optional[str] = ..., gradient_samples: _Optional[int] = ..., gradient_sigma: _Optional[float] = ..., area_reference: _Optional[str] = ...) -> None: ...
+
 class Saliency(_message.Message):
     __slots__ = ("postprocess", "channel_reduction")
     POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
@@ -282,7 +312,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "lime", "kernel_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +324,7 @@ class ExplainRequest(_message.Message):
     RISE_FIELD_NUMBER: _ClassVar[int]
     LIME_FIELD_NUMBER: _ClassVar[int]
     KERNEL_SHAP_FIELD_NUMBER: _ClassVar[int]
+    EXTREMAL_PERTURBATION_FIELD_NUMBER: _ClassVar[int]
     SALIENCY_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_GRAD_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +345,7 @@ class ExplainRequest(_message.Message):
     rise: Rise
     lime: Lime
     kernel_shap: KernelShap
+    extremal_perturbation: ExtremalPerturbation
     saliency: Saliency
     smooth_grad: SmoothGrad
     integrated_gradients: IntegratedGradients
@@ -323,7 +355,7 @@ class ExplainRequest(_message.Message):
     grad_cam_plus_plus: GradCamPlusPlus
     input_x_gradient: InputXGradient
     guided_grad_cam: GuidedGradCam
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -362,7 +394,7 @@ class Stats(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "segments", "segment_weights")
+    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "segments", "segment_weights", "masks")
     class FiguresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +411,7 @@ class ExplainResponse(_message.Message):
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MASKS_FIELD_NUMBER: _ClassVar[int]
     attribution: Tensor
     target_class: int
     target_label: str
@@ -388,7 +421,8 @@ class ExplainResponse(_message.Message):
     figures: _containers.ScalarMap[str, float]
     segments: Tensor
     segment_weights: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Union[Tensor, _Mapping]] = ..., segment_weights: _Optional[_Iterable[float]] = ...) -> None: ...
+    masks: Tensor
+    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Union[Tensor, _Mapping]] = ..., segment_weights: _Optional[_Iterable[float]] = ..., masks: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("rows_done", "rows_total", "fraction", "stage")
