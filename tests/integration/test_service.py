@@ -308,3 +308,29 @@ def test_lime_and_kernel_shap_over_grpc(client, example_image):
     assert len(partials) >= 1 and not final.partial  # one per batch at most: 2502 rows in batches of 2048
     assert final.attribution.shape == (13,)
     assert int(final.stats["model_evaluations"]) == (2500 + 2) * 100 + 1
+
+
+def test_extremal_perturbation_over_grpc(client, example_image):
+    """Exact gradients (the demo CNN has them) and the estimator, masks and figures, seeded, streamed."""
+    png, box = example_image
+    params = {"areas": [0.1, 0.2], "iterations": 40}
+    exact = client.explain("shapes", method="extremal_perturbation", image=png, seed=3, params=params)
+    assert exact.masks.shape == (2, 64, 64) and 0 <= exact.masks.min() and exact.masks.max() <= 1
+    np.testing.assert_allclose(exact.attribution, exact.masks.sum(axis=0), atol=1e-6)
+    figures = exact.figures
+    assert figures["gradient_exact"] == 1 and figures["evaluations_per_iteration"] == 2
+    assert figures["area_1"] == pytest.approx(0.2) and figures["achieved_area_1"] == pytest.approx(exact.masks[1].mean())
+    assert int(exact.stats["model_evaluations"]) == 40 * 2 + 1  # plus the unperturbed input
+    assert exact.stats["parameters"]["step"] == 2 and exact.stats["parameters"]["sigma"] == 6.0  # scaled to 64 px
+    estimated_params = {"areas": [0.1], "iterations": 20, "gradient": "estimated", "gradient_samples": 4}
+    updates = list(client.explain_stream("shapes", method="extremal_perturbation", image=png, seed=5,
+                                         params=estimated_params))
+    final = updates[-1]
+    partials = [u for u in updates if getattr(u, "partial", False)]
+    assert len(partials) >= 5 and not final.partial and final.masks.shape == (1, 64, 64)
+    assert final.figures["gradient_exact"] == 0 and final.figures["evaluations_per_iteration"] == 9
+    assert int(final.stats["model_evaluations"]) == 20 * 9 + 1
+    again = client.explain("shapes", method="extremal_perturbation", image=png, seed=5, params=estimated_params)
+    np.testing.assert_array_equal(again.masks, final.masks)  # same seed, same directions, same masks
+    other = client.explain("shapes", method="extremal_perturbation", image=png, seed=6, params=estimated_params)
+    assert not np.array_equal(other.masks, final.masks)
