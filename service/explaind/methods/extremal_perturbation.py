@@ -43,14 +43,13 @@ mask is on, or deleted, for the deletion game; both score_i and deleted_score_i 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from scipy.ndimage import correlate1d
 
 from ..config import Settings
-from ..engine.job import Job, RowChunk
+from ..engine.job import Job, JobStats, RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.extremal import MASK_OUTPUT, PARAM_GRAD_OUTPUT, MaskGeometry
 from ..onnxgraph.variants import EXTREMAL, SCORE_OUTPUT, VariantSpec
@@ -86,14 +85,6 @@ def perturbation_pyramid(x: np.ndarray, layout: str, levels: int, kind: str, max
             y = correlate1d(y, taps, axis=axis, mode="constant", cval=0.0)
         out.append(y.astype(np.float32))
     return np.stack(out).astype(np.float32)
-
-
-@dataclass
-class _Totals:
-    rows: int = 0
-    batches: int = 0
-    queue_seconds: float = 0.0
-    compute_seconds: float = 0.0
 
 
 class ExtremalPerturbation(Method):
@@ -198,7 +189,7 @@ class _Optimisation:
         self.pairs = params.get("gradient_samples", 0)
         self.rows_per_point = len(self.games)
         self.points_per_area = 1 + 2 * self.pairs
-        self.totals = _Totals()
+        self.totals = JobStats()  # summed over the steps' jobs
 
     def _rows(self, p: np.ndarray, flip: bool, weight: float, pairs: bool = True) -> tuple[RowChunk, np.ndarray]:
         """Rows of one iteration: per area, the current point then (estimated, `pairs`) its antithetic

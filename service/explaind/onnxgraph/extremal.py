@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from . import gradients
 from .builder import NAMESPACE, GraphBuilder
 from .compose import model_opset, splice, topological_sort
 from .score import class_scores, declare_common_inputs, declare_target, target_score
@@ -278,11 +279,10 @@ def backward(b: GraphBuilder, sig: ModelSignature, geometry: MaskGeometry, level
     else:
         grad_mask_parts.append(b.op("Reshape", [g_regul, b.const(np.array([-1, 1, height, width], np.int64))]))
 
-    g_mask = grad_mask_parts[0] if len(grad_mask_parts) == 1 else b.op("Add", grad_mask_parts) if grad_mask_parts else ""
-    if g_mask:
+    if grad_mask_parts:
         pads = np.array([0, 0, m, m, 0, 0, ho - m - height, wo - m - width], np.int64)
-        grad_canvas_parts.append(b.op("Pad", [g_mask, b.const(pads, "pads")]))
-    g_canvas = grad_canvas_parts[0] if len(grad_canvas_parts) == 1 else b.op("Add", grad_canvas_parts)
+        grad_canvas_parts.append(b.op("Pad", [_sum(b, grad_mask_parts), b.const(pads, "pads")]))
+    g_canvas = _sum(b, grad_canvas_parts)
     # Clamp: the gradient passes where 0 <= pooled <= 1 (torch's clamp convention).
     inside = b.op("And", [b.op("Not", [b.op("Less", [fwd.pooled, b.const(np.array(0.0, np.float32))])]),
                           b.op("Not", [b.op("Greater", [fwd.pooled, b.const(np.array(1.0, np.float32))])])])
@@ -302,6 +302,10 @@ def backward(b: GraphBuilder, sig: ModelSignature, geometry: MaskGeometry, level
     return b.op("Reshape", [g_params, b.const(np.array([-1, hi, wi], np.int64))])
 
 
+def _sum(b: GraphBuilder, parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else b.op("Sum", parts)
+
+
 def _topk_node(b: GraphBuilder, x: str, count: int, out: str) -> onnx.NodeProto:
     """TopK (largest first) of all `count` values per row; the indices output is unused."""
     return helper.make_node("TopK", [x, b.const(np.array([count], np.int64), "k")], [out, b.name("topk_indices")],
@@ -312,8 +316,6 @@ def build_model(model: onnx.ModelProto, sig: ModelSignature, *, geometry: MaskGe
                 padded_area: bool, exact: bool, score: str, exported: tuple[str, str] | None,
                 describe: str) -> onnx.ModelProto:
     """The extremal-perturbation variant: rows of mask parameters in; score, mask, d energy / d p out."""
-    from . import gradients  # gradients builds on the same helpers; imported here to keep the modules flat
-
     b = GraphBuilder(model_opset(model), describe)
     x0, job_index = declare_common_inputs(b, sig.example_shape)
     target = declare_target(b)
