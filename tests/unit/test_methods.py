@@ -1,4 +1,5 @@
-"""Occlusion and RISE through the real engine on linear ONNX models, against numpy references."""
+"""Occlusion and RISE through the real engine on linear ONNX models, against numpy references; parameter
+checks the demo models cannot reach over gRPC (tabular white-box models, one-feature Kernel SHAP)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 from explaind.engine.engine import Engine
 from explaind.errors import FailedPrecondition, InvalidArgument
 from explaind.methods.base import ModelView
+from explaind.methods.gradient_base import WhiteBox
+from explaind.methods.input_x_gradient import InputXGradient
+from explaind.methods.integrated_gradients import IntegratedGradients
+from explaind.methods.kernel_shap import KernelShap
 from explaind.methods.occlusion import Occlusion
 from explaind.methods.rise import Rise
+from explaind.methods.saliency import Saliency
+from explaind.methods.smooth_grad import SmoothGrad
 
 from _linear import run, run_method, served_linear, settings, softmax
 
@@ -217,3 +224,34 @@ def test_tabular_occlusion_without_background_or_baseline_is_refused():
         Occlusion().resolve({}, ModelView("tabular", served.signature, None), settings())
     with pytest.raises(InvalidArgument, match="occlusion.window"):
         Occlusion().resolve({"window": [2]}, ModelView("tabular", served.signature, np.zeros((2, 6))), settings())
+
+
+@pytest.mark.parametrize("method", [Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients()],
+                         ids=lambda m: m.name)
+def test_gradient_methods_refuse_a_channel_reduction_on_a_tabular_model(method):
+    served, _ = served_linear("tab", (6,), 3, layout="tabular")
+    view = ModelView("tabular", served.signature, None, WhiteBox(True))
+    with pytest.raises(InvalidArgument) as err:
+        method.resolve({"channel_reduction": "max"}, view, settings())
+    assert err.value.field == f"{method.name}.channel_reduction" and "tabular" in err.value.message
+    # Unset or "none" is fine, and what the parameters report (saliency's image default is max).
+    assert method.resolve({}, view, settings())["channel_reduction"] == "none"
+    assert method.resolve({"channel_reduction": "NONE"}, view, settings())["channel_reduction"] == "none"
+
+
+def test_kernel_shap_with_one_feature_gives_f_x_minus_the_base_value():
+    """One player has no proper coalition to sample: phi is f(x) - E[f(background)] exactly (not 0)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=1).astype(np.float32)
+    background = rng.normal(size=(8, 1)).astype(np.float32)
+
+    async def main():
+        engine = Engine(settings())
+        served, weights = served_linear("tab1", (1,), 3, layout="tabular")
+        result, params = await run_method(engine, served, KernelShap(), {}, x, 2, kind="tabular", background=background)
+        await engine.close()
+        return result, weights
+
+    result, weights = run(main())
+    base = np.mean([_score(weights, row, 2, "probability") for row in background])
+    np.testing.assert_allclose(result.attribution, [_score(weights, x, 2, "probability") - base], rtol=1e-4, atol=1e-6)

@@ -65,6 +65,17 @@ def choice_param(given: Mapping[str, Any], method: str, name: str, default: str,
     return value
 
 
+def channel_reduction_param(given: Mapping[str, Any], method: str, default: str, model: ModelView) -> str:
+    """An image's reduction over channels; a tabular model has no channels: unset or "none" only."""
+    if model.kind == "image":
+        return choice_param(given, method, "channel_reduction", default, CHANNEL_REDUCTIONS)
+    value = choice_param(given, method, "channel_reduction", "none", CHANNEL_REDUCTIONS)
+    if value != "none":
+        raise InvalidArgument(f"{method}.channel_reduction", "unset or none for a tabular model (one value per "
+                              "feature, no channels)", value)
+    return value
+
+
 def postprocess(values: np.ndarray, how: str) -> np.ndarray:
     if how == "absolute":
         return np.abs(values)

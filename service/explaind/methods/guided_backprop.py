@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import Settings
 from .base import MethodContext, ModelView, Parameter, Reducer
-from .gradient_base import CHANNEL_REDUCTIONS, GradientMethod, GradientPlan, choice_param, reduce_channels
+from .gradient_base import GradientMethod, GradientPlan, channel_reduction_param, reduce_channels
 
 
 class GuidedBackprop(GradientMethod):
@@ -27,7 +27,7 @@ class GuidedBackprop(GradientMethod):
     parameters = (Parameter("channel_reduction", "string", "none", "none | max | sum | mean"),)
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        return {"channel_reduction": choice_param(given, self.name, "channel_reduction", "none", CHANNEL_REDUCTIONS)}
+        return {"channel_reduction": channel_reduction_param(given, self.name, "none", model)}
 
     def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
         return GradientPlan(rule=self.rule)

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Settings
 from .base import MethodContext, MethodResult, ModelView, Parameter
 from .grad_cam import GradCam
-from .gradient_base import CHANNEL_REDUCTIONS, choice_param, reduce_channels
+from .gradient_base import CHANNEL_REDUCTIONS, choice_param, reduce_channels, resolve_layer
 from .guided_backprop import GuidedBackprop
 
 
@@ -32,11 +32,10 @@ class GuidedGradCam(GradCam):
     )
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        params = super().resolve({"upsample": "nearest", **given}, model, settings)
-        if params["upsample"] == "none":
-            params["upsample"] = "nearest"
-        params["channel_reduction"] = choice_param(given, self.name, "channel_reduction", "none", CHANNEL_REDUCTIONS)
-        return params
+        # No "none": the map multiplies the input-sized guided gradient, so it is always upsampled.
+        return {"layer": resolve_layer(given, self.name, model), "relu": True,
+                "upsample": choice_param(given, self.name, "upsample", "nearest", ("nearest", "bilinear")),
+                "channel_reduction": choice_param(given, self.name, "channel_reduction", "none", CHANNEL_REDUCTIONS)}
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         cam_params = {**params, "relu": True}

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import Settings
 from .base import MethodContext, ModelView, Parameter, Reducer
-from .gradient_base import CHANNEL_REDUCTIONS, GradientMethod, choice_param, reduce_channels
+from .gradient_base import GradientMethod, channel_reduction_param, reduce_channels
 
 
 class InputXGradient(GradientMethod):
@@ -23,7 +23,7 @@ class InputXGradient(GradientMethod):
     parameters = (Parameter("channel_reduction", "string", "none", "none | max | sum | mean (images)"),)
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        return {"channel_reduction": choice_param(given, self.name, "channel_reduction", "none", CHANNEL_REDUCTIONS)}
+        return {"channel_reduction": channel_reduction_param(given, self.name, "none", model)}
 
     def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
         return reduce_channels(ctx.x * reducer.attribution(), params["channel_reduction"], ctx.model)

@@ -18,6 +18,7 @@ The response holds the per-pixel map, the segment map and phi per segment.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping
 
@@ -27,7 +28,8 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, row_chunks
+from .base import (PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param,
+                   row_chunks)
 from .gradient_base import choice_param
 from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
 from .superpixels import segment_means, superpixels
@@ -41,6 +43,7 @@ class KernelShapReducer(Reducer):
     def __init__(self, masks: np.ndarray, weights: np.ndarray, link: str, l1_reg: str | None,
                  segments: np.ndarray | None = None) -> None:
         self.segments = segments
+        self.link = link
         self.masks = masks
         self.weights = weights
         self.accumulator = KernelShapAccumulator(masks.shape[1], link, l1_reg)
@@ -50,6 +53,11 @@ class KernelShapReducer(Reducer):
 
     def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
         ids, values = codes["row"], rows[SCORE_OUTPUT].astype(np.float64)
+        if self.link == "logit":
+            outside = values[(values <= 0.0) | (values >= 1.0)]
+            if outside.size:  # log(p / (1 - p)) is infinite there: the regression would be NaN
+                raise InvalidArgument("kernel_shap.link", "identity for this input: the logit link needs every "
+                                      "coalition's probability strictly inside (0, 1)", f"a probability of {outside[0]:g}")
         for special, name in ((0, "f_x"), (1, "base")):
             hit = ids == special
             if hit.any():
@@ -61,7 +69,8 @@ class KernelShapReducer(Reducer):
             self.seen += int(sampled.sum())
 
     def phi(self) -> np.ndarray:
-        if self.f_x is None or self.base is None or self.seen == 0:
+        one_player = self.masks.shape[1] == 1  # no coalition rows: phi = f(x) - base directly
+        if self.f_x is None or self.base is None or (self.seen == 0 and not one_player):
             return np.zeros(self.masks.shape[1])
         return self.accumulator.solve(self.f_x, self.base)
 
@@ -70,14 +79,28 @@ class KernelShapReducer(Reducer):
         return phi if self.segments is None else phi[self.segments]
 
 
-def parse_l1(value: str, num_features: int) -> str | None:
+def parse_l1(value: str, num_features: int | None) -> str | None:
+    """num_features None: not known before the request's image is segmented (images)."""
     if value in ("", "default"):
-        return None if num_features <= 10 else "num_features(10)"
+        return None if num_features is None or num_features <= 10 else "num_features(10)"
     if value in ("none", "off", "false"):
         return None
-    if value in ("aic", "bic") or re.fullmatch(r"num_features\(\d+\)", value):
+    if value in ("aic", "bic"):
+        return value
+    match = re.fullmatch(r"num_features\((\d+)\)", value)
+    if match:
+        k = int(match.group(1))
+        if k < 1 or (num_features is not None and k > num_features):
+            k_range = f"in [1, {num_features}] (the model's features)" if num_features is not None else ">= 1"
+            raise InvalidArgument("kernel_shap.l1_reg", f"num_features(k) with k {k_range}", repr(value))
         return value
     raise InvalidArgument("kernel_shap.l1_reg", "none, num_features(k), aic or bic", repr(value))
+
+
+def min_nsamples(num_players: int) -> int:
+    """Coalitions the regression needs: M - 1 unknowns after the efficiency constraint, so M (one to
+    spare), or all 2^M - 2 when that is fewer (M <= 2)."""
+    return min(num_players, 2 ** num_players - 2)
 
 
 class KernelShap(Method):
@@ -87,7 +110,8 @@ class KernelShap(Method):
     description = "Shapley values from a kernel-weighted regression over coalitions of features or superpixels."
     kinds = frozenset({"tabular", "image"})
     parameters = (
-        Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)", "coalitions to evaluate"),
+        Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)",
+                  "coalitions to evaluate, at least min(M, 2^M - 2)"),
         Parameter("l1_reg", "string", "none for M <= 10, else num_features(10)", "none | num_features(k) | aic | bic"),
         Parameter("link", "string", "identity", "identity | logit"),
         Parameter("background_kmeans", "int32", "unset (all background rows)",
@@ -95,28 +119,48 @@ class KernelShap(Method):
         Parameter("segmentation", "string", "quickshift", "images: quickshift | slic | felzenszwalb"),
         Parameter("fill", "string", "blur", "images: absent superpixels show blur | mean | value"),
         Parameter("fill_value", "float", "0", "images, fill=value: the value, in model input space"),
-        Parameter("blur_sigma", "float", "5", "images, fill=blur: Gaussian sigma in pixels"),
+        Parameter("blur_sigma", "float", "5", "images, fill=blur: Gaussian sigma in pixels, at most the image's larger side"),
     )
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
         if model.kind == "image":
-            params = {"nsamples": int_param(given, self.name, "nsamples", 2048, 1, settings.max_rows_per_request),
-                      "l1_reg": parse_l1(str(given.get("l1_reg", "none")).lower(), 0) or "none",
+            if "background_kmeans" in given:
+                raise InvalidArgument(f"{self.name}.background_kmeans", "unset for an image model (it summarises a "
+                                      "tabular model's background rows; images fill absent superpixels instead)",
+                                      given["background_kmeans"])
+            params = {"nsamples": int_param(given, self.name, "nsamples", 2048, 1, settings.max_rows_per_request - 2),
+                      "l1_reg": parse_l1(str(given.get("l1_reg", "none")).lower(), None) or "none",
                       "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
                       "segmentation": choice_param(given, self.name, "segmentation", "quickshift",
                                                    ("quickshift", "slic", "felzenszwalb")),
                       "fill": choice_param(given, self.name, "fill", "blur", ("blur", "mean", "value"))}
+            for name, fill in (("fill_value", "value"), ("blur_sigma", "blur")):
+                if name in given and params["fill"] != fill:
+                    raise InvalidArgument(f"{self.name}.{name}", f"unset unless fill is {fill}",
+                                          f"{given[name]} with fill {params['fill']}")
             if params["fill"] == "value":
                 params["fill_value"] = float_param(given, self.name, "fill_value", 0.0, -1e6, 1e6)
             if params["fill"] == "blur":
-                params["blur_sigma"] = float_param(given, self.name, "blur_sigma", 5.0, 0.0, 1e4, open_interval=True)
+                # The blur's cost grows with sigma (skimage's kernel spans 8 sigma); past the image's larger side
+                # it is the image's mean anyway.
+                side = float(max(model.signature.spatial_shape))
+                sigma = float(given.get("blur_sigma", 5.0))
+                if "blur_sigma" in given and not (math.isfinite(sigma) and 0.0 < sigma <= side):
+                    raise InvalidArgument(f"{self.name}.blur_sigma", f"a number of pixels in (0, {side:g}] (at most "
+                                          "the image's larger side)", sigma)
+                params["blur_sigma"] = sigma
             return params
+        for name in ("segmentation", "fill", "fill_value", "blur_sigma"):  # superpixel players: images only
+            if name in given:
+                raise InvalidArgument(f"{self.name}.{name}", "unset for a tabular model (it applies to images; "
+                                      "absent features come from the background rows)", given[name])
         if model.background is None:
             raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
         num_features = model.signature.example_shape[0]
         rows = len(model.background)
         params: dict[str, Any] = {
-            "nsamples": int_param(given, self.name, "nsamples", default_nsamples(num_features), 1, 10_000_000),
+            "nsamples": int_param(given, self.name, "nsamples", default_nsamples(num_features),
+                                  min_nsamples(num_features), 10_000_000),  # M = 1: 0, nothing to sample
             "l1_reg": parse_l1(str(given.get("l1_reg", "")).lower(), num_features) or "none",
             "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
         }
@@ -131,6 +175,9 @@ class KernelShap(Method):
         return params
 
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+        if params["link"] == "logit" and ctx.score != PROBABILITY:
+            raise InvalidArgument(f"{self.name}.link", "identity when the score is LOGIT (the logit link maps "
+                                  "probabilities in (0, 1) to log-odds)", "logit")
         if ctx.model.kind == "image":
             return self._plan_image(params, ctx)
         background = np.asarray(ctx.model.background, np.float32)
@@ -156,6 +203,10 @@ class KernelShap(Method):
 
     def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         sp = superpixels(ctx, params["segmentation"])
+        if params["nsamples"] < min_nsamples(sp.count):
+            raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(sp.count)} for the {sp.count} "
+                                  f"superpixels {params['segmentation']} made of this image (the regression has "
+                                  "one unknown per superpixel but one)", params["nsamples"])
         if params["fill"] == "value":
             absent = np.full_like(sp.hwc, params["fill_value"])
         elif params["fill"] == "blur":

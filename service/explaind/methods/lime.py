@@ -87,8 +87,13 @@ class Lime(Method):
                 if not np.isfinite(value):
                     raise InvalidArgument(f"{self.name}.hide_value", "a finite number", value)
                 params["hide_value"] = value
-        elif model.background is None:
-            raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
+        else:
+            for name in ("segmentation", "hide_value"):  # superpixel parameters: images only
+                if name in given:
+                    raise InvalidArgument(f"{self.name}.{name}", "unset for a tabular model (it applies to images: "
+                                          "features are switched through the background's quartiles)", given[name])
+            if model.background is None:
+                raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
         return params
 
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import Settings
 from .base import MethodContext, ModelView, Parameter, Reducer
-from .gradient_base import CHANNEL_REDUCTIONS, POSTPROCESS, GradientMethod, choice_param, postprocess, reduce_channels
+from .gradient_base import POSTPROCESS, GradientMethod, channel_reduction_param, choice_param, postprocess, reduce_channels
 
 
 class Saliency(GradientMethod):
@@ -28,7 +28,7 @@ class Saliency(GradientMethod):
 
     def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
         return {"postprocess": choice_param(given, self.name, "postprocess", "absolute", POSTPROCESS),
-                "channel_reduction": choice_param(given, self.name, "channel_reduction", "max", CHANNEL_REDUCTIONS)}
+                "channel_reduction": channel_reduction_param(given, self.name, "max", model)}
 
     def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
         values = postprocess(reducer.attribution(), params["postprocess"])

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..errors import InvalidArgument
 from ..onnxgraph import gradients as g
 from .base import MethodContext, ModelView, Parameter, Reducer, float_param, int_param
-from .gradient_base import (CHANNEL_REDUCTIONS, POSTPROCESS, GradientMethod, GradientPlan, choice_param,
+from .gradient_base import (POSTPROCESS, GradientMethod, GradientPlan, channel_reduction_param, choice_param,
                             postprocess, reduce_channels)
 
 
@@ -39,7 +39,7 @@ class SmoothGrad(GradientMethod):
             "num_samples": int_param(given, self.name, "num_samples", 50, 1, settings.max_rows_per_request),
             "noise_level": float_param(given, self.name, "noise_level", 0.15, 0.0, 10.0),
             "postprocess": choice_param(given, self.name, "postprocess", "raw", POSTPROCESS),
-            "channel_reduction": choice_param(given, self.name, "channel_reduction", "none", CHANNEL_REDUCTIONS),
+            "channel_reduction": channel_reduction_param(given, self.name, "none", model),
         }
         if "stdev" in given:
             params["stdev"] = float_param(given, self.name, "stdev", 0.0, 0.0, 1e6)
