@@ -32,6 +32,9 @@ class Settings:
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
     max_rows_per_request: int = field(default=2_000_000, metadata={"help": "model evaluations one request may ask for"})
+    max_request_memory_bytes: int = field(default=1 << 30, metadata={
+        "help": "working memory one request may need (LIME / Kernel SHAP coalitions, rows and regression), "
+                "computed before it starts; requests above are refused naming the parameter to lower"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
@@ -48,8 +51,8 @@ class Settings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
         for name in ("max_batch_rows", "max_queued_rows", "max_queued_jobs", "max_rows_per_request",
-                     "max_num_masks", "max_message_bytes", "max_image_bytes", "max_image_pixels",
-                     "max_model_bytes"):
+                     "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
+                     "max_image_pixels", "max_model_bytes"):
             positive(name)
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s and intra_op_threads must be >= 0")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from explaind.methods.lime_core import max_tabular_samples
 from explaind_client import build_request
 from explaind_client.v1 import explaind_pb2 as pb
 
@@ -136,6 +137,10 @@ CASES = [
      ["lime.kernel_width", "(0.0, 1000000.0)", "0.0"]),
     ("lime hide value Inf", lambda: request("lime", {"hide_value": float("-inf")}), grpc.StatusCode.INVALID_ARGUMENT,
      ["lime.hide_value", "finite", "-inf"]),
+    ("lime tabular samples over the memory budget", lambda: tabular("lime", {"num_samples": 2_000_000}),
+     grpc.StatusCode.INVALID_ARGUMENT, ["lime.num_samples", f"at most {max_tabular_samples(13, 1 << 30)} for the "
+                                        "model's 13 features", "max_request_memory_bytes of 1073741824",
+                                        "got 2000000"]),
     ("lime segmentation on a tabular model", lambda: tabular("lime", {"segmentation": "slic"}),
      grpc.StatusCode.INVALID_ARGUMENT, ["lime.segmentation", "tabular", "slic"]),
     ("lime hide value on a tabular model", lambda: tabular("lime", {"hide_value": 1.0}),
@@ -150,6 +155,10 @@ CASES = [
      grpc.StatusCode.INVALID_ARGUMENT, ["kernel_shap.l1_reg", ">= 1", "'num_features(0)'"]),
     ("kernel_shap l1_reg over the features", lambda: tabular("kernel_shap", {"l1_reg": "num_features(14)"}),
      grpc.StatusCode.INVALID_ARGUMENT, ["kernel_shap.l1_reg", "[1, 13]", "'num_features(14)'"]),
+    ("kernel_shap image coalitions over the memory budget with l1_reg",  # slic: ~120 superpixels of the blank image
+     lambda: request("kernel_shap", {"nsamples": 1_000_000, "l1_reg": "aic", "segmentation": "slic"}),
+     grpc.StatusCode.INVALID_ARGUMENT, ["kernel_shap.nsamples", "at most", "superpixels slic made of this image",
+                                        "l1_reg aic", "max_request_memory_bytes of 1073741824", "got 1000000"]),
     ("kernel_shap unknown link", lambda: tabular("kernel_shap", {"link": "probit"}), grpc.StatusCode.INVALID_ARGUMENT,
      ["kernel_shap.link", "identity, logit", "probit"]),
     ("kernel_shap logit link of a logit score", lambda: request("kernel_shap", {"link": "logit"}, score="logit"),

@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 
 from explaind.methods.kernel_shap_core import (
+    CoalitionStream,
     KernelShapAccumulator,
+    StreamingKernelShap,
     coalition_inputs,
     coalition_values,
     default_nsamples,
+    max_stream_nsamples,
     sample_coalitions,
     shapley_kernel_weight,
     solve,
+    stream_bytes,
 )
 
 shap = pytest.importorskip("shap")
@@ -312,3 +316,170 @@ def test_invalid_arguments():
         acc.add(np.ones((2, 4), bool), np.ones(2), np.ones(2))
     with pytest.raises(ValueError):
         coalition_values(np.ones(7), np.ones(2))
+
+
+# --------------------------------------------------------------------------- lazy coalition stream
+
+
+# sample_coalitions as it was when it drew all rows at once (before CoalitionStream): (M, nsamples, seed,
+# rows, sha256 of the packed masks, sum_i (i + 1) w_i, the generator's next integers(0, 2**31) afterwards).
+# (5, 29, 252) is a case where shap's 4 nsamples size draws run out before nsamples distinct rows.
+SEEDED_COALITIONS = [
+    (2, 1, 0, 1, "76be8b528d0075f7", 1.0, 1746484540),
+    (4, 12, 1, 12, "92798f3f1a32ba9e", 5.999999999999999, 1556474546),
+    (5, 29, 2, 29, "a0174c8f8c9faa5e", 11.11090909090909, 923318910),
+    (5, 29, 252, 28, "cd3931d7fc8b99eb", 10.826315789473686, 1009811400),
+    (6, 64, 0, 62, "59a5ac9124f81956", 20.11313868613139, 1826701615),
+    (8, 100, 3, 100, "4d4a5ad666093e26", 32.82166654893928, 1693873125),
+    (12, 500, 0, 500, "2ea5c21260893593", 166.04421106402933, 140705225),
+    (12, 2000, 4, 2000, "01ca0173c98da4b9", 439.1606007646095, 570085615),
+    (40, 3000, 5, 3000, "6bd2c9f7c44be782", 1169.8973686464574, 1221386052),
+    (300, 5000, 6, 5000, "d11d54b3636cb0e4", 2401.0368430197896, 367272963),
+]
+
+
+@pytest.mark.parametrize("m, nsamples, seed, rows, digest, fingerprint, after", SEEDED_COALITIONS)
+def test_seeded_coalitions_are_unchanged(m, nsamples, seed, rows, digest, fingerprint, after):
+    import hashlib
+
+    rng = np.random.default_rng(seed)
+    masks, weights = sample_coalitions(m, nsamples, rng)
+    assert masks.shape == (rows, m) and masks.dtype == bool
+    assert hashlib.sha256(np.packbits(masks, axis=1).tobytes()).hexdigest()[:16] == digest
+    assert float(np.dot(weights, np.arange(1, rows + 1))) == pytest.approx(fingerprint, rel=1e-13)
+    assert int(rng.integers(0, 2**31)) == after  # the generator ends where it did
+
+
+@pytest.mark.parametrize("m, nsamples, seed", [(5, 29, 252), (5, 29, 2), (8, 100, 3), (12, 2000, 4), (40, 3000, 5)])
+@pytest.mark.parametrize("chunk", [1, 7, 512])
+def test_stream_chunks_are_sample_coalitions(m, nsamples, seed, chunk):
+    masks, weights = sample_coalitions(m, nsamples, np.random.default_rng(seed))
+    stream = CoalitionStream(m, nsamples, np.random.default_rng(seed))
+    assert stream.total == nsamples  # known before drawing: shap's rows, padded when its draws run out
+    parts = list(stream.chunks(chunk))
+    assert all(len(p) == chunk for p in parts[:-1]) and sum(len(p) for p in parts) == stream.total
+    drawn = np.concatenate(parts)
+    assert stream.real_rows == len(masks)
+    np.testing.assert_array_equal(drawn[: len(masks)], masks)
+    assert drawn[len(masks):].all()  # padding: every player present, weight 0
+    all_weights = stream.weights(np.arange(stream.total))
+    np.testing.assert_array_equal(all_weights[: len(masks)], weights)
+    assert not all_weights[len(masks):].any()
+    with pytest.raises(RuntimeError):
+        next(stream.chunks(chunk))
+
+
+def _stream_and_deliver(m, nsamples, seed, f, link="identity", l1_reg=None, chunk=64, lag=3, order_seed=0):
+    """Draw chunk by chunk and deliver each chunk's values `lag` chunks later, in a shuffled order and in
+    pieces, as the engine does; returns the streamed phi and the batch one from sample_coalitions."""
+    x = np.linspace(-1.0, 1.5, m)
+    bg = np.linspace(0.5, -0.5, m)[None, :]
+    stream = CoalitionStream(m, nsamples, np.random.default_rng(seed))
+    reg = StreamingKernelShap(stream, link, l1_reg)
+    repeats_after_delivery = []
+    inner = stream.on_repeat
+
+    def spy(row, mask):
+        if reg._in[row]:
+            repeats_after_delivery.append(row)
+        inner(row, mask)
+
+    stream.on_repeat = spy
+    shuffle = np.random.default_rng(order_seed)
+    waiting: list[tuple[np.ndarray, np.ndarray]] = []
+    start = 0
+
+    def deliver(ids, masks):
+        pieces = np.array_split(shuffle.permutation(len(ids)), 3)
+        for piece in pieces:
+            reg.add(ids[piece], masks[piece], f(np.where(masks[piece], x, bg)))
+
+    for masks in stream.chunks(chunk):
+        waiting.append((np.arange(start, start + len(masks)), masks))
+        start += len(masks)
+        if len(waiting) > lag:
+            deliver(*waiting.pop(0))
+    for ids, masks in waiting:
+        deliver(ids, masks)
+    f_x, base = f(x[None])[0], f(bg)[0]
+    masks, weights = sample_coalitions(m, nsamples, np.random.default_rng(seed))
+    batch = solve(masks, weights, f(np.where(masks, x, bg)), f_x, base, l1_reg=l1_reg, link=link)
+    return reg.solve(f_x, base), batch, f_x, base, repeats_after_delivery
+
+
+@pytest.mark.parametrize("m, nsamples, seed", [(12, 2000, 4), (9, 300, 1), (30, 800, 2), (5, 29, 252)])
+def test_streaming_kernel_shap_equals_batch_solve(m, nsamples, seed):
+    def small_model(X):
+        return X[:, 0] * X[:, 1] + np.sin(X[:, 2]) + X[:, -1] ** 2
+
+    phi, batch, f_x, base, late = _stream_and_deliver(m, nsamples, seed, nonlinear_model if m >= 6 else small_model)
+    np.testing.assert_allclose(phi, batch, rtol=1e-10, atol=1e-12)
+    assert_efficient(phi, f_x, base)
+    if (m, nsamples) == (12, 2000):
+        assert late  # draws repeated rows whose values were already in: their weight grew afterwards
+
+
+def test_streaming_kernel_shap_logit_two_outputs_and_l1():
+    phi, batch, f_x, base, _ = _stream_and_deliver(12, 700, 3, prob_model, link="logit", chunk=16, lag=5)
+    np.testing.assert_allclose(phi, batch, rtol=1e-10, atol=1e-12)
+    assert_efficient(phi, f_x, base, link="logit")
+    phi, batch, *_ = _stream_and_deliver(12, 700, 3, two_output_model, chunk=100, lag=1)
+    assert phi.shape == (12, 2)
+    np.testing.assert_allclose(phi, batch, rtol=1e-10, atol=1e-12)
+    for l1 in ("num_features(3)", "aic"):
+        phi, batch, f_x, base, _ = _stream_and_deliver(12, 900, 5, sparse_model, l1_reg=l1, chunk=50, lag=2)
+        np.testing.assert_allclose(phi, batch, rtol=1e-9, atol=1e-10)
+        assert_efficient(phi, f_x, base)
+
+
+def test_stream_bytes_bounds_the_measured_memory():
+    import tracemalloc
+
+    import sklearn.linear_model  # noqa: F401  (imported by the l1 selection; not part of a request's memory)
+    import sklearn.pipeline  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
+
+    for m, nsamples, l1 in ((200, 20000, None), (60, 4000, "aic"), (13, 20000, "num_features(10)")):
+        beta = np.random.default_rng(0).normal(size=m)
+        tracemalloc.start()
+        try:
+            stream = CoalitionStream(m, nsamples, np.random.default_rng(1))
+            reg = StreamingKernelShap(stream, "identity", l1)
+            start = 0
+            for masks in stream.chunks(512):
+                for a in range(0, len(masks), 64):
+                    reg.add(np.arange(start + a, start + min(a + 64, len(masks))), masks[a : a + 64],
+                            masks[a : a + 64] @ beta)
+                start += len(masks)
+            reg.solve(1.0, 0.0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= stream_bytes(m, nsamples, l1 is not None), (m, nsamples, l1, peak)
+    for m, l1 in ((300, False), (300, True), (13, True), (2, False)):
+        most = max_stream_nsamples(m, l1, 1 << 30)
+        assert stream_bytes(m, most, l1) <= 1 << 30
+        if m > 30:
+            assert stream_bytes(m, most + 1, l1) > 1 << 30
+    assert stream_bytes(2, 10**9, True) == stream_bytes(2, 2, True)  # 2 players: at most 2 coalitions
+
+
+def test_tabular_nsamples_over_the_memory_budget_is_refused():
+    from explaind.config import Settings
+    from explaind.errors import InvalidArgument
+    from explaind.methods.base import ModelView
+    from explaind.methods.kernel_shap import KernelShap
+    from explaind.onnxgraph.signature import ModelSignature
+
+    view = ModelView("tabular", ModelSignature("x", "y", (40,), "tabular", "probabilities"), np.zeros((5, 40)))
+    settings = Settings()
+    most = max_stream_nsamples(40, True, settings.max_request_memory_bytes)  # l1_reg num_features(10) by default
+    assert KernelShap().resolve({"nsamples": most}, view, settings)["l1_reg"] == "num_features(10)"
+    with pytest.raises(InvalidArgument) as err:
+        KernelShap().resolve({"nsamples": most + 1}, view, settings)
+    assert err.value.field == "kernel_shap.nsamples"
+    for words in (f"at most {most} for the model's 40 features", "l1_reg num_features(10)",
+                  "max_request_memory_bytes of 1073741824", f"got {most + 1}"):
+        assert words in err.value.message, err.value.message
+    # without l1_reg only a dedup key per coalition stays: the row budget binds first
+    assert KernelShap().resolve({"nsamples": 399_998, "l1_reg": "none"}, view, settings)["nsamples"] == 399_998

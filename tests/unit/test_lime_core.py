@@ -219,3 +219,117 @@ def test_tabular_independent_sampling_correlates(name):
     r = np.corrcoef(coef, _as_vector(exp.local_exp[1], f))[0, 1]
     print(f"tabular {name} independent-sampling Pearson r = {r:.4f} over {f} features")
     assert r >= 0.9
+
+
+# ---------------------------------------------------------------------------- streaming and memory
+
+
+@pytest.mark.parametrize("make", [lambda: np.random.default_rng(3), lambda: np.random.RandomState(3)],
+                         ids=["Generator", "RandomState"])
+@pytest.mark.parametrize("chunk", [1, 100, 256, 5000])
+def test_image_coalition_chunks_are_one_draw(make, chunk):
+    s, n = 37, 1201
+    rng = make()
+    if isinstance(rng, np.random.RandomState):  # the draw as lime_image.data_labels makes it, at once
+        expected = rng.randint(0, 2, n * s).reshape((n, s)).astype(bool)
+    else:
+        expected = rng.integers(0, 2, (n, s)).astype(bool)
+    expected[0] = True
+    streamed_rng = make()
+    parts = list(lc.image_coalition_chunks(s, n, streamed_rng, chunk))
+    assert all(p.dtype == bool and len(p) == chunk for p in parts[:-1])
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+    np.testing.assert_array_equal(lc.sample_image_coalitions(s, n, make()), expected)
+    after = rng.randint(0, 10**9) if isinstance(rng, np.random.RandomState) else rng.integers(0, 10**9)
+    after_streamed = (streamed_rng.randint(0, 10**9) if isinstance(streamed_rng, np.random.RandomState)
+                      else streamed_rng.integers(0, 10**9))
+    assert after == after_streamed  # and the generator ends in the same state
+
+
+def test_lime_reducer_on_streamed_image_chunks_equals_sklearn_ridge():
+    from explaind.methods.lime import CHUNK_ROWS, LimeReducer
+    from explaind.methods.superpixels import Superpixels
+    from explaind.onnxgraph.variants import SCORE_OUTPUT
+
+    s, n = 45, 3000
+    labels = np.arange(64 * 64).reshape(64, 64) % s
+    sp = Superpixels(labels, s, np.zeros((64, 64, 3), np.float32), "NHWC")
+    beta = np.random.default_rng(0).normal(size=s)
+    noise = np.random.default_rng(1)
+    reducer = LimeReducer(None, None, 1.0, labels, num_features=s, kernel_width=0.3)
+    sent = []
+    for chunk in sp.rows(lc.image_coalition_chunks(s, n, np.random.default_rng(9), CHUNK_ROWS)):
+        assert chunk["coalition"].shape == (len(chunk["row"]), sp.width)  # padded to the variant's width
+        for piece in np.array_split(np.arange(len(chunk["row"])), 3):  # batches cut chunks anywhere
+            codes = {k: v[piece] for k, v in chunk.items()}
+            score = 1.0 / (1.0 + np.exp(-(codes["coalition"][:, :s] @ beta * 0.3))) + noise.normal(scale=0.01,
+                                                                                                  size=len(piece))
+            sent.append(score.astype(np.float32))
+            reducer.consume(codes, {SCORE_OUTPUT: sent[-1]}, {})
+    # The direct computation: all rows at once, sklearn's weighted Ridge(alpha=1).
+    z = lc.sample_image_coalitions(s, n, np.random.default_rng(9)).astype(np.float64)
+    y = np.concatenate(sent).astype(np.float64)
+    w = lc.image_kernel_weights(z, 0.3)
+    ref = Ridge(alpha=1.0, fit_intercept=True).fit(z, y, sample_weight=w)
+    coef, intercept, r2 = reducer.solve()
+    np.testing.assert_allclose(coef, ref.coef_, atol=1e-8, rtol=0)
+    assert abs(intercept - ref.intercept_) < 1e-8
+    assert abs(r2 - ref.score(z, y, sample_weight=w)) < 1e-8
+    np.testing.assert_array_equal(reducer.attribution(), coef[labels])
+
+
+def test_memory_estimates_bound_the_measured_peaks():
+    import tracemalloc
+
+    s = 600
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    try:
+        acc = lc.RidgeAccumulator(s)
+        for _ in range(3):
+            z = rng.integers(0, 2, (256, s)).astype(np.float32)
+            acc.add(z, z.sum(axis=1) * 0.01, lc.image_kernel_weights(z))
+        acc.solve()
+        ridge_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ridge_peak <= lc.ridge_bytes(s)
+    most = lc.max_ridge_features(1 << 30)
+    assert lc.ridge_bytes(most) <= 1 << 30 < lc.ridge_bytes(most + 1)
+
+    for features, n in ((13, 40000), (2, 60000), (60, 8000)):
+        background = np.random.default_rng(1).normal(size=(100, features))
+        discretizer = lc.QuartileDiscretizer(background)
+        tracemalloc.start()
+        try:  # what Lime._plan_tabular draws up front and keeps
+            binary, samples = discretizer.sample(background[3], n, np.random.default_rng(2))
+            weights = lc.tabular_kernel_weights(binary)
+            rows = samples.astype(np.float32)
+            del samples
+            acc = lc.RidgeAccumulator(features)
+            acc.add(binary[:256], rows[:256, 0], weights[:256])
+            acc.solve()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= lc.tabular_sample_bytes(n, features), (features, n, peak)
+        most = lc.max_tabular_samples(features, 1 << 30)
+        assert lc.tabular_sample_bytes(most, features) <= 1 << 30 < lc.tabular_sample_bytes(most + 1, features)
+
+
+def test_tabular_num_samples_over_the_memory_budget_is_refused():
+    from explaind.config import Settings
+    from explaind.errors import InvalidArgument
+    from explaind.methods.base import ModelView
+    from explaind.methods.lime import Lime
+    from explaind.onnxgraph.signature import ModelSignature
+
+    view = ModelView("tabular", ModelSignature("x", "y", (13,), "tabular", "probabilities"), np.zeros((10, 13)))
+    settings = Settings(max_request_memory_bytes=100 << 20)
+    most = lc.max_tabular_samples(13, 100 << 20)
+    assert Lime().resolve({"num_samples": most}, view, settings)["num_samples"] == most
+    with pytest.raises(InvalidArgument) as err:
+        Lime().resolve({"num_samples": most + 1}, view, settings)
+    assert err.value.field == "lime.num_samples"
+    for words in (f"at most {most}", "13 features", "max_request_memory_bytes of 104857600", f"got {most + 1}"):
+        assert words in err.value.message, err.value.message

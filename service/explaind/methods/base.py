@@ -10,6 +10,7 @@ reports progress and partial maps.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -131,16 +132,23 @@ class Method(ABC):
         return {}
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        plan = self.plan(params, ctx)
+        # plan and finish may take a while (segmenting a large image, a regression over many samples):
+        # they run in a worker thread so the event loop keeps serving other requests meanwhile. Both
+        # touch only this request's state; the job itself is fed and consumed on the event loop.
+        plan = await asyncio.to_thread(self.plan, params, ctx)
         progress = _ProgressReporter(plan, ctx)
         job = Job(constants=plan.constants, rows=plan.rows, total_rows=plan.total_rows,
                   consume=progress.consume, deadline=ctx.deadline, label=self.name)
         await ctx.engine.run(ctx.served, plan.spec, job)
-        return MethodResult(
-            attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
-            model_evaluations=job.stats.rows * plan.evaluations_per_row, batches=job.stats.batches,
-            queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
-            extras=self.extras(params, ctx, plan.reducer), outputs=self.outputs(params, ctx, plan.reducer))
+
+        def result() -> MethodResult:
+            return MethodResult(
+                attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
+                model_evaluations=job.stats.rows * plan.evaluations_per_row, batches=job.stats.batches,
+                queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
+                extras=self.extras(params, ctx, plan.reducer), outputs=self.outputs(params, ctx, plan.reducer))
+
+        return await asyncio.to_thread(result)
 
 
 class _ProgressReporter:

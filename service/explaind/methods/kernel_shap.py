@@ -8,8 +8,11 @@ when 2^M - 2 <= nsamples, else complete subset sizes then paired samples; defaul
 sum(phi) = g(f(x)) - g(E[f(background)]) with link g identity (default) or logit; l1 feature selection
 "num_features(k)", "aic" or "bic" (default: off for M <= 10, num_features(10) above, as METHODS.md).
 Each coalition is one row (its mask); the graph expands it over the background, so a request costs
-nsamples * B model evaluations. Score: the probability by default. The response's figures hold
-base_value and f_x.
+nsamples * B model evaluations. Coalitions are drawn chunk by chunk as the engine takes rows (the
+same rows as shap's scheme drawn at once) and folded into the regression's statistics as results
+come; what stays per coalition (its dedup key, and with l1_reg its row) is bounded by
+max_request_memory_bytes, checked before the request starts. Score: the probability by default.
+The response's figures hold base_value and f_x.
 Images: superpixels (quickshift by default, as LIME) are the players; an absent superpixel shows
 the blurred image (default, Gaussian sigma 5 px), its mean colour, or a value; coalitions travel as
 bit-vector rows through the same superpixel prefix as LIME; base_value is f of the all-absent image.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -28,25 +31,26 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import (PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param,
-                   row_chunks)
+from .base import PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
 from .gradient_base import choice_param
-from .kernel_shap_core import KernelShapAccumulator, default_nsamples, sample_coalitions
+from .kernel_shap_core import (CoalitionStream, StreamingKernelShap, default_nsamples, max_stream_nsamples,
+                               stream_bytes)
 from .superpixels import segment_means, superpixels
 
 CHUNK_ROWS = 512
 
 
 class KernelShapReducer(Reducer):
-    """Rows 0 and 1 are the full and the empty coalition (f(x), the base value); then the samples."""
+    """Rows 0 and 1 are the full and the empty coalition (f(x), the base value); then the stream's rows,
+    whose masks come back with their results (the `code` codes, the first M columns)."""
 
-    def __init__(self, masks: np.ndarray, weights: np.ndarray, link: str, l1_reg: str | None,
+    def __init__(self, stream: CoalitionStream, link: str, l1_reg: str | None, code: str,
                  segments: np.ndarray | None = None) -> None:
         self.segments = segments
         self.link = link
-        self.masks = masks
-        self.weights = weights
-        self.accumulator = KernelShapAccumulator(masks.shape[1], link, l1_reg)
+        self.code = code
+        self.num_players = stream.m
+        self.regression = StreamingKernelShap(stream, link, l1_reg)  # type: ignore[arg-type]
         self.f_x: float | None = None
         self.base: float | None = None
         self.seen = 0
@@ -64,19 +68,47 @@ class KernelShapReducer(Reducer):
                 setattr(self, name, float(values[hit][0]))
         sampled = ids >= 2
         if sampled.any():
-            index = ids[sampled] - 2
-            self.accumulator.add(self.masks[index], self.weights[index], values[sampled])
+            masks = codes[self.code][sampled, :self.num_players] > 0.5
+            self.regression.add(ids[sampled] - 2, masks, values[sampled])
             self.seen += int(sampled.sum())
 
     def phi(self) -> np.ndarray:
-        one_player = self.masks.shape[1] == 1  # no coalition rows: phi = f(x) - base directly
-        if self.f_x is None or self.base is None or (self.seen == 0 and not one_player):
-            return np.zeros(self.masks.shape[1])
-        return self.accumulator.solve(self.f_x, self.base)
+        one_player = self.num_players == 1  # no coalition rows: phi = f(x) - base directly
+        if self.f_x is None or self.base is None or (self.regression.count == 0 and not one_player):
+            return np.zeros(self.num_players)
+        return self.regression.solve(self.f_x, self.base)
 
     def attribution(self) -> np.ndarray:
         phi = self.phi()
         return phi if self.segments is None else phi[self.segments]
+
+
+def coalition_chunks(stream: CoalitionStream) -> Iterator[np.ndarray]:
+    """The full and the empty coalition, then the stream's rows drawn chunk by chunk as the engine takes them."""
+    yield np.stack([np.ones(stream.m, bool), np.zeros(stream.m, bool)])
+    yield from stream.chunks(CHUNK_ROWS)
+
+
+def mask_rows(chunks: Iterable[np.ndarray]) -> Iterator[RowChunk]:
+    """Tabular rows: {"row": ids, "mask": float32 mask} per chunk of coalitions."""
+    start = 0
+    for chunk in chunks:
+        yield {"row": np.arange(start, start + len(chunk), dtype=np.int64), "mask": chunk.astype(np.float32)}
+        start += len(chunk)
+
+
+def check_memory(nsamples: int, num_players: int, l1_reg: str, budget: int, players: str) -> None:
+    """Refuse nsamples whose working memory (:func:`stream_bytes`) would not fit the budget."""
+    l1 = l1_reg != "none"
+    if stream_bytes(num_players, nsamples, l1) <= budget:
+        return
+    most = max_stream_nsamples(num_players, l1, budget)
+    if l1:
+        why = f"with l1_reg {l1_reg} every coalition's row is kept for the feature selection"
+    else:
+        why = "each sampled coalition is remembered to count repeated draws"
+    raise InvalidArgument("kernel_shap.nsamples", f"at most {most} for the {players} ({why}; the request's working "
+                          f"memory must fit the server's max_request_memory_bytes of {budget})", nsamples)
 
 
 def parse_l1(value: str, num_features: int | None) -> str | None:
@@ -172,6 +204,8 @@ class KernelShap(Method):
             raise InvalidArgument(f"{self.name}.nsamples", f"at most {settings.max_rows_per_request} model "
                                   "evaluations (nsamples x background rows; the server's max_rows_per_request)",
                                   f"{params['nsamples']} x {background} = {evaluations}")
+        check_memory(params["nsamples"], num_features, params["l1_reg"], settings.max_request_memory_bytes,
+                     f"model's {num_features} features")
         return params
 
     def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
@@ -188,18 +222,15 @@ class KernelShap(Method):
             summary = shap.kmeans(background, params["background_kmeans"])
             background = np.asarray(summary.data, np.float32)
             weights = np.asarray(summary.weights, np.float64) / np.sum(summary.weights)
-        num_features = ctx.x.shape[0]
-        masks, kernel_weights = sample_coalitions(num_features, params["nsamples"], ctx.rng)
-        ends = np.stack([np.ones(num_features, bool), np.zeros(num_features, bool)])
-        all_masks = np.concatenate([ends, masks]).astype(np.float32)
-        total = len(all_masks)
-        rows = row_chunks({"mask": all_masks}, CHUNK_ROWS)
+        stream = CoalitionStream(ctx.x.shape[0], params["nsamples"], ctx.rng)
+        rows = mask_rows(coalition_chunks(stream))
         constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), "background": background,
                      "background_weights": weights.astype(np.float32)}
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
-        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1)
+        reducer = KernelShapReducer(stream, params["link"], l1, "mask")
         spec = VariantSpec(COALITION_TABULAR, ctx.score, background_rows=len(background))
-        return Plan(spec, constants, rows, total, reducer, partial_maps=True, evaluations_per_row=len(background))
+        return Plan(spec, constants, rows, stream.total + 2, reducer, partial_maps=True,
+                    evaluations_per_row=len(background))
 
     def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         sp = superpixels(ctx, params["segmentation"])
@@ -207,6 +238,14 @@ class KernelShap(Method):
             raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(sp.count)} for the {sp.count} "
                                   f"superpixels {params['segmentation']} made of this image (the regression has "
                                   "one unknown per superpixel but one)", params["nsamples"])
+        budget = ctx.settings.max_request_memory_bytes
+        if stream_bytes(sp.count, min_nsamples(sp.count), params["l1_reg"] != "none") > budget:
+            raise InvalidArgument(f"{self.name}.segmentation", f"a segmentation with fewer superpixels than the "
+                                  f"{sp.count} {params['segmentation']} made of this image (their {sp.count} x "
+                                  f"{sp.count} regression statistics must fit the server's max_request_memory_bytes "
+                                  f"of {budget})", params["segmentation"])
+        check_memory(params["nsamples"], sp.count, params["l1_reg"], budget,
+                     f"{sp.count} superpixels {params['segmentation']} made of this image")
         if params["fill"] == "value":
             absent = np.full_like(sp.hwc, params["fill_value"])
         elif params["fill"] == "blur":
@@ -215,13 +254,11 @@ class KernelShap(Method):
             absent = gaussian(sp.hwc.astype(np.float64), sigma=params["blur_sigma"], channel_axis=-1).astype(np.float32)
         else:
             absent = segment_means(sp.hwc, sp.labels)
-        masks, kernel_weights = sample_coalitions(sp.count, params["nsamples"], ctx.rng)
-        ends = np.stack([np.ones(sp.count, bool), np.zeros(sp.count, bool)])
-        coalitions = np.concatenate([ends, masks])
+        stream = CoalitionStream(sp.count, params["nsamples"], ctx.rng)
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
-        reducer = KernelShapReducer(masks, kernel_weights, params["link"], l1, sp.labels)
-        return Plan(sp.spec(ctx.score), sp.constants(ctx, absent), sp.rows(coalitions), len(coalitions), reducer,
-                    partial_maps=True)
+        reducer = KernelShapReducer(stream, params["link"], l1, "coalition", sp.labels)
+        return Plan(sp.spec(ctx.score), sp.constants(ctx, absent), sp.rows(coalition_chunks(stream)),
+                    stream.total + 2, reducer, partial_maps=True)
 
     def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
         return {"base_value": float(reducer.base), "f_x": float(reducer.f_x)}  # type: ignore[attr-defined]

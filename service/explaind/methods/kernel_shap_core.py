@@ -35,10 +35,11 @@ Deviations from shap (documented on purpose):
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -46,7 +47,9 @@ Link = Literal["identity", "logit"]
 L1Reg = str | float | None
 
 __all__ = [
+    "CoalitionStream",
     "KernelShapAccumulator",
+    "StreamingKernelShap",
     "coalition_inputs",
     "coalition_values",
     "default_nsamples",
@@ -54,6 +57,7 @@ __all__ = [
     "sample_coalitions",
     "shapley_kernel_weight",
     "solve",
+    "stream_bytes",
 ]
 
 _NUM_FEATURES = re.compile(r"^num_features\((\d+)\)$")
@@ -97,87 +101,195 @@ def sample_coalitions(m: int, nsamples: int, rng: np.random.Generator) -> tuple[
     sizes are sampled (size drawn by kernel mass, a random subset, then its complement), repeated
     draws add 1 to the existing row's weight, and the sampled part is rescaled to the kernel mass
     of the sizes not enumerated. Order of rows: shap's (each subset followed by its complement).
+    All rows at once; :class:`CoalitionStream` draws the same rows lazily, chunk by chunk.
     """
-    if m < 1:
-        raise ValueError("need at least one feature")
-    if nsamples < 0:
-        raise ValueError("nsamples must be >= 0")
-    if m == 1:  # no proper non-empty coalition; phi = f(x) - base directly
-        return np.zeros((0, 1), dtype=bool), np.zeros(0)
-    if m <= 30:
-        nsamples = min(nsamples, 2**m - 2)
+    return CoalitionStream(m, nsamples, rng).collect()
 
-    num_subset_sizes = int(np.ceil((m - 1) / 2.0))
-    num_paired = int(np.floor((m - 1) / 2.0))
-    weight_vector = np.array([(m - 1.0) / (i * (m - i)) for i in range(1, num_subset_sizes + 1)])
-    weight_vector[:num_paired] *= 2
-    weight_vector /= np.sum(weight_vector)
 
-    masks: list[np.ndarray] = []
-    weights: list[float] = []
-    num_full = 0
-    samples_left = nsamples
-    remaining = weight_vector.copy()
-    for size in range(1, num_subset_sizes + 1):
-        nsubsets = math.comb(m, size) * (2 if size <= num_paired else 1)
-        if samples_left * remaining[size - 1] / nsubsets < 1.0 - 1e-8:
-            break
-        num_full += 1
-        samples_left -= nsubsets
-        if remaining[size - 1] < 1.0:
-            remaining /= 1 - remaining[size - 1]
-        w = weight_vector[size - 1] / math.comb(m, size)
-        if size <= num_paired:
-            w /= 2.0
-        for inds in itertools.combinations(range(m), size):
-            mask = np.zeros(m, dtype=bool)
-            mask[list(inds)] = True
-            masks.append(mask)
-            weights.append(w)
+class CoalitionStream:
+    """The coalitions of :func:`sample_coalitions`, drawn lazily chunk by chunk: the same rows in the same
+    order from the same random draws, without holding them all.
+
+    ``total`` rows, known up front: ``fixed`` enumerated rows first (weights known, ``fixed_weights``),
+    then the sampled rows. A sampled row's weight is its draw count (``counts``: 1, plus 1 for every later
+    draw that repeats it, as shap counts) times ``sampled_scale()`` (the sampled sizes' kernel mass over
+    the draws so far), so it is final only once every row has been drawn: a row's count may grow after
+    the row was handed out, and ``on_repeat(row, mask)`` (row numbers count from the first sampled row)
+    is told when it does. shap gives up after 4 nsamples size draws (possible only when nearly all of a
+    sampled size's subsets are needed) and returns fewer rows; the stream then fills ``total`` with
+    padding rows (every player present) of count 0, so weight 0, which leave a regression unchanged;
+    ``real_rows`` counts the rows before them.
+
+    Memory: per sampled row one packed-bit key in the dedup set and its count (see :func:`stream_bytes`),
+    nothing per enumerated row. Time: a few microseconds per sampled row (M = 300), spread over the chunks.
+    """
+
+    DRAW_BLOCK = 1 << 16
+
+    def __init__(self, m: int, nsamples: int, rng: np.random.Generator) -> None:
+        if m < 1:
+            raise ValueError("need at least one feature")
+        if nsamples < 0:
+            raise ValueError("nsamples must be >= 0")
+        self.m = m
+        self.rng = rng
+        self.on_repeat: Callable[[int, np.ndarray], None] | None = None
+        self.made = 0            # sampled rows drawn so far
+        self._drawn = 0.0        # sum of counts: draws of sampled sizes so far (shap's sum of sampled weights)
+        self._started = False
+        # enumerated sizes: (size, rows, weight of each row, paired with its complement)
+        self._sizes: list[tuple[int, int, float, bool]] = []
+        self._num_full = self._num_paired = 0
+        self._mass = 0.0
+        self._probs = np.zeros(0)
+        if m == 1:  # no proper non-empty coalition; phi = f(x) - base directly
+            self.fixed = self.total = 0
+            self.counts = np.zeros(0)
+            return
+        if m <= 30:
+            nsamples = min(nsamples, 2**m - 2)
+
+        num_subset_sizes = int(np.ceil((m - 1) / 2.0))
+        num_paired = int(np.floor((m - 1) / 2.0))
+        weight_vector = np.array([(m - 1.0) / (i * (m - i)) for i in range(1, num_subset_sizes + 1)])
+        weight_vector[:num_paired] *= 2
+        weight_vector /= np.sum(weight_vector)
+
+        num_full = 0
+        samples_left = nsamples
+        remaining = weight_vector.copy()
+        for size in range(1, num_subset_sizes + 1):
+            nsubsets = math.comb(m, size) * (2 if size <= num_paired else 1)
+            if samples_left * remaining[size - 1] / nsubsets < 1.0 - 1e-8:
+                break
+            num_full += 1
+            samples_left -= nsubsets
+            if remaining[size - 1] < 1.0:
+                remaining /= 1 - remaining[size - 1]
+            w = weight_vector[size - 1] / math.comb(m, size)
             if size <= num_paired:
-                masks.append(~mask)
-                weights.append(w)
+                w /= 2.0
+            self._sizes.append((size, nsubsets, w, size <= num_paired))
+        self.fixed = sum(rows for _, rows, _, _ in self._sizes)
+        samples_left = nsamples - self.fixed
+        sampling = num_full != num_subset_sizes and samples_left > 0
+        self.total = self.fixed + (samples_left if sampling else 0)
+        self.counts = np.zeros(self.total - self.fixed)
+        self._num_full, self._num_paired = num_full, num_paired
+        if sampling:
+            probs = weight_vector.copy()
+            probs[:num_paired] /= 2  # two rows per draw for paired sizes
+            probs = probs[num_full:]
+            self._probs = probs / np.sum(probs)
+            self._mass = np.sum(weight_vector[num_full:])
+        self._ends = np.cumsum([rows for _, rows, _, _ in self._sizes])
+        self._fixed_w = np.array([w for _, _, w, _ in self._sizes])
 
-    n_fixed = len(masks)
-    samples_left = nsamples - n_fixed
-    if num_full != num_subset_sizes and samples_left > 0:
-        probs = weight_vector.copy()
-        probs[:num_paired] /= 2  # two rows per draw for paired sizes
-        probs = probs[num_full:]
-        probs /= np.sum(probs)
-        draws = rng.choice(len(probs), 4 * samples_left, p=probs)
+    @property
+    def real_rows(self) -> int:
+        """Rows that are not padding (all of them unless shap's draws ran out); final once all are drawn."""
+        return self.fixed + self.made
+
+    def fixed_weights(self, rows: np.ndarray) -> np.ndarray:
+        """Kernel weights of enumerated rows (row numbers < fixed)."""
+        return self._fixed_w[np.searchsorted(self._ends, np.asarray(rows), side="right")]
+
+    def sampled_scale(self) -> float:
+        """A sampled row's weight per draw: the sampled sizes' kernel mass over the draws so far."""
+        return float(self._mass / self._drawn) if self._drawn else 0.0
+
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """Kernel weights of rows as drawn so far (final once every row is drawn; padding rows 0)."""
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros(rows.shape)
+        fixed = rows < self.fixed
+        out[fixed] = self.fixed_weights(rows[fixed])
+        out[~fixed] = self.counts[rows[~fixed] - self.fixed] * self.sampled_scale()
+        return out
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """All ``total`` rows in order, ``size`` at a time (bool [n, M]); can be iterated once."""
+        if self._started:
+            raise RuntimeError("a coalition stream is drawn once")
+        self._started = True
+        source = itertools.chain(self._enumerated(), self._sampled(), itertools.repeat(np.ones(self.m, bool)))
+        for start in range(0, self.total, size):
+            n = min(size, self.total - start)
+            chunk = np.empty((n, self.m), bool)
+            for i, mask in zip(range(n), source):
+                chunk[i] = mask
+            yield chunk
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray]:
+        """(masks bool [S, M], weights [S]) of the real rows, all at once (:func:`sample_coalitions`)."""
+        if self.total == 0:
+            return np.zeros((0, self.m), dtype=bool), np.zeros(0)
+        masks = np.concatenate(list(self.chunks(4096)))[: self.real_rows]
+        return masks, self.weights(np.arange(len(masks)))
+
+    def _enumerated(self) -> Iterator[np.ndarray]:
+        for size, _, _, paired in self._sizes:
+            for inds in itertools.combinations(range(self.m), size):
+                mask = np.zeros(self.m, dtype=bool)
+                mask[list(inds)] = True
+                yield mask
+                if paired:
+                    yield ~mask
+
+    def _size_draws(self, count: int) -> Iterator[int]:
+        """The subset sizes (less num_full + 1) of shap's ``choice(len(probs), count, p=probs)``, lazily.
+
+        shap draws them all before the first subset. Here a copy of the generator yields them block by
+        block (Generator.choice's own algorithm: searchsorted of uniform draws in the normalised cdf) while
+        the generator itself skips past them, so the subsets come from the same place in the random
+        stream, without the count draws held or searched at once.
+        """
+        cdf = self._probs.cumsum()
+        cdf /= cdf[-1]
+        draws_rng = copy.deepcopy(self.rng)
+        for start in range(0, count, self.DRAW_BLOCK):
+            self.rng.random(min(self.DRAW_BLOCK, count - start))
+        for start in range(0, count, self.DRAW_BLOCK):
+            yield from cdf.searchsorted(draws_rng.random(min(self.DRAW_BLOCK, count - start)), side="right").tolist()
+
+    def _sampled(self) -> Iterator[np.ndarray]:
+        left = self.total - self.fixed
+        if left <= 0:
+            return
+        m, num_full, num_paired = self.m, self._num_full, self._num_paired
         used: dict[bytes, int] = {}
-        sampled_w: list[float] = []
-        pos = 0
-        while samples_left > 0 and pos < len(draws):
-            size = int(draws[pos]) + num_full + 1
-            pos += 1
+        for draw in self._size_draws(4 * left):
+            if left <= 0:
+                break
+            size = draw + num_full + 1
             mask = np.zeros(m, dtype=bool)
-            mask[rng.permutation(m)[:size]] = True
-            key = mask.tobytes()
-            new = key not in used
-            if new:
-                used[key] = len(sampled_w)
-                masks.append(mask)
-                sampled_w.append(1.0)
-                samples_left -= 1
+            mask[self.rng.permutation(m)[:size]] = True
+            key = np.packbits(mask).tobytes()
+            row = used.get(key)
+            if row is None:
+                row = used[key] = self.made
+                self._new_row()
+                left -= 1
+                yield mask
+                if left > 0 and size <= num_paired:
+                    self._new_row()
+                    left -= 1
+                    yield ~mask
             else:
-                sampled_w[used[key]] += 1.0
-            if samples_left > 0 and size <= num_paired:
-                if new:
-                    masks.append(~mask)
-                    sampled_w.append(1.0)
-                    samples_left -= 1
-                else:  # the complement is the row after the original
-                    sampled_w[used[key] + 1] += 1.0
-        if sampled_w:
-            sw = np.asarray(sampled_w)
-            sw *= np.sum(weight_vector[num_full:]) / sw.sum()
-            weights.extend(sw.tolist())
+                self._repeat(row, mask)
+                if size <= num_paired:  # left > 0 here: the loop runs while rows are left
+                    self._repeat(row + 1, ~mask)
 
-    if not masks:
-        return np.zeros((0, m), dtype=bool), np.zeros(0)
-    return np.stack(masks), np.asarray(weights, dtype=np.float64)
+    def _new_row(self) -> None:
+        self.counts[self.made] = 1.0
+        self.made += 1
+        self._drawn += 1.0
+
+    def _repeat(self, row: int, mask: np.ndarray) -> None:
+        self.counts[row] += 1.0
+        self._drawn += 1.0
+        if self.on_repeat is not None:
+            self.on_repeat(row, mask)
 
 
 def coalition_inputs(x: np.ndarray, background: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -301,6 +413,23 @@ class KernelShapAccumulator:
         if self.l1_reg is not None:
             self._rows.append((z, w, gv))
 
+    def merge(self, other: "KernelShapAccumulator", scale: float = 1.0) -> None:
+        """Add another accumulator's statistics (not its rows), its weights multiplied by ``scale``."""
+        if other.m != self.m:
+            raise ValueError("accumulators disagree on M")
+        if other._k is None:
+            return
+        if self._k is None:
+            self._k, self._squeeze = other._k, other._squeeze
+            self._p = np.zeros((self.m, self._k))
+        elif other._k != self._k:
+            raise ValueError("number of outputs differs between accumulators")
+        assert self._p is not None and other._p is not None
+        self._gram += scale * other._gram
+        self._g += scale * other._g
+        self._p += scale * other._p
+        self.count += other.count
+
     def solve(self, f_x: np.ndarray | float, base_value: np.ndarray | float) -> np.ndarray:
         """phi [M] (or [M, K]) with sum(phi) = g(f(x)) - g(base); f_x and base in model-output space."""
         k = self._k if self._k is not None else np.asarray(f_x).size
@@ -365,3 +494,118 @@ def solve(
     acc = KernelShapAccumulator(masks.shape[1], link=link, l1_reg=l1_reg)
     acc.add(masks, weights, values_per_coalition)
     return acc.solve(f_x, base_value)
+
+
+class StreamingKernelShap:
+    """Kernel SHAP over a :class:`CoalitionStream` whose values arrive in chunks, in any order, while the
+    stream is still drawing; once every row is in, :meth:`solve` equals :func:`solve` on
+    :func:`sample_coalitions`' masks and weights (to rounding).
+
+    Without l1_reg: the enumerated rows' weighted statistics, the sampled rows' statistics weighted by
+    draw counts (rescaled by the stream's ``sampled_scale`` at solve time), and each sampled row's value
+    (8 bytes per output and a flag), so that a later draw repeating a row whose value is already in can
+    add it once more (repeats are added in batches). With l1_reg the rows
+    are kept too (bool masks, values), their weights computed at solve time from the final counts.
+    Padding rows (weight 0) are left out.
+    """
+
+    REPEAT_BATCH = 256
+
+    def __init__(self, stream: CoalitionStream, link: Link = "identity", l1_reg: L1Reg | bool = None) -> None:
+        self.stream = stream
+        self.m = stream.m
+        self.link: Link = link
+        self.l1_reg = _parse_l1(l1_reg)
+        self.fixed = KernelShapAccumulator(self.m, link)
+        self.sampled = KernelShapAccumulator(self.m, link)
+        self.count = 0
+        self._values: np.ndarray | None = None  # [sampled rows, K] values of the rows in
+        self._in = np.zeros(stream.total - stream.fixed, bool)  # which sampled rows are in
+        self._squeeze = False
+        self._pending: list[tuple[int, np.ndarray]] = []
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # l1: (row numbers, masks, values)
+        stream.on_repeat = self._repeat
+
+    def add(self, rows: np.ndarray, masks: np.ndarray, values: np.ndarray) -> None:
+        """Values of the stream's rows ``rows`` (row numbers as drawn): masks [n, M], values [n] or [n, K]."""
+        ids = np.asarray(rows, np.int64).ravel()
+        z = np.asarray(masks, bool)
+        v = np.asarray(values, np.float64)
+        if z.ndim != 2 or z.shape != (ids.size, self.m) or v.shape[:1] != (ids.size,) or v.ndim > 2:
+            raise ValueError("expected rows [n], masks [n, M], values [n] or [n, K]")
+        real = ids < self.stream.real_rows
+        if not real.all():  # padding rows: weight 0
+            ids, z, v = ids[real], z[real], v[real]
+        fixed = ids < self.stream.fixed
+        if fixed.any():
+            self.fixed.add(z[fixed], self.stream.fixed_weights(ids[fixed]), v[fixed])
+        sampled = ~fixed
+        if sampled.any():
+            index = ids[sampled] - self.stream.fixed
+            v2 = v[sampled].reshape(int(sampled.sum()), -1)
+            if self._values is None:
+                self._squeeze = v.ndim == 1
+                self._values = np.zeros((self.stream.total - self.stream.fixed, v2.shape[1]))
+            self._values[index] = v2
+            self._in[index] = True
+            self.sampled.add(z[sampled], self.stream.counts[index], v[sampled])
+        if self.l1_reg is not None and ids.size:
+            self._rows.append((ids, z.copy(), v.reshape(ids.size, -1)))
+        self.count += int(ids.size)
+
+    def _repeat(self, row: int, mask: np.ndarray) -> None:
+        if self._in[row]:  # still to come otherwise: it is added with its count then
+            self._pending.append((row, mask.copy()))
+            if len(self._pending) >= self.REPEAT_BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        assert self._values is not None
+        rows = np.array([row for row, _ in self._pending])
+        values = self._values[rows]
+        self.sampled.add(np.stack([mask for _, mask in self._pending]), np.ones(len(rows)),
+                         values[:, 0] if self._squeeze else values)
+        self._pending.clear()
+
+    def solve(self, f_x: np.ndarray | float, base_value: np.ndarray | float) -> np.ndarray:
+        """phi from the rows in so far, with the weights as drawn so far (final once all rows are in)."""
+        self._flush()
+        acc = KernelShapAccumulator(self.m, self.link, self.l1_reg)
+        acc.merge(self.fixed)
+        acc.merge(self.sampled, self.stream.sampled_scale())
+        if self.l1_reg is not None and self._rows:
+            ids, z, v = (np.concatenate(parts) for parts in zip(*self._rows))
+            order = np.argsort(ids, kind="stable")  # the same rows in the same order whatever the batching
+            acc._rows = [(z[order].astype(np.float64), self.stream.weights(ids[order]),
+                          _apply_link(self.link, v[order]))]
+        return acc.solve(f_x, base_value)
+
+
+# Working memory of one request (bytes), for refusing before starting what would not fit. Measured
+# with tracemalloc (tests/unit/test_kernel_shap_core.py checks they stay upper bounds), rounded up.
+STREAM_BYTES_PER_ROW = 200             # per sampled row: dedup key (packed bits) and dict slot, count, value
+L1_BYTES_PER_ROW_AND_PLAYER = 160      # l1_reg: rows kept, then LARS / LassoLarsIC on 2 augmented rows per row
+L1_BYTES_PER_ROW = 300
+GRAM_BYTES_PER_PLAYER2 = 8 * 8         # weighted Gram statistics and the solve's M x M systems
+CHUNK_BYTES_PER_PLAYER = 8 * 8 * 1024  # one chunk's float64 copies (chunks of up to 1024 rows)
+
+
+def stream_bytes(m: int, nsamples: int, l1_reg: bool, outputs: int = 1) -> int:
+    """Upper bound of the working memory of :class:`StreamingKernelShap` over a :class:`CoalitionStream`
+    of M players and nsamples coalitions: per sampled row its dedup key and bookkeeping (about 130 + M/8
+    bytes), with l1_reg the rows themselves and the LARS fit on twice as many float64 rows (about 125 M
+    bytes a row measured, 160 M counted); plus the M x M statistics."""
+    rows = min(nsamples, 2**m - 2) if m <= 30 else nsamples
+    per_row = STREAM_BYTES_PER_ROW + m // 8 + 8 * outputs
+    if l1_reg:
+        per_row += L1_BYTES_PER_ROW + L1_BYTES_PER_ROW_AND_PLAYER * m + 16 * outputs
+    return rows * per_row + GRAM_BYTES_PER_PLAYER2 * m * m + CHUNK_BYTES_PER_PLAYER * m
+
+
+def max_stream_nsamples(m: int, l1_reg: bool, budget: int, outputs: int = 1) -> int:
+    """The largest nsamples whose :func:`stream_bytes` fits ``budget`` (0 when none does)."""
+    fixed = stream_bytes(m, 0, l1_reg, outputs)
+    per_row = stream_bytes(m, 1, l1_reg, outputs) - fixed if m > 1 else 1
+    return max(0, (budget - fixed) // per_row) if budget >= fixed else 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from scipy import stats
@@ -105,16 +105,31 @@ def sample_image_coalitions(num_segments: int, num_samples: int = IMAGE_NUM_SAMP
 
     With a ``np.random.RandomState`` the draws are lime's exactly
     (``randint(0, 2, N * S).reshape(N, S)``); a Generator uses ``integers(0, 2, (N, S))``.
+    All rows at once; :func:`image_coalition_chunks` draws the same rows lazily.
+    """
+    chunks = list(image_coalition_chunks(num_segments, num_samples, rng, 4096))
+    return np.concatenate(chunks) if chunks else np.zeros((0, num_segments), bool)
+
+
+def image_coalition_chunks(num_segments: int, num_samples: int = IMAGE_NUM_SAMPLES, rng: Rng | int | None = None,
+                           chunk_rows: int = 256) -> Iterator[np.ndarray]:
+    """The rows of :func:`sample_image_coalitions`, ``chunk_rows`` at a time (bool [n, S]), drawn lazily.
+
+    The same rows from the same draws: both ``Generator.integers(0, 2)`` and ``RandomState.randint(0, 2)``
+    spend exactly one 32-bit draw per bit (the generator keeps the odd half of a 64-bit draw), so
+    drawing N x S bits in pieces gives the bits of one draw, and leaves the generator in the same state.
     """
     r = _rng(rng)
-    if isinstance(r, np.random.RandomState):
-        bits = r.randint(0, 2, num_samples * num_segments).reshape((num_samples, num_segments))
-    else:
-        bits = r.integers(0, 2, (num_samples, num_segments))
-    z = bits.astype(bool)
-    if num_samples:
-        z[0, :] = True
-    return z
+    for start in range(0, num_samples, chunk_rows):
+        n = min(chunk_rows, num_samples - start)
+        if isinstance(r, np.random.RandomState):
+            bits = r.randint(0, 2, n * num_segments).reshape((n, num_segments))
+        else:
+            bits = r.integers(0, 2, (n, num_segments))
+        z = bits.astype(bool)
+        if start == 0:
+            z[0, :] = True
+        yield z
 
 
 def image_distances(coalitions: np.ndarray) -> np.ndarray:
@@ -473,3 +488,42 @@ class RidgeAccumulator:
         else:
             r2 = 1.0 - ss_res / cyy
         return coef, intercept, r2
+
+
+# --------------------------------------------------------------------------------------------
+# Working memory (bytes), to refuse a request before starting what would not fit
+# --------------------------------------------------------------------------------------------
+
+# Measured with tracemalloc and rounded up (tests/unit/test_lime_core.py checks they stay upper bounds).
+RIDGE_BYTES_PER_FEATURE2 = 5 * 8          # RidgeAccumulator: S x S sums, the chunk's product, the solve's systems
+RIDGE_CHUNK_BYTES_PER_FEATURE = 4 * 8 * 1024  # a chunk's float64 rows and weighted rows (up to 1024 rows)
+TABULAR_BYTES_PER_SAMPLE_AND_FEATURE = 32  # QuartileDiscretizer.sample + kernel weights + float32 rows (~25)
+TABULAR_BYTES_PER_SAMPLE = 320
+
+
+def ridge_bytes(num_features: int) -> int:
+    """Upper bound of :class:`RidgeAccumulator`'s working memory for S features (independent of the rows)."""
+    s = int(num_features)
+    return RIDGE_BYTES_PER_FEATURE2 * s * s + RIDGE_CHUNK_BYTES_PER_FEATURE * s
+
+
+def max_ridge_features(budget: int) -> int:
+    """The largest S whose :func:`ridge_bytes` fits ``budget``."""
+    s = int(math.isqrt(max(0, budget) // RIDGE_BYTES_PER_FEATURE2))
+    while s > 0 and ridge_bytes(s) > budget:
+        s -= 1
+    return s
+
+
+def tabular_sample_bytes(num_samples: int, num_features: int) -> int:
+    """Upper bound of the peak memory of drawing lime_tabular's neighbourhood up front
+    (:meth:`QuartileDiscretizer.sample`, the kernel weights, the rows as float32) and keeping it for the fit,
+    plus the surrogate's statistics."""
+    per_sample = TABULAR_BYTES_PER_SAMPLE_AND_FEATURE * int(num_features) + TABULAR_BYTES_PER_SAMPLE
+    return int(num_samples) * per_sample + ridge_bytes(num_features)
+
+
+def max_tabular_samples(num_features: int, budget: int) -> int:
+    """The largest num_samples whose :func:`tabular_sample_bytes` fits ``budget``."""
+    fixed = tabular_sample_bytes(0, num_features)
+    return max(0, (int(budget) - fixed) // (tabular_sample_bytes(1, num_features) - fixed))

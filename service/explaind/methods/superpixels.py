@@ -9,18 +9,17 @@ share one graph variant). The engine's superpixel prefix (onnxgraph/segments.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..engine.job import RowChunk
 from ..models.inputs import display_image
 from ..onnxgraph.variants import SEGMENTS, VariantSpec
-from .base import MethodContext, row_chunks
+from .base import MethodContext
 from .lime_core import segment
 
 WIDTH_STEP = 32
-CHUNK_ROWS = 256
 
 
 def segment_means(hwc: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -52,12 +51,16 @@ class Superpixels:
         return {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
                 "segments": self.labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
 
-    def rows(self, coalitions: np.ndarray) -> Iterator[RowChunk]:
-        """Chunks of {"row": ids, "coalition": bits padded to the variant's width}."""
-        for chunk in row_chunks({"coalition": coalitions}, CHUNK_ROWS):
-            padded = np.zeros((len(chunk["coalition"]), self.width), np.float32)
-            padded[:, :self.count] = chunk["coalition"]
-            yield {**chunk, "coalition": padded}
+    def rows(self, coalitions: Iterable[np.ndarray]) -> Iterator[RowChunk]:
+        """Chunks of {"row": ids, "coalition": bits padded to the variant's width}, one per chunk of
+        coalition rows (bool [n, count]) as they come: a lazy source is drawn only as the engine takes rows."""
+        start = 0
+        for chunk in coalitions:
+            n = len(chunk)
+            padded = np.zeros((n, self.width), np.float32)
+            padded[:, :self.count] = chunk
+            yield {"row": np.arange(start, start + n, dtype=np.int64), "coalition": padded}
+            start += n
 
 
 def superpixels(ctx: MethodContext, algorithm: str) -> Superpixels:
