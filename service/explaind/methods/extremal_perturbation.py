@@ -34,6 +34,10 @@ Gradient of the score with respect to p:
   area, game and iteration (the extra one reports the score and the mask), 26,400 per area at the
   defaults; reported in Stats.model_evaluations and figures.evaluations_per_iteration.
 Each iteration is one engine job; concurrent requests' iterations share batches.
+Achieved area: TorchRay's penalty is smallest for smooth masks whose mean exceeds a (the smooth max's
+low tails add area that a squared penalty hardly sees: with no score at all its minimum lies ~0.01
+above a = 0.1 and ~0.018 above a = 0.2), so the masks come out slightly larger than a, as TorchRay's
+do; `achieved_area_i` reports each mask's mean.
 Response: the attribution is the sum of the masks over areas (TorchRay's benchmarks sum them), the
 masks themselves in `masks` [A, H, W], and per area i in `figures`: area_i (asked), achieved_area_i
 (the mask's mean), score_i (the target score of the input as the game shows it: preserved where the
