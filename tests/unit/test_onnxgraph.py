@@ -359,6 +359,31 @@ def test_rise_prefix_blends_input_and_fill(opset, layout):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("jobs", [1, 3])
+@pytest.mark.parametrize("opset", OPSETS)
+def test_job_rows_broadcast_like_gathered_rows(opset, jobs):
+    """job_rows gives x0 itself for one job (broadcast) and x0[job_index] for several: either way
+    x0[job_index] once combined with a row tensor."""
+    from explaind.onnxgraph.builder import GraphBuilder
+
+    b = GraphBuilder(opset, "t")
+    x0 = b.input("x0", TensorProto.FLOAT, ["jobs", 2, 3])
+    job_index = b.input("job_index", TensorProto.INT64, ["rows"])
+    rows = b.input("rows", TensorProto.FLOAT, ["rows", 1, 3])
+    b.output(b.op("Mul", [b.job_rows(x0, job_index), rows]), "out", TensorProto.FLOAT, ["rows", 2, 3])
+    graph = helper.make_graph(b.nodes, "t", b.inputs, b.outputs, b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(opset + jobs)
+    x = rng.standard_normal((jobs, 2, 3)).astype(np.float32)
+    index = rng.integers(0, jobs, 7)
+    r = rng.standard_normal((7, 1, 3)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {NAMESPACE + "x0": x, NAMESPACE + "job_index": index, NAMESPACE + "rows": r})
+    np.testing.assert_array_equal(got, x[index] * r)
+
+
 # 4. Score suffix ---------------------------------------------------------------------------------
 
 

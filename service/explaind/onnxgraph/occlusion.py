@@ -31,9 +31,8 @@ def image_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) 
     rows_in = b.unsqueeze(inside(0, 2, height), [2])  # [R, H, 1]
     cols_in = b.unsqueeze(inside(1, 3, width), [1])   # [R, 1, W]
     covered = b.unsqueeze(b.op("And", [rows_in, cols_in]), [sig.channel_axis])
-    x = b.op("Gather", [x0, job_index], axis=0)
     row_fill = b.op("Reshape", [b.op("Gather", [fill, job_index], axis=0), b.const(np.array([-1, 1, 1, 1], np.int64))])
-    return b.op("Where", [covered, row_fill, x])
+    return b.op("Where", [covered, row_fill, b.job_rows(x0, job_index)])
 
 
 def tabular_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) -> str:

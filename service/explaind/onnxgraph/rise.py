@@ -64,13 +64,13 @@ def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, mask: 
     """
     m = b.unsqueeze(mask, [sig.channel_axis])
     if zero_baseline:
-        return b.op("Mul", [b.op("Gather", [x0, job_index], axis=0), m])
+        return b.op("Mul", [b.job_rows(x0, job_index), m])
     fill = b.input("fill", TensorProto.FLOAT, ["jobs"])
     per_job = b.const(np.array([-1] + [1] * len(sig.example_shape), np.int64))
     # (x - fill) is formed once per job, before the rows are gathered: one pass less over the batch.
     centred = b.op("Sub", [x0, b.op("Reshape", [fill, per_job])])
     row_fill = b.op("Reshape", [b.op("Gather", [fill, job_index], axis=0), per_job])
-    return b.op("Add", [b.op("Mul", [b.op("Gather", [centred, job_index], axis=0), m]), row_fill])
+    return b.op("Add", [b.op("Mul", [b.job_rows(centred, job_index), m]), row_fill])
 
 
 def weighted_mask_sum(b: GraphBuilder, mask: str, score: str, job_index: str, x0: str) -> str:

@@ -25,6 +25,7 @@ def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, width:
     spatial = [height, image_width]
     shape = [-1, 1, *spatial] if sig.layout == "NCHW" else [-1, *spatial, 1]
     mask = b.op("Reshape", [on, b.const(np.array(shape, np.int64))])
-    x = b.op("Gather", [x0, job_index], axis=0)
-    f = b.op("Gather", [fill, job_index], axis=0)
-    return b.op("Add", [f, b.op("Mul", [b.op("Sub", [x, f]), mask])])
+    # (x - fill) once per job, then per row: fill + (x - fill) * mask, without copying per-job tensors
+    # to every row when the batch holds one job.
+    centred = b.job_rows(b.op("Sub", [x0, fill]), job_index)
+    return b.op("Add", [b.job_rows(fill, job_index), b.op("Mul", [centred, mask])])
