@@ -79,9 +79,38 @@ def test_a_small_job_is_not_starved_by_a_large_one():
         return small, rows_of_big_when_small_finished
 
     small, big_rows_then = run(main())
-    # Fair shares: 8 of 16 rows per batch go to the small job, so it needs one batch, not 125.
+    # A job within a fair share of the batch (16 / 2 jobs) goes in whole: one batch, not 125.
     assert small.stats.batches == 1
     assert big_rows_then < 2000
+
+
+def test_long_jobs_take_whole_batches_in_turn():
+    """Two long jobs submitted together: each batch holds one job's rows, and the jobs alternate."""
+    async def main():
+        metrics = Metrics()
+        engine = Engine(settings(), metrics)
+        served, _ = served_linear("lin", (1, 4, 4), 3, max_batch_rows=16, max_delay_ms=50)
+        x = np.ones((1, 4, 4), np.float32)
+        order: list[tuple[str, int]] = []
+
+        def job(name: str) -> Job:
+            def chunks():
+                for start in range(0, 160, 7):
+                    yield {"row": np.arange(start, min(start + 7, 160))}
+
+            return Job(constants={"x0": x}, rows=chunks(), total_rows=160,
+                       consume=lambda codes, outputs, slot: order.append((name, len(codes["row"]))))
+
+        jobs = [job("a"), job("b")]
+        await asyncio.gather(*(engine.run(served, PREDICT_SPEC, j) for j in jobs))
+        await engine.close()
+        return metrics, order, jobs
+
+    metrics, order, jobs = run(main())
+    labels = {"model": "lin", "variant": "predict"}
+    assert metrics.registry.get_sample_value("explaind_batch_jobs_sum", labels) == 20  # 20 batches, 1 job each
+    assert order == [("a", 16), ("b", 16)] * 10
+    assert all(job.stats.batches == 10 and job.stats.rows == 160 for job in jobs)
 
 
 def test_queue_bounds_refuse_at_once_and_are_released():

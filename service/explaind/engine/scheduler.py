@@ -1,8 +1,8 @@
 """The row-budget scheduler of one (model, variant, device).
 
 Batches are formed by rows, not requests: up to `max_batch_rows`, waiting at most `max_delay_s` for
-more, taken round-robin across active jobs in fair shares so a 10,000-row job cannot starve a 20-row
-one. Per-job constants are stacked (one slot per job in the batch) and each row carries its slot
+more, taken round-robin across active jobs so a 10,000-row job cannot starve a 20-row one (short jobs
+go in whole, long ones take turns: see `_form_batch`). Per-job constants are stacked (one slot per job in the batch) and each row carries its slot
 index, so rows of different requests share a batch. At most two batches are in flight: one running
 on the device while the next is formed. Results are handed back in batch order.
 """
@@ -144,24 +144,27 @@ class Scheduler:
             self.drop(job)
 
     def _form_batch(self) -> Batch | None:
-        """Take rows round-robin in fair shares until the batch is full or no rows are left."""
+        """Short jobs first, whole; then long jobs in turn, the first in the rotation taking all it can.
+
+        A job with no more rows than a fair share of the batch (max_batch_rows / active jobs) goes in
+        whole, so a short request never waits behind long ones. The rest of the batch goes to the long
+        jobs in rotation order: the rotation moves by one job per batch, so long jobs are served in turn
+        (equal rows over a round) and a batch mostly holds one job's rows, which the prefixes then use
+        without a per-row copy of that job's constants (GraphBuilder.job_rows).
+        """
         capacity = self.max_batch_rows
-        taken: dict[Job, list[RowChunk]] = {}
+        taken: dict[Job, RowChunk] = {}
         active = [job for job in self._jobs if job.remaining > 0]
-        while capacity > 0 and active:
-            share = max(1, capacity // len(active))
-            still_active = []
-            for job in active:
-                if capacity == 0:
-                    break
-                chunk = job.take(min(share, capacity))
-                n = chunk_rows(chunk)
-                capacity -= n
-                self._account.rows -= n
-                taken.setdefault(job, []).append(chunk)
-                if job.remaining > 0:
-                    still_active.append(job)
-            active = still_active
+        share = max(1, capacity // max(1, len(active)))
+        short = [job for job in active if job.remaining <= share]
+        for job in short + [job for job in active if job.remaining > share]:
+            if capacity == 0:
+                break
+            chunk = job.take(min(job.remaining, capacity))
+            n = chunk_rows(chunk)
+            capacity -= n
+            self._account.rows -= n
+            taken[job] = chunk
         for job in [j for j in self._jobs if j.remaining == 0]:
             self._jobs.remove(job)
             self._account.jobs -= 1
@@ -169,9 +172,7 @@ class Scheduler:
         self._report_queue()
         if not taken:
             return None
-        jobs = list(taken)
-        codes = [chunks[0] if len(chunks) == 1 else {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-                 for chunks in taken.values()]
+        jobs, codes = list(taken), list(taken.values())
         counts = [chunk_rows(c) for c in codes]
         now = time.monotonic()
         for job in jobs:
