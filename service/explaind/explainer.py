@@ -186,8 +186,10 @@ class Explainer:
         def keep(codes: dict[str, np.ndarray], rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
             result.update({k: v[0] for k, v in rows.items()})
 
+        # Eager: the request waits on this one row before it can submit any other, so the scheduler
+        # does not hold it max_delay_ms for company (predictions queued meanwhile still share a batch).
         job = Job(constants={"x0": x}, rows=iter([{"row": np.zeros(1, np.int64)}]), total_rows=1,
-                  consume=keep, deadline=deadline, label="predict")
+                  consume=keep, deadline=deadline, label="predict", eager=True)
         await self.engine.run(served, VariantSpec(PREDICT), job)
         logits = result[RAW_OUTPUT] if served.signature.scores == "logits" else None
         return result[PROBABILITIES_OUTPUT], logits
