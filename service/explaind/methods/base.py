@@ -178,6 +178,13 @@ class _ProgressReporter:
 
 # Parameter validation helpers: every message names the field, what was expected and what came.
 
+def refuse_given(given: Mapping[str, Any], method: str, names: tuple[str, ...], expected: str) -> None:
+    """Parameters that do not apply here (e.g. image-only ones on a tabular model): refused, not ignored."""
+    for name in names:
+        if name in given:
+            raise InvalidArgument(f"{method}.{name}", expected, given[name])
+
+
 def int_param(given: Mapping[str, Any], method: str, name: str, default: int, low: int, high: int) -> int:
     value = given.get(name, default)
     if not low <= value <= high:

@@ -31,7 +31,8 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param
+from .base import (PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param,
+                   refuse_given)
 from .gradient_base import choice_param
 from .kernel_shap_core import (CoalitionStream, StreamingKernelShap, default_nsamples, max_stream_nsamples,
                                stream_bytes)
@@ -182,10 +183,8 @@ class KernelShap(Method):
                                           "the image's larger side)", sigma)
                 params["blur_sigma"] = sigma
             return params
-        for name in ("segmentation", "fill", "fill_value", "blur_sigma"):  # superpixel players: images only
-            if name in given:
-                raise InvalidArgument(f"{self.name}.{name}", "unset for a tabular model (it applies to images; "
-                                      "absent features come from the background rows)", given[name])
+        refuse_given(given, self.name, ("segmentation", "fill", "fill_value", "blur_sigma"), "unset for a tabular "
+                     "model (it applies to images; absent features come from the background rows)")
         if model.background is None:
             raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
         num_features = model.signature.example_shape[0]

@@ -29,7 +29,8 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, row_chunks
+from .base import (Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, refuse_given,
+                   row_chunks)
 from .gradient_base import choice_param
 from .lime_core import (IMAGE_KERNEL_WIDTH, QuartileDiscretizer, RidgeAccumulator, image_coalition_chunks,
                         image_kernel_weights, max_ridge_features, max_tabular_samples, ridge_bytes,
@@ -108,10 +109,8 @@ class Lime(Method):
                     raise InvalidArgument(f"{self.name}.hide_value", "a finite number", value)
                 params["hide_value"] = value
         else:
-            for name in ("segmentation", "hide_value"):  # superpixel parameters: images only
-                if name in given:
-                    raise InvalidArgument(f"{self.name}.{name}", "unset for a tabular model (it applies to images: "
-                                          "features are switched through the background's quartiles)", given[name])
+            refuse_given(given, self.name, ("segmentation", "hide_value"), "unset for a tabular model (it applies "
+                         "to images: features are switched through the background's quartiles)")
             if model.background is None:
                 raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
             # lime_tabular's draws go feature by feature over all rows, so the rows are drawn up front.
