@@ -29,6 +29,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ({"EXPLAIND_MAX_BATCH_ROWS": "0"}, "max_batch_rows must be positive"),
     ({"EXPLAIND_PROVIDERS": "tpu"}, "providers must be auto, cpu or cuda"),
     ({"EXPLAIND_PARTIAL_EVERY": "0"}, "partial_every"),
+    ({"EXPLAIND_SPIN": "1"}, "spin must be run, always or off, got '1'"),
 ])
 def test_bad_settings_are_refused_with_the_name(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

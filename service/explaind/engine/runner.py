@@ -52,9 +52,13 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if not settings.spin:
-        # Idle onnxruntime threads otherwise spin on the cores the event loop needs between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Off by default: spinning threads take the cores the event loop and gRPC need. "run" (spin between a
+    # run's operators, stop when it returns) made one in-process RISE client ~5% faster on 2 cores, but
+    # through gRPC it gave no gain for one client, +2% for 8, and small requests under load waited longer
+    # (p50 x2.8-3.1 of solo instead of x2.2-2.4): bench.py, 2026-11-26.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if settings.spin == "off" else "1")
+    if settings.spin == "run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
