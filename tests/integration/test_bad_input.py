@@ -188,6 +188,8 @@ CASES = [
      grpc.StatusCode.INVALID_ARGUMENT, ["smooth_grad.noise_level", "[0.0, 10.0]", "-0.5"]),
     ("smooth_grad stdev 0", lambda: request("smooth_grad", {"stdev": 0.0}), grpc.StatusCode.INVALID_ARGUMENT,
      ["smooth_grad.stdev", "positive", "0.0"]),
+    ("smooth_grad stdev and noise_level", lambda: request("smooth_grad", {"stdev": 0.2, "noise_level": 0.1}),
+     grpc.StatusCode.INVALID_ARGUMENT, ["smooth_grad.stdev", "not both"]),
     ("integrated_gradients no steps", lambda: request("integrated_gradients", {"n_steps": 0}),
      grpc.StatusCode.INVALID_ARGUMENT, ["integrated_gradients.n_steps", "got 0"]),
     ("integrated_gradients Gauss-Legendre over its node limit",

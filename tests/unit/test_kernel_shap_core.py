@@ -483,3 +483,25 @@ def test_tabular_nsamples_over_the_memory_budget_is_refused():
         assert words in err.value.message, err.value.message
     # without l1_reg only a dedup key per coalition stays: the row budget binds first
     assert KernelShap().resolve({"nsamples": 399_998, "l1_reg": "none"}, view, settings)["nsamples"] == 399_998
+
+
+def test_preview_without_selection_is_the_unregularised_solve():
+    """solve(select=False), used for partial maps, skips the l1 selection: it equals the batch solve
+    without l1_reg, while solve() keeps the selection (and differs when it drops features)."""
+    m, nsamples, seed = 12, 600, 3
+    x = np.linspace(-1.0, 1.5, m)
+    bg = np.linspace(0.5, -0.5, m)[None, :]
+    stream = CoalitionStream(m, nsamples, np.random.default_rng(seed))
+    reg = StreamingKernelShap(stream, "identity", "num_features(3)")
+    start = 0
+    for masks in stream.chunks(64):
+        reg.add(np.arange(start, start + len(masks)), masks, nonlinear_model(np.where(masks, x, bg)))
+        start += len(masks)
+    f_x, base = nonlinear_model(x[None])[0], nonlinear_model(bg)[0]
+    masks, weights = sample_coalitions(m, nsamples, np.random.default_rng(seed))
+    values = nonlinear_model(np.where(masks, x, bg))
+    plain = solve(masks, weights, values, f_x, base, l1_reg=None)
+    selected = solve(masks, weights, values, f_x, base, l1_reg="num_features(3)")
+    np.testing.assert_allclose(reg.solve(f_x, base, select=False), plain, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(reg.solve(f_x, base), selected, rtol=1e-10, atol=1e-12)
+    assert np.count_nonzero(selected) <= 3 < np.count_nonzero(plain)

@@ -87,6 +87,10 @@ class Reducer(ABC):
     def attribution(self) -> np.ndarray:
         """The attribution from the rows so far (the final one once all rows are in)."""
 
+    def preview(self) -> np.ndarray:
+        """A partial map for streaming (on the event loop: must be cheap); by default the attribution."""
+        return self.attribution()
+
 
 @dataclass
 class Plan:
@@ -171,7 +175,7 @@ class _ProgressReporter:
             self.ctx.on_progress(self.done, total)
             self.next_progress = self.done + self.progress_step
         if self.plan.partial_maps and self.ctx.on_partial and self.done >= self.next_partial and self.done < total:
-            self.ctx.on_partial(self.plan.reducer.attribution().astype(np.float32))
+            self.ctx.on_partial(self.plan.reducer.preview().astype(np.float32))
             while self.next_partial <= self.done:
                 self.next_partial += self.partial_step
 

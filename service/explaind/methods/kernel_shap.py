@@ -73,14 +73,19 @@ class KernelShapReducer(Reducer):
             self.regression.add(ids[sampled] - 2, masks, values[sampled])
             self.seen += int(sampled.sum())
 
-    def phi(self) -> np.ndarray:
+    def phi(self, select: bool = True) -> np.ndarray:
         one_player = self.num_players == 1  # no coalition rows: phi = f(x) - base directly
         if self.f_x is None or self.base is None or (self.regression.count == 0 and not one_player):
             return np.zeros(self.num_players)
-        return self.regression.solve(self.f_x, self.base)
+        return self.regression.solve(self.f_x, self.base, select=select)
 
     def attribution(self) -> np.ndarray:
         phi = self.phi()
+        return phi if self.segments is None else phi[self.segments]
+
+    def preview(self) -> np.ndarray:
+        """Partial maps skip the l1 selection: they are computed on the event loop, between batches."""
+        phi = self.phi(select=False)
         return phi if self.segments is None else phi[self.segments]
 
 
@@ -195,10 +200,12 @@ class KernelShap(Method):
             "l1_reg": parse_l1(str(given.get("l1_reg", "")).lower(), num_features) or "none",
             "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
         }
+        if num_features <= 30:  # every coalition is enumerated at 2^M - 2 (shap's cap): report what is used
+            params["nsamples"] = min(params["nsamples"], 2 ** num_features - 2)
         if "background_kmeans" in given:
             params["background_kmeans"] = int_param(given, self.name, "background_kmeans", rows, 1, rows)
         background = params.get("background_kmeans", rows)
-        evaluations = (min(params["nsamples"], 2 ** num_features - 2) + 2) * background
+        evaluations = (params["nsamples"] + 2) * background
         if evaluations > settings.max_rows_per_request:
             raise InvalidArgument(f"{self.name}.nsamples", f"at most {settings.max_rows_per_request} model "
                                   "evaluations (nsamples x background rows; the server's max_rows_per_request)",

@@ -569,13 +569,16 @@ class StreamingKernelShap:
                          values[:, 0] if self._squeeze else values)
         self._pending.clear()
 
-    def solve(self, f_x: np.ndarray | float, base_value: np.ndarray | float) -> np.ndarray:
-        """phi from the rows in so far, with the weights as drawn so far (final once all rows are in)."""
+    def solve(self, f_x: np.ndarray | float, base_value: np.ndarray | float, *, select: bool = True) -> np.ndarray:
+        """phi from the rows in so far, with the weights as drawn so far (final once all rows are in).
+        select=False skips the l1 feature selection (a LARS fit over every row kept: seconds near the
+        memory budget), for previews."""
         self._flush()
-        acc = KernelShapAccumulator(self.m, self.link, self.l1_reg)
+        l1_reg = self.l1_reg if select else None
+        acc = KernelShapAccumulator(self.m, self.link, l1_reg)
         acc.merge(self.fixed)
         acc.merge(self.sampled, self.stream.sampled_scale())
-        if self.l1_reg is not None and self._rows:
+        if l1_reg is not None and self._rows:
             ids, z, v = (np.concatenate(parts) for parts in zip(*self._rows))
             order = np.argsort(ids, kind="stable")  # the same rows in the same order whatever the batching
             acc._rows = [(z[order].astype(np.float64), self.stream.weights(ids[order]),

@@ -42,9 +42,14 @@ class SmoothGrad(GradientMethod):
             "channel_reduction": channel_reduction_param(given, self.name, "none", model),
         }
         if "stdev" in given:
+            if "noise_level" in given:
+                raise InvalidArgument(f"{self.name}.stdev", "either stdev (absolute) or noise_level (relative to the "
+                                      "input's range), not both", f"stdev {given['stdev']} and noise_level "
+                                      f"{given['noise_level']}")
             params["stdev"] = float_param(given, self.name, "stdev", 0.0, 0.0, 1e6)
             if params["stdev"] <= 0:
                 raise InvalidArgument(f"{self.name}.stdev", "a positive number", given["stdev"])
+            del params["noise_level"]  # stdev replaces it: the reported parameters are the ones used
         return params
 
     def sigma(self, params: dict[str, Any], x: np.ndarray) -> float:
