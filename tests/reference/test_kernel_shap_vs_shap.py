@@ -158,3 +158,27 @@ def test_exact_kernel_shap_equals_tree_shap_interventional(background, model_pro
     tolerance = 1e-4 * float(scores.max() - scores.min())
     np.testing.assert_allclose(result.attribution, expected, atol=tolerance)
     assert result.figures["base_value"] == pytest.approx(float(np.asarray(tree.expected_value)[1]), abs=tolerance)
+
+
+def test_default_nsamples_is_shaps_auto_on_images_and_capped_on_tabular():
+    """shap's nsamples="auto": 2M + 2048 coalitions, capped at 2^M - 2; the reported parameter is the one used."""
+    png = (Settings().repository_path.parent / "examples" / "star_0.png").read_bytes()
+
+    async def run():
+        repository = ModelRepository(Settings().repository_path)
+        repository.scan()
+        engine = Engine(Settings(intra_op_threads=2))
+        try:
+            return await Explainer(engine.settings, repository, engine).explain(ExplainQuery(
+                model="shapes", method="kernel_shap", image=png, seed=1, params={"segmentation": "slic"}))
+        finally:
+            await engine.close()
+
+    image = asyncio.run(run())
+    players = len(image.outputs["segment_weights"])
+    assert players > 12  # 2M + 2048 < 2^M - 2: not capped
+    assert image.stats["parameters"]["nsamples"] == 2 * players + 2048
+    assert image.stats["model_evaluations"] == 2 * players + 2048 + 2 + 1  # + f(x), base, prediction row
+    tabular = explain(tensor=np.load(TABULAR / "background.npy")[0].astype(np.float32), seed=1,
+                      params={"nsamples": 100_000})
+    assert tabular.stats["parameters"]["nsamples"] == 2**13 - 2  # 13 features: every coalition, as used

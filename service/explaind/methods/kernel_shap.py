@@ -135,6 +135,9 @@ def parse_l1(value: str, num_features: int | None) -> str | None:
     raise InvalidArgument("kernel_shap.l1_reg", "none, num_features(k), aic or bic", repr(value))
 
 
+AUTO_NSAMPLES = 0  # images: nsamples not given, shap's default once the superpixels are known
+
+
 def min_nsamples(num_players: int) -> int:
     """Coalitions the regression needs: M - 1 unknowns after the efficiency constraint, so M (one to
     spare), or all 2^M - 2 when that is fewer (M <= 2)."""
@@ -166,7 +169,10 @@ class KernelShap(Method):
                 raise InvalidArgument(f"{self.name}.background_kmeans", "unset for an image model (it summarises a "
                                       "tabular model's background rows; images fill absent superpixels instead)",
                                       given["background_kmeans"])
-            params = {"nsamples": int_param(given, self.name, "nsamples", 2048, 1, settings.max_rows_per_request - 2),
+            # Unset: shap's "auto" (2M + 2048, capped at 2^M - 2), settled once the image is segmented.
+            nsamples = int_param(given, self.name, "nsamples", 0, 1, settings.max_rows_per_request - 2) \
+                if "nsamples" in given else AUTO_NSAMPLES
+            params = {"nsamples": nsamples,
                       "l1_reg": parse_l1(str(given.get("l1_reg", "none")).lower(), None) or "none",
                       "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
                       "segmentation": choice_param(given, self.name, "segmentation", "quickshift",
@@ -240,6 +246,8 @@ class KernelShap(Method):
 
     def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
         sp = superpixels(ctx, params["segmentation"])
+        if params["nsamples"] == AUTO_NSAMPLES:  # reported as used
+            params["nsamples"] = min(default_nsamples(sp.count), ctx.settings.max_rows_per_request - 2)
         if params["nsamples"] < min_nsamples(sp.count):
             raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(sp.count)} for the {sp.count} "
                                   f"superpixels {params['segmentation']} made of this image (the regression has "
