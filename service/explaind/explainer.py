@@ -117,7 +117,8 @@ class Explainer:
                                        layout, config.scores)
             served = ServedModel(entry.name, entry.model, signature,
                                  config.max_batch_rows or self.settings.max_batch_rows,
-                                 config.max_delay_ms if config.max_delay_ms is not None else self.settings.max_delay_ms)
+                                 config.max_delay_ms if config.max_delay_ms is not None else self.settings.max_delay_ms,
+                                 config.spin)
             self._served[entry.name] = served
         return served
 

@@ -401,7 +401,8 @@ def test_without_session_check(tmp_path: Path) -> None:
         ({"kind": "image", "batching": {"max_batch_rows": 0}}, "batching.max_batch_rows: expected a positive integer, got 0"),
         ({"kind": "image", "batching": {"max_batch_rows": True}}, "batching.max_batch_rows: expected a positive integer, got true"),
         ({"kind": "image", "batching": {"max_delay_ms": "2"}}, "batching.max_delay_ms: expected a positive number, got '2'"),
-        ({"kind": "image", "batching": {"max_rows": 2}}, "batching.max_rows: unknown key; allowed keys: max_batch_rows, max_delay_ms"),
+        ({"kind": "image", "batching": {"max_rows": 2}}, "batching.max_rows: unknown key; allowed keys: max_batch_rows, max_delay_ms, spin"),
+        ({"kind": "image", "batching": {"spin": "sometimes"}}, "batching.spin: off, run or always, got 'sometimes'"),
         ({"kind": "tabular", "background": "/etc/passwd"}, "background: '/etc/passwd' is an absolute path"),
         ({"kind": "tabular", "background": "missing.npy"}, "background: 'missing.npy' does not exist"),
         ({"kind": "image", "labels_file": "a/../../x"}, "labels_file: 'a/../../x' contains '..'"),
@@ -425,7 +426,7 @@ def test_parse_full_config(tmp_path: Path) -> None:
             "layers": {"cam": "/layer4/relu/Relu_output_0"},
             "gradients": "exported",
             "exported_gradients": {"seed": "seed", "input_gradient": "grad"},
-            "batching": {"max_batch_rows": 64, "max_delay_ms": 2},
+            "batching": {"max_batch_rows": 64, "max_delay_ms": 2, "spin": "run"},
         },
         tmp_path,
     )
@@ -435,7 +436,9 @@ def test_parse_full_config(tmp_path: Path) -> None:
     assert config.preprocess.size == (64, 32) and config.preprocess.scale == 1.0
     assert config.preprocess.mean == (0.5, 0.5, 0.5)
     assert config.gradients == "exported" and config.exported_gradients == ("seed", "grad")
-    assert config.max_batch_rows == 64 and config.max_delay_ms == 2.0
+    assert config.max_batch_rows == 64 and config.max_delay_ms == 2.0 and config.spin == "run"
+    # YAML 1.1 reads an unquoted `off` as false; it means off.
+    assert parse_model_config({"kind": "image", "batching": {"spin": False}}, tmp_path).spin == "off"
 
 
 def test_symlinked_file_reference_outside_is_rejected(tmp_path: Path) -> None:

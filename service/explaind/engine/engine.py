@@ -8,6 +8,7 @@ future when its last row is reduced.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from ..config import Settings
@@ -26,12 +27,13 @@ class ServedModel:
     """What the engine needs of a repository entry to build its variants."""
 
     def __init__(self, name: str, model: object, signature: ModelSignature,
-                 max_batch_rows: int, max_delay_ms: float) -> None:
+                 max_batch_rows: int, max_delay_ms: float, spin: str | None = None) -> None:
         self.name = name
         self.model = model
         self.signature = signature
         self.max_batch_rows = max_batch_rows
         self.max_delay_ms = max_delay_ms
+        self.spin = spin  # the model's onnxruntime spinning (model.yaml batching.spin); None: the server's
 
 
 class Engine:
@@ -51,8 +53,9 @@ class Engine:
 
             def build() -> Runner:
                 data = self.variant(served, spec).model.SerializeToString()
+                settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
                 return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                              self.device, self.settings)
+                              self.device, settings)
 
             async def make_runner() -> Runner:
                 # Graph construction (autodiff included) and session creation can take seconds on a

@@ -37,7 +37,7 @@ _TOP_KEYS = (
 _INPUT_KEYS = ("name", "layout")
 _OUTPUT_KEYS = ("name", "scores")
 _PREPROCESS_KEYS = ("size", "scale", "mean", "std")
-_BATCHING_KEYS = ("max_batch_rows", "max_delay_ms")
+_BATCHING_KEYS = ("max_batch_rows", "max_delay_ms", "spin")
 _EXPORTED_GRADIENTS_KEYS = ("seed", "input_gradient")
 
 
@@ -77,6 +77,7 @@ class ModelConfig:
     exported_gradients: tuple[str, str] | None = None
     max_batch_rows: int | None = None
     max_delay_ms: float | None = None
+    spin: str | None = None  # onnxruntime threads spin: off | run | always (None: the server's --spin)
 
 
 class UnsafePath(ValueError):
@@ -191,12 +192,18 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
 
     max_batch_rows: int | None = None
     max_delay_ms: float | None = None
+    spin: str | None = None
     if "batching" in top:
         section = _mapping(top["batching"], "batching", _BATCHING_KEYS)
         if "max_batch_rows" in section:
             max_batch_rows = _positive_int(section["max_batch_rows"], "batching.max_batch_rows")
         if "max_delay_ms" in section:
             max_delay_ms = _number(section["max_delay_ms"], "batching.max_delay_ms", positive=True)
+        if "spin" in section:
+            # YAML 1.1 reads an unquoted `off` as false.
+            spin = "off" if section["spin"] is False else _string(section["spin"], "batching.spin")
+            if spin not in ("off", "run", "always"):
+                raise _error("batching.spin", f"off, run or always, got {spin!r}")
 
     return ModelConfig(
         kind=kind,
@@ -214,6 +221,7 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
         exported_gradients=exported,
         max_batch_rows=max_batch_rows,
         max_delay_ms=max_delay_ms,
+        spin=spin,
     )
 
 
