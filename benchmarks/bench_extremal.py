@@ -15,7 +15,6 @@ import asyncio
 import statistics
 import time
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper

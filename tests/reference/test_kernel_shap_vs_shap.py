@@ -29,14 +29,14 @@ def model_probability():
     return lambda target: (lambda a: session.run(["probabilities"], {"input": a.astype(np.float32)})[0][:, target])
 
 
-def explain(**query) -> object:
+def explain(model: str = "tabular", **query) -> object:
     async def main():
         repository = ModelRepository(Settings().repository_path)
         repository.scan()
         engine = Engine(Settings(intra_op_threads=2))
         try:
             return await Explainer(engine.settings, repository, engine).explain(
-                ExplainQuery(model="tabular", method="kernel_shap", **query))
+                ExplainQuery(model=model, method="kernel_shap", **query))
         finally:
             await engine.close()
 
@@ -102,17 +102,7 @@ def test_image_kernel_shap_equals_shap_over_the_same_superpixels():
     from explaind.methods.lime_core import segment
 
     png = (Settings().repository_path.parent / "examples" / "star_0.png").read_bytes()
-    async def run():
-        repository = ModelRepository(Settings().repository_path)
-        repository.scan()
-        engine = Engine(Settings(intra_op_threads=2))
-        try:
-            return await Explainer(engine.settings, repository, engine).explain(ExplainQuery(
-                model="shapes", method="kernel_shap", image=png, params={"fill": "mean"}))
-        finally:
-            await engine.close()
-
-    result = asyncio.run(run())
+    result = explain("shapes", image=png, params={"fill": "mean"})
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     x = ((pixels.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)
     labels = segment(pixels, "quickshift")
@@ -163,18 +153,7 @@ def test_exact_kernel_shap_equals_tree_shap_interventional(background, model_pro
 def test_default_nsamples_is_shaps_auto_on_images_and_capped_on_tabular():
     """shap's nsamples="auto": 2M + 2048 coalitions, capped at 2^M - 2; the reported parameter is the one used."""
     png = (Settings().repository_path.parent / "examples" / "star_0.png").read_bytes()
-
-    async def run():
-        repository = ModelRepository(Settings().repository_path)
-        repository.scan()
-        engine = Engine(Settings(intra_op_threads=2))
-        try:
-            return await Explainer(engine.settings, repository, engine).explain(ExplainQuery(
-                model="shapes", method="kernel_shap", image=png, seed=1, params={"segmentation": "slic"}))
-        finally:
-            await engine.close()
-
-    image = asyncio.run(run())
+    image = explain("shapes", image=png, seed=1, params={"segmentation": "slic"})
     players = len(image.outputs["segment_weights"])
     assert players > 12  # 2M + 2048 < 2^M - 2: not capped
     assert image.stats["parameters"]["nsamples"] == 2 * players + 2048
