@@ -320,7 +320,9 @@ def test_extremal_perturbation_over_grpc(client, example_image):
     figures = exact.figures
     assert figures["gradient_exact"] == 1 and figures["evaluations_per_iteration"] == 2
     assert figures["area_1"] == pytest.approx(0.2) and figures["achieved_area_1"] == pytest.approx(exact.masks[1].mean())
-    assert int(exact.stats["model_evaluations"]) == 40 * 2 + 1  # plus the unperturbed input
+    # plus the returned masks, unflipped, and the unperturbed input
+    assert int(exact.stats["model_evaluations"]) == 40 * 2 + 2 + 1
+    assert exact.masks.mean(axis=(1, 2)) == pytest.approx(params["areas"], abs=1e-3)  # projected onto the areas
     assert exact.stats["parameters"]["step"] == 2 and exact.stats["parameters"]["sigma"] == 6.0  # scaled to 64 px
     estimated_params = {"areas": [0.1], "iterations": 20, "gradient": "estimated", "gradient_samples": 4}
     updates = list(client.explain_stream("shapes", method="extremal_perturbation", image=png, seed=5,
@@ -329,7 +331,7 @@ def test_extremal_perturbation_over_grpc(client, example_image):
     partials = [u for u in updates if getattr(u, "partial", False)]
     assert len(partials) >= 5 and not final.partial and final.masks.shape == (1, 64, 64)
     assert final.figures["gradient_exact"] == 0 and final.figures["evaluations_per_iteration"] == 9
-    assert int(final.stats["model_evaluations"]) == 20 * 9 + 1
+    assert int(final.stats["model_evaluations"]) == 20 * 9 + 1 + 1
     again = client.explain("shapes", method="extremal_perturbation", image=png, seed=5, params=estimated_params)
     np.testing.assert_array_equal(again.masks, final.masks)  # same seed, same directions, same masks
     other = client.explain("shapes", method="extremal_perturbation", image=png, seed=6, params=estimated_params)

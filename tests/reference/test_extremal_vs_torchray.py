@@ -6,8 +6,9 @@
   (area_reference: padded), ends on TorchRay's masks for the shapes demo CNN (its torch twin, built
   from the ONNX weights).
 - With the defaults and the areas of TorchRay's pointing benchmark (0.025, 0.05, 0.1, 0.2), on
-  held-out shapes images: each mask within 0.02 of its area, and the maximum of the attribution (the
-  sum of the masks, as that benchmark scores it) inside the object's box on at least 80% of them.
+  held-out shapes images: each mask within 0.02 of its area (after the area projection), and the
+  maximum of the attribution (the sum of the masks, as that benchmark scores it) inside the object's
+  box on at least 80% of them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def test_canvas_weights_equal_torchray(size, step, sigma):
     theirs = extremal.MaskGenerator((size, size), step, sigma)
     assert list(ours.shape_in) == theirs.shape_in and list(ours.shape_out) == theirs.shape_out
     np.testing.assert_allclose(ours.canvas_weights(), theirs.weight[0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("size,step,sigma", [(40, 7, 21.0), (33, 3, 5.0), (64, 2, 6.0)])
+def test_numpy_masks_equal_torchray(size, step, sigma):
+    """The area projection's numpy mask (the graph's forward is compared with torch further down)."""
+    ours = MaskGeometry(size, size, step, sigma)
+    theirs = extremal.MaskGenerator((size, size), step, sigma)
+    params = np.random.default_rng(size).random((3, *ours.shape_in)).astype(np.float32)
+    params[0, 1:3, 1:3] = 1.0  # saturated parameters: the clamp
+    crop, full = theirs.generate(torch.tensor(params[:, None]))
+    np.testing.assert_allclose(ours.masks(params), crop.numpy()[:, 0], atol=1e-5)
+    np.testing.assert_allclose(ours.masks(params, canvas=True), full.numpy()[:, 0], atol=1e-5)
 
 
 def test_pyramid_equals_torchray():
@@ -154,7 +167,7 @@ def _explaind_masks(model: onnx.ModelProto, net_x: np.ndarray, target: int, give
     return asyncio.run(main())
 
 
-TORCHRAY_SIZES = {"step": 7, "sigma": 21.0, "max_blur": 20.0, "area_reference": "padded"}
+TORCHRAY_SIZES = {"step": 7, "sigma": 21.0, "max_blur": 20.0, "area_reference": "padded", "area_projection": False}
 
 
 def _small_cnn() -> tuple[torch.nn.Module, torch.Tensor, onnx.ModelProto, int]:
@@ -236,8 +249,7 @@ def test_masks_keep_their_area_and_point_at_the_object():
     # box: measured 30/40 (75%) strictly inside, 35/40 within the pointing game's tolerance; TorchRay on
     # the same 20 images and settings: 15/20 strictly inside.
     assert tolerant_hits >= 0.8 * count, f"{tolerant_hits} of {count}"
-    # The issue asks 0.02 of every area. TorchRay's penalty mean (sort(m) - r_a)^2 is itself smallest for
-    # smooth masks whose mean exceeds a (by ~0.01 at a = 0.1, ~0.018 at 0.2, with no score at all), so the
-    # masks overshoot: measured 0.0085 on average, at most 0.022 (1 of 48 masks over 0.02).
+    # Every mask within 0.02 of its area: those above it are projected onto it (area_projection, on by
+    # default); without the projection TorchRay's last iterates are ~0.01 above (measured: up to 0.021).
     errors = np.array(errors)
-    assert np.abs(errors).max() <= 0.025 and np.mean(np.abs(errors) <= 0.02) >= 0.95, errors
+    assert np.abs(errors).max() <= 0.02, errors

@@ -112,6 +112,20 @@ class MaskGeometry:
         (ho, wo), (mh, mw) = self.shape_out, self.shape_mid
         return np.tile(self.weights(), (1, mh, mw))[:, :ho, :wo]
 
+    def masks(self, params: np.ndarray, canvas: bool = False) -> np.ndarray:
+        """[A, H, W] the image masks of parameters [A, h, w] (`canvas`: [A, Ho, Wo] with the margin), in
+        numpy: the graph's forward, for the area projection (methods/extremal_perturbation.py)."""
+        pad, s, step, margin = self.padding, self.kernel_size, self.step, self.margin
+        (ho, wo), (mh, mw) = self.shape_out, self.shape_mid
+        padded = np.pad(params.astype(np.float32), ((0, 0), (pad, pad), (pad, pad)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (s, s), axis=(1, 2))  # [A, mh, mw, s, s]
+        candidates = windows.reshape(len(params), mh, mw, s * s).transpose(0, 3, 1, 2)
+        upsampled = np.repeat(np.repeat(candidates, step, axis=2), step, axis=3)[:, :, :ho, :wo]
+        scaled = COLDNESS * upsampled * self.canvas_weights()[None]            # [A, K, Ho, Wo]
+        exp = np.exp(scaled)
+        whole = np.clip((scaled * exp).sum(axis=1) / (COLDNESS * exp.sum(axis=1)), 0.0, 1.0)
+        return whole if canvas else whole[:, margin : margin + self.height, margin : margin + self.width]
+
     def max_rows(self) -> int:
         return max(1, TENSOR_BUDGET_BYTES // (4 * self.candidates * self.shape_out[0] * self.shape_out[1]))
 
