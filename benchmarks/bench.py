@@ -190,7 +190,7 @@ def main() -> int:
           "(target within 10%)")
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"written {path.relative_to(ROOT)}")
+    print(f"written {path}")
     return 0
 
 

@@ -25,9 +25,11 @@ class Settings:
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
     providers: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: CUDA when onnxruntime has it)"})
     intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime CPU threads per session, 0: all cores"})
-    spin: str = field(default="off", metadata={"help": "onnxruntime threads spin: off (default: they sleep, leaving "
-                                                "the cores to the event loop and gRPC) | run (while a batch runs, "
-                                                "stopping when it returns) | always"})
+    spin: str = field(default="run", metadata={"help": "onnxruntime threads spin: run (default: between a batch's "
+                                                "operators, stopping when it returns) | off (they sleep) | always"})
+    compute_nice: int = field(default=5, metadata={
+        "help": "niceness added to the onnxruntime threads (the device thread and each session's pool; Linux), "
+                "so the event loop, gRPC and health checks preempt them; 0: same priority as the server"})
     max_batch_rows: int = field(default=64, metadata={"help": "rows per engine batch (model.yaml may override)"})
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
@@ -57,6 +59,8 @@ class Settings:
             positive(name)
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s and intra_op_threads must be >= 0")
+        if not 0 <= self.compute_nice <= 19:
+            raise ValueError(f"compute_nice must be in [0, 19], got {self.compute_nice}")
         if self.spin not in ("run", "always", "off"):
             raise ValueError(f"spin must be run, always or off, got {self.spin!r}")
         if not 0 < self.partial_every <= 1:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from explaind.config import Settings
 from explaind.engine.engine import Engine
 from explaind.engine.job import Job
 from explaind.engine.runner import Runner
@@ -212,3 +214,43 @@ def test_the_device_runs_the_smallest_request_first():
         f.result(5)
     queue.shutdown()
     assert order == [3, 20, 50_000, 50_000]
+
+
+def _thread_nice(tid: int) -> int:
+    """The niceness of one of this process's threads (field 19 of /proc/self/task/TID/stat)."""
+    stat = open(f"/proc/self/task/{tid}/stat").read()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_compute_threads_yield_to_the_event_loop():
+    """The device thread and every onnxruntime pool thread run compute_nice above the server's niceness;
+    the calling (event loop) thread keeps its own."""
+    import os
+    import threading
+
+    from explaind.engine.device import DeviceQueue
+
+    served, _ = served_linear("lin", (2, 3, 3), 4)
+    base = _thread_nice(threading.get_native_id())
+    queue = DeviceQueue("nice-test", nice=3)
+    device_tid = queue.submit(0, threading.get_native_id).result(5)
+    queue.shutdown()
+    assert _thread_nice(device_tid) == min(19, base + 3)
+
+    async def main():
+        engine = Engine(Settings(intra_op_threads=3, compute_nice=4))
+        variant = engine.variant(served, PREDICT_SPEC)
+        await engine.close()
+        return engine, variant
+
+    engine, variant = run(main())
+    before = set(os.listdir("/proc/self/task"))
+    runner = Runner(variant.model.SerializeToString(), variant.interface.row_outputs, variant.interface.constants,
+                    engine.device, engine.settings)
+    pool = set(os.listdir("/proc/self/task")) - before
+    assert len(pool) == 2  # intra_op_threads 3: the caller and two pool threads
+    assert [_thread_nice(int(tid)) for tid in pool] == [min(19, base + 4)] * 2
+    assert _thread_nice(threading.get_native_id()) == base
+    outputs = runner.run({"x0": np.ones((1, 2, 3, 3), np.float32), "job_index": np.zeros(2, np.int64)}, (1,))
+    assert outputs[0].shape[0] == 2

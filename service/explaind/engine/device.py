@@ -11,12 +11,53 @@ from __future__ import annotations
 import concurrent.futures
 import heapq
 import itertools
+import logging
+import os
+import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness (Linux: a per-thread attribute that threads it starts
+    inherit). Compute threads that yield to the event loop keep gRPC, health checks and the next batch's
+    preparation prompt while every core computes; without contention nothing changes."""
+    if nice > 0 and sys.platform == "linux":
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError as exc:  # a sandbox that forbids it: run at the server's priority
+            log.warning("compute threads keep the server's priority", extra={"reason": str(exc)})
+
+
+def in_lowered_thread(fn: Callable[[], T], nice: int) -> T:
+    """fn() in a new thread of lowered priority: onnxruntime's pool threads, started when a session is
+    created, inherit it. (Priority cannot be raised back without privileges, hence a throwaway thread.)"""
+    if nice <= 0 or sys.platform != "linux":
+        return fn()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        lower_thread_priority(nice)
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="explaind-session")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class DeviceQueue:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, nice: int = 0) -> None:
+        self._nice = nice
         self._heap: list[tuple[int, int, Callable[[], Any], concurrent.futures.Future]] = []
         self._order = itertools.count()
         self._ready = threading.Condition()
@@ -35,6 +76,7 @@ class DeviceQueue:
         return future
 
     def _work(self) -> None:
+        lower_thread_priority(self._nice)  # the device thread runs onnxruntime's first intra-op thread
         while True:
             with self._ready:
                 while not self._heap and not self._closed:

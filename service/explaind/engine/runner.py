@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from ..config import Settings
 from ..onnxgraph.builder import NAMESPACE
-from .device import DeviceQueue
+from .device import DeviceQueue, in_lowered_thread
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def choose_device(settings: Settings) -> Device:
     if settings.providers == "cuda" and "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"providers=cuda but onnxruntime offers only {available}; install the gpu extra")
     kind = "cuda" if settings.providers != "cpu" and "CUDAExecutionProvider" in available else "cpu"
-    return Device(kind, DeviceQueue(f"explaind-{kind}"))
+    return Device(kind, DeviceQueue(f"explaind-{kind}", settings.compute_nice))
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -52,10 +52,10 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    # Off by default: spinning threads take the cores the event loop and gRPC need. "run" (spin between a
-    # run's operators, stop when it returns) made one in-process RISE client ~5% faster on 2 cores, but
-    # through gRPC it gave no gain for one client, +2% for 8, and small requests under load waited longer
-    # (p50 x2.8-3.1 of solo instead of x2.2-2.4): bench.py, 2026-11-26.
+    # "run" by default: threads spin between a run's operators (~5% faster for a small CNN on 2 cores) and
+    # stop when it returns. Spinning threads at the server's own priority took the cores the event loop
+    # needs between batches (no gain through gRPC); at compute_nice 5 they yield to it: bench.py,
+    # 2026-11-26, 1-client RISE ratio median 0.873 over 10 pairs (0.848 sleeping at equal priority).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0" if settings.spin == "off" else "1")
     if settings.spin == "run":
         options.add_session_config_entry("session.force_spinning_stop", "1")
@@ -71,8 +71,9 @@ class Runner:
 
     def __init__(self, model_bytes: bytes, outputs: tuple[str, ...], constants: tuple[str, ...],
                  device: Device, settings: Settings, io_binding: bool | None = None) -> None:
-        self.session = ort.InferenceSession(model_bytes, sess_options=session_options(settings),
-                                            providers=device.providers)
+        # Created in a thread of lowered priority, so the session's intra-op pool inherits it.
+        self.session = in_lowered_thread(lambda: ort.InferenceSession(
+            model_bytes, sess_options=session_options(settings), providers=device.providers), settings.compute_nice)
         self.outputs = list(outputs)
         self._graph_outputs = [NAMESPACE + name for name in outputs]
         self.constants = constants
