@@ -234,9 +234,9 @@ def test_compute_threads_yield_to_the_event_loop():
     served, _ = served_linear("lin", (2, 3, 3), 4)
     base = _thread_nice(threading.get_native_id())
     queue = DeviceQueue("nice-test", nice=3)
-    device_tid = queue.submit(0, threading.get_native_id).result(5)
+    device_nice = queue.submit(0, lambda: _thread_nice(threading.get_native_id())).result(5)
     queue.shutdown()
-    assert _thread_nice(device_tid) == min(19, base + 3)
+    assert device_nice == min(19, base + 3)
 
     async def main():
         engine = Engine(Settings(intra_op_threads=3, compute_nice=4))
@@ -248,8 +248,9 @@ def test_compute_threads_yield_to_the_event_loop():
     before = set(os.listdir("/proc/self/task"))
     runner = Runner(variant.model.SerializeToString(), variant.interface.row_outputs, variant.interface.constants,
                     engine.device, engine.settings)
+    time.sleep(0.2)  # the throwaway thread that created the session has exited by now
     pool = set(os.listdir("/proc/self/task")) - before
-    assert len(pool) == 2  # intra_op_threads 3: the caller and two pool threads
+    assert len(pool) == 2, pool  # intra_op_threads 3: the caller and two pool threads
     assert [_thread_nice(int(tid)) for tid in pool] == [min(19, base + 4)] * 2
     assert _thread_nice(threading.get_native_id()) == base
     outputs = runner.run({"x0": np.ones((1, 2, 3, 3), np.float32), "job_index": np.zeros(2, np.int64)}, (1,))
