@@ -44,7 +44,8 @@ by stretching its parameters, p' = clip((p - c) / (1 - c), 0, 1), c in [0, 1) fo
 the mask's mean (numpy's copy of the graph's mask, `MaskGeometry.masks`): parameters below c go to
 0 and those at 1 stay 1, so the mask keeps the same places fully and loses its low tails; where even
 c -> 1 leaves the mean above a (the parameters at exactly 1 already cover more: short runs that
-start from all ones), those are lowered together instead, p' = t [p = 1], t in [0, 1]. `area_projection: false` returns TorchRay's last iterate.
+start from all ones), those are lowered together instead, p' = t [p = 1], t in [0, 1].
+`area_projection: false` returns TorchRay's last iterate.
 `achieved_area_i` reports each returned mask's mean.
 Response: the attribution is the sum of the masks over areas (TorchRay's benchmarks sum them), the
 masks themselves in `masks` [A, H, W], and per area i in `figures`: area_i (asked), achieved_area_i
