@@ -112,6 +112,8 @@ CASES = [
      grpc.StatusCode.INVALID_ARGUMENT, ["extremal_perturbation.iterations", "[1, 100000]", "0"]),
     ("extremal step over the image", lambda: request("extremal_perturbation", {"step": 65}),
      grpc.StatusCode.INVALID_ARGUMENT, ["extremal_perturbation.step", "[1, 64]", "65"]),
+    ("extremal negative smooth", lambda: request("extremal_perturbation", {"smooth": -0.5}),
+     grpc.StatusCode.INVALID_ARGUMENT, ["extremal_perturbation.smooth", "[0.0, 1.0]", "-0.5"]),
     ("extremal sigma too large for the step", lambda: request("extremal_perturbation", {"sigma": 200.0, "step": 1}),
      grpc.StatusCode.INVALID_ARGUMENT, ["extremal_perturbation.sigma", "MiB", "sigma 200"]),
     ("extremal estimator over the row budget",

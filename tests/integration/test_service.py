@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from explaind.methods.extremal_perturbation import gaussian_smooth
 from explaind_client import RenderSpec, build_request
 from explaind_client.v1 import explaind_pb2 as pb
 
@@ -316,7 +317,12 @@ def test_extremal_perturbation_over_grpc(client, example_image):
     params = {"areas": [0.1, 0.2], "iterations": 40}
     exact = client.explain("shapes", method="extremal_perturbation", image=png, seed=3, params=params)
     assert exact.masks.shape == (2, 64, 64) and 0 <= exact.masks.min() and exact.masks.max() <= 1
-    np.testing.assert_allclose(exact.attribution, exact.masks.sum(axis=0), atol=1e-6)
+    # The attribution: the masks' sum blurred by TorchRay's imsmooth (its copy, checked in tests/reference), 0.09 x 64 px.
+    blurred = gaussian_smooth(exact.masks.sum(axis=0), 0.09 * 64, (0, 1))
+    np.testing.assert_allclose(exact.attribution, blurred, atol=1e-5)
+    plain = client.explain("shapes", method="extremal_perturbation", image=png, seed=3, params={**params, "smooth": 0})
+    np.testing.assert_allclose(plain.attribution, plain.masks.sum(axis=0), atol=1e-6)
+    np.testing.assert_array_equal(plain.masks, exact.masks)  # smooth changes the attribution only
     figures = exact.figures
     assert figures["gradient_exact"] == 1 and figures["evaluations_per_iteration"] == 2
     assert figures["area_1"] == pytest.approx(0.2) and figures["achieved_area_1"] == pytest.approx(exact.masks[1].mean())

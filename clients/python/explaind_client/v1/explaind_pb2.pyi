@@ -184,7 +184,7 @@ class KernelShap(_message.Message):
     def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ..., segmentation: _Optional[str] = ..., fill: _Optional[str] = ..., fill_value: _Optional[float] = ..., blur_sigma: _Optional[float] = ...) -> None: ...
 
 class ExtremalPerturbation(_message.Message):
-    __slots__ = ("areas", "iterations", "step", "sigma", "num_levels", "max_blur", "perturbation", "variant", "jitter", "gradient", "gradient_samples", "gradient_sigma", "area_reference", "area_projection")
+    __slots__ = ("areas", "iterations", "step", "sigma", "num_levels", "max_blur", "perturbation", "variant", "jitter", "gradient", "gradient_samples", "gradient_sigma", "area_reference", "area_projection", "smooth")
     AREAS_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class ExtremalPerturbation(_message.Message):
     GRADIENT_SIGMA_FIELD_NUMBER: _ClassVar[int]
     AREA_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     AREA_PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_FIELD_NUMBER: _ClassVar[int]
     areas: _containers.RepeatedScalarFieldContainer[float]
     iterations: int
     step: int
@@ -213,7 +214,8 @@ class ExtremalPerturbation(_message.Message):
     gradient_sigma: float
     area_reference: str
     area_projection: bool
-    def __init__(self, areas: _Optional[_Iterable[float]] = ..., iterations: _Optional[int] = ..., step: _Optional[int] = ..., sigma: _Optional[float] = ..., num_levels: _Optional[int] = ..., max_blur: _Optional[float] = ..., perturbation: _Optional[str] = ..., variant: _Optional[str] = ..., jitter: _Optional[bool] = ..., gradient: _Optional[str] = ..., gradient_samples: _Optional[int] = ..., gradient_sigma: _Optional[float] = ..., area_reference: _Optional[str] = ..., area_projection: _Optional[bool] = ...) -> None: ...
+    smooth: float
+    def __init__(self, areas: _Optional[_Iterable[float]] = ..., iterations: _Optional[int] = ..., step: _Optional[int] = ..., sigma: _Optional[float] = ..., num_levels: _Optional[int] = ..., max_blur: _Optional[float] = ..., perturbation: _Optional[str] = ..., variant: _Optional[str] = ..., jitter: _Optional[bool] = ..., gradient: _Optional[str] = ..., gradient_samples: _Optional[int] = ..., gradient_sigma: _Optional[float] = ..., area_reference: _Optional[str] = ..., area_projection: _Optional[bool] = ..., smooth: _Optional[float] = ...) -> None: ...
 
 class Saliency(_message.Message):
     __slots__ = ("postprocess", "channel_reduction")
