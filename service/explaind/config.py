@@ -30,6 +30,9 @@ class Settings:
     compute_nice: int = field(default=5, metadata={
         "help": "niceness added to the onnxruntime threads (the device thread and each session's pool; Linux), "
                 "so the event loop, gRPC and health checks preempt them; 0: same priority as the server"})
+    blas_threads: int = field(default=1, metadata={
+        "help": "threads of numpy's BLAS in the server process (its idle workers busy-wait and take the cores "
+                "onnxruntime needs; the server's own numpy work is small); 0: the library's default"})
     max_batch_rows: int = field(default=64, metadata={"help": "rows per engine batch (model.yaml may override)"})
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
@@ -57,8 +60,8 @@ class Settings:
                      "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
                      "max_image_pixels", "max_model_bytes"):
             positive(name)
-        if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0:
-            raise ValueError("max_delay_ms, grace_period_s and intra_op_threads must be >= 0")
+        if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
+            raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")
         if not 0 <= self.compute_nice <= 19:
             raise ValueError(f"compute_nice must be in [0, 19], got {self.compute_nice}")
         if self.spin not in ("run", "always", "off"):

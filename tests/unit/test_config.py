@@ -31,6 +31,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ({"EXPLAIND_PARTIAL_EVERY": "0"}, "partial_every"),
     ({"EXPLAIND_SPIN": "1"}, "spin must be run, always or off, got '1'"),
     ({"EXPLAIND_COMPUTE_NICE": "20"}, "compute_nice must be in .0, 19., got 20"),
+    ({"EXPLAIND_BLAS_THREADS": "-1"}, "blas_threads must be >= 0"),
 ])
 def test_bad_settings_are_refused_with_the_name(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import time
 
@@ -255,3 +257,32 @@ def test_compute_threads_yield_to_the_event_loop():
     assert _thread_nice(threading.get_native_id()) == base
     outputs = runner.run({"x0": np.ones((1, 2, 3, 3), np.float32), "job_index": np.zeros(2, np.int64)}, (1,))
     assert outputs[0].shape[0] == 2
+
+
+BLAS_PROBE = """
+import asyncio, json, sys, threadpoolctl
+from explaind.api.server import start
+from explaind.config import Settings
+
+def blas():
+    return sorted({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
+
+before = blas()
+async def main():
+    running = await start(Settings(port=0, metrics_port=-1, blas_threads=int(sys.argv[1])))
+    await running.stop()
+asyncio.run(main())
+print(json.dumps({"before": before, "after": blas()}))
+"""
+
+
+@pytest.mark.parametrize("blas_threads", [1, 0])
+def test_the_server_limits_numpy_blas_threads(blas_threads):
+    """OpenBLAS's idle workers busy-wait, taking cores from onnxruntime: the server keeps blas_threads (0:
+    the library's own count, untouched). In a fresh process, since the limit is process-wide."""
+    done = subprocess.run([sys.executable, "-c", BLAS_PROBE, str(blas_threads)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["before"], "numpy has no BLAS that threadpoolctl sees"
+    assert counts["after"] == ([1] if blas_threads == 1 else counts["before"])

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
+from ..engine.device import limit_blas_threads
 from ..engine.engine import Engine
 from ..explainer import Explainer
 from ..metrics import Metrics
@@ -60,6 +61,7 @@ class RunningServer:
 
 async def start(settings: Settings) -> RunningServer:
     """Load the repository, start the engine and the server; returns once it accepts calls."""
+    limit_blas_threads(settings.blas_threads)
     metrics = Metrics()
     repository = ModelRepository(settings.repository_path, RepositoryLimits(max_model_bytes=settings.max_model_bytes))
     repository.scan()
