@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reference"))
-from test_extremal_vs_torchray import shapes_torch  # noqa: E402  (the CNN's torch twin)
+from test_extremal_vs_torchray import maximum_inside, shapes_torch  # noqa: E402  (the CNN's torch twin)
 from torchray.attribution import extremal_perturbation as torchray  # noqa: E402
 
 from explaind.config import Settings  # noqa: E402
@@ -109,13 +109,9 @@ def torchray_masks(images: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
 
 def summary(name: str, masks: list[np.ndarray], boxes: list[tuple[int, int, int, int]]) -> None:
     excess = np.array([m.mean() - AREA for m in masks])
-    inside, blurred_inside = 0, 0
-    for m, (x0, y0, x1, y1) in zip(masks, boxes):
-        y, x = np.unravel_index(np.argmax(m), m.shape)
-        inside += int(x0 <= x < x1 and y0 <= y < y1)
-        blurred = gaussian_smooth(m, SMOOTH * min(m.shape), (0, 1))
-        y, x = np.unravel_index(np.argmax(blurred), m.shape)
-        blurred_inside += int(x0 <= x < x1 and y0 <= y < y1)
+    inside = sum(maximum_inside(m, box) for m, box in zip(masks, boxes))
+    blurred_inside = sum(maximum_inside(gaussian_smooth(m, SMOOTH * min(m.shape), (0, 1)), box)
+                         for m, box in zip(masks, boxes))
     print(f"{name} area - {AREA}: mean {excess.mean():+.4f}, max {excess.max():+.4f}; maximum inside the box: "
           f"mask {inside} of {len(masks)}, blurred (smooth {SMOOTH}) {blurred_inside} of {len(masks)}")
 

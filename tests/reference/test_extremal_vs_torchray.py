@@ -218,6 +218,14 @@ def test_optimisation_agrees_with_torchray(make):
     np.testing.assert_allclose([ours.extras["score_0"], ours.extras["score_1"]], history[:, 0, -1].numpy(), rtol=0.15)
 
 
+def maximum_inside(saliency: np.ndarray, box) -> bool:
+    """Whether the map's argmax (np.argmax: the first of tied maxima) lies strictly inside (x0, y0, x1, y1),
+    x1 and y1 exclusive."""
+    x0, y0, x1, y1 = box
+    y, x = np.unravel_index(np.argmax(saliency), saliency.shape)
+    return bool(x0 <= x < x1 and y0 <= y < y1)
+
+
 def test_masks_keep_their_area_and_point_at_the_object():
     """Held-out images, all requests at once through one engine (their rows share batches)."""
     areas = [0.025, 0.05, 0.1, 0.2]
@@ -239,7 +247,7 @@ def test_masks_keep_their_area_and_point_at_the_object():
 
     results = asyncio.run(main())
     summed_hits, single_hits, raw_hits, errors = 0, 0, 0, []
-    for result, (x0, y0, x1, y1) in zip(results, boxes):
+    for result, box in zip(results, boxes):
         masks = result.outputs["masks"]
         for i, area in enumerate(areas):
             errors.append(masks[i].mean() - area)
@@ -247,16 +255,12 @@ def test_masks_keep_their_area_and_point_at_the_object():
         # The attribution: the masks summed and blurred, as TorchRay's pointing benchmark scores them.
         np.testing.assert_allclose(result.attribution, gaussian_smooth(masks.sum(axis=0), SMOOTH * 64, (0, 1)),
                                    atol=1e-5)
-        y, x = np.unravel_index(np.argmax(result.attribution), result.attribution.shape)
-        summed_hits += int(x0 <= x < x1 and y0 <= y < y1)
+        summed_hits += maximum_inside(result.attribution, box)
         # A request with the default area alone: its attribution is the 0.1 mask blurred (each area's
         # optimisation is independent of the others).
-        default = gaussian_smooth(masks[areas.index(0.1)], SMOOTH * 64, (0, 1))
-        y, x = np.unravel_index(np.argmax(default), default.shape)
-        single_hits += int(x0 <= x < x1 and y0 <= y < y1)
+        single_hits += maximum_inside(gaussian_smooth(masks[areas.index(0.1)], SMOOTH * 64, (0, 1)), box)
         # The raw 0.1 mask's argmax: the first pixel of its plateau at 1 (diagnostic only).
-        y, x = np.unravel_index(np.argmax(masks[areas.index(0.1)]), masks.shape[1:])
-        raw_hits += int(x0 <= x < x1 and y0 <= y < y1)
+        raw_hits += maximum_inside(masks[areas.index(0.1)], box)
     print(f"pointing, maximum strictly inside the box: attribution of areas 0.025-0.2 {summed_hits}/{count}, "
           f"of area 0.1 alone {single_hits}/{count} (its raw mask's argmax {raw_hits}/{count})")
     assert summed_hits >= 0.8 * count, f"{summed_hits} of {count}"

@@ -2,9 +2,10 @@
 
 Batches are formed by rows, not requests: up to `max_batch_rows`, waiting at most `max_delay_s` for
 more, taken round-robin across active jobs so a 10,000-row job cannot starve a 20-row one (short jobs
-go in whole, long ones take turns: see `_form_batch`). Per-job constants are stacked (one slot per job in the batch) and each row carries its slot
-index, so rows of different requests share a batch. At most two batches are in flight: one running
-on the device while the next is formed. Results are handed back in batch order.
+go in whole, long ones take turns: see `_form_batch`). Per-job constants are stacked (one slot per job
+in the batch) and each row carries its slot index, so rows of different requests share a batch. At
+most two batches are in flight: one running on the device while the next is formed. Results are
+handed back in batch order.
 """
 
 from __future__ import annotations
