@@ -91,7 +91,7 @@ def pairs(peer, ours, repeats: int, count: int) -> dict:
     ROWS["peer"] = 0
     peer()  # warm up (sessions, graph variants, first-call costs), and count each side's model rows
     peer_rows = ROWS["peer"]
-    ours_rows = int(ours().stats["model_evaluations"])
+    ours_rows = int(ours().stats.model_evaluations)
     measured = []
     for _ in range(repeats):
         theirs = rate(peer, count)

@@ -46,7 +46,7 @@ from explaind.demo.shapes_data import make_dataset  # noqa: E402
 from explaind.demo.train_shapes import ShapesNet, preprocess  # noqa: E402
 from explaind.onnxgraph.builder import NAMESPACE  # noqa: E402
 from explaind.onnxgraph.signature import ModelSignature  # noqa: E402
-from explaind.onnxgraph.variants import GRADIENT, VariantSpec, build_variant  # noqa: E402
+from explaind.onnxgraph.variants.gradient import Gradient  # noqa: E402
 from explaind_client import ExplaindClient  # noqa: E402
 
 MODEL = MODEL_DIR / "shapes" / "model.onnx"
@@ -101,7 +101,7 @@ class GraphRate:
 
 def gradient_graph(path: str) -> onnx.ModelProto:
     """explaind's gradient variant of the shapes model (plain rule, logit score), as the server builds it."""
-    return build_variant(onnx.load(str(MODEL)), SIGNATURE, VariantSpec(GRADIENT, "logit", rule="plain", path=path)).model
+    return Gradient(score="logit", rule="plain", path=path).build(onnx.load(str(MODEL)), SIGNATURE)
 
 
 def gradient_feed(path: str, x: np.ndarray):

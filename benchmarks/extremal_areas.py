@@ -80,7 +80,7 @@ def explaind_masks(images: np.ndarray, labels: np.ndarray, projection: bool) -> 
         finally:
             await engine.close()
 
-    return [result.outputs["masks"][0] for result in asyncio.run(main())]
+    return [result.arrays["masks"][0] for result in asyncio.run(main())]
 
 
 def torchray_masks(images: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:

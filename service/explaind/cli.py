@@ -25,23 +25,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_param(text: str) -> tuple[str, Any]:
-    """name=value; value is an int, a float, or a comma-separated list of them."""
+def parse_param(text: str) -> tuple[str, str]:
+    """name=value, the value kept as text until the method's declaration gives its type."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    return name, raw
 
-    def number(token: str) -> int | float:
-        try:
-            return int(token)
-        except ValueError:
-            return float(token)
 
-    try:
-        value: Any = [number(t) for t in raw.split(",")] if "," in raw else number(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name}: expected a number or a list of numbers, got {raw!r}") from None
-    return name, value
+def typed_params(method: str, raw: list[tuple[str, str]]) -> dict[str, Any]:
+    """The --param texts as the values the method's parameters take (its declaration in
+    explaind.methods says each one's type: numbers, strings, booleans, comma-separated lists)."""
+    from .methods.params import parse_text
+    from .methods.registry import all_methods
+
+    methods = all_methods()
+    if method not in methods:
+        raise ValueError(f"--method: expected one of {', '.join(methods)}, got {method!r}")
+    declared = {p.name: p for p in methods[method].params}
+    values: dict[str, Any] = {}
+    for name, text in raw:
+        if name not in declared:
+            raise ValueError(f"--param {name}: {method} has no such parameter; it has {', '.join(declared) or 'none'}")
+        values[name] = parse_text(declared[name], text)
+    return values
 
 
 def _progress_bar(done: int, total: int, width: int = 40) -> str:
@@ -53,7 +60,11 @@ def _explain(args: argparse.Namespace) -> int:
     import grpc
     from explaind_client import ExplaindClient, Explanation, Progress, RenderSpec
 
-    params = dict(args.param or [])
+    try:
+        params = typed_params(args.method, args.param or [])
+    except ValueError as exc:
+        print(f"explaind explain: {exc}", file=sys.stderr)
+        return 2
     target: int | str | None = None
     if args.target is not None:
         target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
@@ -118,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--image", help="PNG or JPEG file")
     source.add_argument("--tensor", help=".npy file with one example in the model's input space")
     explain.add_argument("--param", action="append", type=parse_param, metavar="NAME=VALUE",
-                         help="a method parameter, repeatable: --param num_masks=2000 --param window=8,8")
+                         help="a method parameter, repeatable: --param num_masks=2000 --param window=8,8 "
+                         "--param segmentation=slic --param jitter=false (docs/methods.md lists them)")
     explain.add_argument("--target", help="class index or label (default: the top prediction)")
     explain.add_argument("--score", default="", choices=["", "probability", "logit"])
     explain.add_argument("--seed", type=int, default=0)

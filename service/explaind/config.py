@@ -41,6 +41,11 @@ class Settings:
     max_request_memory_bytes: int = field(default=1 << 30, metadata={
         "help": "working memory one request may need (LIME / Kernel SHAP coalitions, rows and regression), "
                 "computed before it starts; requests above are refused naming the parameter to lower"})
+    max_sessions: int = field(default=32, metadata={
+        "help": "onnxruntime sessions (graph variants) kept; beyond it the least recently used idle ones close"})
+    max_session_bytes: int = field(default=4 << 30, metadata={
+        "help": "bytes of variant graphs kept as sessions (their serialized size); beyond it the least recently "
+                "used idle ones close"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
@@ -58,7 +63,7 @@ class Settings:
 
         for name in ("max_batch_rows", "max_queued_rows", "max_queued_jobs", "max_rows_per_request",
                      "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
-                     "max_image_pixels", "max_model_bytes"):
+                     "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes"):
             positive(name)
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")

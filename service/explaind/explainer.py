@@ -1,8 +1,8 @@
 """One explanation from request to result, independent of gRPC.
 
 Order of work: everything that can be refused cheaply is checked first (model, method, input,
-score, parameters, render options); then the unperturbed input runs once (top classes, the target);
-then the method's job runs through the engine; then the heatmap is rendered.
+score, parameters, render options); then the method runs its stages through the engine (the first
+is the prediction of the unperturbed input: top classes and the target); then the heatmap is rendered.
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ import numpy as np
 
 from .config import Settings
 from .engine.engine import Engine, ServedModel
-from .engine.job import Job
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .methods.base import FORWARD, LOGIT, Method, MethodContext, ModelView
-from .methods.gradient_base import WhiteBox
-from .models.white_box import inspect_white_box
+from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
 from .models.repository import ModelEntry, ModelRepository
+from .models.white_box import WhiteBox, inspect_white_box
 from .onnxgraph.signature import ModelSignature
-from .onnxgraph.variants import PREDICT, PROBABILITIES_OUTPUT, RAW_OUTPUT, VariantSpec
 from .render import RenderOptions, render_heatmap
 
 log = logging.getLogger(__name__)
@@ -58,15 +55,32 @@ class ClassScore:
 
 
 @dataclass
+class Stats:
+    """What a request cost and how it ran (ExplainResponse.stats)."""
+
+    seed: int
+    model_sha256: str
+    method: str
+    parameters: dict[str, Any]
+    score: str
+    model_evaluations: int = 0
+    batches: int = 0
+    stages: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0  # the device time of this request's rows (their share of each batch)
+    total_seconds: float = 0.0
+
+
+@dataclass
 class Explanation:
     attribution: np.ndarray
     target_class: int
     target_label: str
     top_classes: list[ClassScore]
     heatmap_png: bytes
-    stats: dict[str, Any]
+    stats: Stats
     figures: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +105,7 @@ class Explainer:
         self.methods = all_methods()
         self._served: dict[str, ServedModel] = {}
         self._white_box: dict[str, WhiteBox] = {}
+        self._offered: dict[str, dict[str, str]] = {}  # model -> method -> why not ("" offered)
 
     # Models -------------------------------------------------------------------------------------
 
@@ -128,12 +143,24 @@ class Explainer:
             self._white_box[entry.name] = inspect_white_box(entry)
         return self._white_box[entry.name]
 
+    def view(self, entry: ModelEntry) -> ModelView:
+        served = self.served(entry)
+        return ModelView(entry.config.kind, served.signature, entry.background, self.white_box(entry),
+                         entry.preprocess, entry.model)
+
+    def unavailable(self, entry: ModelEntry) -> dict[str, str]:
+        """For each method: why this model cannot serve it, "" when it can (computed once per model)."""
+        if entry.name not in self._offered:
+            view = self.view(entry)
+            self._offered[entry.name] = {
+                name: (m.unavailable(view) if entry.config.kind in m.kinds else f"it does not explain {entry.config.kind} models")
+                for name, m in self.methods.items()}
+        return self._offered[entry.name]
+
     def methods_for(self, entry: ModelEntry) -> list[str]:
         if not entry.ready:
             return []
-        white_box = self.white_box(entry)
-        return [name for name, m in self.methods.items()
-                if entry.config.kind in m.kinds and (m.needs == FORWARD or white_box.offers(m))]
+        return [name for name, why in self.unavailable(entry).items() if not why]
 
     # Explain ------------------------------------------------------------------------------------
 
@@ -148,19 +175,19 @@ class Explainer:
         if kind not in method.kinds:
             raise FailedPrecondition(f"method {method.name!r} does not explain {kind} models such as "
                                      f"{entry.name!r}; methods for this model: {', '.join(self.methods_for(entry))}")
+        why = self.unavailable(entry)[method.name]
+        if why:
+            needs = "gradients" if method.needs in ("INPUT_GRADIENTS", "LAYER_GRADIENTS") else "what the model lacks"
+            raise FailedPrecondition(f"method {method.name!r} needs {needs}, which model {entry.name!r} cannot "
+                                     f"provide: {why}; methods for it: {', '.join(self.methods_for(entry))}")
         served = self.served(entry)
-        white_box = self.white_box(entry)
-        if method.needs != FORWARD and not white_box.offers(method):
-            raise FailedPrecondition(f"method {method.name!r} needs gradients, which model {entry.name!r} cannot "
-                                     f"provide: {white_box.why_not(method)}; methods for it: "
-                                     f"{', '.join(self.methods_for(entry))}")
-        view = ModelView(kind, served.signature, entry.background, white_box, entry.preprocess)
+        view = self.view(entry)
         x, image = self._input(query, entry, served.signature)
         score = query.score or method.default_score
         if score == LOGIT and entry.config.scores != "logits":
             raise FailedPrecondition(f"score: LOGIT needs a model that outputs logits; model {entry.name!r} "
                                      f"outputs {entry.config.scores}")
-        params = method.resolve(query.params, view, self.settings)
+        params = method.parameters(query.params, view, self.settings, score)
         if query.render is not None:
             if kind != "image":
                 raise InvalidArgument("render", "no render for a tabular model (heatmaps are for images)",
@@ -180,21 +207,6 @@ class Explainer:
             return x, (np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image)
         raise InvalidArgument("input", "a tensor or an image", "neither")
 
-    async def predict(self, served: ServedModel, x: np.ndarray, deadline: float | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [K] and logits [K] (None for probability models) of one example."""
-        result: dict[str, np.ndarray] = {}
-
-        def keep(codes: dict[str, np.ndarray], rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
-            result.update({k: v[0] for k, v in rows.items()})
-
-        # Eager: the request waits on this one row before it can submit any other, so the scheduler
-        # does not hold it max_delay_ms for company (predictions queued meanwhile still share a batch).
-        job = Job(constants={"x0": x}, rows=iter([{"row": np.zeros(1, np.int64)}]), total_rows=1,
-                  consume=keep, deadline=deadline, label="predict", eager=True)
-        await self.engine.run(served, VariantSpec(PREDICT), job)
-        logits = result[RAW_OUTPUT] if served.signature.scores == "logits" else None
-        return result[PROBABILITIES_OUTPUT], logits
-
     async def explain(self, query: ExplainQuery, *, prepared: Prepared | None = None,
                       deadline: float | None = None,
                       on_progress: Callable[[int, int], None] | None = None,
@@ -203,37 +215,37 @@ class Explainer:
         started = time.monotonic()
         p = prepared or self.prepare(query)
         entry = p.entry
-        probabilities, logits = await self.predict(p.served, p.x, deadline)
-        target = self._target(query, entry, probabilities)
-        top = self._top_classes(entry, probabilities, logits)
         seed = query.seed or (secrets.randbits(63) or 1)
         ctx = MethodContext(
-            engine=self.engine, served=p.served, model=p.view, x=p.x, target=target, score=p.score,
-            rng=np.random.default_rng(seed), settings=self.settings, deadline=deadline,
-            on_progress=on_progress)
+            engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
+            rng=np.random.default_rng(seed), settings=self.settings,
+            choose_target=lambda prediction: self._target(query, entry, prediction.probabilities),
+            deadline=deadline, on_progress=on_progress)
 
-        def stats(result_rows: int, batches: int, queue: float, compute: float) -> dict[str, Any]:
-            return {"seed": seed, "model_evaluations": result_rows + 1, "batches": batches + 1,
-                    "queue_seconds": queue, "compute_seconds": compute,
-                    "total_seconds": time.monotonic() - started, "model_sha256": entry.sha256,
-                    "method": p.method.name, "parameters": p.params, "score": p.score}
+        def stats() -> Stats:
+            return Stats(seed=seed, model_sha256=entry.sha256, method=p.method.name, parameters=p.params,
+                         score=p.score, total_seconds=time.monotonic() - started)
 
         if on_partial is not None:
             def partial(attribution: np.ndarray) -> None:
-                on_partial(Explanation(attribution, target, entry.labels[target], top, b"",
-                                       stats(0, 0, 0.0, 0.0)))
+                # Partial maps come after the prediction stage, so the target and top classes are known.
+                top = self._top_classes(entry, ctx.prediction) if ctx.prediction is not None else []
+                on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"", stats()))
             ctx.on_partial = partial
-        result = await p.method.explain(p.params, ctx)
+        run = await p.method.explain(p.params, ctx)
         heatmap = b""
         if query.render is not None:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)
             options = query.render
             if options.clip_percentile_low is None and p.method.render_low_percentile is not None:
                 options = dataclasses.replace(options, clip_percentile_low=p.method.render_low_percentile)
-            heatmap = render_heatmap(result.attribution, options, image=image)
-        return Explanation(result.attribution, target, entry.labels[target], top, heatmap,
-                           stats(result.model_evaluations, result.batches, result.queue_seconds,
-                                 result.compute_seconds), result.extras, result.outputs)
+            heatmap = render_heatmap(run.result.attribution, options, image=image)
+        final = stats()
+        for name in ("model_evaluations", "batches", "stages", "queue_seconds", "compute_seconds"):
+            setattr(final, name, getattr(run.stats, name))
+        return Explanation(run.result.attribution, run.target, entry.labels[run.target],
+                           self._top_classes(entry, run.prediction), heatmap, final, run.result.figures,
+                           run.result.arrays)
 
     def _target(self, query: ExplainQuery, entry: ModelEntry, probabilities: np.ndarray) -> int:
         if query.target_label is not None:
@@ -246,7 +258,8 @@ class Explainer:
         return int(np.argmax(probabilities))
 
     @staticmethod
-    def _top_classes(entry: ModelEntry, probabilities: np.ndarray, logits: np.ndarray | None) -> list[ClassScore]:
+    def _top_classes(entry: ModelEntry, prediction: Prediction) -> list[ClassScore]:
+        probabilities, logits = prediction.probabilities, prediction.logits
         order = np.argsort(-probabilities, kind="stable")[:TOP_CLASSES]
         return [ClassScore(int(i), entry.labels[i], float(probabilities[i]),
                            None if logits is None else float(logits[i])) for i in order]

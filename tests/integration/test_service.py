@@ -60,7 +60,7 @@ def test_get_model_reports_the_contract(client):
     assert list(info.labels) == ["circle", "square", "triangle", "cross", "star"]
     assert list(info.methods) == ["occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "input_x_gradient", "smooth_grad",
                                   "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
-                                  "grad_cam_plus_plus", "guided_grad_cam"]
+                                  "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
     assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers
     assert info.scores == "logits" and info.num_classes == 5
@@ -230,7 +230,7 @@ def test_health_reflection_and_metrics(server, client, example_image):
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     assert 'explaind_requests_total{code="OK",method="rise",model="shapes"}' in text
     assert 'explaind_request_seconds_bucket{le="+Inf",method="rise",model="shapes"}' in text
-    assert 'explaind_batch_rows_bucket' in text and 'explaind_queue_rows{model="shapes",variant="rise/probability/7/zero"}' in text
+    assert 'explaind_batch_rows_bucket' in text and 'explaind_queue_rows{model="shapes",variant="rise"}' in text
     assert 'explaind_queue_jobs' in text and 'explaind_rows_per_second' in text
 
 
@@ -296,9 +296,9 @@ def test_lime_and_kernel_shap_over_grpc(client, example_image):
                                               params={"num_samples": 400, "segmentation": "slic"}), timeout=60)
     from explaind_client import from_proto
 
-    segments = from_proto(reply.segments)
+    segments = from_proto(reply.arrays["segments"])
     attribution = from_proto(reply.attribution)
-    weights = np.asarray(reply.segment_weights)
+    weights = from_proto(reply.arrays["segment_weights"])
     assert segments.shape == (64, 64) and len(weights) == segments.max() + 1
     np.testing.assert_allclose(attribution, weights[segments], rtol=1e-6)
     assert 0 < reply.figures["weighted_r2"] <= 1
@@ -316,29 +316,29 @@ def test_extremal_perturbation_over_grpc(client, example_image):
     png, box = example_image
     params = {"areas": [0.1, 0.2], "iterations": 40}
     exact = client.explain("shapes", method="extremal_perturbation", image=png, seed=3, params=params)
-    assert exact.masks.shape == (2, 64, 64) and 0 <= exact.masks.min() and exact.masks.max() <= 1
+    assert exact.arrays["masks"].shape == (2, 64, 64) and 0 <= exact.arrays["masks"].min() and exact.arrays["masks"].max() <= 1
     # The attribution: the masks' sum blurred by TorchRay's imsmooth (its copy, checked in tests/reference), 0.09 x 64 px.
-    blurred = gaussian_smooth(exact.masks.sum(axis=0), 0.09 * 64, (0, 1))
+    blurred = gaussian_smooth(exact.arrays["masks"].sum(axis=0), 0.09 * 64, (0, 1))
     np.testing.assert_allclose(exact.attribution, blurred, atol=1e-5)
     plain = client.explain("shapes", method="extremal_perturbation", image=png, seed=3, params={**params, "smooth": 0})
-    np.testing.assert_allclose(plain.attribution, plain.masks.sum(axis=0), atol=1e-6)
-    np.testing.assert_array_equal(plain.masks, exact.masks)  # smooth changes the attribution only
+    np.testing.assert_allclose(plain.attribution, plain.arrays["masks"].sum(axis=0), atol=1e-6)
+    np.testing.assert_array_equal(plain.arrays["masks"], exact.arrays["masks"])  # smooth changes the attribution only
     figures = exact.figures
     assert figures["gradient_exact"] == 1 and figures["evaluations_per_iteration"] == 2
-    assert figures["area_1"] == pytest.approx(0.2) and figures["achieved_area_1"] == pytest.approx(exact.masks[1].mean())
+    assert figures["area_1"] == pytest.approx(0.2) and figures["achieved_area_1"] == pytest.approx(exact.arrays["masks"][1].mean())
     # plus the returned masks, unflipped, and the unperturbed input
     assert int(exact.stats["model_evaluations"]) == 40 * 2 + 2 + 1
-    assert exact.masks.mean(axis=(1, 2)) == pytest.approx(params["areas"], abs=1e-3)  # projected onto the areas
+    assert exact.arrays["masks"].mean(axis=(1, 2)) == pytest.approx(params["areas"], abs=1e-3)  # projected onto the areas
     assert exact.stats["parameters"]["step"] == 2 and exact.stats["parameters"]["sigma"] == 6.0  # scaled to 64 px
     estimated_params = {"areas": [0.1], "iterations": 20, "gradient": "estimated", "gradient_samples": 4}
     updates = list(client.explain_stream("shapes", method="extremal_perturbation", image=png, seed=5,
                                          params=estimated_params))
     final = updates[-1]
     partials = [u for u in updates if getattr(u, "partial", False)]
-    assert len(partials) >= 5 and not final.partial and final.masks.shape == (1, 64, 64)
+    assert len(partials) >= 5 and not final.partial and final.arrays["masks"].shape == (1, 64, 64)
     assert final.figures["gradient_exact"] == 0 and final.figures["evaluations_per_iteration"] == 9
     assert int(final.stats["model_evaluations"]) == 20 * 9 + 1 + 1
     again = client.explain("shapes", method="extremal_perturbation", image=png, seed=5, params=estimated_params)
-    np.testing.assert_array_equal(again.masks, final.masks)  # same seed, same directions, same masks
+    np.testing.assert_array_equal(again.arrays["masks"], final.arrays["masks"])  # same seed, same directions, same masks
     other = client.explain("shapes", method="extremal_perturbation", image=png, seed=6, params=estimated_params)
-    assert not np.array_equal(other.masks, final.masks)
+    assert not np.array_equal(other.arrays["masks"], final.arrays["masks"])

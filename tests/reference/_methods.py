@@ -17,10 +17,11 @@ import numpy as np
 
 from explaind.config import Settings
 from explaind.engine.engine import Engine, ServedModel
-from explaind.methods.base import Method, MethodContext, MethodResult, ModelView
-from explaind.methods.gradient_base import WhiteBox
+from explaind.methods.base import Method, ModelView
+from explaind.models.white_box import WhiteBox
 from explaind.models.white_box import four_d_activations, last_pooled_activation
 from explaind.onnxgraph.signature import ModelSignature
+from inprocess import Outcome, run_method
 
 
 def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -55,17 +56,15 @@ class Explaind:
                 white_box = WhiteBox(True, "", tuple(layers), last_pooled_activation(ex.onnx_model, set(layers)))
             else:
                 white_box = WhiteBox(True, "", (), "")
-            self._models[name] = (served, ModelView("image" if image else "tabular", signature, None, white_box))
+            self._models[name] = (served, ModelView("image" if image else "tabular", signature, None, white_box,
+                                                    None, ex.onnx_model))
         return self._models[name]
 
     def explain(self, method: Method, given: dict[str, Any], ex: Any, x: np.ndarray, target: int,
-                score: str = "logit", seed: int = 1) -> tuple[MethodResult, dict[str, Any]]:
+                score: str = "logit", seed: int = 1) -> tuple[Outcome, dict[str, Any]]:
         served, view = self.model(ex)
-        params = method.resolve(given, view, self.engine.settings)
-        ctx = MethodContext(engine=self.engine, served=served, model=view, x=np.asarray(x, np.float32),
-                            target=int(target), score=score, rng=np.random.default_rng(seed),
-                            settings=self.engine.settings)
-        return self.loop.run_until_complete(method.explain(params, ctx)), params
+        return self.loop.run_until_complete(run_method(self.engine, served, method, given, x, target, score, seed,
+                                                       view=view))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.engine.close())

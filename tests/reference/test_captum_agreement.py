@@ -159,7 +159,7 @@ def test_saliency(case, xp, summary, name, absolute):
     ref = Saliency(ex.torch_model).attribute(xt, target=target, abs=absolute)[0].detach().numpy()
     got, params = xp.explain(XSaliency(), {"postprocess": "absolute" if absolute else "raw",
                                            "channel_reduction": "none"}, ex, x, target)
-    assert got.attribution.shape == x.shape and got.model_evaluations == 1
+    assert got.attribution.shape == x.shape and got.model_evaluations == 1 + 1  # the prediction, the gradient
     check(summary, f"Saliency(abs={absolute})", name, got.attribution, ref)
 
 
@@ -168,7 +168,7 @@ def test_input_x_gradient(case, xp, summary, name):
     ex, x, xt, target = case(name)
     ref = InputXGradient(ex.torch_model).attribute(xt, target=target)[0].detach().numpy()
     got, params = xp.explain(XInputXGradient(), {}, ex, x, target)
-    assert params["channel_reduction"] == "none"
+    assert params.get("channel_reduction", "none") == "none"
     check(summary, "InputXGradient", name, got.attribution, ref)
 
 
@@ -187,12 +187,12 @@ def test_integrated_gradients_and_completeness_gap(case, xp, summary, name, meth
     np.testing.assert_allclose(steps, np.asarray(captum_steps(IG_STEPS)), rtol=1e-7)
     got, params = xp.explain(XIntegratedGradients(), {"n_steps": IG_STEPS, "method": method, "baseline": 0.0},
                              ex, x, target)
-    assert params["channel_reduction"] == "none" and got.model_evaluations == IG_STEPS + 2
+    assert params.get("channel_reduction", "none") == "none" and got.model_evaluations == 1 + IG_STEPS + 2  # prediction, nodes, f(x), f(0)
     check(summary, f"IntegratedGradients({method})", name, got.attribution, ref)
 
     # Completeness gap: sum(attr) - (f(x) - f(0)), f the torch model's target logit.
     f_x, f_0 = logits(ex, np.stack([x, np.zeros_like(x)]))[:, target]
-    extras = got.extras
+    extras = got.figures
     scale = max(abs(f_x - f_0), abs(f_x), abs(f_0))
     assert extras["f_input"] == pytest.approx(f_x, rel=1e-4, abs=1e-5 * scale)
     assert extras["f_baseline"] == pytest.approx(f_0, rel=1e-4, abs=1e-5 * scale)
@@ -225,7 +225,7 @@ def test_guided_backprop_and_deconvolution(case, xp, summary, name, rule):
     library, ours = (GuidedBackprop, XGuidedBackprop()) if rule == "guided_backprop" else (Deconvolution, XDeconvnet())
     ref = library(ex.torch_model).attribute(xt, target=target)[0].detach().numpy()
     got, params = xp.explain(ours, {}, ex, x, target)
-    assert params["channel_reduction"] == "none"
+    assert params.get("channel_reduction", "none") == "none"
     check(summary, library.__name__, name, got.attribution, ref)
 
 
@@ -252,7 +252,7 @@ def test_guided_grad_cam(case, xp, summary, name):
     layer = ex.torch_model.get_submodule(ex.entry.layer_module)
     ref = GuidedGradCam(ex.torch_model, layer).attribute(xt, target=target)[0].detach().numpy()  # "nearest"
     got, params = xp.explain(XGuidedGradCam(), {"layer": ex.layer}, ex, x, target)
-    assert params["upsample"] == "nearest" and params["channel_reduction"] == "none"
+    assert params["upsample"] == "nearest" and params.get("channel_reduction", "none") == "none"
     check(summary, "GuidedGradCam(nearest)", name, got.attribution, ref)
 
 
@@ -322,7 +322,7 @@ def test_smooth_grad_with_the_same_noise(case, xp, summary, name):
         pytest.fail(f"every seed in {SMOOTH_GRAD_SEEDS} puts a noisy copy at a ReLU kink")
     ref = torch_gradients(ex, noisy, target).astype(np.float64).mean(axis=0)
     got, params = xp.explain(XSmoothGrad(), {"num_samples": n, "noise_level": level}, ex, x, target, seed=seed)
-    assert params["postprocess"] == "raw" and got.model_evaluations == n
+    assert params["postprocess"] == "raw" and got.model_evaluations == 1 + n
     check(summary, "SmoothGrad (same noise, torch)", name, got.attribution, ref)
     plain = torch_gradients(ex, x[None], target)[0]
     assert rel_err(got.attribution, plain) > 10 * TOL  # the noise was really there

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from inprocess import run_method
 from onnx import numpy_helper
 
 from explaind.config import Settings
@@ -28,13 +29,11 @@ from explaind.demo.shapes_data import make_dataset
 from explaind.demo.train_shapes import ShapesNet, preprocess
 from explaind.engine.engine import Engine, ServedModel
 from explaind.explainer import Explainer, ExplainQuery
-from explaind.methods.base import MethodContext, ModelView
 from explaind.methods.extremal_perturbation import SMOOTH, ExtremalPerturbation, gaussian_smooth, perturbation_pyramid
-from explaind.methods.gradient_base import WhiteBox
 from explaind.models.repository import ModelRepository
-from explaind.onnxgraph.extremal import MaskGeometry
+from explaind.models.white_box import WhiteBox
 from explaind.onnxgraph.signature import ModelSignature
-from explaind.onnxgraph.variants import EXTREMAL, VariantSpec, build_variant
+from explaind.onnxgraph.variants.extremal import Extremal, MaskGeometry
 
 extremal = pytest.importorskip("torchray.attribution.extremal_perturbation")
 
@@ -130,9 +129,9 @@ def test_graph_gradient_equals_torch_autograd(layout, exact, size, step, sigma):
     torch.onnx.export(Channels(), example, buffer, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
     sig = ModelSignature("input", "logits", tuple(example.shape[1:]), layout, "logits")
-    spec = VariantSpec(EXTREMAL, "logit", step=step, sigma=sigma, levels=8, exact=exact)
-    session = ort.InferenceSession(build_variant(onnx.load_from_string(buffer.getvalue()), sig, spec)
-                                   .model.SerializeToString(), providers=["CPUExecutionProvider"])
+    spec = Extremal(score="logit", step=step, sigma=sigma, levels=8, exact=exact)
+    session = ort.InferenceSession(spec.build(onnx.load_from_string(buffer.getvalue()), sig).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
     gen = extremal.MaskGenerator((size, size), step, sigma)
     pert = extremal.Perturbation(x, num_levels=8)
     rng = np.random.default_rng(1)
@@ -165,13 +164,11 @@ def _explaind_masks(model: onnx.ModelProto, net_x: np.ndarray, target: int, give
     async def main():
         settings = Settings(intra_op_threads=2)
         engine = Engine(settings)
-        method = ExtremalPerturbation()
-        view = ModelView("image", sig, None, WhiteBox(True))
-        params = method.resolve(given, view, settings)
-        ctx = MethodContext(engine=engine, served=ServedModel("m", model, sig, 64, 2.0), model=view, x=net_x,
-                            target=target, score="logit", rng=np.random.default_rng(0), settings=settings)
+        served = ServedModel("m", model, sig, 64, 2.0)
         try:
-            return await method.explain(params, ctx)
+            outcome, _ = await run_method(engine, served, ExtremalPerturbation(), given, net_x, target, "logit", seed=0,
+                                          white_box=WhiteBox(True))
+            return outcome
         finally:
             await engine.close()
 
@@ -212,10 +209,10 @@ def test_optimisation_agrees_with_torchray(make):
     areas = [0.1, 0.3]
     theirs, history = extremal.extremal_perturbation(net, x, target, areas=areas, max_iter=300)
     ours = _explaind_masks(model, x.numpy()[0], target, {"areas": areas, "iterations": 300, **TORCHRAY_SIZES})
-    assert np.abs(ours.outputs["masks"] - theirs.numpy()[:, 0]).mean() < 0.06
-    np.testing.assert_allclose(ours.outputs["masks"].mean(axis=(1, 2)), theirs.numpy().mean(axis=(1, 2, 3)), atol=0.03)
+    assert np.abs(ours.arrays["masks"] - theirs.numpy()[:, 0]).mean() < 0.06
+    np.testing.assert_allclose(ours.arrays["masks"].mean(axis=(1, 2)), theirs.numpy().mean(axis=(1, 2, 3)), atol=0.03)
     # TorchRay's last rewards were on the same (unflipped) inputs as explaind's reported scores.
-    np.testing.assert_allclose([ours.extras["score_0"], ours.extras["score_1"]], history[:, 0, -1].numpy(), rtol=0.15)
+    np.testing.assert_allclose([ours.figures["score_0"], ours.figures["score_1"]], history[:, 0, -1].numpy(), rtol=0.15)
 
 
 def maximum_inside(saliency: np.ndarray, box) -> bool:
@@ -248,7 +245,7 @@ def test_masks_keep_their_area_and_point_at_the_object():
     results = asyncio.run(main())
     summed_hits, single_hits, raw_hits, errors = 0, 0, 0, []
     for result, box in zip(results, boxes):
-        masks = result.outputs["masks"]
+        masks = result.arrays["masks"]
         for i, area in enumerate(areas):
             errors.append(masks[i].mean() - area)
             assert result.figures[f"achieved_area_{i}"] == pytest.approx(masks[i].mean())

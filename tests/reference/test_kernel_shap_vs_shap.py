@@ -55,7 +55,7 @@ def test_exact_kernel_shap_equals_shap_on_the_tabular_demo(background, model_pro
     assert result.figures["base_value"] == pytest.approx(explainer.expected_value, abs=1e-6)
     assert result.figures["f_x"] == pytest.approx(float(model_probability(1)(x[None])[0]), abs=1e-6)
     assert result.attribution.sum() == pytest.approx(result.figures["f_x"] - result.figures["base_value"], abs=1e-6)
-    assert result.stats["model_evaluations"] == (8190 + 2) * len(background) + 1
+    assert result.stats.model_evaluations == (8190 + 2) * len(background) + 1
 
 
 def test_sampled_kernel_shap_is_seeded_and_close_to_shap(background, model_probability):
@@ -63,7 +63,7 @@ def test_sampled_kernel_shap_is_seeded_and_close_to_shap(background, model_proba
     first = explain(tensor=x, seed=3, params={"nsamples": 600, "background_kmeans": 20})
     again = explain(tensor=x, seed=3, params={"nsamples": 600, "background_kmeans": 20})
     np.testing.assert_array_equal(first.attribution, again.attribution)
-    assert first.stats["parameters"]["l1_reg"] == "num_features(10)"  # M = 13 > 10: shap's default
+    assert first.stats.parameters["l1_reg"] == "num_features(10)"  # M = 13 > 10: shap's default
     assert int(np.sum(first.attribution != 0)) <= 10
     target = first.target_class
     summary = shap.kmeans(background, 20)
@@ -90,7 +90,7 @@ def test_kernel_shap_needs_background():
 
     view = ModelView("tabular", ModelSignature("input", "probabilities", (13,), "tabular", "probabilities"), None)
     with pytest.raises(FailedPrecondition, match="background"):
-        KernelShap().resolve({}, view, Settings())
+        KernelShap().parameters({}, view, Settings(), "probability")
 
 
 def test_image_kernel_shap_equals_shap_over_the_same_superpixels():
@@ -121,8 +121,8 @@ def test_image_kernel_shap_equals_shap_over_the_same_superpixels():
 
     expected = shap.KernelExplainer(f, np.zeros((1, players))).shap_values(np.ones(players), nsamples=2 ** players,
                                                                           l1_reg=False)
-    np.testing.assert_allclose(result.outputs["segment_weights"], expected, atol=1e-5)
-    np.testing.assert_array_equal(result.outputs["segments"], labels)
+    np.testing.assert_allclose(result.arrays["segment_weights"], expected, atol=1e-5)
+    np.testing.assert_array_equal(result.arrays["segments"], labels)
 
 
 def test_exact_kernel_shap_equals_tree_shap_interventional(background, model_probability):
@@ -154,10 +154,10 @@ def test_default_nsamples_is_shaps_auto_on_images_and_capped_on_tabular():
     """shap's nsamples="auto": 2M + 2048 coalitions, capped at 2^M - 2; the reported parameter is the one used."""
     png = (Settings().repository_path.parent / "examples" / "star_0.png").read_bytes()
     image = explain("shapes", image=png, seed=1, params={"segmentation": "slic"})
-    players = len(image.outputs["segment_weights"])
+    players = len(image.arrays["segment_weights"])
     assert players > 12  # 2M + 2048 < 2^M - 2: not capped
-    assert image.stats["parameters"]["nsamples"] == 2 * players + 2048
-    assert image.stats["model_evaluations"] == 2 * players + 2048 + 2 + 1  # + f(x), base, prediction row
+    assert image.stats.parameters["nsamples"] == 2 * players + 2048
+    assert image.stats.model_evaluations == 2 * players + 2048 + 2 + 1  # + f(x), base, prediction row
     tabular = explain(tensor=np.load(TABULAR / "background.npy")[0].astype(np.float32), seed=1,
                       params={"nsamples": 100_000})
-    assert tabular.stats["parameters"]["nsamples"] == 2**13 - 2  # 13 features: every coalition, as used
+    assert tabular.stats.parameters["nsamples"] == 2**13 - 2  # 13 features: every coalition, as used

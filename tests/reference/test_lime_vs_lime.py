@@ -58,14 +58,14 @@ def test_lime_image_weights_agree_with_lime(algorithm):
         return softmax(session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0])
 
     labels = segment(pixels, algorithm)
-    np.testing.assert_array_equal(result.outputs["segments"], labels)  # the same segmentation
+    np.testing.assert_array_equal(result.arrays["segments"], labels)  # the same segmentation
     explanation = lime_image.LimeImageExplainer(random_state=0).explain_instance(
         pixels, classifier, labels=(result.target_class,), top_labels=None, hide_color=None, num_samples=5000,
         segmentation_fn=lambda image: segment(image, algorithm), batch_size=500)
     theirs = np.zeros(labels.max() + 1)
     for index, weight in explanation.local_exp[result.target_class]:
         theirs[index] = weight
-    ours = result.outputs["segment_weights"]
+    ours = result.arrays["segment_weights"]
     correlation = np.corrcoef(ours, theirs)[0, 1]
     print(f"lime image: Pearson {correlation:.4f} over {len(ours)} superpixels")
     assert correlation >= 0.9
@@ -90,7 +90,7 @@ def test_lime_tabular_weights_agree_with_lime():
     correlation = np.corrcoef(result.attribution, theirs)[0, 1]
     print(f"lime tabular: Pearson {correlation:.4f}")
     assert correlation >= 0.9
-    assert result.stats["model_evaluations"] == 5001
+    assert result.stats.model_evaluations == 5001
 
 
 def test_lime_is_seeded():
@@ -218,7 +218,7 @@ def test_lime_image_weights_agree_with_lime_on_a_photo_at_default_quickshift(pho
     labels = segment(pixels, "quickshift")
     count = int(labels.max()) + 1
     assert count >= 20, f"only {count} superpixels: the comparison would say little"
-    np.testing.assert_array_equal(result.outputs["segments"], labels)  # the same segmentation
+    np.testing.assert_array_equal(result.arrays["segments"], labels)  # the same segmentation
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -244,7 +244,7 @@ def test_lime_image_weights_agree_with_lime_on_a_photo_at_default_quickshift(pho
     theirs = lime_weights(0)
     spread = float(np.concatenate(seen).std())
     again = lime_weights(1)
-    ours = result.outputs["segment_weights"].astype(np.float64)
+    ours = result.arrays["segment_weights"].astype(np.float64)
     ours_vs_lime = np.corrcoef(ours, theirs)[0, 1]
     lime_vs_lime = np.corrcoef(again, theirs)[0, 1]
     print(f"lime image, {PHOTO_SIZE}x{PHOTO_SIZE} photo, default quickshift, {count} superpixels, "

@@ -12,8 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from explaind.config import Settings
 from explaind.engine.engine import Engine, ServedModel
-from explaind.methods.base import Method, MethodContext, MethodResult, ModelView
+from explaind.methods.base import Method
 from explaind.onnxgraph.signature import ModelSignature
+
+import inprocess
+from inprocess import Outcome
 
 
 def linear_model(example_shape: tuple[int, ...], classes: int, seed: int = 0, opset: int = 17) -> tuple[onnx.ModelProto, np.ndarray]:
@@ -48,12 +51,9 @@ def settings(**overrides: Any) -> Settings:
 
 async def run_method(engine: Engine, served: ServedModel, method: Method, given: dict[str, Any], x: np.ndarray,
                      target: int, score: str = "probability", seed: int = 1, kind: str = "image",
-                     background: np.ndarray | None = None) -> tuple[MethodResult, dict[str, Any]]:
-    view = ModelView(kind, served.signature, background)
-    params = method.resolve(given, view, engine.settings)
-    ctx = MethodContext(engine=engine, served=served, model=view, x=x, target=target, score=score,
-                        rng=np.random.default_rng(seed), settings=engine.settings)
-    return await method.explain(params, ctx), params
+                     background: np.ndarray | None = None) -> tuple[Outcome, dict[str, Any]]:
+    return await inprocess.run_method(engine, served, method, given, x, target, score, seed, kind=kind,
+                                      background=background)
 
 
 def run(coro: Any) -> Any:

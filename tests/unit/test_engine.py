@@ -17,11 +17,11 @@ from explaind.engine.job import Job
 from explaind.engine.runner import Runner
 from explaind.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from explaind.metrics import Metrics
-from explaind.onnxgraph.variants import PREDICT, VariantSpec
+from explaind.onnxgraph.variants.predict import Predict
 
 from _linear import run, served_linear, settings, softmax
 
-PREDICT_SPEC = VariantSpec(PREDICT)
+PREDICT_SPEC = Predict()
 
 
 def predict_job(x: np.ndarray, rows: int, seen: list, deadline: float | None = None, chunk: int = 10) -> Job:
@@ -182,15 +182,15 @@ def test_io_binding_path_gives_the_same_results_as_plain_run():
 
     async def main():
         engine = Engine(settings())
-        variant = engine.variant(served, PREDICT_SPEC)
         await engine.close()
-        return engine, variant
+        return engine
 
-    engine, variant = run(main())
-    data = variant.model.SerializeToString()
-    outputs = variant.interface.row_outputs
-    plain = Runner(data, outputs, variant.interface.constants, engine.device, engine.settings, io_binding=False)
-    bound = Runner(data, outputs, variant.interface.constants, engine.device, engine.settings, io_binding=True)
+    engine = run(main())
+    data = PREDICT_SPEC.build(served.model, served.signature).SerializeToString()
+    interface = PREDICT_SPEC.interface()
+    outputs = interface.row_outputs
+    plain = Runner(data, outputs, interface.constants, engine.device, engine.settings, io_binding=False)
+    bound = Runner(data, outputs, interface.constants, engine.device, engine.settings, io_binding=True)
     rng = np.random.default_rng(0)
     per_job = {job: rng.normal(size=(2, 3, 3)).astype(np.float32) for job in (1, 2, 3)}
     # A job's constants never change, so the same jobs reuse the resident copy; another set uploads anew.
@@ -242,13 +242,14 @@ def test_compute_threads_yield_to_the_event_loop():
 
     async def main():
         engine = Engine(Settings(intra_op_threads=3, compute_nice=4))
-        variant = engine.variant(served, PREDICT_SPEC)
         await engine.close()
-        return engine, variant
+        return engine
 
-    engine, variant = run(main())
+    engine = run(main())
+    interface = PREDICT_SPEC.interface()
+    data = PREDICT_SPEC.build(served.model, served.signature).SerializeToString()
     before = set(os.listdir("/proc/self/task"))
-    runner = Runner(variant.model.SerializeToString(), variant.interface.row_outputs, variant.interface.constants,
+    runner = Runner(data, interface.row_outputs, interface.constants,
                     engine.device, engine.settings)
     time.sleep(0.2)  # the throwaway thread that created the session has exited by now
     pool = set(os.listdir("/proc/self/task")) - before

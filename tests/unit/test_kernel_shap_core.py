@@ -474,15 +474,15 @@ def test_tabular_nsamples_over_the_memory_budget_is_refused():
     view = ModelView("tabular", ModelSignature("x", "y", (40,), "tabular", "probabilities"), np.zeros((5, 40)))
     settings = Settings()
     most = max_stream_nsamples(40, True, settings.max_request_memory_bytes)  # l1_reg num_features(10) by default
-    assert KernelShap().resolve({"nsamples": most}, view, settings)["l1_reg"] == "num_features(10)"
+    assert KernelShap().parameters({"nsamples": most}, view, settings, "probability")["l1_reg"] == "num_features(10)"
     with pytest.raises(InvalidArgument) as err:
-        KernelShap().resolve({"nsamples": most + 1}, view, settings)
+        KernelShap().parameters({"nsamples": most + 1}, view, settings, "probability")
     assert err.value.field == "kernel_shap.nsamples"
     for words in (f"at most {most} for the model's 40 features", "l1_reg num_features(10)",
                   "max_request_memory_bytes of 1073741824", f"got {most + 1}"):
         assert words in err.value.message, err.value.message
     # without l1_reg only a dedup key per coalition stays: the row budget binds first
-    assert KernelShap().resolve({"nsamples": 399_998, "l1_reg": "none"}, view, settings)["nsamples"] == 399_998
+    assert KernelShap().parameters({"nsamples": 399_998, "l1_reg": "none"}, view, settings, "probability")["nsamples"] == 399_998
 
 
 def test_preview_without_selection_is_the_unregularised_solve():

@@ -443,9 +443,9 @@ def test_tabular_num_samples_over_the_memory_budget_is_refused():
     view = ModelView("tabular", ModelSignature("x", "y", (13,), "tabular", "probabilities"), np.zeros((10, 13)))
     settings = Settings(max_request_memory_bytes=100 << 20)
     most = lc.max_tabular_samples(13, 100 << 20)
-    assert Lime().resolve({"num_samples": most}, view, settings)["num_samples"] == most
+    assert Lime().parameters({"num_samples": most}, view, settings, "probability")["num_samples"] == most
     with pytest.raises(InvalidArgument) as err:
-        Lime().resolve({"num_samples": most + 1}, view, settings)
+        Lime().parameters({"num_samples": most + 1}, view, settings, "probability")
     assert err.value.field == "lime.num_samples"
     for words in (f"at most {most}", "13 features", "max_request_memory_bytes of 104857600", f"got {most + 1}"):
         assert words in err.value.message, err.value.message

@@ -12,7 +12,7 @@ import pytest
 from explaind.engine.engine import Engine
 from explaind.errors import FailedPrecondition, InvalidArgument
 from explaind.methods.base import ModelView
-from explaind.methods.gradient_base import WhiteBox
+from explaind.models.white_box import WhiteBox
 from explaind.methods.input_x_gradient import InputXGradient
 from explaind.methods.integrated_gradients import IntegratedGradients
 from explaind.methods.kernel_shap import KernelShap
@@ -69,8 +69,8 @@ def test_image_occlusion_matches_brute_force(layout, score):
     # Rows start at 0, 2, 4, 6 with height 3: the last row (y = 9) is never covered and gets 0.
     assert np.all(result.attribution[9, :] == 0)
     assert np.all(result.attribution[:9, :] != 0)
-    assert result.model_evaluations == 1 + 4 * 4
-    assert result.batches == math.ceil(17 / 7)
+    assert result.model_evaluations == 1 + 1 + 4 * 4  # the prediction, the unoccluded row, the windows
+    assert result.batches == 1 + math.ceil(17 / 7)  # the prediction, then 17 rows 7 at a time
 
 
 def test_image_occlusion_defaults_are_captum_8_by_8_stride_4():
@@ -162,7 +162,7 @@ def test_rise_matches_its_definition_for_the_same_codes(baseline):
     result, weights = run(main())
     expected = rise_reference(weights, x, 1, 300, 4, 0.3, baseline, seed=77)
     np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-6)
-    assert result.model_evaluations == 300
+    assert result.model_evaluations == 1 + 300  # the prediction and the masks
 
 
 def test_rise_is_the_same_whatever_the_batching():
@@ -199,7 +199,7 @@ def test_rise_is_the_same_whatever_the_batching():
 def test_rise_parameters_are_validated(given, field):
     served, _ = served_linear("lin", (3, 8, 8), 3)
     with pytest.raises(InvalidArgument) as err:
-        Rise().resolve(given, ModelView("image", served.signature), settings())
+        Rise().parameters(given, ModelView("image", served.signature), settings(), "logit")
     assert err.value.field == field
     assert "expected" in err.value.message and "got" in err.value.message
 
@@ -214,16 +214,16 @@ def test_rise_parameters_are_validated(given, field):
 def test_occlusion_parameters_are_validated(given, field):
     served, _ = served_linear("lin", (3, 8, 8), 3)
     with pytest.raises(InvalidArgument) as err:
-        Occlusion().resolve(given, ModelView("image", served.signature), settings())
+        Occlusion().parameters(given, ModelView("image", served.signature), settings(), "logit")
     assert err.value.field == field
 
 
 def test_tabular_occlusion_without_background_or_baseline_is_refused():
     served, _ = served_linear("tab", (6,), 3, layout="tabular")
     with pytest.raises(FailedPrecondition, match="background"):
-        Occlusion().resolve({}, ModelView("tabular", served.signature, None), settings())
+        Occlusion().parameters({}, ModelView("tabular", served.signature, None), settings(), "logit")
     with pytest.raises(InvalidArgument, match="occlusion.window"):
-        Occlusion().resolve({"window": [2]}, ModelView("tabular", served.signature, np.zeros((2, 6))), settings())
+        Occlusion().parameters({"window": [2]}, ModelView("tabular", served.signature, np.zeros((2, 6))), settings(), "logit")
 
 
 @pytest.mark.parametrize("method", [Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients()],
@@ -232,11 +232,11 @@ def test_gradient_methods_refuse_a_channel_reduction_on_a_tabular_model(method):
     served, _ = served_linear("tab", (6,), 3, layout="tabular")
     view = ModelView("tabular", served.signature, None, WhiteBox(True))
     with pytest.raises(InvalidArgument) as err:
-        method.resolve({"channel_reduction": "max"}, view, settings())
+        method.parameters({"channel_reduction": "max"}, view, settings(), "logit")
     assert err.value.field == f"{method.name}.channel_reduction" and "tabular" in err.value.message
-    # Unset or "none" is fine, and what the parameters report (saliency's image default is max).
-    assert method.resolve({}, view, settings())["channel_reduction"] == "none"
-    assert method.resolve({"channel_reduction": "NONE"}, view, settings())["channel_reduction"] == "none"
+    # Unset or "none" is fine; the parameters as used leave out what does not apply to the model.
+    assert "channel_reduction" not in method.parameters({}, view, settings(), "logit")
+    assert "channel_reduction" not in method.parameters({"channel_reduction": "NONE"}, view, settings(), "logit")
 
 
 def test_kernel_shap_with_one_feature_gives_f_x_minus_the_base_value():

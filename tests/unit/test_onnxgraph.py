@@ -14,6 +14,7 @@ every perturbed row.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,15 +24,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from explaind.onnxgraph.builder import NAMESPACE
 from explaind.onnxgraph.signature import ModelSignature
-from explaind.onnxgraph.variants import (
-    OCCLUSION_IMAGE,
-    OCCLUSION_TABULAR,
-    PREDICT,
-    RISE,
-    Variant,
-    VariantSpec,
-    build_variant,
-)
+from explaind.onnxgraph.variants import VariantInterface, VariantSpec
+from explaind.onnxgraph.variants.occlusion import ImageOcclusion, TabularOcclusion
+from explaind.onnxgraph.variants.predict import Predict
+from explaind.onnxgraph.variants.rise import Rise
 
 OPSETS = (11, 13, 17, 21)
 LAYOUTS = ("NCHW", "NHWC")
@@ -39,6 +35,18 @@ SCORES = ("probability", "logit")
 
 C, H, W, K = 3, 5, 6, 4  # small image models
 F = 5                    # tabular features
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A built variant as the engine holds it: the spliced graph and what it feeds and reads."""
+
+    model: onnx.ModelProto
+    interface: VariantInterface
+
+
+def build_variant(model: onnx.ModelProto, sig: ModelSignature, spec: VariantSpec) -> Variant:
+    return Variant(spec.build(model, sig), spec.interface())
 
 
 # Tiny models ----------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ def test_occlusion_image_prefix_matches_reference(opset, layout):
     rng = np.random.default_rng(opset * 10 + len(layout))
     shape = example_shape(layout)
     variant = build_variant(echo_model(opset, shape), image_sig(layout, shape, output_name="echo"),
-                            VariantSpec(OCCLUSION_IMAGE, "logit"))
+                            ImageOcclusion(score="logit"))
     for jobs in (2, 3):
         x0 = rng.standard_normal((jobs, *shape)).astype(np.float32)
         fill = np.array([-7.5, 11.25, 0.5][:jobs], np.float32)
@@ -279,7 +287,7 @@ def test_occlusion_image_prefix_matches_reference(opset, layout):
 def test_occlusion_tabular_prefix_matches_reference(opset):
     rng = np.random.default_rng(opset)
     variant = build_variant(echo_model(opset, (F,)), tabular_sig(output_name="echo"),
-                            VariantSpec(OCCLUSION_TABULAR, "logit"))
+                            TabularOcclusion(score="logit"))
     jobs = 3
     x0 = rng.standard_normal((jobs, F)).astype(np.float32)
     fill = (10 + rng.standard_normal((jobs, F))).astype(np.float32)  # per job, per feature
@@ -299,7 +307,7 @@ def graph_masks(opset: int, layout: str, s: int, height: int, width: int, grids,
     """The variant's masks [R, H, W]: with x0 = 1 and fill = 0 the perturbed input is the mask."""
     shape = example_shape(layout, 1, height, width)
     variant = build_variant(echo_model(opset, shape), image_sig(layout, shape, output_name="echo"),
-                            VariantSpec(RISE, "logit", s))
+                            Rise(score="logit", grid_size=s, zero_baseline=False))
     job_index = np.zeros(len(grids), np.int64)
     x0 = np.ones((1, *shape), np.float32)
     got = read_back(variant, shape, job_index, x0, np.zeros(1, np.float32), grid=grids, shift=shifts)
@@ -347,7 +355,7 @@ def test_rise_prefix_blends_input_and_fill(opset, layout):
     s, jobs, rows = 3, 3, 9
     shape = example_shape(layout)
     variant = build_variant(echo_model(opset, shape), image_sig(layout, shape, output_name="echo"),
-                            VariantSpec(RISE, "logit", s))
+                            Rise(score="logit", grid_size=s, zero_baseline=False))
     x0 = rng.standard_normal((jobs, *shape)).astype(np.float32)
     fill = np.array([-2.0, 0.75, 3.5], np.float32)
     grids, shifts = rise_codes(rng, rows, s, H, W)
@@ -408,7 +416,7 @@ def test_occlusion_image_score_picks_each_rows_target(opset, layout, score):
     rng = np.random.default_rng(400 + opset + len(layout) + len(score))
     jobs = 3
     shape, weight, model, x0 = linear_setup(rng, opset, layout, jobs)
-    variant = build_variant(model, image_sig(layout, shape), VariantSpec(OCCLUSION_IMAGE, score))
+    variant = build_variant(model, image_sig(layout, shape), ImageOcclusion(score=score))
     fill = np.array([0.0, -1.0, 2.0], np.float32)
     target = np.array([2, 0, 3], np.int64)
     windows = image_windows(rng, H, W)
@@ -429,7 +437,7 @@ def test_occlusion_tabular_score_picks_each_rows_target(opset, score):
     jobs, classes = 3, 3
     weight = rng.standard_normal((F, classes)).astype(np.float32)
     model = linear_model(opset, (F,), weight)
-    variant = build_variant(model, tabular_sig(), VariantSpec(OCCLUSION_TABULAR, score))
+    variant = build_variant(model, tabular_sig(), TabularOcclusion(score=score))
     x0 = rng.standard_normal((jobs, F)).astype(np.float32)
     fill = rng.standard_normal((jobs, F)).astype(np.float32)
     target = np.array([1, 2, 0], np.int64)
@@ -446,7 +454,7 @@ def test_probabilities_model_output_is_used_as_it_is(opset):
     jobs = 2
     shape, weight, model, x0 = linear_setup(rng, opset, "NCHW", jobs, softmax_inside=True)
     sig = image_sig("NCHW", shape, scores="probabilities", output_name="probs")
-    variant = build_variant(model, sig, VariantSpec(OCCLUSION_IMAGE, "probability"))
+    variant = build_variant(model, sig, ImageOcclusion(score="probability"))
     target = np.array([3, 1], np.int64)
     windows = image_windows(rng, H, W, random=2)
     job_index = interleaved_jobs(rng, jobs, len(windows))
@@ -458,7 +466,7 @@ def test_probabilities_model_output_is_used_as_it_is(opset):
     # softmax applied a second time would flatten the scores towards 1/K
     assert np.abs(got - 1 / K).max() > 0.05
     with pytest.raises(ValueError):
-        build_variant(model, sig, VariantSpec(OCCLUSION_IMAGE, "logit"))
+        build_variant(model, sig, ImageOcclusion(score="logit"))
 
 
 # 5. RISE score and weighted mask sum -------------------------------------------------------------
@@ -471,7 +479,7 @@ def test_rise_score_and_weighted_mask_sum(opset, layout, score):
     rng = np.random.default_rng(700 + opset + len(layout) + len(score))
     jobs, s = 4, 2  # slot 3 gets no rows at all
     shape, weight, model, x0 = linear_setup(rng, opset, layout, jobs)
-    variant = build_variant(model, image_sig(layout, shape), VariantSpec(RISE, score, s))
+    variant = build_variant(model, image_sig(layout, shape), Rise(score=score, grid_size=s, zero_baseline=False))
     fill = np.array([0.0, 1.5, -1.0, 9.0], np.float32)
     target = np.array([1, 3, 0, 2], np.int64)
     job_index = np.array([0, 1, 0, 2, 1, 0, 2, 0, 1, 0, 2], np.int64)  # slot 0 interleaved with 1 and 2
@@ -500,7 +508,7 @@ def test_predict_gathers_rows_and_adds_probabilities(opset, layout):
     rng = np.random.default_rng(800 + opset + len(layout))
     jobs = 3
     shape, weight, model, x0 = linear_setup(rng, opset, layout, jobs)
-    variant = build_variant(model, image_sig(layout, shape), VariantSpec(PREDICT))
+    variant = build_variant(model, image_sig(layout, shape), Predict())
     job_index = np.array([2, 0, 2, 1, 0], np.int64)
     out = run(variant, x0=x0, job_index=job_index)
     logits = x0[job_index].reshape(len(job_index), -1).astype(np.float64) @ weight
@@ -509,7 +517,7 @@ def test_predict_gathers_rows_and_adds_probabilities(opset, layout):
 
     probs_model = linear_model(opset, shape, weight, softmax=True)
     sig = image_sig(layout, shape, scores="probabilities", output_name="probs")
-    out = run(build_variant(probs_model, sig, VariantSpec(PREDICT)), x0=x0, job_index=job_index)
+    out = run(build_variant(probs_model, sig, Predict()), x0=x0, job_index=job_index)
     np.testing.assert_allclose(out["output"], softmax(logits), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["probabilities"], out["output"])
 
@@ -518,7 +526,7 @@ def test_predict_gathers_rows_and_adds_probabilities(opset, layout):
 def test_predict_tabular(opset):
     rng = np.random.default_rng(900 + opset)
     weight = rng.standard_normal((F, 2)).astype(np.float32)
-    variant = build_variant(linear_model(opset, (F,), weight), tabular_sig(), VariantSpec(PREDICT))
+    variant = build_variant(linear_model(opset, (F,), weight), tabular_sig(), Predict())
     x0 = rng.standard_normal((2, F)).astype(np.float32)
     job_index = np.array([1, 1, 0, 1], np.int64)
     out = run(variant, x0=x0, job_index=job_index)
@@ -532,9 +540,9 @@ def test_predict_tabular(opset):
 
 def all_specs(tabular: bool) -> list[VariantSpec]:
     if tabular:
-        return [VariantSpec(PREDICT), *(VariantSpec(OCCLUSION_TABULAR, sc) for sc in SCORES)]
-    return [VariantSpec(PREDICT), *(VariantSpec(OCCLUSION_IMAGE, sc) for sc in SCORES),
-            *(VariantSpec(RISE, sc, s) for sc in SCORES for s in (1, 2, 5))]
+        return [Predict(), *(TabularOcclusion(score=sc) for sc in SCORES)]
+    return [Predict(), *(ImageOcclusion(score=sc) for sc in SCORES),
+            *(Rise(score=sc, grid_size=s, zero_baseline=False) for sc in SCORES for s in (1, 2, 5))]
 
 
 @pytest.mark.parametrize("opset", OPSETS)
@@ -574,12 +582,12 @@ def test_colliding_names_compose_and_run(opset):
     fill = np.array([1.0, -1.0], np.float32)
     job_index = np.array([1, 0, 0, 1, 0], np.int64)
 
-    predict = build_variant(model, sig, VariantSpec(PREDICT))
+    predict = build_variant(model, sig, Predict())
     onnx.checker.check_model(predict.model, full_check=True)
     logits = x0[job_index].reshape(len(job_index), -1).astype(np.float64) @ weight
     np.testing.assert_allclose(run(predict, x0=x0, job_index=job_index)["output"], logits, rtol=1e-5, atol=1e-5)
 
-    occlusion = build_variant(model, sig, VariantSpec(OCCLUSION_IMAGE, "probability"))
+    occlusion = build_variant(model, sig, ImageOcclusion(score="probability"))
     onnx.checker.check_model(occlusion.model, full_check=True)
     windows = image_windows(rng, H, W, random=0)[: len(job_index)]
     got = run(occlusion, x0=x0, target=target, fill=fill, window=windows, job_index=job_index)["score"]
@@ -587,7 +595,7 @@ def test_colliding_names_compose_and_run(opset):
     np.testing.assert_allclose(got, ref_scores(perturbed, weight, target, job_index, "probability"),
                                rtol=1e-5, atol=1e-5)
 
-    rise = build_variant(model, sig, VariantSpec(RISE, "logit", 2))
+    rise = build_variant(model, sig, Rise(score="logit", grid_size=2, zero_baseline=False))
     onnx.checker.check_model(rise.model, full_check=True)
     grids, shifts = rise_codes(rng, len(job_index), 2, H, W)
     out = run(rise, x0=x0, target=target, fill=fill, grid=grids, shift=shifts, job_index=job_index)
@@ -604,7 +612,7 @@ def test_colliding_names_compose_and_run(opset):
     tab_weight = rng.standard_normal((F, 3)).astype(np.float32)
     tab_model = linear_model(opset, (F,), tab_weight, names=tab_names)
     tab_sig = tabular_sig(input_name="feature", output_name="score")
-    tab = build_variant(tab_model, tab_sig, VariantSpec(OCCLUSION_TABULAR, "logit"))
+    tab = build_variant(tab_model, tab_sig, TabularOcclusion(score="logit"))
     onnx.checker.check_model(tab.model, full_check=True)
     tx0 = rng.standard_normal((jobs, F)).astype(np.float32)
     tfill = rng.standard_normal((jobs, F)).astype(np.float32)

@@ -12,7 +12,7 @@ from explaind.errors import InvalidArgument
 from explaind.methods.base import ModelView
 from explaind.methods.grad_cam import GradCam
 from explaind.methods.grad_cam_plus_plus import GradCamPlusPlus
-from explaind.methods.gradient_base import WhiteBox
+from explaind.models.white_box import WhiteBox
 from explaind.methods.input_x_gradient import InputXGradient
 from explaind.methods.integrated_gradients import IntegratedGradients, quadrature
 from explaind.methods.saliency import Saliency
@@ -20,6 +20,7 @@ from explaind.methods.smooth_grad import SmoothGrad
 from explaind.onnxgraph.signature import ModelSignature
 
 from _linear import linear_model, run, settings, softmax
+from inprocess import run_method
 
 SHAPE = (3, 6, 5)
 
@@ -33,15 +34,9 @@ def explain(method, given, x, target=1, score="logit", served=None, white_box=Wh
     async def main():
         engine = Engine(settings())
         s = served or linear_served()[0]
-        view = ModelView("image", s.signature, None, white_box)
-        from explaind.methods.base import MethodContext
-
-        params = method.resolve(given, view, engine.settings)
-        ctx = MethodContext(engine=engine, served=s, model=view, x=x, target=target, score=score,
-                            rng=np.random.default_rng(seed), settings=engine.settings)
-        result = await method.explain(params, ctx)
+        outcome = await run_method(engine, s, method, given, x, target, score, seed, white_box=white_box)
         await engine.close()
-        return result, params
+        return outcome
 
     return run(main())
 
@@ -57,7 +52,7 @@ def test_saliency_of_a_linear_model_is_its_weight_column():
     np.testing.assert_allclose(result.attribution, np.abs(gradient).max(axis=0), rtol=1e-6)
     raw, _ = explain(Saliency(), {"postprocess": "raw", "channel_reduction": "none"}, X, served=served)
     np.testing.assert_allclose(raw.attribution, gradient, rtol=1e-6)
-    assert raw.model_evaluations == 1
+    assert raw.model_evaluations == 1 + 1  # the prediction and the gradient
 
 
 def test_probability_score_differentiates_the_softmax():
@@ -86,11 +81,11 @@ def test_integrated_gradients_of_a_linear_model_is_exact_and_complete(method):
     exact = (X - 0.5) * weights[:, 1].reshape(SHAPE)
     np.testing.assert_allclose(result.attribution, total_weight * exact, rtol=1e-4, atol=1e-6)
     expected_gap = (total_weight - 1) * exact.sum()
-    assert result.extras["completeness_gap"] == pytest.approx(expected_gap, abs=1e-4)
+    assert result.figures["completeness_gap"] == pytest.approx(expected_gap, abs=1e-4)
     f = lambda z: float(z.reshape(-1).astype(np.float64) @ weights[:, 1])  # noqa: E731
-    assert result.extras["f_input"] == pytest.approx(f(X), rel=1e-5)
-    assert result.extras["f_baseline"] == pytest.approx(f(np.full(SHAPE, 0.5)), rel=1e-5, abs=1e-6)
-    assert result.model_evaluations == 7 + 2
+    assert result.figures["f_input"] == pytest.approx(f(X), rel=1e-5)
+    assert result.figures["f_baseline"] == pytest.approx(f(np.full(SHAPE, 0.5)), rel=1e-5, abs=1e-6)
+    assert result.model_evaluations == 1 + 7 + 2  # the prediction, the nodes, f(input) and f(baseline)
 
 
 def test_quadratures_follow_captum():
@@ -128,7 +123,7 @@ def test_smooth_grad_averages_gradients_at_noisy_copies_made_in_the_graph():
     expected = (2 * (X[None] + np.float32(sigma) * noise)).mean(axis=0)
     np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(result.attribution, 2 * X, atol=1e-3)  # the noise was really there
-    assert result.model_evaluations == 20
+    assert result.model_evaluations == 1 + 20
 
 
 def cam_model(k: int = 4, classes: int = 3) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
@@ -167,7 +162,7 @@ def test_grad_cam_and_grad_cam_plus_plus_in_closed_form():
     plus, _ = explain(GradCamPlusPlus(), {"upsample": "none"}, X, target=2, served=served, white_box=white_box)
     np.testing.assert_allclose(plus.attribution, np.maximum(np.tensordot(weights, act, axes=1), 0), rtol=1e-4, atol=1e-7)
     with pytest.raises(InvalidArgument, match="grad_cam.layer.*act"):
-        GradCam().resolve({"layer": "nope"}, ModelView("image", served.signature, None, white_box), settings())
+        GradCam().parameters({"layer": "nope"}, ModelView("image", served.signature, None, white_box), settings(), "logit")
 
 
 def exported_gradient_model(weights: np.ndarray) -> onnx.ModelProto:
@@ -210,7 +205,7 @@ def test_a_model_exporting_its_gradients_is_used_as_it_is(tmp_path, score):
     assert entry.ready, entry.reason
     white_box = inspect_white_box(entry)
     assert white_box.available and white_box.exported == ("seed", "grad") and white_box.rules == ("plain",)
-    assert not white_box.offers(GradCam())
+    assert not white_box.offers(GradCam.needs, GradCam.rules_needed)
     served = ServedModel("exported", entry.model, ModelSignature("input", "logits", SHAPE, "NCHW", "logits"), 16, 1.0)
     result, _ = explain(Saliency(), {"postprocess": "raw", "channel_reduction": "none"}, X, target=3, score=score,
                         served=served, white_box=white_box)
@@ -236,20 +231,22 @@ def test_gradient_rows_of_concurrent_requests_share_batches_and_keep_their_answe
         metrics = Metrics()
         engine = Engine(settings(), metrics)
         method = IntegratedGradients()
-        params = method.resolve({"n_steps": 20}, view, engine.settings)
+        params = method.parameters({"n_steps": 20}, view, engine.settings, "logit")
 
         def ctx(x, target):
-            return MethodContext(engine=engine, served=served, model=view, x=x, target=target, score="logit",
-                                 rng=np.random.default_rng(0), settings=engine.settings)
+            return MethodContext(engine=engine, served=served, model=view, x=x, score="logit",
+                                 rng=np.random.default_rng(0), settings=engine.settings,
+                                 choose_target=lambda prediction: target)
 
-        results = await asyncio.gather(*(method.explain(params, ctx(x, t)) for t, x in enumerate(xs)))
+        runs = await asyncio.gather(*(method.explain(params, ctx(x, t)) for t, x in enumerate(xs)))
+        results = [r.result for r in runs]
         await engine.close()
         return results, metrics
 
     results, metrics = run(main())
     for target, (x, result) in enumerate(zip(xs, results)):
         np.testing.assert_allclose(result.attribution, x * weights[:, target].reshape(SHAPE), rtol=1e-4, atol=1e-6)
-    labels = {"model": "lin", "variant": "gradient/logit/plain/line"}
+    labels = {"model": "lin", "variant": "gradient"}
     batches = metrics.registry.get_sample_value("explaind_batch_rows_count", labels)
     assert metrics.registry.get_sample_value("explaind_rows_total", labels) == 3 * 22
     assert metrics.registry.get_sample_value("explaind_batch_jobs_sum", labels) > batches  # shared batches

@@ -35,9 +35,7 @@ class Explanation:
     stats: dict[str, Any]
     partial: bool = False
     figures: dict[str, float] = field(default_factory=dict)  # method-specific numbers
-    segments: np.ndarray | None = None          # lime / kernel_shap on images: superpixel map [H, W]
-    segment_weights: np.ndarray | None = None   # their weights
-    masks: np.ndarray | None = None             # extremal_perturbation: [A, H, W]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific arrays (ListMethods names them)
 
 
 @dataclass(frozen=True)
@@ -117,9 +115,7 @@ def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) 
         stats=MessageToDict(response.stats, preserving_proto_field_name=True),
         partial=partial,
         figures=dict(response.figures),
-        segments=from_proto(response.segments) if response.HasField("segments") else None,
-        segment_weights=np.array(response.segment_weights, np.float32) if response.segment_weights else None,
-        masks=from_proto(response.masks) if response.HasField("masks") else None,
+        arrays={name: from_proto(tensor) for name, tensor in response.arrays.items()},
     )
 
 

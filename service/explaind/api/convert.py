@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from ..errors import InvalidArgument
 from ..explainer import Explanation, ExplainQuery
 from ..methods.base import Method
+from ..methods.params import Param
 from ..models.repository import ModelEntry
 from ..render import RenderOptions
 
@@ -24,7 +25,8 @@ POLARITY = {pb.POLARITY_UNSPECIFIED: "positive", pb.POSITIVE: "positive", pb.NEG
 OVERLAY = {pb.OVERLAY_UNSPECIFIED: "original", pb.ORIGINAL: "original", pb.GRAYSCALE: "grayscale",
            pb.HEATMAP_ONLY: "heatmap_only"}
 KINDS = {"image": pb.IMAGE, "tabular": pb.TABULAR}
-NEEDS = {"FORWARD": pb.FORWARD, "INPUT_GRADIENTS": pb.INPUT_GRADIENTS, "LAYER_GRADIENTS": pb.LAYER_GRADIENTS}
+NEEDS = {"FORWARD": pb.FORWARD, "INPUT_GRADIENTS": pb.INPUT_GRADIENTS, "LAYER_GRADIENTS": pb.LAYER_GRADIENTS,
+         "LAYER_ACTIVATIONS": pb.LAYER_ACTIVATIONS}
 
 
 def enum_value(enum: Any, field: str, value: int, known: dict[int, Any]) -> Any:
@@ -104,22 +106,17 @@ def _plain(value: Any) -> Any:
 
 def explain_response(result: Explanation) -> pb.ExplainResponse:
     s = result.stats
-    stats = pb.Stats(seed=s["seed"], model_evaluations=s["model_evaluations"], batches=s["batches"],
-                     queue_seconds=s["queue_seconds"], compute_seconds=s["compute_seconds"],
-                     total_seconds=s["total_seconds"], model_sha256=s["model_sha256"], method=s["method"],
-                     parameters=to_struct(s["parameters"]), score=SCORE_ENUM[s["score"]])
+    stats = pb.Stats(seed=s.seed, model_evaluations=s.model_evaluations, batches=s.batches, stages=s.stages,
+                     queue_seconds=s.queue_seconds, compute_seconds=s.compute_seconds,
+                     total_seconds=s.total_seconds, model_sha256=s.model_sha256, method=s.method,
+                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score])
     top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
-    response = pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
+    return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
                               target_class=result.target_class, target_label=result.target_label,
                               top_classes=top, heatmap_png=result.heatmap_png, stats=stats,
-                              figures=result.figures)
-    if "segments" in result.outputs:
-        response.segments.CopyFrom(to_proto(result.outputs["segments"]))
-        response.segment_weights.extend(result.outputs["segment_weights"].tolist())
-    if "masks" in result.outputs:
-        response.masks.CopyFrom(to_proto(result.outputs["masks"]))
-    return response
+                              figures=result.figures,
+                              arrays={name: to_proto(np.ascontiguousarray(a)) for name, a in result.arrays.items()})
 
 
 def tensor_info(spec: Any) -> pb.TensorInfo:
@@ -161,10 +158,15 @@ def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_d
     return info
 
 
+def parameter_info(p: Param) -> pb.ParameterInfo:
+    return pb.ParameterInfo(name=p.name, type=p.type, default_value=p.default_text, description=p.description,
+                            choices=list(p.choices), minimum=p.bound_text(p.low), maximum=p.bound_text(p.high),
+                            exclusive_minimum=p.exclusive_low, exclusive_maximum=p.exclusive_high)
+
+
 def method_info(method: Method) -> pb.MethodInfo:
     return pb.MethodInfo(
         name=method.name, title=method.title, description=method.description, reference=method.reference,
         needs=NEEDS[method.needs], kinds=[KINDS[k] for k in sorted(method.kinds)],
-        default_score=SCORE_ENUM[method.default_score],
-        parameters=[pb.ParameterInfo(name=p.name, type=p.type, default_value=p.default, description=p.description)
-                    for p in method.parameters])
+        default_score=SCORE_ENUM[method.default_score], parameters=[parameter_info(p) for p in method.params],
+        arrays=list(method.arrays), figures=list(method.figures))

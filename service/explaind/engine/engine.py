@@ -1,13 +1,18 @@
 """The engine: schedulers per (model, variant), the device they run on, and the queue bounds.
 
-Methods hand it jobs; it builds each variant's graph and onnxruntime session the first time that
-variant is used (then caches them), batches rows of all concurrent jobs, and resolves each job's
-future when its last row is reduced.
+Methods hand it jobs; it builds a variant's graph and onnxruntime session the first time that
+variant is used, batches rows of all concurrent jobs, and resolves each job's future when its last
+row is reduced. Sessions live in a cache bounded by count and by bytes (`max_sessions`,
+`max_session_bytes`): when a new one would exceed either, the least recently used idle ones (no
+job queued or running) are closed. The graph itself is not kept once its session exists, so a
+model's weights are held by the repository's ModelProto and by the sessions, nothing else.
+Metrics are labelled by the variant's kind, never by its parameters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 
@@ -15,7 +20,7 @@ from ..config import Settings
 from ..errors import Cancelled, ResourceExhausted
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
-from ..onnxgraph.variants import Variant, VariantSpec, build_variant, max_batch_rows, variant_interface
+from ..onnxgraph.variants import VariantSpec
 from .job import Job
 from .runner import Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
@@ -36,52 +41,78 @@ class ServedModel:
         self.spin = spin  # the model's onnxruntime spinning (model.yaml batching.spin); None: the server's
 
 
+Key = tuple[str, VariantSpec]
+
+
 class Engine:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.device = choose_device(settings)
         self.account = QueueAccount(settings.max_queued_rows, settings.max_queued_jobs)
-        self._schedulers: dict[tuple[str, VariantSpec], Scheduler] = {}
-        self._variants: dict[tuple[str, VariantSpec], Variant] = {}
+        # Least recently used first.
+        self._schedulers: collections.OrderedDict[Key, Scheduler] = collections.OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # Sessions -----------------------------------------------------------------------------------
 
     def scheduler(self, served: ServedModel, spec: VariantSpec) -> Scheduler:
         key = (served.name, spec)
         scheduler = self._schedulers.get(key)
-        if scheduler is None:
-            interface = variant_interface(spec)
+        if scheduler is not None:
+            self._schedulers.move_to_end(key)
+            return scheduler
+        interface = spec.interface()
 
-            def build() -> Runner:
-                data = self.variant(served, spec).model.SerializeToString()
-                settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
-                return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                              self.device, settings)
+        def build() -> Runner:
+            data = spec.build(served.model, served.signature).SerializeToString()  # type: ignore[arg-type]
+            settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
+            return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
+                          self.device, settings)
 
-            async def make_runner() -> Runner:
-                # Graph construction (autodiff included) and session creation can take seconds on a
-                # large model: off the event loop.
-                runner = await asyncio.get_running_loop().run_in_executor(None, build)
-                log.info("session ready", extra={"model": served.name, "variant": spec.describe(),
-                                                 "device": self.device.kind})
-                return runner
+        async def make_runner() -> Runner:
+            # Graph construction (autodiff included) and session creation can take seconds on a
+            # large model: off the event loop.
+            runner = await asyncio.get_running_loop().run_in_executor(None, build)
+            log.info("session ready", extra={"model": served.name, "variant": spec.describe(),
+                                             "device": self.device.kind, "bytes": runner.size_bytes})
+            self._evict()
+            return runner
 
-            scheduler = Scheduler(
-                model=served.name, variant=spec.describe(), interface=interface, runner_factory=make_runner,
-                device=self.device, max_batch_rows=max_batch_rows(spec, served.signature, served.max_batch_rows),
-                max_delay_s=served.max_delay_ms / 1000.0, account=self.account,
-                on_batch=self.metrics.record_batch if self.metrics else None,
-                on_queue=self._report_queue if self.metrics else None)
-            self._schedulers[key] = scheduler
+        scheduler = Scheduler(
+            model=served.name, variant=spec.kind, interface=interface, runner_factory=make_runner,
+            device=self.device, max_batch_rows=spec.max_batch_rows(served.signature, served.max_batch_rows),
+            max_delay_s=served.max_delay_ms / 1000.0, account=self.account,
+            on_batch=self.metrics.record_batch if self.metrics else None,
+            on_queue=self._report_queue if self.metrics else None)
+        self._schedulers[key] = scheduler
+        self._evict()
         return scheduler
 
-    def variant(self, served: ServedModel, spec: VariantSpec) -> Variant:
-        """The variant graph (built once per model and spec)."""
-        key = (served.name, spec)
-        if key not in self._variants:
-            self._variants[key] = build_variant(served.model, served.signature, spec)  # type: ignore[arg-type]
-        return self._variants[key]
+    def session_bytes(self) -> int:
+        return sum(s.runner_bytes for s in self._schedulers.values())
 
-    def submit(self, served: ServedModel, spec: VariantSpec, job: Job) -> None:
+    def sessions(self) -> int:
+        return len(self._schedulers)
+
+    def _evict(self) -> None:
+        """Close least recently used idle schedulers while over max_sessions or max_session_bytes."""
+        limit_count, limit_bytes = self.settings.max_sessions, self.settings.max_session_bytes
+        for key in list(self._schedulers)[:-1]:  # never the one just used
+            if len(self._schedulers) <= limit_count and self.session_bytes() <= limit_bytes:
+                return
+            scheduler = self._schedulers[key]
+            if not scheduler.idle:
+                continue
+            del self._schedulers[key]
+            log.info("session evicted", extra={"model": key[0], "variant": key[1].describe()})
+            task = asyncio.get_running_loop().create_task(scheduler.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    # Jobs ---------------------------------------------------------------------------------------
+
+    def submit(self, served: ServedModel, spec: VariantSpec, job: Job) -> Scheduler:
         """Queue a job or refuse it at once when the bounds would be exceeded."""
         account = self.account
         if account.jobs + 1 > account.max_jobs or account.rows + job.total_rows > account.max_rows:
@@ -95,23 +126,29 @@ class Engine:
         account.jobs += 1
         account.rows += job.total_rows
         scheduler.add(job)
+        return scheduler
 
     async def run(self, served: ServedModel, spec: VariantSpec, job: Job) -> None:
         """Submit a job and wait for it; if the caller is cancelled, its pending rows are dropped."""
-        self.submit(served, spec, job)
+        scheduler = self.submit(served, spec, job)
         try:
             await asyncio.shield(job.done)
         except asyncio.CancelledError:
             job.fail(Cancelled("the request was cancelled"))
-            self._schedulers[(served.name, spec)].drop(job)
+            scheduler.drop(job)
             raise
 
-    def _report_queue(self, model: str, variant: str, rows: int, jobs: int) -> None:
-        if self.metrics:
-            self.metrics.queue_rows.labels(model, variant).set(rows)
-            self.metrics.queue_jobs.labels(model, variant).set(jobs)
+    def _report_queue(self, model: str, kind: str, rows: int, jobs: int) -> None:
+        """Queue gauges per (model, variant kind): the sums over that kind's schedulers."""
+        if not self.metrics:
+            return
+        same = [s for (name, spec), s in self._schedulers.items() if name == model and spec.kind == kind]
+        self.metrics.queue_rows.labels(model, kind).set(sum(s.queued_rows() for s in same))
+        self.metrics.queue_jobs.labels(model, kind).set(sum(s.queued_jobs() for s in same))
 
     async def close(self) -> None:
         for scheduler in self._schedulers.values():
             await scheduler.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         self.device.queue.shutdown()

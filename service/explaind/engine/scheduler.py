@@ -93,6 +93,19 @@ class Scheduler:
     def queued_rows(self) -> int:
         return sum(job.remaining for job in self._jobs)
 
+    def queued_jobs(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def idle(self) -> bool:
+        """No job queued and no batch running: the session may be closed."""
+        return not self._jobs and not self._running
+
+    @property
+    def runner_bytes(self) -> int:
+        """The session's size as the cache counts it (0 before it is built)."""
+        return self._runner.size_bytes if self._runner is not None else 0
+
     def _report_queue(self) -> None:
         if self._on_queue:
             self._on_queue(self.model, self.variant, self.queued_rows(), len(self._jobs))
@@ -204,11 +217,11 @@ class Scheduler:
                        delivered: asyncio.Future[None]) -> None:
         try:
             runner = await self._runner_ready()
-            started = time.monotonic()
             slot_ids = tuple(job.id for job in batch.jobs)
             priority = min(job.total_rows for job in batch.jobs)
-            outputs = await asyncio.wrap_future(self.device.queue.submit(priority, runner.run, batch.feed, slot_ids))
-            seconds = time.monotonic() - started
+            # Timed on the device thread: the run itself, not the wait behind other batches.
+            outputs, seconds = await asyncio.wrap_future(
+                self.device.queue.submit(priority, runner.timed_run, batch.feed, slot_ids))
             if previous is not None:
                 await previous
             self._deliver(batch, dict(zip(runner.outputs, outputs)), seconds)
@@ -243,3 +256,4 @@ class Scheduler:
         for job in list(self._jobs):
             job.fail(ExplaindError("the engine stopped"))
             self.drop(job)
+        self._runner = None  # the session goes with its last reference

@@ -1,106 +1,171 @@
-"""The shared work of every method; each method overrides two small functions.
+"""The shared work of every method: a method is its parameters and a sequence of stages.
 
-A method declares what it needs from the model (forward passes only, or gradients), which input
-kinds it explains, its parameters with their defaults, and its default score. For a request it
-`resolve`s the parameters (validating each, naming the field) and `plan`s the job: the graph variant,
-the per-job constants, a lazy generator of row codes drawn from the request's seeded generator, and
-a reducer that folds results in chunk by chunk. The base class runs the plan through the engine and
-reports progress and partial maps.
+A method declares what it needs from the model (forward passes, input gradients, a layer's
+activations or gradients), which input kinds it explains, its parameters (`params`, see
+methods/params.py: they alone validate requests) and its default score. For a request it writes
+`stages`: a generator that yields `Stage`s, each one engine job over one graph variant (per-job
+constants, a lazy generator of row codes drawn from the request's seeded generator, a reducer that
+folds results in chunk by chunk), receives each stage's reducer back once its rows are in, and
+returns the `Result`. A stage may depend on the previous ones (Score-CAM's masks on the layer's
+activations, each extremal-perturbation step on the last); a list of stages runs concurrently.
+
+The base class alone runs them: it first runs the prediction of the unperturbed input (a stage like
+any other, which settles the target), then drives the generator in a worker thread (so segmenting
+or a regression never holds the event loop), sums the stages' statistics, reports progress and
+partial maps, and honours the deadline between stages (the engine drops expired rows within one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Generator, Generic, Iterator, Mapping, TypeVar, Union
 
 import numpy as np
 
 from ..config import Settings
 from ..engine.engine import Engine, ServedModel
-from ..engine.job import Job, RowChunk
-from ..errors import InvalidArgument
+from ..engine.job import Job, JobStats, RowChunk
+from ..errors import DeadlineExceeded
 from ..onnxgraph.signature import ModelSignature
-from ..onnxgraph.variants import VariantSpec
+from ..onnxgraph.variants import PROBABILITIES_OUTPUT, RAW_OUTPUT, VariantSpec
+from ..onnxgraph.variants.predict import Predict
+from .params import Limits, Param, resolve_all
 
 FORWARD = "FORWARD"
+INPUT_GRADIENTS = "INPUT_GRADIENTS"
+LAYER_GRADIENTS = "LAYER_GRADIENTS"
+LAYER_ACTIVATIONS = "LAYER_ACTIVATIONS"
 PROBABILITY = "probability"
 LOGIT = "logit"
 
 
 @dataclass(frozen=True)
-class Parameter:
-    name: str
-    type: str
-    default: str
-    description: str
-
-
-@dataclass(frozen=True)
 class ModelView:
-    """What methods may know about the model: its kind, signature and background rows."""
+    """What methods may know about the model: its kind, signature, background rows and graph."""
 
     kind: str                 # "image" | "tabular"
     signature: ModelSignature
     background: np.ndarray | None = None
-    white_box: Any = None     # methods.gradient_base.WhiteBox, for gradient methods
+    white_box: Any = None     # models.white_box.WhiteBox: gradients and the layers layer methods may use
     preprocess: Any = None    # models.config.Preprocess of image models (to see the input as pixels)
+    graph: Any = None         # the model's onnx.ModelProto (CAM reads its head's weights)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's scores for the unperturbed input: probabilities [K] and logits [K] (None for a
+    model that outputs probabilities)."""
+
+    probabilities: np.ndarray
+    logits: np.ndarray | None
 
 
 @dataclass
 class MethodContext:
-    """Everything a method needs to explain one input."""
+    """Everything a method needs to explain one input. `target` is settled by the prediction stage."""
 
     engine: Engine
     served: ServedModel
     model: ModelView
     x: np.ndarray             # the example in model input space, no batch dim
-    target: int
     score: str                # "probability" | "logit"
     rng: np.random.Generator
     settings: Settings
+    choose_target: Callable[[Prediction], int] = lambda p: int(np.argmax(p.probabilities))
+    target: int = -1
+    prediction: Prediction | None = None
     deadline: float | None = None  # time.monotonic()
     on_progress: Callable[[int, int], None] | None = None
     on_partial: Callable[[np.ndarray], None] | None = None
 
-
-@dataclass
-class MethodResult:
-    attribution: np.ndarray
-    model_evaluations: int
-    batches: int
-    queue_seconds: float
-    compute_seconds: float
-    extras: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. LIME's segment map and weights
+    def target_constants(self) -> dict[str, np.ndarray]:
+        """The constants nearly every scoring stage has: the input and the target class."""
+        return {"x0": self.x, "target": np.array(self.target, np.int64)}
 
 
 class Reducer(ABC):
-    """Folds a job's results in, batch by batch, in memory independent of the number of rows."""
+    """Folds a stage's results in, batch by batch, in memory independent of the number of rows."""
 
     @abstractmethod
     def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None: ...
 
-    @abstractmethod
-    def attribution(self) -> np.ndarray:
-        """The attribution from the rows so far (the final one once all rows are in)."""
-
     def preview(self) -> np.ndarray:
-        """A partial map for streaming (on the event loop: must be cheap); by default the attribution."""
-        return self.attribution()
+        """A partial map for streaming (on the event loop: must be cheap)."""
+        raise NotImplementedError(f"{type(self).__name__} streams no partial maps")
+
+
+R = TypeVar("R", bound=Reducer)
 
 
 @dataclass
-class Plan:
-    spec: VariantSpec
+class Stage(Generic[R]):
+    """One engine job: `total_rows` rows of `variant`, folded into `reducer`."""
+
+    variant: VariantSpec
     constants: dict[str, np.ndarray]
     rows: Iterator[RowChunk]
     total_rows: int
-    reducer: Reducer
-    partial_maps: bool = False  # stream partial maps (sampling methods)
+    reducer: R
     evaluations_per_row: int = 1  # model evaluations one row costs (a coalition over B background rows: B)
+    partial_maps: bool = False    # stream reducer.preview() as partial maps
+    eager: bool = False           # the request waits on these rows alone: no wait for company in a batch
+
+
+@dataclass
+class Result:
+    """A method's answer: the attribution, named figures and named arrays (ExplainResponse.arrays)."""
+
+    attribution: np.ndarray
+    figures: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class RunStats:
+    """What a request's stages cost, summed (concurrent stages: the longest wait)."""
+
+    model_evaluations: int = 0
+    batches: int = 0
+    stages: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    def add(self, stats: list[tuple[JobStats, int]]) -> None:
+        """One step: the stats of the jobs that ran together, with their evaluations per row."""
+        self.model_evaluations += sum(s.rows * per_row for s, per_row in stats)
+        self.batches += sum(s.batches for s, _ in stats)
+        self.stages += len(stats)
+        self.queue_seconds += max(s.queue_seconds for s, _ in stats)
+        self.compute_seconds += sum(s.compute_seconds for s, _ in stats)
+
+
+@dataclass
+class MethodResult:
+    result: Result
+    stats: RunStats
+    target: int
+    prediction: Prediction
+
+
+Stages = Generator[Union[Stage[Any], list[Stage[Any]]], Any, Result]
+
+
+class PredictionReducer(Reducer):
+    def __init__(self) -> None:
+        self.outputs: dict[str, np.ndarray] = {}
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        self.outputs.update({k: v[0] for k, v in rows.items()})
+
+
+def prediction_stage(x: np.ndarray, layer: str = "") -> Stage[PredictionReducer]:
+    """The model's output for `x` (and a layer's activation, with `layer`): one eager row."""
+    return Stage(Predict(layer=layer), {"x0": x}, iter([{"row": np.zeros(1, np.int64)}]), 1, PredictionReducer(),
+                 eager=True)
 
 
 class Method(ABC):
@@ -111,111 +176,118 @@ class Method(ABC):
     needs: ClassVar[str] = FORWARD
     kinds: ClassVar[frozenset[str]]
     default_score: ClassVar[str] = PROBABILITY
-    parameters: ClassVar[tuple[Parameter, ...]]
+    params: ClassVar[tuple[Param, ...]] = ()
+    rules_needed: ClassVar[tuple[str, ...]] = ("plain",)  # backward rules a white-box method uses
+    arrays: ClassVar[tuple[str, ...]] = ()   # names of the arrays its Result may hold (documented)
+    figures: ClassVar[tuple[str, ...]] = ()  # names of its figures (documented; per-area ones as name_i)
     # Heatmaps clip below this percentile unless the request says otherwise (None: at zero).
     render_low_percentile: ClassVar[float | None] = None
 
+    def unavailable(self, model: ModelView) -> str:
+        """Why this model cannot serve the method ("" when it can), from what the method needs."""
+        white_box = model.white_box
+        if self.needs == FORWARD:
+            return ""
+        if white_box is None:
+            return "the model has no gradients"
+        if self.needs == LAYER_ACTIVATIONS:
+            return "" if white_box.layers else "the model has no 4-D activation to use as a layer"
+        if white_box.offers(self.needs, self.rules_needed):
+            return ""
+        return white_box.why_not()
+
+    def parameters(self, given: Mapping[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        """The request's parameters validated by the declarations, then by `resolve`; as used."""
+        return self.resolve(resolve_all(self.name, self.params, given, Limits(model, settings)), model, settings, score)
+
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        """Checks across parameters or against the model beyond the declarations; returns the
+        parameters as used (defaults settled)."""
+        return params
+
     @abstractmethod
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        """Validate the request's parameters and fill in defaults; returns the parameters as used."""
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        """Yield the stages (each receives its reducer back), return the Result."""
 
-    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        """The one job that computes this explanation (iterative methods override `explain` instead)."""
-        raise TypeError(f"{type(self).__name__} neither plans a job nor overrides explain")
-
-    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
-        """The final attribution from the reducer (layer methods transform it further)."""
-        return reducer.attribution()
-
-    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
-        """Method-specific figures for the response (e.g. Integrated Gradients' completeness gap)."""
-        return {}
-
-    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
-        """Method-specific arrays for the response (LIME: the segment map and per-segment weights)."""
-        return {}
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        """All rows the stages will take, when known in advance (progress); None: per stage."""
+        return None
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        # plan and finish may take a while (segmenting a large image, a regression over many samples):
-        # they run in a worker thread so the event loop keeps serving other requests meanwhile. Both
-        # touch only this request's state; the job itself is fed and consumed on the event loop.
-        plan = await asyncio.to_thread(self.plan, params, ctx)
-        progress = _ProgressReporter(plan, ctx)
-        job = Job(constants=plan.constants, rows=plan.rows, total_rows=plan.total_rows,
-                  consume=progress.consume, deadline=ctx.deadline, label=self.name)
-        await ctx.engine.run(ctx.served, plan.spec, job)
+        runner = _StageRunner(ctx, self.planned_rows(params, ctx))
+        predicted = await runner.run([prediction_stage(ctx.x)], counted=False)
+        out = predicted[0].outputs
+        logits = out[RAW_OUTPUT] if ctx.served.signature.scores == "logits" else None
+        ctx.prediction = Prediction(out[PROBABILITIES_OUTPUT], logits)
+        ctx.target = ctx.choose_target(ctx.prediction)
+        steps = self.stages(params, ctx)
+        sent: Any = None
+        while True:
+            kind, value = await asyncio.to_thread(_advance, steps, sent)
+            if kind == "done":
+                break
+            runner.check_deadline()
+            group = value if isinstance(value, list) else [value]
+            reducers = await runner.run(group)
+            sent = reducers if isinstance(value, list) else reducers[0]
+        result: Result = value
+        result.attribution = np.asarray(result.attribution, np.float32)
+        return MethodResult(result, runner.stats, ctx.target, ctx.prediction)
 
-        def result() -> MethodResult:
-            return MethodResult(
-                attribution=np.asarray(self.finish(params, ctx, plan.reducer), np.float32),
-                model_evaluations=job.stats.rows * plan.evaluations_per_row, batches=job.stats.batches,
-                queue_seconds=job.stats.queue_seconds, compute_seconds=job.stats.compute_seconds,
-                extras=self.extras(params, ctx, plan.reducer), outputs=self.outputs(params, ctx, plan.reducer))
 
-        return await asyncio.to_thread(result)
+def _advance(steps: Stages, sent: Any) -> tuple[str, Any]:
+    """One step of a method's generator (in a worker thread; StopIteration cannot cross a Future)."""
+    try:
+        return "stage", steps.send(sent)
+    except StopIteration as stop:
+        return "done", stop.value
 
 
-class _ProgressReporter:
-    """Wraps a plan's reducer: progress at most every 1% of rows, partial maps every `partial_every`."""
+class _StageRunner:
+    """Runs a request's stages through the engine: stats, progress at most every 1% of the rows,
+    partial maps every `partial_every` of them."""
 
-    def __init__(self, plan: Plan, ctx: MethodContext) -> None:
-        self.plan = plan
+    def __init__(self, ctx: MethodContext, planned: int | None) -> None:
         self.ctx = ctx
+        self.planned = planned
+        self.stats = RunStats()
         self.done = 0
         self.next_progress = 0
-        self.progress_step = max(1, plan.total_rows // 100)
-        self.partial_step = max(1, math.floor(plan.total_rows * ctx.settings.partial_every))
-        self.next_partial = self.partial_step
+        self.next_partial = 0
 
-    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
-        self.plan.reducer.consume(codes, rows, slot)
-        self.done += len(next(iter(codes.values())))
-        total = self.plan.total_rows
-        if self.ctx.on_progress and (self.done >= self.next_progress or self.done == total):
-            self.ctx.on_progress(self.done, total)
-            self.next_progress = self.done + self.progress_step
-        if self.plan.partial_maps and self.ctx.on_partial and self.done >= self.next_partial and self.done < total:
-            self.ctx.on_partial(self.plan.reducer.preview().astype(np.float32))
-            while self.next_partial <= self.done:
-                self.next_partial += self.partial_step
+    def check_deadline(self) -> None:
+        if self.ctx.deadline is not None and time.monotonic() >= self.ctx.deadline:
+            raise DeadlineExceeded(f"the request's deadline passed after {self.stats.stages} stages "
+                                   f"({self.stats.model_evaluations} model evaluations)")
 
+    async def run(self, stages: list[Stage[Any]], counted: bool = True) -> list[Any]:
+        total = self.planned if self.planned is not None else self.done + sum(s.total_rows for s in stages)
+        progress_step = max(1, total // 100)
+        partial_step = max(1, math.floor(total * self.ctx.settings.partial_every))
+        if self.next_partial == 0:
+            self.next_partial = partial_step
 
-# Parameter validation helpers: every message names the field, what was expected and what came.
+        def consumer(stage: Stage[Any]) -> Callable[[RowChunk, dict[str, np.ndarray], dict[str, np.ndarray]], None]:
+            def consume(codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+                stage.reducer.consume(codes, rows, slot)
+                if not counted:
+                    return
+                self.done += len(next(iter(codes.values())))
+                ctx = self.ctx
+                if ctx.on_progress and (self.done >= self.next_progress or self.done == total):
+                    ctx.on_progress(self.done, total)
+                    self.next_progress = self.done + progress_step
+                if stage.partial_maps and ctx.on_partial and self.next_partial <= self.done < total:
+                    ctx.on_partial(np.asarray(stage.reducer.preview(), np.float32))
+                    while self.next_partial <= self.done:
+                        self.next_partial += partial_step
+            return consume
 
-def refuse_given(given: Mapping[str, Any], method: str, names: tuple[str, ...], expected: str) -> None:
-    """Parameters that do not apply here (e.g. image-only ones on a tabular model): refused, not ignored."""
-    for name in names:
-        if name in given:
-            raise InvalidArgument(f"{method}.{name}", expected, given[name])
-
-
-def int_param(given: Mapping[str, Any], method: str, name: str, default: int, low: int, high: int) -> int:
-    value = given.get(name, default)
-    if not low <= value <= high:
-        raise InvalidArgument(f"{method}.{name}", f"an integer in [{low}, {high}]", value)
-    return int(value)
-
-
-def float_param(given: Mapping[str, Any], method: str, name: str, default: float,
-                low: float, high: float, open_interval: bool = False) -> float:
-    value = float(given.get(name, default))
-    inside = low < value < high if open_interval else low <= value <= high
-    if not math.isfinite(value) or not inside:
-        interval = f"({low}, {high})" if open_interval else f"[{low}, {high}]"
-        raise InvalidArgument(f"{method}.{name}", f"a number in {interval}", value)
-    return value
-
-
-def pair_param(given: Mapping[str, Any], method: str, name: str, default: tuple[int, int]) -> tuple[int, int]:
-    """[a, b] or [a] (meaning [a, a]) of positive integers."""
-    values = list(given.get(name, default))
-    if len(values) not in (1, 2):
-        raise InvalidArgument(f"{method}.{name}", "1 or 2 values ([height, width] or [side])", values)
-    if len(values) == 1:
-        values = values * 2
-    if any(v <= 0 for v in values):
-        raise InvalidArgument(f"{method}.{name}", "positive integers", values)
-    return int(values[0]), int(values[1])
+        jobs = [Job(constants=s.constants, rows=s.rows, total_rows=s.total_rows, consume=consumer(s),
+                    deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager) for s in stages]
+        await asyncio.gather(*(self.ctx.engine.run(self.ctx.served, s.variant, j) for s, j in zip(stages, jobs)))
+        self.stats.add([(j.stats, s.evaluations_per_row) for s, j in zip(stages, jobs)])
+        return [s.reducer for s in stages]
 
 
 def chunked(total: int, chunk: int, make: Callable[[int, int], RowChunk]) -> Iterator[RowChunk]:

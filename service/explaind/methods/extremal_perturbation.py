@@ -63,20 +63,19 @@ them blurred at 0.09), and the masks are what score_i and achieved_area_i descri
 
 from __future__ import annotations
 
-import asyncio
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 from scipy.ndimage import correlate1d
 
 from ..config import Settings
-from ..engine.job import Job, JobStats, RowChunk
+from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..onnxgraph.extremal import MASK_OUTPUT, PARAM_GRAD_OUTPUT, MaskGeometry
-from ..onnxgraph.variants import EXTREMAL, SCORE_OUTPUT, VariantSpec
-from .base import LOGIT, Method, MethodContext, MethodResult, ModelView, Parameter, float_param, int_param
-from .gradient_base import choice_param
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.extremal import MASK_OUTPUT, PARAM_GRAD_OUTPUT, Extremal, MaskGeometry
+from .base import LOGIT, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages
+from .params import Bool, Choice, Float, Floats, Int
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -136,53 +135,44 @@ class ExtremalPerturbation(Method):
                    "through the model; exact gradients when the model has them, else estimated; images only.")
     kinds = frozenset({"image"})
     default_score = LOGIT
-    parameters = (
-        Parameter("areas", "repeated float", "[0.1]", "fractions of the image each mask keeps, in (0, 1)"),
-        Parameter("iterations", "int32", "800", "optimisation steps (TorchRay max_iter)"),
-        Parameter("step", "int32", "7 at 224 px: max(1, round(7 s)), s = min(H, W) / 224",
-                  "pixels between mask parameters"),
-        Parameter("sigma", "float", "21 at 224 px: 21 s", "mask smoothing, pixels"),
-        Parameter("num_levels", "int32", "8", "perturbation pyramid levels"),
-        Parameter("max_blur", "float", "20 at 224 px: 20 s", "blur sigma of the most perturbed level, pixels"),
-        Parameter("perturbation", "string", "blur", "blur | fade"),
-        Parameter("variant", "string", "preserve", "preserve | delete | dual"),
-        Parameter("jitter", "bool", "true", "flip the input horizontally on even iterations"),
-        Parameter("gradient", "string", "auto", "auto (exact when the model has gradients) | exact | estimated"),
-        Parameter("gradient_samples", "int32", "16", "estimated: antithetic pairs per iteration"),
-        Parameter("gradient_sigma", "float", "0.1", "estimated: smoothing of the mask parameters"),
-        Parameter("area_reference", "string", "image", "image (area of the image) | padded (TorchRay: with margin)"),
-        Parameter("area_projection", "bool", "true", "bring masks above their area down to it after the last "
-                  "iteration (false: TorchRay's last iterate)"),
-        Parameter("smooth", "float", "0.09", "the attribution is the masks' sum blurred by a Gaussian of sigma "
-                  "smooth x min(H, W), zero padding (TorchRay's pointing benchmark); 0: the sum itself; "
-                  "the masks are returned unblurred"),
+    arrays = ("masks",)
+    figures = ("evaluations_per_iteration", "gradient_exact", "area_i", "achieved_area_i", "score_i",
+               "deleted_score_i")
+    params = (
+        Floats("areas", [0.1], "fractions of the image each mask keeps", 0.0, 1.0, exclusive_low=True,
+               exclusive_high=True, length=(1, MAX_AREAS)),
+        Int("iterations", 800, "optimisation steps (TorchRay max_iter)", 1, 100_000),
+        Int("step", None, "pixels between mask parameters", 1, lambda lim: min(lim.model.signature.spatial_shape),
+            shown="7 at 224 px: max(1, round(7 s)), s = min(H, W) / 224"),
+        Float("sigma", None, "mask smoothing, pixels", 0.0, lambda lim: 4.0 * max(lim.model.signature.spatial_shape),
+              exclusive_low=True, exclusive_high=True, shown="21 s (21 at 224 px)"),
+        Int("num_levels", 8, "perturbation pyramid levels", 2, 64),
+        Float("max_blur", None, "blur sigma of the most perturbed level, pixels", 0.0, 1000.0, exclusive_low=True,
+              exclusive_high=True, shown="20 s (20 at 224 px)"),
+        Choice("perturbation", "blur", ("blur", "fade"), "blur | fade"),
+        Choice("variant", "preserve", tuple(GAMES), "preserve | delete | dual"),
+        Bool("jitter", True, "flip the input horizontally on even iterations"),
+        Choice("gradient", "auto", ("auto", "exact", "estimated"),
+               "auto (exact when the model has gradients) | exact | estimated"),
+        Int("gradient_samples", 16, "estimated: antithetic pairs per iteration", 1, 4096),
+        Float("gradient_sigma", 0.1, "estimated: smoothing of the mask parameters", 0.0, 1.0, exclusive_low=True,
+              exclusive_high=True),
+        Choice("area_reference", "image", ("image", "padded"),
+               "image (area of the image) | padded (TorchRay: with margin)"),
+        Bool("area_projection", True, "bring masks above their area down to it after the last iteration "
+             "(false: TorchRay's last iterate)"),
+        Float("smooth", SMOOTH, "the attribution is the masks' sum blurred by a Gaussian of sigma smooth x min(H, W), "
+              "zero padding (TorchRay's pointing benchmark); 0: the sum itself; the masks are returned unblurred",
+              0.0, 1.0),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         n = self.name
         height, width = model.signature.spatial_shape
         scale = min(height, width) / DESIGN_SIZE
-        areas = [float(a) for a in given.get("areas", [0.1])] or [0.1]
-        if len(areas) > MAX_AREAS:
-            raise InvalidArgument(f"{n}.areas", f"at most {MAX_AREAS} areas", len(areas))
-        for a in areas:
-            if not (math.isfinite(a) and 0.0 < a < 1.0):
-                raise InvalidArgument(f"{n}.areas", "fractions in (0, 1)", areas)
-        params: dict[str, Any] = {
-            "areas": areas,
-            "iterations": int_param(given, n, "iterations", 800, 1, 100_000),
-            "step": int_param(given, n, "step", max(1, round(7 * scale)), 1, min(height, width)),
-            "sigma": float_param(given, n, "sigma", round(21 * scale, 3), 0.0, 4.0 * max(height, width),
-                                 open_interval=True),
-            "num_levels": int_param(given, n, "num_levels", 8, 2, 64),
-            "max_blur": float_param(given, n, "max_blur", round(20 * scale, 3), 0.0, 1000.0, open_interval=True),
-            "perturbation": choice_param(given, n, "perturbation", "blur", ("blur", "fade")),
-            "variant": choice_param(given, n, "variant", "preserve", tuple(GAMES)),
-            "jitter": bool(given.get("jitter", True)),
-            "area_reference": choice_param(given, n, "area_reference", "image", ("image", "padded")),
-            "area_projection": bool(given.get("area_projection", True)),
-            "smooth": float_param(given, n, "smooth", SMOOTH, 0.0, 1.0),
-        }
+        params.setdefault("step", max(1, round(7 * scale)))
+        params.setdefault("sigma", round(21 * scale, 3))
+        params.setdefault("max_blur", round(20 * scale, 3))
         geometry = MaskGeometry(height, width, params["step"], params["sigma"])
         widest = 4 * geometry.candidates * geometry.shape_out[0] * geometry.shape_out[1]
         if widest > CANVAS_BUDGET_BYTES:
@@ -191,26 +181,54 @@ class ExtremalPerturbation(Method):
                                   f"sigma {params['sigma']:g}, step {params['step']}")
         white_box = model.white_box
         exact_available = bool(white_box and white_box.available)
-        gradient = choice_param(given, n, "gradient", "auto", ("auto", "exact", "estimated"))
-        if gradient == "exact" and not exact_available:
+        if params["gradient"] == "exact" and not exact_available:
             reason = white_box.reason if white_box else "the model has no gradients"
             raise FailedPrecondition(f"{n}.gradient: exact needs a model with gradients; {reason}; "
                                      "use gradient: estimated")
-        params["gradient"] = ("exact" if exact_available else "estimated") if gradient == "auto" else gradient
-        rows_per_iteration = len(areas) * len(GAMES[params["variant"]])
+        if params["gradient"] == "auto":
+            params["gradient"] = "exact" if exact_available else "estimated"
+        rows_per_iteration = len(params["areas"]) * len(GAMES[params["variant"]])
         if params["gradient"] == "estimated":
-            params["gradient_samples"] = int_param(given, n, "gradient_samples", 16, 1, 4096)
-            params["gradient_sigma"] = float_param(given, n, "gradient_sigma", 0.1, 0.0, 1.0, open_interval=True)
             rows_per_iteration *= 2 * params["gradient_samples"] + 1
+        else:  # only the estimate uses them: reported parameters are the ones used
+            del params["gradient_samples"], params["gradient_sigma"]
         total = rows_per_iteration * params["iterations"]
         if total > settings.max_rows_per_request:
             raise InvalidArgument(f"{n}.iterations", f"at most {settings.max_rows_per_request} model evaluations "
                                   f"in all (iterations x {rows_per_iteration} per iteration)", total)
         return params
 
-    async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        run = _Optimisation(params, ctx)
-        return await run.execute()
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        games = len(GAMES[params["variant"]])
+        per_area = games * (1 + 2 * params.get("gradient_samples", 0))
+        return len(params["areas"]) * (per_area * params["iterations"] + games)
+
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        return (yield from _Optimisation(params, ctx).steps())
+
+
+class StepReducer(Reducer):
+    """One iteration's rows kept whole (a few per area); the preview is the current masks' map."""
+
+    def __init__(self, saliency: Callable[[np.ndarray], np.ndarray], areas: int, per_area: int,
+                 shape: tuple[int, int]) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {SCORE_OUTPUT: [], MASK_OUTPUT: [], PARAM_GRAD_OUTPUT: []}
+        self.saliency = saliency
+        self.areas, self.per_area, self.shape = areas, per_area, shape
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        for name, parts in self.parts.items():
+            parts.append(rows[name])
+
+    def output(self, name: str) -> np.ndarray:
+        return np.concatenate(self.parts[name])
+
+    def masks(self) -> np.ndarray:
+        """[A, H, W]: each area's first row's mask (its current point)."""
+        return self.output(MASK_OUTPUT).reshape(self.areas, self.per_area, *self.shape)[:, 0]
+
+    def preview(self) -> np.ndarray:
+        return self.saliency(self.masks())
 
 
 class _Optimisation:
@@ -225,11 +243,11 @@ class _Optimisation:
         self.exact = params["gradient"] == "exact"
         padded = params["area_reference"] == "padded"
         exported = ctx.model.white_box.exported if (self.exact and ctx.model.white_box) else None
-        self.spec = VariantSpec(EXTREMAL, ctx.score, step=params["step"], sigma=params["sigma"],
-                                levels=params["num_levels"], padded_area=padded, exact=self.exact, exported=exported)
+        self.variant = Extremal(score=ctx.score, step=params["step"], sigma=params["sigma"], levels=params["num_levels"],
+                                padded_area=padded, exact=self.exact, exported=exported)
         pyramid = perturbation_pyramid(ctx.x, sig.layout, params["num_levels"], params["perturbation"],
                                        params["max_blur"])
-        self.constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), "pyramid": pyramid}
+        self.constants = {**ctx.target_constants(), "pyramid": pyramid}
         count = (self.geometry.shape_out[0] * self.geometry.shape_out[1]) if padded else self.height * self.width
         self.keep = np.array([max(1, count - int(count * (1.0 - a))) for a in params["areas"]], np.int64)
         self.padded = padded
@@ -237,7 +255,6 @@ class _Optimisation:
         self.pairs = params.get("gradient_samples", 0)
         self.rows_per_point = len(self.games)
         self.points_per_area = 1 + 2 * self.pairs
-        self.totals = JobStats()  # summed over the steps' jobs
 
     def _rows(self, p: np.ndarray, flip: bool, weight: float, pairs: bool = True) -> tuple[RowChunk, np.ndarray]:
         """Rows of one iteration: per area, the current point then (estimated, `pairs`) its antithetic
@@ -268,22 +285,12 @@ class _Optimisation:
             codes["reward_sign"] = np.array([self.games[g][1] for g in games], np.float32)
         return codes, directions
 
-    async def _evaluate(self, codes: RowChunk) -> dict[str, np.ndarray]:
-        outputs: dict[str, list[np.ndarray]] = {SCORE_OUTPUT: [], MASK_OUTPUT: [], PARAM_GRAD_OUTPUT: []}
-
-        def consume(chunk: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
-            for name in outputs:
-                outputs[name].append(rows[name])
-
-        total = len(codes["mask_params"])
-        job = Job(constants=self.constants, rows=iter([codes]), total_rows=total, consume=consume,
-                  deadline=self.ctx.deadline, label="extremal_perturbation", eager=True)
-        await self.ctx.engine.run(self.ctx.served, self.spec, job)
-        self.totals.rows += job.stats.rows
-        self.totals.batches += job.stats.batches
-        self.totals.queue_seconds += job.stats.queue_seconds
-        self.totals.compute_seconds += job.stats.compute_seconds
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+    def _stage(self, codes: RowChunk, points_per_area: int) -> Stage[StepReducer]:
+        """One iteration's rows as an eager stage (the request waits on them alone)."""
+        areas = len(self.params["areas"])
+        reducer = StepReducer(self._saliency, areas, points_per_area * self.rows_per_point, (self.height, self.width))
+        return Stage(self.variant, self.constants, iter([codes]), len(codes["mask_params"]), reducer,
+                     partial_maps=True, eager=True)
 
     def _saliency(self, masks: np.ndarray) -> np.ndarray:
         """The attribution: the masks [A, H, W] summed, blurred by `smooth` (see the module's docstring)."""
@@ -312,26 +319,22 @@ class _Optimisation:
                 projected[i] = stretched(_bisect(lambda c: mean(stretched(c)) <= area, 0.0, 1.0))
         return projected
 
-    async def execute(self) -> MethodResult:
-        params, ctx = self.params, self.ctx
+    def steps(self) -> Stages:
+        params = self.params
         areas, iterations = len(params["areas"]), params["iterations"]
         hi, wi = self.geometry.shape_in
         p = np.ones((areas, hi, wi), np.float32)
         momentum: np.ndarray | None = None
         weight = AREA_WEIGHT
         rows_per_iteration = areas * self.points_per_area * self.rows_per_point
-        total_rows = rows_per_iteration * iterations
-        partial_every = max(1, math.floor(iterations * ctx.settings.partial_every))
-        progress_every = max(1, iterations // 100)
         last_p = p
         for t in range(iterations):
             flipped = params["jitter"] and t % 2 == 0
             codes, directions = self._rows(p, flipped, weight)
-            out = await self._evaluate(codes)
+            step: StepReducer = yield self._stage(codes, self.points_per_area)
             per_area = self.points_per_area * self.rows_per_point
-            score = out[SCORE_OUTPUT].astype(np.float64).reshape(areas, self.points_per_area, self.rows_per_point)
-            grad = out[PARAM_GRAD_OUTPUT].reshape(areas, per_area, hi, wi)[:, : self.rows_per_point].sum(axis=1)
-            masks = out[MASK_OUTPUT].reshape(areas, per_area, self.height, self.width)[:, 0]
+            score = step.output(SCORE_OUTPUT).astype(np.float64).reshape(areas, self.points_per_area, self.rows_per_point)
+            grad = step.output(PARAM_GRAD_OUTPUT).reshape(areas, per_area, hi, wi)[:, : self.rows_per_point].sum(axis=1)
             if self.pairs:
                 signs = np.array([g[1] for g in self.games])
                 reward = (score * signs).sum(axis=2)                               # [A, 1 + 2n]
@@ -342,17 +345,12 @@ class _Optimisation:
             last_p = p
             p = np.clip(p - LEARNING_RATE * momentum, 0.0, 1.0).astype(np.float32)
             weight *= AREA_WEIGHT_GROWTH
-            done = (t + 1) * rows_per_iteration
-            if ctx.on_progress and ((t + 1) % progress_every == 0 or t + 1 == iterations):
-                ctx.on_progress(done, total_rows)
-            if ctx.on_partial and (t + 1) % partial_every == 0 and t + 1 < iterations:
-                ctx.on_partial(self._saliency(masks))
         if params["area_projection"]:
-            last_p = await asyncio.to_thread(self._project, last_p)
+            last_p = self._project(last_p)
         # The returned masks and their scores on the input as it is (unflipped): one row per area and game.
-        out = await self._evaluate(self._rows(last_p, False, 0.0, pairs=False)[0])
-        scores = out[SCORE_OUTPUT].astype(np.float64).reshape(areas, self.rows_per_point)
-        masks = out[MASK_OUTPUT].reshape(areas, self.rows_per_point, self.height, self.width)[:, 0]
+        final: StepReducer = yield self._stage(self._rows(last_p, False, 0.0, pairs=False)[0], 1)
+        scores = final.output(SCORE_OUTPUT).astype(np.float64).reshape(areas, self.rows_per_point)
+        masks = final.masks()
         figures: dict[str, float] = {"evaluations_per_iteration": float(rows_per_iteration),
                                      "gradient_exact": 1.0 if self.exact else 0.0}
         for i, area in enumerate(params["areas"]):
@@ -361,7 +359,4 @@ class _Optimisation:
             figures[f"score_{i}"] = float(scores[i, 0])
             if len(self.games) == 2:
                 figures[f"deleted_score_{i}"] = float(scores[i, 1])
-        return MethodResult(attribution=self._saliency(masks), model_evaluations=self.totals.rows,
-                            batches=self.totals.batches, queue_seconds=self.totals.queue_seconds,
-                            compute_seconds=self.totals.compute_seconds, extras=figures,
-                            outputs={"masks": masks.astype(np.float32)})
+        return Result(self._saliency(masks), figures, {"masks": masks.astype(np.float32)})

@@ -7,13 +7,10 @@ Score: the logit by default. One model evaluation.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
-import numpy as np
-
-from ..config import Settings
-from .base import MethodContext, ModelView, Parameter, Reducer
-from .gradient_base import GradientMethod, GradientPlan, channel_reduction_param, reduce_channels
+from .base import MethodContext, Result, Stages
+from .gradient_base import GradientMethod, channel_reduction, gradient_stage, reduce_channels
 
 
 class GuidedBackprop(GradientMethod):
@@ -22,15 +19,10 @@ class GuidedBackprop(GradientMethod):
     reference = "Springenberg et al. 2014, Striving for Simplicity: The All Convolutional Net; Captum GuidedBackprop"
     description = "Gradient with only positive signals passed back through ReLUs where they were active."
     kinds = frozenset({"image"})
-    rule = "guided"
+    rule: ClassVar[str] = "guided"
     rules_needed = ("guided",)
-    parameters = (Parameter("channel_reduction", "string", "none", "none | max | sum | mean"),)
+    params = (channel_reduction("none"),)
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        return {"channel_reduction": channel_reduction_param(given, self.name, "none", model)}
-
-    def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
-        return GradientPlan(rule=self.rule)
-
-    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
-        return reduce_channels(reducer.attribution(), params["channel_reduction"], ctx.model)
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        grads = yield gradient_stage(ctx, rule=self.rule)
+        return Result(reduce_channels(grads.total, params.get("channel_reduction"), ctx.model))

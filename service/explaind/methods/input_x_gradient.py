@@ -6,13 +6,10 @@ Score: the logit by default. One model evaluation.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-import numpy as np
-
-from ..config import Settings
-from .base import MethodContext, ModelView, Parameter, Reducer
-from .gradient_base import GradientMethod, channel_reduction_param, reduce_channels
+from .base import MethodContext, Result, Stages
+from .gradient_base import GradientMethod, channel_reduction, gradient_stage, reduce_channels
 
 
 class InputXGradient(GradientMethod):
@@ -20,10 +17,8 @@ class InputXGradient(GradientMethod):
     title = "Gradient x input"
     reference = "Shrikumar et al. 2016, Not Just a Black Box; Captum InputXGradient"
     description = "The input times the gradient of the target score with respect to it."
-    parameters = (Parameter("channel_reduction", "string", "none", "none | max | sum | mean (images)"),)
+    params = (channel_reduction("none"),)
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        return {"channel_reduction": channel_reduction_param(given, self.name, "none", model)}
-
-    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
-        return reduce_channels(ctx.x * reducer.attribution(), params["channel_reduction"], ctx.model)
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        grads = yield gradient_stage(ctx)
+        return Result(reduce_channels(ctx.x * grads.total, params.get("channel_reduction"), ctx.model))

@@ -10,15 +10,16 @@ sum(attribution) - (f(x) - f(x')), reported in the response. Score: the logit by
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import Settings
 from ..errors import InvalidArgument
-from ..onnxgraph import gradients as g
-from .base import MethodContext, ModelView, Parameter, Reducer, int_param
-from .gradient_base import GradientMethod, GradientPlan, channel_reduction_param, choice_param, reduce_channels
+from ..onnxgraph.variants import gradient as g
+from .base import MethodContext, ModelView, Result, Stages
+from .gradient_base import GradientMethod, channel_reduction, gradient_stage, reduce_channels
+from .params import Choice, Float, Int
 
 QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 # numpy's leggauss solves an n x n eigenproblem: O(n^2) memory and O(n^3) time on the event loop
@@ -51,40 +52,30 @@ class IntegratedGradients(GradientMethod):
     title = "Integrated Gradients"
     reference = "Sundararajan, Taly & Yan 2017, Axiomatic Attribution for Deep Networks; Captum IntegratedGradients"
     description = "Path integral of gradients from a baseline to the input, times their difference."
-    parameters = (
-        Parameter("n_steps", "int32", "50", "quadrature points along the path (at most 1024 for gausslegendre)"),
-        Parameter("method", "string", "gausslegendre", "gausslegendre | riemann_left | riemann_right | "
-                  "riemann_middle | riemann_trapezoid"),
-        Parameter("baseline", "float", "0", "the baseline x', in model input space"),
-        Parameter("channel_reduction", "string", "none", "none | max | sum | mean (images)"),
+    figures = ("completeness_gap", "attribution_sum", "f_input", "f_baseline")
+    params = (
+        Int("n_steps", 50, "quadrature points along the path (at most 1024 for gausslegendre)", 1,
+            lambda lim: lim.settings.max_rows_per_request - 2),
+        Choice("method", "gausslegendre", QUADRATURES, " | ".join(QUADRATURES)),
+        Float("baseline", 0.0, "the baseline x', in model input space"),
+        channel_reduction("none"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        baseline = float(given.get("baseline", 0.0))
-        if not np.isfinite(baseline):
-            raise InvalidArgument(f"{self.name}.baseline", "a finite number", baseline)
-        params = {"n_steps": int_param(given, self.name, "n_steps", 50, 1, settings.max_rows_per_request - 2),
-                  "method": choice_param(given, self.name, "method", "gausslegendre", QUADRATURES),
-                  "baseline": baseline,
-                  "channel_reduction": channel_reduction_param(given, self.name, "none", model)}
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         quadrature(params["method"], params["n_steps"])  # refuse what cannot be built, now
         return params
 
-    def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
-        alphas, steps = quadrature(params["method"], params["n_steps"])
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        n = params["n_steps"]
+        alphas, steps = quadrature(params["method"], n)
         alphas = np.concatenate([alphas, [0.0, 1.0]]).astype(np.float32)
         weights = np.concatenate([steps, [0.0, 0.0]])
         reference = np.full_like(ctx.x, params["baseline"])
-        return GradientPlan(path=g.PATH_LINE, weights=weights, codes={"alpha": alphas},
-                            constants={"reference": reference})
-
-    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
-        attribution = (ctx.x.astype(np.float64) - params["baseline"]) * reducer.attribution()
-        return reduce_channels(attribution, params["channel_reduction"], ctx.model)
-
-    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
-        n = params["n_steps"]
-        total = float(((ctx.x.astype(np.float64) - params["baseline"]) * reducer.attribution()).sum())
-        f_baseline, f_input = reducer.scores[n], reducer.scores[n + 1]  # type: ignore[attr-defined]
-        return {"completeness_gap": total - (f_input - f_baseline), "attribution_sum": total,
-                "f_input": f_input, "f_baseline": f_baseline}
+        grads = yield gradient_stage(ctx, path=g.PATH_LINE, weights=weights, codes={"alpha": alphas},
+                                     constants={"reference": reference})
+        attribution = (ctx.x.astype(np.float64) - params["baseline"]) * grads.total
+        total = float(attribution.sum())
+        f_baseline, f_input = grads.scores[n], grads.scores[n + 1]
+        figures = {"completeness_gap": total - (f_input - f_baseline), "attribution_sum": total,
+                   "f_input": f_input, "f_baseline": f_baseline}
+        return Result(reduce_channels(attribution, params.get("channel_reduction"), ctx.model), figures)

@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..onnxgraph.variants import COALITION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import (PROBABILITY, Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param,
-                   refuse_given)
-from .gradient_base import choice_param
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.coalition import TabularCoalition
+from .base import PROBABILITY, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages
 from .kernel_shap_core import (CoalitionStream, StreamingKernelShap, default_nsamples, max_stream_nsamples,
                                stream_bytes)
-from .superpixels import segment_means, superpixels
+from .params import IMAGE, TABULAR, Choice, Float, Int, Text
+from .superpixels import SEGMENTATIONS, segment_means, superpixels
 
 CHUNK_ROWS = 512
 
@@ -82,6 +82,9 @@ class KernelShapReducer(Reducer):
     def attribution(self) -> np.ndarray:
         phi = self.phi()
         return phi if self.segments is None else phi[self.segments]
+
+    def figures(self) -> dict[str, float]:
+        return {"base_value": float(self.base), "f_x": float(self.f_x)}  # type: ignore[arg-type]
 
     def preview(self) -> np.ndarray:
         """Partial maps skip the l1 selection: they are computed on the event loop, between batches."""
@@ -138,6 +141,17 @@ def parse_l1(value: str, num_features: int | None) -> str | None:
 AUTO_NSAMPLES = 0  # images: nsamples not given, shap's default once the superpixels are known
 
 
+def nsamples_low(limits: Any) -> int:
+    """Tabular: the regression's minimum for the model's features; images: settled once segmented."""
+    if limits.model.kind == "tabular":
+        return min_nsamples(limits.model.signature.example_shape[0])
+    return 1
+
+
+def nsamples_high(limits: Any) -> int:
+    return 10_000_000 if limits.model.kind == "tabular" else limits.settings.max_rows_per_request - 2
+
+
 def min_nsamples(num_players: int) -> int:
     """Coalitions the regression needs: M - 1 unknowns after the efficiency constraint, so M (one to
     spare), or all 2^M - 2 when that is fewer (M <= 2)."""
@@ -150,67 +164,53 @@ class KernelShap(Method):
     reference = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions; shap KernelExplainer"
     description = "Shapley values from a kernel-weighted regression over coalitions of features or superpixels."
     kinds = frozenset({"tabular", "image"})
-    parameters = (
-        Parameter("nsamples", "int32", "2M + 2048, capped at 2^M - 2 (exact)",
-                  "coalitions to evaluate, at least min(M, 2^M - 2)"),
-        Parameter("l1_reg", "string", "none for M <= 10, else num_features(10)", "none | num_features(k) | aic | bic"),
-        Parameter("link", "string", "identity", "identity | logit"),
-        Parameter("background_kmeans", "int32", "unset (all background rows)",
-                  "tabular: summarise the background with k-means to this many weighted rows (shap.kmeans)"),
-        Parameter("segmentation", "string", "quickshift", "images: quickshift | slic | felzenszwalb"),
-        Parameter("fill", "string", "blur", "images: absent superpixels show blur | mean | value"),
-        Parameter("fill_value", "float", "0", "images, fill=value: the value, in model input space"),
-        Parameter("blur_sigma", "float", "5", "images, fill=blur: Gaussian sigma in pixels, at most the image's larger side"),
+    arrays = ("segments", "segment_weights")
+    figures = ("base_value", "f_x")
+    params = (
+        Int("nsamples", None, "coalitions to evaluate, at least min(M, 2^M - 2)", nsamples_low, nsamples_high,
+            shown="2M + 2048, capped at 2^M - 2 (exact)"),
+        Text("l1_reg", None, "none | num_features(k) | aic | bic", shown="none for M <= 10, else num_features(10)"),
+        Choice("link", "identity", ("identity", "logit"), "identity | logit"),
+        Int("background_kmeans", None, "tabular: summarise the background with k-means to this many weighted rows "
+            "(shap.kmeans)", 1, lambda lim: len(lim.model.background) if lim.model.background is not None else 1,
+            kinds=TABULAR, shown="unset (all background rows)"),
+        Choice("segmentation", "quickshift", SEGMENTATIONS, "images: quickshift | slic | felzenszwalb", kinds=IMAGE),
+        Choice("fill", "blur", ("blur", "mean", "value"), "images: absent superpixels show blur | mean | value",
+               kinds=IMAGE),
+        Float("fill_value", None, "images, fill=value: the value, in model input space", -1e6, 1e6, kinds=IMAGE,
+              shown="0"),
+        Float("blur_sigma", None, "images, fill=blur: Gaussian sigma in pixels, at most the image's larger side",
+              0.0, lambda lim: float(max(lim.model.signature.spatial_shape)), exclusive_low=True, kinds=IMAGE,
+              shown="5"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        if params["link"] == "logit" and score != PROBABILITY:
+            raise InvalidArgument(f"{self.name}.link", "identity when the score is LOGIT (the logit link maps "
+                                  "probabilities in (0, 1) to log-odds)", "logit")
         if model.kind == "image":
-            if "background_kmeans" in given:
-                raise InvalidArgument(f"{self.name}.background_kmeans", "unset for an image model (it summarises a "
-                                      "tabular model's background rows; images fill absent superpixels instead)",
-                                      given["background_kmeans"])
             # Unset: shap's "auto" (2M + 2048, capped at 2^M - 2), settled once the image is segmented.
-            nsamples = int_param(given, self.name, "nsamples", 0, 1, settings.max_rows_per_request - 2) \
-                if "nsamples" in given else AUTO_NSAMPLES
-            params = {"nsamples": nsamples,
-                      "l1_reg": parse_l1(str(given.get("l1_reg", "none")).lower(), None) or "none",
-                      "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
-                      "segmentation": choice_param(given, self.name, "segmentation", "quickshift",
-                                                   ("quickshift", "slic", "felzenszwalb")),
-                      "fill": choice_param(given, self.name, "fill", "blur", ("blur", "mean", "value"))}
+            params.setdefault("nsamples", AUTO_NSAMPLES)
+            params["l1_reg"] = parse_l1(str(params.get("l1_reg", "none")).lower(), None) or "none"
             for name, fill in (("fill_value", "value"), ("blur_sigma", "blur")):
-                if name in given and params["fill"] != fill:
+                if name in params and params["fill"] != fill:
                     raise InvalidArgument(f"{self.name}.{name}", f"unset unless fill is {fill}",
-                                          f"{given[name]} with fill {params['fill']}")
+                                          f"{params[name]} with fill {params['fill']}")
             if params["fill"] == "value":
-                params["fill_value"] = float_param(given, self.name, "fill_value", 0.0, -1e6, 1e6)
+                params.setdefault("fill_value", 0.0)
             if params["fill"] == "blur":
                 # The blur's cost grows with sigma (skimage's kernel spans 8 sigma); past the image's larger side
-                # it is the image's mean anyway.
-                side = float(max(model.signature.spatial_shape))
-                sigma = float(given.get("blur_sigma", 5.0))
-                if "blur_sigma" in given and not (math.isfinite(sigma) and 0.0 < sigma <= side):
-                    raise InvalidArgument(f"{self.name}.blur_sigma", f"a number of pixels in (0, {side:g}] (at most "
-                                          "the image's larger side)", sigma)
-                params["blur_sigma"] = sigma
+                # it is the image's mean anyway (the declared bound).
+                params.setdefault("blur_sigma", 5.0)
             return params
-        refuse_given(given, self.name, ("segmentation", "fill", "fill_value", "blur_sigma"), "unset for a tabular "
-                     "model (it applies to images; absent features come from the background rows)")
         if model.background is None:
             raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
         num_features = model.signature.example_shape[0]
-        rows = len(model.background)
-        params: dict[str, Any] = {
-            "nsamples": int_param(given, self.name, "nsamples", default_nsamples(num_features),
-                                  min_nsamples(num_features), 10_000_000),  # M = 1: 0, nothing to sample
-            "l1_reg": parse_l1(str(given.get("l1_reg", "")).lower(), num_features) or "none",
-            "link": choice_param(given, self.name, "link", "identity", ("identity", "logit")),
-        }
+        params.setdefault("nsamples", default_nsamples(num_features))
+        params["l1_reg"] = parse_l1(str(params.get("l1_reg", "")).lower(), num_features) or "none"
         if num_features <= 30:  # every coalition is enumerated at 2^M - 2 (shap's cap): report what is used
             params["nsamples"] = min(params["nsamples"], 2 ** num_features - 2)
-        if "background_kmeans" in given:
-            params["background_kmeans"] = int_param(given, self.name, "background_kmeans", rows, 1, rows)
-        background = params.get("background_kmeans", rows)
+        background = params.get("background_kmeans", len(model.background))
         evaluations = (params["nsamples"] + 2) * background
         if evaluations > settings.max_rows_per_request:
             raise InvalidArgument(f"{self.name}.nsamples", f"at most {settings.max_rows_per_request} model "
@@ -218,14 +218,11 @@ class KernelShap(Method):
                                   f"{params['nsamples']} x {background} = {evaluations}")
         check_memory(params["nsamples"], num_features, params["l1_reg"], settings.max_request_memory_bytes,
                      f"model's {num_features} features")
-        return params
+        return {name: params[name] for name in ("nsamples", "l1_reg", "link", "background_kmeans") if name in params}
 
-    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        if params["link"] == "logit" and ctx.score != PROBABILITY:
-            raise InvalidArgument(f"{self.name}.link", "identity when the score is LOGIT (the logit link maps "
-                                  "probabilities in (0, 1) to log-odds)", "logit")
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "image":
-            return self._plan_image(params, ctx)
+            return (yield from self._image(params, ctx))
         background = np.asarray(ctx.model.background, np.float32)
         weights = np.full(len(background), 1.0 / len(background))
         if "background_kmeans" in params:
@@ -235,16 +232,16 @@ class KernelShap(Method):
             background = np.asarray(summary.data, np.float32)
             weights = np.asarray(summary.weights, np.float64) / np.sum(summary.weights)
         stream = CoalitionStream(ctx.x.shape[0], params["nsamples"], ctx.rng)
-        rows = mask_rows(coalition_chunks(stream))
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64), "background": background,
+        constants = {**ctx.target_constants(), "background": background,
                      "background_weights": weights.astype(np.float32)}
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
-        reducer = KernelShapReducer(stream, params["link"], l1, "mask")
-        spec = VariantSpec(COALITION_TABULAR, ctx.score, background_rows=len(background))
-        return Plan(spec, constants, rows, stream.total + 2, reducer, partial_maps=True,
-                    evaluations_per_row=len(background))
+        reducer = yield Stage(TabularCoalition(score=ctx.score, background_rows=len(background)), constants,
+                              mask_rows(coalition_chunks(stream)), stream.total + 2,
+                              KernelShapReducer(stream, params["link"], l1, "mask"), partial_maps=True,
+                              evaluations_per_row=len(background))
+        return Result(reducer.attribution(), reducer.figures())
 
-    def _plan_image(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+    def _image(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         sp = superpixels(ctx, params["segmentation"])
         if params["nsamples"] == AUTO_NSAMPLES:  # reported as used
             params["nsamples"] = min(default_nsamples(sp.count), ctx.settings.max_rows_per_request - 2)
@@ -270,15 +267,8 @@ class KernelShap(Method):
             absent = segment_means(sp.hwc, sp.labels)
         stream = CoalitionStream(sp.count, params["nsamples"], ctx.rng)
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
-        reducer = KernelShapReducer(stream, params["link"], l1, "coalition", sp.labels)
-        return Plan(sp.spec(ctx.score), sp.constants(ctx, absent), sp.rows(coalition_chunks(stream)),
-                    stream.total + 2, reducer, partial_maps=True)
-
-    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
-        return {"base_value": float(reducer.base), "f_x": float(reducer.f_x)}  # type: ignore[attr-defined]
-
-    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
-        if reducer.segments is None:  # type: ignore[attr-defined]
-            return {}
-        return {"segments": reducer.segments.astype(np.int32),  # type: ignore[attr-defined]
-                "segment_weights": reducer.phi().astype(np.float32)}  # type: ignore[attr-defined]
+        reducer = yield Stage(sp.variant(ctx.score), sp.constants(ctx, absent), sp.rows(coalition_chunks(stream)),
+                              stream.total + 2, KernelShapReducer(stream, params["link"], l1, "coalition", sp.labels),
+                              partial_maps=True)
+        arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": reducer.phi().astype(np.float32)}
+        return Result(reducer.attribution(), reducer.figures(), arrays)

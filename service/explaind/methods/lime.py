@@ -21,21 +21,21 @@ Score: the probability by default.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..onnxgraph.variants import ROWS_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import (Method, MethodContext, ModelView, Parameter, Plan, Reducer, float_param, int_param, refuse_given,
-                   row_chunks)
-from .gradient_base import choice_param
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.rows import TabularRows
+from .base import Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, row_chunks
 from .lime_core import (IMAGE_KERNEL_WIDTH, QuartileDiscretizer, RidgeAccumulator, image_coalition_chunks,
                         image_kernel_weights, max_ridge_features, max_tabular_samples, ridge_bytes,
                         tabular_kernel_weights, tabular_sample_bytes)
-from .superpixels import segment_means, superpixels
+from .params import IMAGE, Choice, Float, Int
+from .superpixels import SEGMENTATIONS, segment_means, superpixels
 
 CHUNK_ROWS = 256
 
@@ -74,6 +74,9 @@ class LimeReducer(Reducer):
             self.result = self.accumulator.solve()
         return self.result
 
+    def preview(self) -> np.ndarray:
+        return self.attribution()
+
     def attribution(self) -> np.ndarray:
         coefficients = self.solve()[0]
         return coefficients if self.segments is None else coefficients[self.segments]
@@ -85,48 +88,43 @@ class Lime(Method):
     reference = "Ribeiro, Singh & Guestrin 2016, Why Should I Trust You?; the lime package"
     description = "A weighted linear surrogate fitted on random on/off perturbations of superpixels or features."
     kinds = frozenset({"image", "tabular"})
-    parameters = (
-        Parameter("num_samples", "int32", "1000 (images), 5000 (tabular)", "perturbed samples"),
-        Parameter("segmentation", "string", "quickshift", "images: quickshift | slic | felzenszwalb"),
-        Parameter("hide_value", "float", "unset: each superpixel's mean colour",
-                  "images: value of switched-off superpixels, in model input space"),
-        Parameter("kernel_width", "float", "0.25 (images), sqrt(F) * 0.75 (tabular)", "width of the kernel"),
+    arrays = ("segments", "segment_weights")
+    figures = ("weighted_r2", "intercept", "num_features")
+    params = (
+        Int("num_samples", lambda lim: 1000 if lim.model.kind == "image" else 5000, "perturbed samples", 2,
+            lambda lim: lim.settings.max_rows_per_request, shown="1000 (images), 5000 (tabular)"),
+        Choice("segmentation", "quickshift", SEGMENTATIONS, "images: quickshift | slic | felzenszwalb", kinds=IMAGE),
+        Float("hide_value", None, "images: value of switched-off superpixels, in model input space", kinds=IMAGE,
+              shown="their mean colour"),
+        Float("kernel_width", None, "width of the kernel", 0.0, 1e6, exclusive_low=True, exclusive_high=True,
+              shown="0.25 (images), sqrt(F) * 0.75 (tabular)"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        image = model.kind == "image"
-        params: dict[str, Any] = {
-            "num_samples": int_param(given, self.name, "num_samples", 1000 if image else 5000, 2,
-                                     settings.max_rows_per_request)}
-        if "kernel_width" in given:
-            params["kernel_width"] = float_param(given, self.name, "kernel_width", 0.25, 0.0, 1e6, open_interval=True)
-        if image:
-            params["segmentation"] = choice_param(given, self.name, "segmentation", "quickshift",
-                                                  ("quickshift", "slic", "felzenszwalb"))
-            if "hide_value" in given:
-                value = float(given["hide_value"])
-                if not np.isfinite(value):
-                    raise InvalidArgument(f"{self.name}.hide_value", "a finite number", value)
-                params["hide_value"] = value
-        else:
-            refuse_given(given, self.name, ("segmentation", "hide_value"), "unset for a tabular model (it applies "
-                         "to images: features are switched through the background's quartiles)")
-            if model.background is None:
-                raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
-            # lime_tabular's draws go feature by feature over all rows, so the rows are drawn up front.
-            num_features = model.signature.example_shape[0]
-            budget = settings.max_request_memory_bytes
-            if tabular_sample_bytes(params["num_samples"], num_features) > budget:
-                per_sample = tabular_sample_bytes(1, num_features) - tabular_sample_bytes(0, num_features)
-                most = max_tabular_samples(num_features, budget)
-                raise InvalidArgument(f"{self.name}.num_samples", f"at most {most} for the model's {num_features} "
-                                      f"features (samples are drawn up front, about {per_sample} bytes each, within "
-                                      f"the server's max_request_memory_bytes of {budget})", params["num_samples"])
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        if model.kind == "image":
+            return params
+        if model.background is None:
+            raise FailedPrecondition("lime on a tabular model needs background rows (`background:` in model.yaml)")
+        # lime_tabular's draws go feature by feature over all rows, so the rows are drawn up front.
+        num_features = model.signature.example_shape[0]
+        budget = settings.max_request_memory_bytes
+        if tabular_sample_bytes(params["num_samples"], num_features) > budget:
+            per_sample = tabular_sample_bytes(1, num_features) - tabular_sample_bytes(0, num_features)
+            most = max_tabular_samples(num_features, budget)
+            raise InvalidArgument(f"{self.name}.num_samples", f"at most {most} for the model's {num_features} "
+                                  f"features (samples are drawn up front, about {per_sample} bytes each, within "
+                                  f"the server's max_request_memory_bytes of {budget})", params["num_samples"])
         return params
 
-    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "tabular":
-            return self._plan_tabular(params, ctx)
+            discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))
+            binary, samples = discretizer.sample(ctx.x.astype(np.float64), params["num_samples"], ctx.rng)
+            weights = tabular_kernel_weights(binary, params.get("kernel_width"))
+            rows = row_chunks({"row_input": samples.astype(np.float32)}, CHUNK_ROWS)
+            tabular = yield Stage(TabularRows(score=ctx.score), ctx.target_constants(), rows, len(samples),
+                                  LimeReducer(binary, weights, 1.0), partial_maps=True)
+            return Result(tabular.attribution(), self._figures(tabular))
         sp = superpixels(ctx, params["segmentation"])
         budget = ctx.settings.max_request_memory_bytes
         if ridge_bytes(sp.count) > budget:
@@ -140,24 +138,12 @@ class Lime(Method):
         coalitions = image_coalition_chunks(sp.count, params["num_samples"], ctx.rng, CHUNK_ROWS)
         reducer = LimeReducer(None, None, 1.0, sp.labels, num_features=sp.count,
                               kernel_width=params.get("kernel_width", IMAGE_KERNEL_WIDTH))
-        return Plan(sp.spec(ctx.score), sp.constants(ctx, hidden), sp.rows(coalitions), params["num_samples"],
-                    reducer, partial_maps=True)
+        image = yield Stage(sp.variant(ctx.score), sp.constants(ctx, hidden), sp.rows(coalitions),
+                            params["num_samples"], reducer, partial_maps=True)
+        arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": image.solve()[0].astype(np.float32)}
+        return Result(image.attribution(), self._figures(image), arrays)
 
-    def _plan_tabular(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))
-        binary, samples = discretizer.sample(ctx.x.astype(np.float64), params["num_samples"], ctx.rng)
-        weights = tabular_kernel_weights(binary, params.get("kernel_width"))
-        rows = row_chunks({"row_input": samples.astype(np.float32)}, CHUNK_ROWS)
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
-        return Plan(VariantSpec(ROWS_TABULAR, ctx.score), constants, rows, len(samples),
-                    LimeReducer(binary, weights, 1.0), partial_maps=True)
-
-    def outputs(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, np.ndarray]:
-        if reducer.segments is None:  # type: ignore[attr-defined]
-            return {}
-        return {"segments": reducer.segments.astype(np.int32),  # type: ignore[attr-defined]
-                "segment_weights": reducer.solve()[0].astype(np.float32)}  # type: ignore[attr-defined]
-
-    def extras(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> dict[str, float]:
-        coefficients, intercept, r2 = reducer.solve()  # type: ignore[attr-defined]
+    @staticmethod
+    def _figures(reducer: LimeReducer) -> dict[str, float]:
+        coefficients, intercept, r2 = reducer.solve()
         return {"weighted_r2": float(r2), "intercept": float(intercept), "num_features": float(len(coefficients))}

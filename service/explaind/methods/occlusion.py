@@ -12,14 +12,16 @@ The job's first row is the unoccluded input, so f_c(x) comes from the same graph
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import Settings
 from ..errors import FailedPrecondition, InvalidArgument
-from ..onnxgraph.variants import OCCLUSION_IMAGE, OCCLUSION_TABULAR, SCORE_OUTPUT, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, chunked, pair_param
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.occlusion import ImageOcclusion, TabularOcclusion
+from .base import Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, chunked
+from .params import IMAGE, Float, Ints
 
 CHUNK_ROWS = 1024
 
@@ -66,6 +68,11 @@ class TabularOcclusionReducer(Reducer):
         return np.where(self.seen, self.base - self.scores, 0.0)
 
 
+def pair(values: list[int]) -> tuple[int, int]:
+    """[a, b] or [a] (meaning [a, a])."""
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
 class Occlusion(Method):
     name = "occlusion"
     title = "Occlusion"
@@ -73,28 +80,21 @@ class Occlusion(Method):
     description = ("Slide a window over the input, replace it by a baseline and record the drop of the "
                    "target score; tabular: one feature at a time.")
     kinds = frozenset({"image", "tabular"})
-    parameters = (
-        Parameter("window", "repeated int32", "[8, 8]", "images: window [height, width] or [side]"),
-        Parameter("stride", "repeated int32", "[4, 4]", "images: stride [y, x] or [step]"),
-        Parameter("baseline", "float", "0 (images), background mean (tabular)",
-                  "value replacing the occluded input, in model input space"),
+    params = (
+        Ints("window", [8, 8], "images: window [height, width] or [side]", 1, kinds=IMAGE, length=(1, 2), neutral=([1], [1, 1])),
+        Ints("stride", [4, 4], "images: stride [y, x] or [step]", 1, kinds=IMAGE, length=(1, 2), neutral=([1], [1, 1])),
+        Float("baseline", None, "value replacing the occluded input, in model input space",
+              shown="0 (images), the background mean (tabular)"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        baseline = given.get("baseline")
-        if baseline is not None and not np.isfinite(baseline):
-            raise InvalidArgument("occlusion.baseline", "a finite number", baseline)
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         if model.kind == "tabular":
-            for name in ("window", "stride"):
-                if name in given and list(given[name]) not in ([1], [1, 1]):
-                    raise InvalidArgument(f"occlusion.{name}", "unset or [1] for a tabular model "
-                                          "(one feature at a time)", list(given[name]))
-            if baseline is None and model.background is None:
+            if "baseline" not in params and model.background is None:
                 raise FailedPrecondition("occlusion on a tabular model needs background rows in model.yaml "
                                          "(`background:`) or an explicit occlusion.baseline")
-            return {"baseline": float(baseline) if baseline is not None else "background mean"}
-        window = pair_param(given, "occlusion", "window", (8, 8))
-        stride = pair_param(given, "occlusion", "stride", (4, 4))
+            params.setdefault("baseline", "background mean")
+            return params
+        window, stride = pair(params["window"]), pair(params["stride"])
         height, width = model.signature.spatial_shape
         if window[0] > height or window[1] > width:
             raise InvalidArgument("occlusion.window", f"at most the input's size [{height}, {width}]", list(window))
@@ -102,22 +102,20 @@ class Occlusion(Method):
         if rows > settings.max_rows_per_request:
             raise InvalidArgument("occlusion.stride", f"a stride giving at most {settings.max_rows_per_request} "
                                   f"windows (the server's max_rows_per_request)", f"{list(stride)} ({rows} windows)")
-        return {"window": list(window), "stride": list(stride), "baseline": float(baseline or 0.0)}
+        return {"window": list(window), "stride": list(stride), "baseline": params.get("baseline", 0.0)}
 
-    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
-        spec_kind = OCCLUSION_TABULAR if ctx.model.kind == "tabular" else OCCLUSION_IMAGE
-        spec = VariantSpec(spec_kind, ctx.score)
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        constants = ctx.target_constants()
         if ctx.model.kind == "tabular":
             num_features = ctx.x.shape[0]
             if isinstance(params["baseline"], float):
-                fill = np.full(num_features, params["baseline"], np.float32)
+                constants["fill"] = np.full(num_features, params["baseline"], np.float32)
             else:
-                fill = np.asarray(ctx.model.background, np.float64).mean(axis=0).astype(np.float32)
-            constants["fill"] = fill
+                constants["fill"] = np.asarray(ctx.model.background, np.float64).mean(axis=0).astype(np.float32)
             features = np.arange(-1, num_features, dtype=np.int64)
-            return Plan(spec, constants, iter([{"feature": features}]), len(features),
-                        TabularOcclusionReducer(num_features))
+            tabular = yield Stage(TabularOcclusion(score=ctx.score), constants, iter([{"feature": features}]),
+                                  len(features), TabularOcclusionReducer(num_features))
+            return Result(tabular.attribution())
         height, width = ctx.model.signature.spatial_shape
         (wh, ww), (sy, sx) = params["window"], params["stride"]
         ys, xs = window_positions(height, wh, sy), window_positions(width, ww, sx)
@@ -125,4 +123,6 @@ class Occlusion(Method):
         windows = np.concatenate([np.zeros((1, 4), np.int64), np.stack([y0, x0, y0 + wh, x0 + ww], axis=1)])
         constants["fill"] = np.array(params["baseline"], np.float32)
         rows = chunked(len(windows), CHUNK_ROWS, lambda start, n: {"window": windows[start : start + n]})
-        return Plan(spec, constants, rows, len(windows), ImageOcclusionReducer(height, width))
+        image = yield Stage(ImageOcclusion(score=ctx.score), constants, rows, len(windows),
+                            ImageOcclusionReducer(height, width))
+        return Result(image.attribution())

@@ -1,8 +1,9 @@
-"""The methods explaind offers, by request field name."""
+"""The methods explaind offers, by request field name (one module per method)."""
 
 from __future__ import annotations
 
 from .base import Method
+from .cam import Cam
 from .deconvnet import Deconvnet
 from .extremal_perturbation import ExtremalPerturbation
 from .grad_cam import GradCam
@@ -16,10 +17,15 @@ from .lime import Lime
 from .occlusion import Occlusion
 from .rise import Rise
 from .saliency import Saliency
+from .score_cam import ScoreCam
 from .smooth_grad import SmoothGrad
+
+METHODS: tuple[type[Method], ...] = (
+    Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation,
+    Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
+    GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+)
 
 
 def all_methods() -> dict[str, Method]:
-    methods: list[Method] = [Occlusion(), Rise(), Lime(), KernelShap(), ExtremalPerturbation(), Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients(),
-                             GuidedBackprop(), Deconvnet(), GradCam(), GradCamPlusPlus(), GuidedGradCam()]
-    return {m.name: m for m in methods}
+    return {m.name: m() for m in METHODS}

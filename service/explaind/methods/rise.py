@@ -12,15 +12,13 @@ Partial maps divide the running sum by the masks seen so far instead of N.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..config import Settings
-from ..errors import InvalidArgument
-from ..onnxgraph.rise import cell_size
-from ..onnxgraph.variants import MASK_SUM_OUTPUT, RISE, VariantSpec
-from .base import Method, MethodContext, ModelView, Parameter, Plan, Reducer, chunked, float_param, int_param
+from ..onnxgraph.variants import rise
+from .base import Method, MethodContext, Reducer, Result, Stage, Stages, chunked
+from .params import Float, Int
 
 CHUNK_ROWS = 256
 
@@ -33,8 +31,11 @@ class RiseReducer(Reducer):
         self.masks = 0
 
     def consume(self, codes, rows, slot) -> None:
-        np.add(self.weighted, slot[MASK_SUM_OUTPUT], out=self.weighted)
+        np.add(self.weighted, slot[rise.MASK_SUM_OUTPUT], out=self.weighted)
         self.masks += len(codes["grid"])
+
+    def preview(self) -> np.ndarray:
+        return self.attribution()
 
     def attribution(self) -> np.ndarray:
         return (self.weighted / (max(self.masks, 1) * self.keep_probability)).reshape(self.shape)
@@ -49,29 +50,19 @@ class Rise(Method):
     kinds = frozenset({"image"})
     # RISE saliency is an expected score, positive everywhere: its minimum, not 0, is "no evidence".
     render_low_percentile = 0.0
-    parameters = (
-        Parameter("num_masks", "int32", "4000", "number of random masks N"),
-        Parameter("grid_size", "int32", "7", "cells per side s of the random grid"),
-        Parameter("keep_probability", "float", "0.5", "probability p that a cell is kept, in (0, 1)"),
-        Parameter("baseline", "float", "0", "value replacing the masked input, in model input space"),
+    params = (
+        Int("num_masks", 4000, "number of random masks N", 1,
+            lambda lim: min(lim.settings.max_num_masks, lim.settings.max_rows_per_request)),
+        Int("grid_size", 7, "cells per side s of the random grid", 1, lambda lim: min(lim.model.signature.spatial_shape)),
+        Float("keep_probability", 0.5, "probability p that a cell is kept", 0.0, 1.0, exclusive_low=True,
+              exclusive_high=True),
+        Float("baseline", 0.0, "value replacing the masked input, in model input space"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        height, width = model.signature.spatial_shape
-        limit = min(settings.max_num_masks, settings.max_rows_per_request)
-        num_masks = int_param(given, "rise", "num_masks", 4000, 1, limit)
-        grid_size = int_param(given, "rise", "grid_size", 7, 1, min(height, width))
-        keep = float_param(given, "rise", "keep_probability", 0.5, 0.0, 1.0, open_interval=True)
-        baseline = given.get("baseline", 0.0)
-        if not np.isfinite(baseline):
-            raise InvalidArgument("rise.baseline", "a finite number", baseline)
-        return {"num_masks": num_masks, "grid_size": grid_size, "keep_probability": keep,
-                "baseline": float(baseline)}
-
-    def plan(self, params: dict[str, Any], ctx: MethodContext) -> Plan:
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         height, width = ctx.model.signature.spatial_shape
         s, p, n = params["grid_size"], params["keep_probability"], params["num_masks"]
-        cells = np.array([cell_size(height, s), cell_size(width, s)], np.int64)
+        cells = np.array([rise.cell_size(height, s), rise.cell_size(width, s)], np.int64)
         rng = ctx.rng
 
         def draw(start: int, count: int) -> dict[str, np.ndarray]:
@@ -79,9 +70,10 @@ class Rise(Method):
             shift = rng.integers(0, cells, size=(count, 2), dtype=np.int64)
             return {"grid": grid, "shift": shift}
 
-        constants = {"x0": ctx.x, "target": np.array(ctx.target, np.int64)}
+        constants = ctx.target_constants()
         zero = params["baseline"] == 0.0
         if not zero:
             constants["fill"] = np.array(params["baseline"], np.float32)
-        return Plan(VariantSpec(RISE, ctx.score, s, zero), constants, chunked(n, CHUNK_ROWS, draw), n,
-                    RiseReducer(height, width, p), partial_maps=True)
+        reducer = yield Stage(rise.Rise(score=ctx.score, grid_size=s, zero_baseline=zero), constants,
+                              chunked(n, CHUNK_ROWS, draw), n, RiseReducer(height, width, p), partial_maps=True)
+        return Result(reducer.attribution())

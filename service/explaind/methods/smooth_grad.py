@@ -9,16 +9,19 @@ The post-processing (raw by default) applies to the averaged gradient. Score: th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import Settings
 from ..errors import InvalidArgument
-from ..onnxgraph import gradients as g
-from .base import MethodContext, ModelView, Parameter, Reducer, float_param, int_param
-from .gradient_base import (POSTPROCESS, GradientMethod, GradientPlan, channel_reduction_param, choice_param,
-                            postprocess, reduce_channels)
+from ..onnxgraph.variants import gradient as g
+from .base import MethodContext, ModelView, Result, Stages
+from .gradient_base import GradientMethod, channel_reduction, gradient_stage, postprocess, postprocess_param, reduce_channels
+from .params import Float, Int
+
+
+NOISE_LEVEL = 0.15
 
 
 class SmoothGrad(GradientMethod):
@@ -26,43 +29,28 @@ class SmoothGrad(GradientMethod):
     title = "SmoothGrad"
     reference = "Smilkov et al. 2017, SmoothGrad: removing noise by adding noise"
     description = "Mean gradient over noisy copies of the input."
-    parameters = (
-        Parameter("num_samples", "int32", "50", "noisy copies"),
-        Parameter("noise_level", "float", "0.15", "sigma as a fraction of max(x) - min(x)"),
-        Parameter("stdev", "float", "unset", "absolute sigma; overrides noise_level"),
-        Parameter("postprocess", "string", "raw", "raw | absolute | squared, applied to the mean gradient"),
-        Parameter("channel_reduction", "string", "none", "none | max | sum | mean (images)"),
+    params = (
+        Int("num_samples", 50, "noisy copies", 1, lambda lim: lim.settings.max_rows_per_request),
+        Float("noise_level", None, "sigma as a fraction of max(x) - min(x)", 0.0, 10.0, shown="0.15"),
+        Float("stdev", None, "absolute sigma, instead of noise_level", 0.0, exclusive_low=True),
+        postprocess_param("raw", ", applied to the mean gradient"),
+        channel_reduction("none"),
     )
 
-    def resolve(self, given: Mapping[str, Any], model: ModelView, settings: Settings) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "num_samples": int_param(given, self.name, "num_samples", 50, 1, settings.max_rows_per_request),
-            "noise_level": float_param(given, self.name, "noise_level", 0.15, 0.0, 10.0),
-            "postprocess": choice_param(given, self.name, "postprocess", "raw", POSTPROCESS),
-            "channel_reduction": channel_reduction_param(given, self.name, "none", model),
-        }
-        if "stdev" in given:
-            if "noise_level" in given:
-                raise InvalidArgument(f"{self.name}.stdev", "either stdev (absolute) or noise_level (relative to the "
-                                      "input's range), not both", f"stdev {given['stdev']} and noise_level "
-                                      f"{given['noise_level']}")
-            params["stdev"] = float_param(given, self.name, "stdev", 0.0, 0.0, 1e6)
-            if params["stdev"] <= 0:
-                raise InvalidArgument(f"{self.name}.stdev", "a positive number", given["stdev"])
-            del params["noise_level"]  # stdev replaces it: the reported parameters are the ones used
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        if "stdev" in params and "noise_level" in params:
+            raise InvalidArgument(f"{self.name}.stdev", "either stdev (absolute) or noise_level (relative to the "
+                                  "input's range), not both", f"stdev {params['stdev']} and noise_level "
+                                  f"{params['noise_level']}")
+        if "stdev" not in params:  # only the one used is reported
+            params["noise_level"] = params.get("noise_level", NOISE_LEVEL)
         return params
 
-    def sigma(self, params: dict[str, Any], x: np.ndarray) -> float:
-        if "stdev" in params:
-            return params["stdev"]
-        return params["noise_level"] * float(x.max() - x.min())
-
-    def gradient_plan(self, params: dict[str, Any], ctx: MethodContext) -> GradientPlan:
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         n = params["num_samples"]
+        sigma = params["stdev"] if "stdev" in params else params["noise_level"] * float(ctx.x.max() - ctx.x.min())
         seeds = ctx.rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
-        return GradientPlan(path=g.PATH_NOISE, weights=np.full(n, 1.0 / n), codes={"noise_seed": seeds},
-                            constants={"sigma": np.array(self.sigma(params, ctx.x), np.float32)})
-
-    def finish(self, params: dict[str, Any], ctx: MethodContext, reducer: Reducer) -> np.ndarray:
-        values = postprocess(reducer.attribution(), params["postprocess"])
-        return reduce_channels(values, params["channel_reduction"], ctx.model)
+        grads = yield gradient_stage(ctx, path=g.PATH_NOISE, weights=np.full(n, 1.0 / n), codes={"noise_seed": seeds},
+                                     constants={"sigma": np.array(sigma, np.float32)})
+        values = postprocess(grads.total, params["postprocess"])
+        return Result(reduce_channels(values, params.get("channel_reduction"), ctx.model))

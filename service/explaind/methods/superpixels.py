@@ -15,11 +15,12 @@ import numpy as np
 
 from ..engine.job import RowChunk
 from ..models.inputs import display_image
-from ..onnxgraph.variants import SEGMENTS, VariantSpec
+from ..onnxgraph.variants.segments import Segments
 from .base import MethodContext
 from .lime_core import segment
 
 WIDTH_STEP = 32
+SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb")
 
 
 def segment_means(hwc: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -43,12 +44,12 @@ class Superpixels:
     def width(self) -> int:
         return -(-self.count // WIDTH_STEP) * WIDTH_STEP
 
-    def spec(self, score: str) -> VariantSpec:
-        return VariantSpec(SEGMENTS, score, segments=self.width)
+    def variant(self, score: str) -> Segments:
+        return Segments(score=score, width=self.width)
 
     def constants(self, ctx: MethodContext, fill_hwc: np.ndarray) -> dict[str, np.ndarray]:
         fill = fill_hwc.transpose(2, 0, 1) if self.layout == "NCHW" else fill_hwc
-        return {"x0": ctx.x, "target": np.array(ctx.target, np.int64),
+        return {**ctx.target_constants(),
                 "segments": self.labels.reshape(-1).astype(np.int64), "fill_image": np.ascontiguousarray(fill)}
 
     def rows(self, coalitions: Iterable[np.ndarray]) -> Iterator[RowChunk]:

@@ -8,11 +8,41 @@ default layer is model.yaml's `layers.cam`, else the last 4-D activation feeding
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 
-from ..methods.gradient_base import WhiteBox
 from ..onnxgraph.autodiff import unsupported_operators
 from .repository import ModelEntry
+
+@dataclass(frozen=True)
+class WhiteBox:
+    """Whether a model can be differentiated, why not, and the layers layer methods may use."""
+
+    available: bool
+    reason: str = ""
+    layers: tuple[str, ...] = ()       # 4-D float activations, in graph order
+    default_layer: str = ""            # model.yaml layers.cam, else the last 4-D input of a global pooling
+    rules: tuple[str, ...] = ("plain", "guided", "deconvnet")  # backward rules the model offers
+    exported: tuple[str, str] | None = None  # gradients: exported: (seed input, gradient output)
+
+    def offers(self, needs: str, rules_needed: tuple[str, ...]) -> bool:
+        """Whether this model can serve a white-box method needing `needs` ("INPUT_GRADIENTS" or
+        "LAYER_GRADIENTS") with these backward rules."""
+        if not self.available:
+            return False
+        if needs == "LAYER_GRADIENTS" and not self.layers:
+            return False
+        return all(rule in self.rules for rule in rules_needed)
+
+    def why_not(self) -> str:
+        if not self.available:
+            return self.reason
+        if self.exported:
+            return "the model exports its plain input gradient only (layer methods and guided or deconvnet " \
+                   "rules need gradients: auto)"
+        return "the model has no 4-D activation to use as a layer"
+
 
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
 

@@ -78,6 +78,12 @@ class GraphBuilder:
             return self.op("Squeeze", [x, self.const(np.array(axes, np.int64), "axes")])
         return self.op("Squeeze", [x], axes=axes)
 
+    def reduce(self, op: str, x: str, axes: list[int], keepdims: int = 1) -> str:
+        """ReduceSum takes axes as an input from opset 13, the other reductions from opset 18."""
+        if self.opset >= (13 if op == "ReduceSum" else 18):
+            return self.op(op, [x, self.const(np.array(axes, np.int64), "axes")], keepdims=keepdims)
+        return self.op(op, [x], axes=axes, keepdims=keepdims)
+
     # Conveniences -----------------------------------------------------------------------------
 
     def cast(self, x: str, to: int) -> str:

@@ -23,11 +23,12 @@ def model_opset(model: onnx.ModelProto) -> int:
     return MIN_OPSET
 
 
-def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder) -> onnx.ModelProto:
+def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
     """Return a new model: builder's prefix nodes, the model's nodes, builder's suffix nodes.
 
     The builder's prefix must produce a tensor named `input_name` (the model's input, which stops
-    being a graph input); the builder's inputs and outputs replace the model's.
+    being a graph input); the builder's inputs and outputs replace the model's. Nodes that neither
+    those outputs nor the tensors named in `keep` need are left out.
     """
     if builder.model_position is None:
         raise ValueError("builder.mark_model() was not called between prefix and suffix")
@@ -37,8 +38,11 @@ def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder) -> on
     graph = model.graph
     prefix = builder.nodes[: builder.model_position]
     suffix = builder.nodes[builder.model_position :]
+    # Only what the variant's outputs need: a model's other outputs (an exported gradient fed by its
+    # own seed input, a second head) would otherwise dangle on inputs the variant no longer has.
+    nodes = needed_nodes([*prefix, *graph.node, *suffix], [o.name for o in builder.outputs] + list(keep))
     new_graph = helper.make_graph(
-        nodes=[*prefix, *graph.node, *suffix],
+        nodes=nodes,
         name=f"{graph.name or 'model'}+{builder.scope}",
         inputs=[*builder.inputs, *[i for i in graph.input if i.name != input_name and _is_initializer(graph, i.name)]],
         outputs=list(builder.outputs),
@@ -54,6 +58,28 @@ def splice(model: onnx.ModelProto, input_name: str, builder: GraphBuilder) -> on
     for function in model.functions:
         composed.functions.append(function)
     return composed
+
+
+def needed_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes that the named outputs depend on, in their order (names a subgraph reads count)."""
+    needed = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_reads(node))
+    return kept[::-1]
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attribute in node.attribute:
+        for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names
 
 
 def _is_initializer(graph: onnx.GraphProto, name: str) -> bool:

@@ -71,6 +71,7 @@ class Needs(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FORWARD: _ClassVar[Needs]
     INPUT_GRADIENTS: _ClassVar[Needs]
     LAYER_GRADIENTS: _ClassVar[Needs]
+    LAYER_ACTIVATIONS: _ClassVar[Needs]
 DATA_TYPE_UNSPECIFIED: DataType
 FLOAT32: DataType
 FLOAT64: DataType
@@ -110,6 +111,7 @@ NEEDS_UNSPECIFIED: Needs
 FORWARD: Needs
 INPUT_GRADIENTS: Needs
 LAYER_GRADIENTS: Needs
+LAYER_ACTIVATIONS: Needs
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -299,6 +301,26 @@ class GuidedGradCam(_message.Message):
     channel_reduction: str
     def __init__(self, layer: _Optional[str] = ..., upsample: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
 
+class ScoreCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
+class Cam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -316,7 +338,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +360,8 @@ class ExplainRequest(_message.Message):
     GRAD_CAM_PLUS_PLUS_FIELD_NUMBER: _ClassVar[int]
     INPUT_X_GRADIENT_FIELD_NUMBER: _ClassVar[int]
     GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_CAM_FIELD_NUMBER: _ClassVar[int]
+    CAM_FIELD_NUMBER: _ClassVar[int]
     model: str
     tensor: Tensor
     image: bytes
@@ -359,7 +383,9 @@ class ExplainRequest(_message.Message):
     grad_cam_plus_plus: GradCamPlusPlus
     input_x_gradient: InputXGradient
     guided_grad_cam: GuidedGradCam
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ...) -> None: ...
+    score_cam: ScoreCam
+    cam: Cam
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -374,7 +400,7 @@ class ClassScore(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., logit: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("seed", "model_evaluations", "batches", "queue_seconds", "compute_seconds", "total_seconds", "model_sha256", "method", "parameters", "score")
+    __slots__ = ("seed", "model_evaluations", "batches", "queue_seconds", "compute_seconds", "total_seconds", "model_sha256", "method", "parameters", "score", "stages")
     SEED_FIELD_NUMBER: _ClassVar[int]
     MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +411,7 @@ class Stats(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
     seed: int
     model_evaluations: int
     batches: int
@@ -395,10 +422,11 @@ class Stats(_message.Message):
     method: str
     parameters: _struct_pb2.Struct
     score: Score
-    def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ...) -> None: ...
+    stages: int
+    def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ..., stages: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "segments", "segment_weights", "masks")
+    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "arrays")
     class FiguresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +434,13 @@ class ExplainResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ArraysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     TARGET_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -413,9 +448,7 @@ class ExplainResponse(_message.Message):
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
-    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
-    SEGMENT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    MASKS_FIELD_NUMBER: _ClassVar[int]
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
     attribution: Tensor
     target_class: int
     target_label: str
@@ -423,10 +456,8 @@ class ExplainResponse(_message.Message):
     heatmap_png: bytes
     stats: Stats
     figures: _containers.ScalarMap[str, float]
-    segments: Tensor
-    segment_weights: _containers.RepeatedScalarFieldContainer[float]
-    masks: Tensor
-    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Union[Tensor, _Mapping]] = ..., segment_weights: _Optional[_Iterable[float]] = ..., masks: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    arrays: _containers.MessageMap[str, Tensor]
+    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., arrays: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("rows_done", "rows_total", "fraction", "stage")
@@ -533,19 +564,29 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
-    __slots__ = ("name", "type", "default_value", "description")
+    __slots__ = ("name", "type", "default_value", "description", "choices", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_MAXIMUM_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default_value: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    minimum: str
+    maximum: str
+    exclusive_minimum: bool
+    exclusive_maximum: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., minimum: _Optional[str] = ..., maximum: _Optional[str] = ..., exclusive_minimum: _Optional[bool] = ..., exclusive_maximum: _Optional[bool] = ...) -> None: ...
 
 class MethodInfo(_message.Message):
-    __slots__ = ("name", "title", "description", "needs", "kinds", "parameters", "default_score", "reference")
+    __slots__ = ("name", "title", "description", "needs", "kinds", "parameters", "default_score", "reference", "arrays", "figures")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -554,6 +595,8 @@ class MethodInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SCORE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     title: str
     description: str
@@ -562,7 +605,9 @@ class MethodInfo(_message.Message):
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
     default_score: Score
     reference: str
-    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., needs: _Optional[_Union[Needs, str]] = ..., kinds: _Optional[_Iterable[_Union[ModelKind, str]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., default_score: _Optional[_Union[Score, str]] = ..., reference: _Optional[str] = ...) -> None: ...
+    arrays: _containers.RepeatedScalarFieldContainer[str]
+    figures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., needs: _Optional[_Union[Needs, str]] = ..., kinds: _Optional[_Iterable[_Union[ModelKind, str]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., default_score: _Optional[_Union[Score, str]] = ..., reference: _Optional[str] = ..., arrays: _Optional[_Iterable[str]] = ..., figures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListMethodsRequest(_message.Message):
     __slots__ = ("model",)

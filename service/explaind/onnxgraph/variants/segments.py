@@ -8,11 +8,15 @@ looked up at every pixel's label; perturbed = fill + (x - fill) * mask.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
 from onnx import TensorProto
 
-from .builder import GraphBuilder
-from .signature import ModelSignature
+from ..builder import GraphBuilder
+from ..signature import ModelSignature
+from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register, scored_model
 
 
 def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, width: int) -> str:
@@ -29,3 +33,20 @@ def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, width:
     # to every row when the batch holds one job.
     centred = b.job_rows(b.op("Sub", [x0, fill]), job_index)
     return b.op("Add", [b.job_rows(fill, job_index), b.op("Mul", [centred, mask])])
+
+
+@register
+@dataclass(frozen=True)
+class Segments(VariantSpec):
+    """Rows: coalition [width] bits; constants x0, target, segments [H * W], fill_image."""
+
+    kind = "segments"
+    score: str = "probability"
+    width: int = 32
+
+    def interface(self) -> VariantInterface:
+        return VariantInterface(("x0", "target", "segments", "fill_image"), ("coalition",), (SCORE_OUTPUT,))
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        return scored_model(model, sig, self.describe(), self.score,
+                            lambda b, sig, x0, job_index: prefix(b, sig, x0, job_index, self.width))

@@ -11,16 +11,19 @@ is asked for, `layer` and `layer_grad` (its activation and the gradient there).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .autodiff import differentiate
-from .builder import NAMESPACE, GraphBuilder
-from .compose import model_opset, splice, topological_sort
-from .noise import gaussian_noise
-from .score import class_scores, declare_common_inputs, declare_target, target_score
-from .signature import ModelSignature
+from ..autodiff import differentiate
+from ..builder import NAMESPACE, GraphBuilder
+from ..compose import model_opset, splice, topological_sort
+from ..noise import gaussian_noise
+from ..score import class_scores, declare_common_inputs, declare_target, target_score
+from ..signature import ModelSignature
+from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
 
 PATH_INPUT = "input"   # the example itself
 PATH_LINE = "line"     # reference + alpha * (x - reference): Integrated Gradients
@@ -72,7 +75,7 @@ def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: 
     b.output(target_score(b, scores, target, job_index), "score", TensorProto.FLOAT, ["rows"])
     if layer:
         b.output(layer, LAYER_OUTPUT, TensorProto.FLOAT, None)  # type: ignore[arg-type]
-    composed = splice(model, sig.input_name, b)
+    composed = splice(model, sig.input_name, b, keep=(exported[1],) if exported else ())
     return with_gradients(composed, b, sig, scores, target, job_index, score=score, rule=rule, layer=layer,
                           exported=exported)
 
@@ -134,3 +137,27 @@ def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_const
     graph.output.extend(outputs)
     topological_sort(graph)  # the seed is made from the scores and feeds the backward nodes
     return model
+
+
+@register
+@dataclass(frozen=True)
+class Gradient(VariantSpec):
+    """Rows on a path (see the module's docstring); outputs the score, the input gradient and, with
+    `layer`, that tensor's activation and gradient. `exported`: the model's own (seed input,
+    gradient output) when model.yaml says `gradients: exported`."""
+
+    kind = "gradient"
+    score: str = "logit"
+    rule: str = "plain"
+    path: str = PATH_INPUT
+    layer: str = ""
+    exported: tuple[str, str] | None = None
+
+    def interface(self) -> VariantInterface:
+        constants, codes = gradient_inputs(self.path)
+        outputs = (SCORE_OUTPUT, INPUT_GRAD_OUTPUT) + ((LAYER_OUTPUT, LAYER_GRAD_OUTPUT) if self.layer else ())
+        return VariantInterface(constants, codes, outputs)
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        return build_gradient_model(model, sig, score=self.score, rule=self.rule, path=self.path, layer=self.layer,
+                                    describe=self.describe(), exported=self.exported)

@@ -35,14 +35,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import gradients
-from .builder import NAMESPACE, GraphBuilder
-from .compose import model_opset, splice, topological_sort
-from .score import class_scores, declare_common_inputs, declare_target, target_score
-from .signature import ModelSignature
+from . import gradient as gradients
+from ..builder import NAMESPACE, GraphBuilder
+from ..compose import model_opset, splice, topological_sort
+from ..score import class_scores, declare_common_inputs, declare_target, target_score
+from ..signature import ModelSignature
+from .base import VariantInterface, VariantSpec, register
 
 COLDNESS = 20.0          # TorchRay's softmax pooling temperature
-SCORE_OUTPUT = "score"
+SCORE_OUTPUT = "score"  # the same name as every scoring variant's
 MASK_OUTPUT = "mask"
 PARAM_GRAD_OUTPUT = "param_grad"
 # The widest tensors are [rows, (2r + 1)^2, canvas]; rows per batch are capped to keep each below this.
@@ -152,11 +153,7 @@ def code_names(exact: bool) -> tuple[str, ...]:
 
 
 def _reduce(b: GraphBuilder, op: str, x: str, axes: list[int], keepdims: int) -> str:
-    """ReduceSum takes axes as an input from opset 13, the other reductions from opset 18."""
-    as_input = b.opset >= (13 if op == "ReduceSum" else 18)
-    if as_input:
-        return b.op(op, [x, b.const(np.array(axes, np.int64), "axes")], keepdims=keepdims)
-    return b.op(op, [x], axes=axes, keepdims=keepdims)
+    return b.reduce(op, x, axes, keepdims)
 
 
 def _reverse_width(b: GraphBuilder, x: str, axis: int) -> str:
@@ -359,3 +356,33 @@ def build_model(model: onnx.ModelProto, sig: ModelSignature, *, geometry: MaskGe
     graph.output.extend(kept)
     topological_sort(graph)
     return derived
+
+
+@register
+@dataclass(frozen=True)
+class Extremal(VariantSpec):
+    """Rows: mask parameters and the per-row codes of `code_names`; constants x0, target, pyramid.
+    Outputs the score, the mask and d energy / d p. `exact`: the score's gradient from the model's graph."""
+
+    kind = "extremal"
+    score: str = "logit"
+    step: int = 7
+    sigma: float = 21.0
+    levels: int = 8
+    padded_area: bool = False
+    exact: bool = False
+    exported: tuple[str, str] | None = None
+
+    def geometry(self, sig: ModelSignature) -> MaskGeometry:
+        return MaskGeometry(*sig.spatial_shape, self.step, self.sigma)
+
+    def interface(self) -> VariantInterface:
+        return VariantInterface(("x0", "target", "pyramid"), code_names(self.exact),
+                                (SCORE_OUTPUT, MASK_OUTPUT, PARAM_GRAD_OUTPUT))
+
+    def max_batch_rows(self, sig: ModelSignature, configured: int) -> int:
+        return min(configured, self.geometry(sig).max_rows())
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        return build_model(model, sig, geometry=self.geometry(sig), levels=self.levels, padded_area=self.padded_area,
+                           exact=self.exact, score=self.score, exported=self.exported, describe=self.describe())

@@ -7,11 +7,15 @@ in the graph, where the model runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
 from onnx import TensorProto
 
-from .builder import GraphBuilder
-from .signature import ModelSignature
+from ..builder import GraphBuilder
+from ..signature import ModelSignature
+from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register, scored_model
 
 
 def image_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) -> str:
@@ -44,3 +48,33 @@ def tabular_prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str
     replaced = b.op("Equal", [b.unsqueeze(feature, [1]), positions])
     x = b.op("Gather", [x0, job_index], axis=0)
     return b.op("Where", [replaced, b.op("Gather", [fill, job_index], axis=0), x])
+
+
+@register
+@dataclass(frozen=True)
+class ImageOcclusion(VariantSpec):
+    """Rows: window [4] (y0, x0, y1, x1); constants x0, target, fill."""
+
+    kind = "occlusion_image"
+    score: str = "probability"
+
+    def interface(self) -> VariantInterface:
+        return VariantInterface(("x0", "target", "fill"), ("window",), (SCORE_OUTPUT,))
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        return scored_model(model, sig, self.describe(), self.score, image_prefix)
+
+
+@register
+@dataclass(frozen=True)
+class TabularOcclusion(VariantSpec):
+    """Rows: feature (-1: none); constants x0, target, fill [F]."""
+
+    kind = "occlusion_tabular"
+    score: str = "probability"
+
+    def interface(self) -> VariantInterface:
+        return VariantInterface(("x0", "target", "fill"), ("feature",), (SCORE_OUTPUT,))
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        return scored_model(model, sig, self.describe(), self.score, tabular_prefix)

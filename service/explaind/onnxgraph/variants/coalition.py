@@ -9,11 +9,17 @@ gets one back, whatever the background size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
 from onnx import TensorProto
 
-from .builder import GraphBuilder
-from .signature import ModelSignature
+from ..builder import GraphBuilder
+from ..compose import model_opset, splice
+from ..score import class_scores, declare_common_inputs, declare_target
+from ..signature import ModelSignature
+from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
 
 
 def prefix(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str, background_rows: int) -> tuple[str, str]:
@@ -41,3 +47,28 @@ def coalition_value(b: GraphBuilder, scores: str, row_weights: str, target: str,
     row_target = b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])
     picked = b.op("GatherElements", [mean, row_target], axis=1)
     return b.op("Reshape", [picked, b.const(np.array([-1], np.int64))])
+
+
+@register
+@dataclass(frozen=True)
+class TabularCoalition(VariantSpec):
+    """Rows: mask [M]; constants x0, target, background [B, M], background_weights [B]."""
+
+    kind = "coalition_tabular"
+    score: str = "probability"
+    background_rows: int = 1
+
+    def interface(self) -> VariantInterface:
+        return VariantInterface(("x0", "target", "background", "background_weights"), ("mask",), (SCORE_OUTPUT,))
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        b = GraphBuilder(model_opset(model), self.describe())
+        x0, job_index = declare_common_inputs(b, sig.example_shape)
+        target = declare_target(b)
+        model_input, row_weights = prefix(b, sig, x0, job_index, self.background_rows)
+        b.op("Identity", [model_input], out=sig.input_name)
+        b.mark_model()
+        scores = class_scores(b, sig.output_name, self.score, sig.scores)
+        value = coalition_value(b, scores, row_weights, target, job_index, self.background_rows)
+        b.output(value, SCORE_OUTPUT, TensorProto.FLOAT, ["rows"])
+        return splice(model, sig.input_name, b)

@@ -6,36 +6,27 @@ A row is an s x s grid of 0/1 cells and a shift (dy, dx). The mask is the grid u
 in the grid, so it is written as two small matrix products, m = A_y[dy] @ grid @ A_x[dx]^T, with
 A[shift] the rows of the interpolation matrix the crop keeps; no Resize operator is involved, which
 keeps the operator identical at every opset and on every execution provider.
-perturbed = x * m + baseline * (1 - m).
+perturbed = x * m + baseline * (1 - m). The suffix sums score * mask per job in the graph too
+(`mask_sum`), so only [H * W] numbers per job come back per batch.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
-from .builder import GraphBuilder
-from .signature import ModelSignature
+from ..builder import GraphBuilder
+from ..resample import interpolation_matrix
+from ..signature import ModelSignature
+from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register, scored_model
 
 
 def cell_size(size: int, grid_size: int) -> int:
     return math.ceil(size / grid_size)
-
-
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """[out_size, in_size] linear interpolation with half-pixel centres and clamped edges."""
-    matrix = np.zeros((out_size, in_size), np.float64)
-    scale = in_size / out_size
-    for i in range(out_size):
-        source = min(max((i + 0.5) * scale - 0.5, 0.0), in_size - 1)
-        low = int(math.floor(source))
-        high = min(low + 1, in_size - 1)
-        weight = source - low
-        matrix[i, low] += 1.0 - weight
-        matrix[i, high] += weight
-    return matrix
 
 
 def cropped_interpolation(size: int, grid_size: int) -> np.ndarray:
@@ -79,3 +70,34 @@ def weighted_mask_sum(b: GraphBuilder, mask: str, score: str, job_index: str, x0
     weights = b.op("Mul", [one_hot, b.unsqueeze(score, [1])])         # [R, J]
     flat = b.op("Reshape", [mask, b.const(np.array([0, -1], np.int64))])  # [R, H*W]
     return b.op("MatMul", [b.op("Transpose", [weights], perm=[1, 0]), flat])
+
+
+MASK_SUM_OUTPUT = "mask_sum"
+
+
+@register
+@dataclass(frozen=True)
+class Rise(VariantSpec):
+    """Rows: grid [s, s] and shift [2]; constants x0, target (and fill unless the baseline is 0)."""
+
+    kind = "rise"
+    score: str = "probability"
+    grid_size: int = 7
+    zero_baseline: bool = True
+
+    def interface(self) -> VariantInterface:
+        constants = ("x0", "target") if self.zero_baseline else ("x0", "target", "fill")
+        return VariantInterface(constants, ("grid", "shift"), (SCORE_OUTPUT,), (MASK_SUM_OUTPUT,))
+
+    def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
+        mask: list[str] = []
+
+        def make(b: GraphBuilder, sig: ModelSignature, x0: str, job_index: str) -> str:
+            mask.append(masks(b, sig, self.grid_size))
+            return prefix(b, sig, x0, job_index, mask[0], self.zero_baseline)
+
+        def mask_sum(b: GraphBuilder, score: str, job_index: str, x0: str) -> None:
+            total = weighted_mask_sum(b, mask[0], score, job_index, x0)
+            b.output(total, MASK_SUM_OUTPUT, TensorProto.FLOAT, ["jobs", None])
+
+        return scored_model(model, sig, self.describe(), self.score, make, mask_sum)

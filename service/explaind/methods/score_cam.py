@@ -1,0 +1,75 @@
+"""Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations for CNNs";
+pytorch-grad-cam `ScoreCAM` semantics).
+
+Stage 1: the layer's activation A [K, h, w] for the input. Stage 2: one row per channel k, the input
+masked by A_k upsampled bilinearly to the input's size with the corners aligned (pytorch-grad-cam's
+`nn.UpsamplingBilinear2d`) and min-max normalised, (u - min u) / (max u - min u + 1e-8); the masks
+are made in the graph from the per-job activation (`onnxgraph/variants/channel_masks.py`), so the
+host sends one integer per row. w = softmax over channels of the target scores of the masked
+inputs; map = ReLU(sum_k w_k A_k) (relu true, as pytorch-grad-cam), upsampled bilinearly with
+half-pixel centres as the other CAMs (or left at the layer's size). Unlike pytorch-grad-cam the map
+is not min-max scaled (the renderer normalises for display). Score: the logit by default (its
+ClassifierOutputTarget). Cost: K + 1 model evaluations besides the prediction. Forward passes only.
+The response's `arrays` holds channel_weights [K].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import Settings
+from ..engine.job import RowChunk
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.channel_masks import ChannelMasks
+from ..onnxgraph.variants.predict import LAYER_OUTPUT
+from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, chunked
+from .base import prediction_stage
+from .gradient_base import finish_map, layer_param, resolve_layer, upsample_param
+from .params import Bool
+
+CHUNK_ROWS = 256
+
+
+class ChannelScores(Reducer):
+    def __init__(self, channels: int) -> None:
+        self.scores = np.zeros(channels, np.float64)
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        self.scores[codes["channel"]] = rows[SCORE_OUTPUT]
+
+
+def softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
+
+
+class ScoreCam(Method):
+    name = "score_cam"
+    title = "Score-CAM"
+    reference = "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs; pytorch-grad-cam ScoreCAM"
+    description = "A layer's channels weighted by the softmax of the scores of the input masked by each of them."
+    needs = LAYER_ACTIVATIONS
+    kinds = frozenset({"image"})
+    default_score = LOGIT
+    arrays = ("channel_weights",)
+    params = (layer_param(), Bool("relu", True, "ReLU of the weighted sum (pytorch-grad-cam)"), upsample_param())
+
+    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        params["layer"] = resolve_layer(params, self.name, model)
+        return params
+
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        layer = yield prediction_stage(ctx.x, params["layer"])
+        activation = np.asarray(layer.outputs[LAYER_OUTPUT], np.float32)              # [K, h, w]
+        channels, h, w = activation.shape
+        channel_ids = np.arange(channels, dtype=np.int64)
+        rows = chunked(channels, CHUNK_ROWS, lambda start, n: {"channel": channel_ids[start:start + n]})
+        scored = yield Stage(ChannelMasks(score=ctx.score, layer_height=h, layer_width=w),
+                             {**ctx.target_constants(), "activation": activation}, rows, channels,
+                             ChannelScores(channels))
+        weights = softmax(scored.scores)
+        cam = np.tensordot(weights, activation.astype(np.float64), axes=1)
+        return Result(finish_map(cam, params["relu"], params["upsample"], ctx.model),
+                      arrays={"channel_weights": weights.astype(np.float32)})
