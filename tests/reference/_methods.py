@@ -157,8 +157,8 @@ def _torchvision_stub(reason: str) -> None:
 
 
 def import_pytorch_grad_cam() -> types.SimpleNamespace:
-    """GradCAMPlusPlus, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the real
-    package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
+    """GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
+    real package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
     global TORCHVISION_STUBBED
     if "pytorch_grad_cam" not in sys.modules and not TORCHVISION_STUBBED:
         try:
@@ -168,9 +168,9 @@ def import_pytorch_grad_cam() -> types.SimpleNamespace:
                 del sys.modules[name]
             TORCHVISION_STUBBED = f"torchvision cannot be imported here: {type(exc).__name__}: {exc}"
             _torchvision_stub(TORCHVISION_STUBBED)
-    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    return types.SimpleNamespace(GradCAMPlusPlus=GradCAMPlusPlus, ClassifierOutputTarget=ClassifierOutputTarget,
-                                 scale_cam_image=scale_cam_image)
+    return types.SimpleNamespace(GradCAMPlusPlus=GradCAMPlusPlus, ScoreCAM=ScoreCAM,
+                                 ClassifierOutputTarget=ClassifierOutputTarget, scale_cam_image=scale_cam_image)

@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from explaind.config import Settings
 from explaind.errors import InvalidArgument
 from explaind.methods.base import ModelView
-from explaind.methods.params import BOOL, FLOAT, FLOATS, INT, INTS, STRING, Limits, parse_text, resolve_all
+from explaind.methods.params import BOOL, FLOAT, INT, INTS, STRING, Limits, parse_text, resolve_all
 from explaind.methods.registry import all_methods
 from explaind.onnxgraph.signature import ModelSignature
 

@@ -32,7 +32,7 @@ from ..engine.job import Job, JobStats, RowChunk
 from ..errors import DeadlineExceeded
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import PROBABILITIES_OUTPUT, RAW_OUTPUT, VariantSpec
-from ..onnxgraph.variants.predict import Predict
+from ..onnxgraph.variants.predict import LAYER_OUTPUT, Predict
 from .params import Limits, Param, resolve_all
 
 FORWARD = "FORWARD"
@@ -78,6 +78,7 @@ class MethodContext:
     choose_target: Callable[[Prediction], int] = lambda p: int(np.argmax(p.probabilities))
     target: int = -1
     prediction: Prediction | None = None
+    layer_activation: np.ndarray | None = None  # Method.prediction_layer's activation [K, h, w], read by the prediction
     deadline: float | None = None  # time.monotonic()
     on_progress: Callable[[int, int], None] | None = None
     on_partial: Callable[[np.ndarray], None] | None = None
@@ -206,8 +207,14 @@ class Method(ABC):
         return params
 
     @abstractmethod
-    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
-        """Yield the stages (each receives its reducer back), return the Result."""
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages | Result:
+        """Yield the stages (each receives its reducer back), return the Result; a method that needs
+        nothing beyond the prediction stage returns its Result directly."""
+
+    def prediction_layer(self, params: dict[str, Any]) -> str:
+        """A layer whose activation the prediction stage reads too (ctx.layer_activation), so a method
+        needing only the forward activation (CAM, Score-CAM) spends no pass of its own on it."""
+        return ""
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
         """All rows the stages will take, when known in advance (progress); None: per stage."""
@@ -215,14 +222,18 @@ class Method(ABC):
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         runner = _StageRunner(ctx, self.planned_rows(params, ctx))
-        predicted = await runner.run([prediction_stage(ctx.x)], counted=False)
+        layer = self.prediction_layer(params)
+        predicted = await runner.run([prediction_stage(ctx.x, layer)], counted=False)
         out = predicted[0].outputs
         logits = out[RAW_OUTPUT] if ctx.served.signature.scores == "logits" else None
         ctx.prediction = Prediction(out[PROBABILITIES_OUTPUT], logits)
+        if layer:
+            ctx.layer_activation = np.asarray(out[LAYER_OUTPUT], np.float32)
         ctx.target = ctx.choose_target(ctx.prediction)
         steps = self.stages(params, ctx)
         sent: Any = None
-        while True:
+        value: Any = steps  # a Result already: the method needs nothing beyond the prediction (CAM)
+        while not isinstance(value, Result):
             kind, value = await asyncio.to_thread(_advance, steps, sent)
             if kind == "done":
                 break

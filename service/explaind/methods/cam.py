@@ -7,8 +7,7 @@ bilinearly (half-pixel centres) to the input size; relu false by default (the pa
 sign). The weights are read from the graph: GlobalAveragePool (or ReduceMean over the spatial
 axes), then optionally Flatten / Reshape / Squeeze, then Gemm (or MatMul, with or without an Add
 of the bias) producing the model's output. A model with anything else between the layer and the
-output is refused with the reason. Forward only: one model evaluation (the layer's activation)
-besides the prediction. Score: the logit (the map decomposes the pre-softmax score).
+output is refused with the reason. Forward only: the prediction's pass, which also reads the layer. Score: the logit (the map decomposes the pre-softmax score).
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..config import Settings
-from ..errors import FailedPrecondition
-from ..onnxgraph.variants.predict import LAYER_OUTPUT
-from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Result, Stages, prediction_stage
+from ..errors import FailedPrecondition, InvalidArgument
+from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Result
 from .gradient_base import finish_map, resolve_layer, upsample_param
 from .params import Bool, Text
 
@@ -120,14 +118,16 @@ class Cam(Method):
         if "layer" in params:
             params["layer"] = resolve_layer(params, self.name, model)
             if params["layer"] != pooled:
-                raise FailedPrecondition(f"cam.layer: CAM's weights apply to the activation the head pools, "
-                                         f"{pooled!r}, not {params['layer']!r}")
+                raise InvalidArgument("cam.layer", f"the activation the model's head pools, {pooled!r} (CAM's "
+                                      f"weights apply to it alone)", repr(params["layer"]))
         params["layer"] = pooled
         return params
 
-    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
-        layer = yield prediction_stage(ctx.x, params["layer"])
-        activation = np.asarray(layer.outputs[LAYER_OUTPUT], np.float64)              # [K, h, w]
+    def prediction_layer(self, params: dict[str, Any]) -> str:
+        return str(params["layer"])
+
+    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Result:
+        activation = np.asarray(ctx.layer_activation, np.float64)                     # [K, h, w]
         _, weights = class_weights(ctx.model.graph, ctx.model.signature.output_name)
         if weights.shape[1] != activation.shape[0]:
             raise FailedPrecondition(f"cam: the linear layer takes {weights.shape[1]} inputs but the pooled layer has "

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Settings
-from .base import MethodContext, ModelView, Result, Stages
+from .base import MethodContext, Result, Stages
 from .grad_cam import GradCam
 from .gradient_base import channel_reduction, finish_map, gradient_stage, layer_param, reduce_channels, upsample_param
 

@@ -21,7 +21,6 @@ The response holds the per-pixel map, the segment map and phi per segment.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Iterable, Iterator
 

@@ -9,7 +9,7 @@ host sends one integer per row. w = softmax over channels of the target scores o
 inputs; map = ReLU(sum_k w_k A_k) (relu true, as pytorch-grad-cam), upsampled bilinearly with
 half-pixel centres as the other CAMs (or left at the layer's size). Unlike pytorch-grad-cam the map
 is not min-max scaled (the renderer normalises for display). Score: the logit by default (its
-ClassifierOutputTarget). Cost: K + 1 model evaluations besides the prediction. Forward passes only.
+ClassifierOutputTarget). Cost: K model evaluations besides the prediction (which reads the layer). Forward passes only.
 The response's `arrays` holds channel_weights [K].
 """
 
@@ -23,9 +23,7 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.channel_masks import ChannelMasks
-from ..onnxgraph.variants.predict import LAYER_OUTPUT
 from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, chunked
-from .base import prediction_stage
 from .gradient_base import finish_map, layer_param, resolve_layer, upsample_param
 from .params import Bool
 
@@ -60,9 +58,11 @@ class ScoreCam(Method):
         params["layer"] = resolve_layer(params, self.name, model)
         return params
 
+    def prediction_layer(self, params: dict[str, Any]) -> str:
+        return str(params["layer"])
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
-        layer = yield prediction_stage(ctx.x, params["layer"])
-        activation = np.asarray(layer.outputs[LAYER_OUTPUT], np.float32)              # [K, h, w]
+        activation = np.asarray(ctx.layer_activation, np.float32)                     # [K, h, w]
         channels, h, w = activation.shape
         channel_ids = np.arange(channels, dtype=np.int64)
         rows = chunked(channels, CHUNK_ROWS, lambda start, n: {"channel": channel_ids[start:start + n]})
