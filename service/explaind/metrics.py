@@ -38,6 +38,12 @@ class Metrics:
         self.rows = Counter("explaind_rows", "Rows evaluated by the model", ["model", "variant"], registry=r)
         self.rows_per_second = Gauge("explaind_rows_per_second", "Rows evaluated per second, last 10 s",
                                      registry=r)
+        self.sessions = Gauge("explaind_sessions", "onnxruntime sessions held (graph variants), at most max_sessions",
+                              registry=r)
+        self.session_bytes = Gauge("explaind_session_bytes", "Serialized size of the graphs of the sessions held, "
+                                   "at most max_session_bytes", registry=r)
+        self.evictions = Counter("explaind_session_evictions", "Idle sessions closed to stay within max_sessions "
+                                 "and max_session_bytes", registry=r)
         self.refused = Counter("explaind_refused", "Requests refused because the engine queue was full",
                                ["model"], registry=r)
         self._window: collections.deque[tuple[float, int]] = collections.deque()

@@ -32,10 +32,17 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ({"EXPLAIND_SPIN": "1"}, "spin must be run, always or off, got '1'"),
     ({"EXPLAIND_COMPUTE_NICE": "20"}, "compute_nice must be in .0, 19., got 20"),
     ({"EXPLAIND_BLAS_THREADS": "-1"}, "blas_threads must be >= 0"),
+    ({"EXPLAIND_SHARED_ARENA": "maybe"}, "EXPLAIND_SHARED_ARENA: expected bool, got 'maybe'"),
 ])
 def test_bad_settings_are_refused_with_the_name(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_settings(parse([]), env)
+
+
+@pytest.mark.parametrize("text, value", [("false", False), ("0", False), ("No", False), ("true", True), ("1", True)])
+def test_boolean_settings_parse_their_text(text, value):
+    assert load_settings(parse([]), {"EXPLAIND_SHARED_ARENA": text}).shared_arena is value
+    assert load_settings(parse(["--shared-arena", text]), {}).shared_arena is value
 
 
 def test_empty_repository_means_the_bundled_demo():

@@ -100,15 +100,20 @@ class Engine:
         limit_count, limit_bytes = self.settings.max_sessions, self.settings.max_session_bytes
         for key in list(self._schedulers)[:-1]:  # never the one just used
             if len(self._schedulers) <= limit_count and self.session_bytes() <= limit_bytes:
-                return
+                break
             scheduler = self._schedulers[key]
             if not scheduler.idle:
                 continue
             del self._schedulers[key]
             log.info("session evicted", extra={"model": key[0], "variant": key[1].describe()})
+            if self.metrics:
+                self.metrics.evictions.inc()
             task = asyncio.get_running_loop().create_task(scheduler.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        if self.metrics:
+            self.metrics.sessions.set(len(self._schedulers))
+            self.metrics.session_bytes.set(self.session_bytes())
 
     # Jobs ---------------------------------------------------------------------------------------
 

@@ -46,8 +46,27 @@ def choose_device(settings: Settings) -> Device:
     return Device(kind, DeviceQueue(f"explaind-{kind}", settings.compute_nice))
 
 
+_SHARED_ARENA: list[bool] = []  # onnxruntime's environment is per process: register its arena once
+
+
+def share_cpu_arena() -> None:
+    """Register one CPU arena in onnxruntime's (process-wide) environment for sessions to share.
+
+    Each session otherwise keeps its own arena at the peak of its largest batch: with dozens of cached
+    variants (distinct RISE grids, extremal geometries...) that is hundreds of MB held by idle sessions.
+    Batches run one at a time on the device thread, so one arena sized by the largest batch serves all.
+    """
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # defaults: no cap, grow by powers
+        _SHARED_ARENA.append(True)
+
+
 def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if settings.shared_arena:
+        share_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.intra_op_num_threads = settings.threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

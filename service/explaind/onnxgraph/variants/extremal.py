@@ -127,6 +127,11 @@ class MaskGeometry:
         whole = np.clip((scaled * exp).sum(axis=1) / (COLDNESS * exp.sum(axis=1)), 0.0, 1.0)
         return whole if canvas else whole[:, margin : margin + self.height, margin : margin + self.width]
 
+    def covers_image(self) -> bool:
+        """Whether the canvas holds the image after its margin (the crop). TorchRay's sizes do not always
+        (step 7, sigma 3.48 on 64 px: a 64 px canvas, cropped from pixel 3): such masks are refused."""
+        return all(out >= self.margin + size for out, size in zip(self.shape_out, (self.height, self.width)))
+
     def max_rows(self) -> int:
         return max(1, TENSOR_BUDGET_BYTES // (4 * self.candidates * self.shape_out[0] * self.shape_out[1]))
 
