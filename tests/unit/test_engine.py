@@ -287,3 +287,68 @@ def test_the_server_limits_numpy_blas_threads(blas_threads):
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["before"], "numpy has no BLAS that threadpoolctl sees"
     assert counts["after"] == ([1] if blas_threads == 1 else counts["before"])
+
+
+def test_session_cache_evicts_the_least_recently_used_idle_session_and_releases_the_arena():
+    async def main():
+        metrics = Metrics()
+        engine = Engine(settings(max_sessions=2), metrics)
+        models = {name: served_linear(name, (2, 3, 3), 4, seed=i) for i, name in enumerate("abc")}
+        x = np.random.default_rng(7).normal(size=(2, 3, 3)).astype(np.float32)
+        answers = {}
+
+        async def use(name):
+            seen = []
+            await engine.run(models[name][0], PREDICT_SPEC, predict_job(x, 3, seen))
+            answers[name] = np.concatenate([p for _, p in seen])
+
+        release, shrinks = engine.arena.run_options, []
+
+        def recorded():  # which runs were asked to shrink the shared arena
+            options = release()
+            shrinks.append(options is not None)
+            return options
+
+        engine.arena.run_options = recorded
+        await use("a")
+        await use("b")
+        await use("a")  # a is now the most recently used: b goes first
+        before = list(shrinks)
+        await use("c")
+        cached = [key[0] for key in engine._schedulers]
+        await use("b")  # rebuilt, evicting a
+        after = [key[0] for key in engine._schedulers]
+        await engine.close()
+        return metrics, models, x, answers, before, shrinks, cached, after
+
+    metrics, models, x, answers, before, shrinks, cached, after = run(main())
+    assert before == [False, False, False]  # nothing evicted, nothing released
+    assert shrinks == [False, False, False, True, True]  # the run after each eviction releases
+    assert cached == ["a", "c"]
+    assert after == ["c", "b"]
+    assert metrics.registry.get_sample_value("explaind_session_evictions_total") == 2
+    assert metrics.registry.get_sample_value("explaind_sessions") == 2
+    for name, (_, weights) in models.items():  # an evicted and rebuilt session answers as before
+        expected = softmax(x.reshape(-1).astype(np.float64) @ weights)
+        np.testing.assert_allclose(answers[name], np.tile(expected, (3, 1)), rtol=1e-5)
+
+
+def test_session_cache_bounded_by_bytes_keeps_only_the_session_in_use():
+    async def main():
+        metrics = Metrics()
+        engine = Engine(settings(max_session_bytes=1), metrics)  # every session is over the byte bound
+        for i, name in enumerate("ab"):
+            await engine.run(served_linear(name, (2, 3, 3), 4, seed=i)[0], PREDICT_SPEC,
+                             predict_job(np.zeros((2, 3, 3), np.float32), 2, []))
+        kept = [key[0] for key in engine._schedulers]
+        await engine.close()
+        return metrics, kept
+
+    metrics, kept = run(main())
+    assert kept == ["b"]  # never the one just used, even over the bound
+    assert metrics.registry.get_sample_value("explaind_session_evictions_total") == 1
+    assert metrics.registry.get_sample_value("explaind_session_bytes") > 1
+
+
+def test_shared_arena_off_builds_no_release():
+    assert Engine(settings(shared_arena=False)).arena is None

@@ -22,7 +22,7 @@ from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import VariantSpec
 from .job import Job
-from .runner import Runner, choose_device
+from .runner import ArenaRelease, Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Engine:
         # Least recently used first.
         self._schedulers: collections.OrderedDict[Key, Scheduler] = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
 
     # Sessions -----------------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ class Engine:
             data = spec.build(served.model, served.signature).SerializeToString()  # type: ignore[arg-type]
             settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
             return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                          self.device, settings)
+                          self.device, settings, arena=self.arena)
 
         async def make_runner() -> Runner:
             # Graph construction (autodiff included) and session creation can take seconds on a
@@ -76,7 +77,7 @@ class Engine:
             runner = await asyncio.get_running_loop().run_in_executor(None, build)
             log.info("session ready", extra={"model": served.name, "variant": spec.describe(),
                                              "device": self.device.kind, "bytes": runner.size_bytes})
-            self._evict()
+            self._evict(building=runner.size_bytes)  # counted before the scheduler holds it
             return runner
 
         scheduler = Scheduler(
@@ -95,11 +96,14 @@ class Engine:
     def sessions(self) -> int:
         return len(self._schedulers)
 
-    def _evict(self) -> None:
-        """Close least recently used idle schedulers while over max_sessions or max_session_bytes."""
+    def _evict(self, building: int = 0) -> None:
+        """Close least recently used idle schedulers while over max_sessions or max_session_bytes.
+
+        `building`: the bytes of a session just built and not yet handed to its scheduler.
+        """
         limit_count, limit_bytes = self.settings.max_sessions, self.settings.max_session_bytes
         for key in list(self._schedulers)[:-1]:  # never the one just used
-            if len(self._schedulers) <= limit_count and self.session_bytes() <= limit_bytes:
+            if len(self._schedulers) <= limit_count and self.session_bytes() + building <= limit_bytes:
                 break
             scheduler = self._schedulers[key]
             if not scheduler.idle:
@@ -108,12 +112,14 @@ class Engine:
             log.info("session evicted", extra={"model": key[0], "variant": key[1].describe()})
             if self.metrics:
                 self.metrics.evictions.inc()
+            if self.arena:
+                self.arena.request()
             task = asyncio.get_running_loop().create_task(scheduler.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         if self.metrics:
             self.metrics.sessions.set(len(self._schedulers))
-            self.metrics.session_bytes.set(self.session_bytes())
+            self.metrics.session_bytes.set(self.session_bytes() + building)
 
     # Jobs ---------------------------------------------------------------------------------------
 
