@@ -22,7 +22,7 @@ from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
-from .models.repository import ModelEntry, ModelRepository
+from .models.repository import FailedModel, LoadedModel, ModelEntry, ModelRepository
 from .models.white_box import WhiteBox, inspect_white_box
 from .onnxgraph.signature import ModelSignature
 from .render import RenderOptions, render_heatmap
@@ -87,7 +87,7 @@ class Explanation:
 class Prepared:
     """A checked request, ready to run."""
 
-    entry: ModelEntry
+    entry: LoadedModel
     served: ServedModel
     view: ModelView
     method: Method
@@ -109,9 +109,9 @@ class Explainer:
 
     # Models -------------------------------------------------------------------------------------
 
-    def ready_entry(self, name: str) -> ModelEntry:
+    def ready_entry(self, name: str) -> LoadedModel:
         entry = self.repository.get(name)
-        if not entry.ready:
+        if isinstance(entry, FailedModel):
             raise Unavailable(f"model {name!r} failed to load: {entry.reason}")
         return entry
 
@@ -123,7 +123,7 @@ class Explainer:
             return False
         return True
 
-    def served(self, entry: ModelEntry) -> ServedModel:
+    def served(self, entry: LoadedModel) -> ServedModel:
         served = self._served.get(entry.name)
         if served is None:
             config = entry.config
@@ -137,18 +137,18 @@ class Explainer:
             self._served[entry.name] = served
         return served
 
-    def white_box(self, entry: ModelEntry) -> WhiteBox:
+    def white_box(self, entry: LoadedModel) -> WhiteBox:
         """Whether gradients can be derived from this model's graph (computed once per model)."""
         if entry.name not in self._white_box:
             self._white_box[entry.name] = inspect_white_box(entry)
         return self._white_box[entry.name]
 
-    def view(self, entry: ModelEntry) -> ModelView:
+    def view(self, entry: LoadedModel) -> ModelView:
         served = self.served(entry)
         return ModelView(entry.config.kind, served.signature, entry.background, self.white_box(entry),
                          entry.preprocess, entry.model)
 
-    def unavailable(self, entry: ModelEntry) -> dict[str, str]:
+    def unavailable(self, entry: LoadedModel) -> dict[str, str]:
         """For each method: why this model cannot serve it, "" when it can (computed once per model)."""
         if entry.name not in self._offered:
             view = self.view(entry)
@@ -158,7 +158,7 @@ class Explainer:
         return self._offered[entry.name]
 
     def methods_for(self, entry: ModelEntry) -> list[str]:
-        if not entry.ready:
+        if isinstance(entry, FailedModel):
             return []
         return [name for name, why in self.unavailable(entry).items() if not why]
 
@@ -195,7 +195,7 @@ class Explainer:
             query.render.validate()
         return Prepared(entry, served, view, method, params, x, image, score)
 
-    def _input(self, query: ExplainQuery, entry: ModelEntry, sig: ModelSignature) -> tuple[np.ndarray, np.ndarray | None]:
+    def _input(self, query: ExplainQuery, entry: LoadedModel, sig: ModelSignature) -> tuple[np.ndarray, np.ndarray | None]:
         if query.tensor is not None:
             return check_tensor(query.tensor, sig.example_shape, entry.input_spec.dtype), None
         if query.image is not None:
@@ -247,7 +247,7 @@ class Explainer:
                            self._top_classes(entry, run.prediction), heatmap, final, run.result.figures,
                            run.result.arrays)
 
-    def _target(self, query: ExplainQuery, entry: ModelEntry, probabilities: np.ndarray) -> int:
+    def _target(self, query: ExplainQuery, entry: LoadedModel, probabilities: np.ndarray) -> int:
         if query.target_label is not None:
             return entry.label_index(query.target_label)
         if query.target_index is not None:
@@ -258,7 +258,7 @@ class Explainer:
         return int(np.argmax(probabilities))
 
     @staticmethod
-    def _top_classes(entry: ModelEntry, prediction: Prediction) -> list[ClassScore]:
+    def _top_classes(entry: LoadedModel, prediction: Prediction) -> list[ClassScore]:
         probabilities, logits = prediction.probabilities, prediction.logits
         order = np.argsort(-probabilities, kind="stable")[:TOP_CLASSES]
         return [ClassScore(int(i), entry.labels[i], float(probabilities[i]),

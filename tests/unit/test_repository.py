@@ -20,6 +20,8 @@ from _onnx_builders import (
 )
 from explaind.errors import ModelConfigError, NotFound
 from explaind.models import (
+    FailedModel,
+    LoadedModel,
     ModelRepository,
     RepositoryLimits,
     parse_model_config,
@@ -57,6 +59,7 @@ def _assert_failed(repo: ModelRepository, name: str, *words: str) -> str:
     entry = repo.get(name)
     assert entry.status == "FAILED", f"{name} should have failed"
     assert not entry.ready
+    assert isinstance(entry, FailedModel)
     for word in words:
         assert word in entry.reason, f"{word!r} not in reason {entry.reason!r}"
     # the good models in the same repository keep serving
@@ -88,7 +91,8 @@ def test_good_models_are_ready(tmp_path: Path) -> None:
     assert [o.name for o in image.outputs] == ["logits"]
     assert image.preprocess is not None and image.preprocess.size == (4, 4)
     assert image.preprocess.std == (0.25, 0.25, 0.25)
-    assert image.model is not None and image.model_bytes is not None
+    assert isinstance(image, LoadedModel) and isinstance(image.model, onnx.ModelProto)
+    assert not hasattr(image, "model_bytes")  # the weights are held once, in the ModelProto
     assert image.config is not None and image.config.layers == {"pool": "pooled"}
 
     tab = repo.get("good-tabular")
@@ -98,6 +102,7 @@ def test_good_models_are_ready(tmp_path: Path) -> None:
     assert tab.labels == ("no", "yes")
     assert tab.feature_names == ("a", "b", "c", "d")
     assert tab.background is None
+    assert tab.kind == "tabular" and image.kind == "image" and image.feature_names == ()
     assert tab.sha256 == hashlib.sha256((tmp_path / "good-tabular" / "model.onnx").read_bytes()).hexdigest()
 
 
@@ -185,6 +190,7 @@ def _bad(tmp_path: Path, config: dict | str | None, model=None) -> ModelReposito
 def test_missing_model_yaml(tmp_path: Path) -> None:
     repo = _bad(tmp_path, None)
     _assert_failed(repo, "bad", "model.yaml is missing")
+    assert repo.get("bad").kind == ""
     # learned before the failure
     assert repo.get("bad").sha256 == hashlib.sha256((tmp_path / "bad" / "model.onnx").read_bytes()).hexdigest()
 
@@ -207,6 +213,7 @@ def test_wrong_enum(tmp_path: Path) -> None:
 def test_labels_count_mismatch(tmp_path: Path) -> None:
     repo = _bad(tmp_path, _with(IMAGE_YAML, labels=["a", "b", "c", "d", "e"]))
     _assert_failed(repo, "bad", "model.yaml: labels: 5 labels but the output has 3 classes")
+    assert repo.get("bad").kind == "image"  # learned from model.yaml before the failure
 
 
 def test_std_zero(tmp_path: Path) -> None:

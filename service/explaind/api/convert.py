@@ -15,7 +15,7 @@ from ..errors import InvalidArgument
 from ..explainer import Explanation, ExplainQuery
 from ..methods.base import Method
 from ..methods.params import Param
-from ..models.repository import ModelEntry
+from ..models.repository import FailedModel, ModelEntry
 from ..render import RenderOptions
 
 SCORES = {pb.SCORE_UNSPECIFIED: "", pb.PROBABILITY: "probability", pb.LOGIT: "logit"}
@@ -129,11 +129,11 @@ def tensor_info(spec: Any) -> pb.TensorInfo:
 
 def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float,
                white_box: Any = None) -> pb.ModelInfo:
-    info = pb.ModelInfo(name=entry.name, status=pb.READY if entry.ready else pb.FAILED, reason=entry.reason,
-                        sha256=entry.sha256)
-    if entry.config is not None:
-        info.kind = KINDS.get(entry.config.kind, pb.MODEL_KIND_UNSPECIFIED)
-    if not entry.ready:
+    info = pb.ModelInfo(name=entry.name, status=pb.FAILED if isinstance(entry, FailedModel) else pb.READY,
+                        reason=entry.reason, sha256=entry.sha256)
+    if entry.kind:  # a FailedModel whose model.yaml was never parsed has no kind
+        info.kind = KINDS.get(entry.kind, pb.MODEL_KIND_UNSPECIFIED)
+    if isinstance(entry, FailedModel):
         return info
     config = entry.config
     info.inputs.extend(tensor_info(t) for t in entry.inputs)

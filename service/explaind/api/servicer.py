@@ -19,6 +19,7 @@ from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
 from ..errors import ExplaindError, Unavailable
 from ..explainer import Explainer, Explanation
 from ..metrics import Metrics
+from ..models.repository import LoadedModel, ModelEntry
 from . import convert
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 selected = list(methods.values())
             return pb.ListMethodsResponse(methods=[convert.method_info(m) for m in selected])
 
-    def _model_info(self, entry) -> pb.ModelInfo:  # type: ignore[no-untyped-def]
-        if entry.ready:
+    def _model_info(self, entry: ModelEntry) -> pb.ModelInfo:
+        if isinstance(entry, LoadedModel):
             served = self.explainer.served(entry)
             return convert.model_info(entry, self.explainer.methods_for(entry), served.max_batch_rows,
                                       served.max_delay_ms, self.explainer.white_box(entry))

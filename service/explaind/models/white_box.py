@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import onnx
 
 from ..onnxgraph.autodiff import unsupported_operators
-from .repository import ModelEntry
+from .repository import LoadedModel
+
 
 @dataclass(frozen=True)
 class WhiteBox:
@@ -47,7 +48,7 @@ class WhiteBox:
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
 
 
-def inspect_white_box(entry: ModelEntry) -> WhiteBox:
+def inspect_white_box(entry: LoadedModel) -> WhiteBox:
     config, model = entry.config, entry.model
     if config.gradients == "none":
         return WhiteBox(False, "model.yaml sets gradients: none")
