@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # inprocess.py, which the test imports
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reference"))
-from test_extremal_vs_torchray import maximum_inside, shapes_torch  # noqa: E402  (the CNN's torch twin)
+from test_extremal_perturbation_vs_torchray import maximum_inside, shapes_torch  # noqa: E402  (the CNN's torch twin)
 from torchray.attribution import extremal_perturbation as torchray  # noqa: E402
 
 from explaind.config import Settings  # noqa: E402

@@ -1,4 +1,5 @@
-"""Makes the shared test helpers in tests/ (inprocess.py) importable from every test folder."""
+"""Makes the shared test helpers in tests/ (inprocess.py, the oracles package) importable from every
+test folder."""
 
 import sys
 from pathlib import Path

@@ -1,18 +1,39 @@
 """The one helper every test uses to run a method in process: a real Engine and real onnxruntime
-sessions, no gRPC. It builds the ModelView and MethodContext a server would, validates the given
-parameters through the method's declarations (as a request would be), forces the target class,
-and returns what the method answered with its stats flattened for assertions.
+sessions, no gRPC.
+
+* `run_method(engine, served, method, given, x, target, ...)` (async): builds the ModelView and
+  MethodContext a server would, validates the given parameters through the method's declarations
+  (as a request would be), forces the target class, and returns what the method answered (an
+  `Outcome`, its stats flattened for assertions) with the parameters as used.
+* `explain(method, given, model, x, target, ...)`: the same, synchronously, on a fresh Engine that
+  is closed afterwards (one request, nothing shared).
+* `InProcess`: one Engine on one private event loop for many calls, so that each variant graph is
+  built and compiled once per model, as the server does (a reference-test module runs on one).
+* `served_onnx(name, model, example_shape)`: an exported ONNX model (input "input", output
+  "logits") with its white box (its 4-d activations as layers), as `model` for the two above.
+* `serve_requests(*queries)` / `serve_request(query)`: whole requests (an ExplainQuery: preprocessing,
+  target choice, the method, the response) through explaind's Explainer on the demo repository.
+
+`model` is a ServedModel (its ModelView then from `view_of(served, **view_fields)`) or a
+(ServedModel, ModelView) pair such as `served_onnx` returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from explaind.config import Settings
 from explaind.engine.engine import Engine, ServedModel
 from explaind.methods.base import Method, MethodContext, ModelView
+from explaind.models.white_box import WhiteBox, four_d_activations, last_pooled_activation
+from explaind.onnxgraph.signature import ModelSignature
+
+Model = ServedModel | tuple[ServedModel, ModelView]
 
 
 @dataclass
@@ -47,3 +68,88 @@ async def run_method(engine: Engine, served: ServedModel, method: Method, given:
     outcome = Outcome(run.result.attribution, s.model_evaluations, s.batches, s.stages, s.queue_seconds,
                       s.compute_seconds, run.result.figures, run.result.arrays)
     return outcome, params
+
+
+def _served_and_view(model: Model) -> tuple[ServedModel, ModelView | None]:
+    if isinstance(model, ServedModel):
+        return model, None
+    served, view = model
+    return served, view
+
+
+def explain(method: Method, given: dict[str, Any], model: Model, x: np.ndarray, target: int,
+            score: str = "probability", seed: int = 1, settings: Settings | None = None, metrics: Any = None,
+            **view_fields: Any) -> tuple[Outcome, dict[str, Any]]:
+    """run_method on a fresh Engine (`settings`, by default one onnxruntime thread; `metrics` to observe
+    it), closed afterwards."""
+    served, view = _served_and_view(model)
+
+    async def main() -> tuple[Outcome, dict[str, Any]]:
+        engine = Engine(settings or Settings(intra_op_threads=1), metrics)
+        try:
+            return await run_method(engine, served, method, given, x, target, score, seed, view=view, **view_fields)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+class InProcess:
+    """One Engine on one private event loop, for many calls; `score` is the default of `explain`."""
+
+    def __init__(self, settings: Settings | None = None, score: str = "probability") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.engine = Engine(settings or Settings(intra_op_threads=1))
+        self.score = score
+
+    def explain(self, method: Method, given: dict[str, Any], model: Model, x: np.ndarray, target: int,
+                score: str | None = None, seed: int = 1, **view_fields: Any) -> tuple[Outcome, dict[str, Any]]:
+        served, view = _served_and_view(model)
+        return self.loop.run_until_complete(run_method(self.engine, served, method, given, x, target,
+                                                       score or self.score, seed, view=view, **view_fields))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.engine.close())
+        self.loop.close()
+
+
+def served_onnx(name: str, model: Any, example_shape: tuple[int, ...], max_batch_rows: int = 64,
+                max_delay_ms: float = 1.0) -> tuple[ServedModel, ModelView]:
+    """An exported classifier (input "input", output "logits"; an image model when `example_shape` is
+    [C, H, W], tabular otherwise) served as the server would, with its white box: every 4-d activation
+    a layer, the last pooled one the default layer."""
+    shape = tuple(example_shape)
+    image = len(shape) == 3
+    signature = ModelSignature("input", "logits", shape, "NCHW" if image else "tabular", "logits")
+    served = ServedModel(name, model, signature, max_batch_rows, max_delay_ms)
+    if image:
+        layers = four_d_activations(model)
+        white_box = WhiteBox(True, "", tuple(layers), last_pooled_activation(model, set(layers)))
+    else:
+        white_box = WhiteBox(True, "", (), "")
+    return served, ModelView("image" if image else "tabular", signature, None, white_box, None, model)
+
+
+def serve_requests(*queries: Any, repository: Path | None = None, threads: int = 2) -> list[Any]:
+    """Whole ExplainQuery requests through explaind's Explainer, in process: the model repository
+    (by default the demo one) scanned as a server would, one Engine for all of them, all at once
+    (their rows share batches). Returns the Explainer's results in order; the first error is raised."""
+    from explaind.explainer import Explainer  # here: only whole-request tests need the request path
+    from explaind.models.repository import ModelRepository
+
+    async def main() -> list[Any]:
+        repo = ModelRepository(repository or Settings().repository_path)
+        repo.scan()
+        engine = Engine(Settings(intra_op_threads=threads))
+        explainer = Explainer(engine.settings, repo, engine)
+        try:
+            return list(await asyncio.gather(*(explainer.explain(q) for q in queries)))
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def serve_request(query: Any, repository: Path | None = None, threads: int = 2) -> Any:
+    """One request through serve_requests."""
+    return serve_requests(query, repository=repository, threads=threads)[0]

@@ -1,27 +1,32 @@
-"""Helpers for test_captum_agreement.py: explaind's methods run through the real engine in-process
-on the zoo's exported ONNX models, the relative error, and pytorch-grad-cam's import.
+"""Helpers shared by the reference tests that compare explaind's methods with the libraries users
+trust (test_<method>_vs_captum.py, test_grad_cam_plus_plus_vs_pytorch_grad_cam.py, test_score_cam.py,
+test_cam.py; rel_err and the pytorch-grad-cam import also tests/integration/test_cam_methods.py), on
+the same torch models.
 
-One Engine and one event loop serve every call of a test module, so each variant graph (plain,
-guided, deconvnet, with or without a layer; input, line or noise path) is built and compiled once
-per model, as the server would.
+explaind runs through the real engine in process (inprocess.InProcess: Engine, ServedModel, ModelView
+with a WhiteBox, method.parameters + method.explain; the `xp` fixture of conftest.py) on the zoo's
+exported ONNX model (float32, onnxruntime CPU, its gradients derived from the ONNX graph); the
+references run on the torch model the ONNX was exported from. Score: the logit of a fixed target class
+per model (TARGET). Inputs: standard normal (the `case` fixture). Relative error = max|explaind -
+reference| / max|reference|, tolerance TOL = 1e-3 (rel_err, check); `summary` prints the largest per
+(check, model) at the end of the run.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import sys
 import types
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import torch
 
-from explaind.config import Settings
-from explaind.engine.engine import Engine, ServedModel
-from explaind.methods.base import Method, ModelView
-from explaind.models.white_box import WhiteBox
-from explaind.models.white_box import four_d_activations, last_pooled_activation
-from explaind.onnxgraph.signature import ModelSignature
-from inprocess import Outcome, run_method
+TOL = 1e-3
+IMAGE = ["resnet", "vgg"]
+ALL = ["resnet", "vgg", "mlp"]
+TARGET = {"resnet": 3, "vgg": 2, "mlp": 1}  # a fixed class per model (hence per input)
 
 
 def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -32,43 +37,39 @@ def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-12))
 
 
-class Explaind:
-    """explaind's methods on exported zoo models, through one Engine on one private event loop."""
+def check(summary: Summary, name: str, model: str, actual: np.ndarray, expected: np.ndarray,
+          tol: float = TOL) -> float:
+    err = rel_err(actual, expected)
+    summary.record(name, model, err)
+    assert np.max(np.abs(expected)) > 0, f"{name}/{model}: the reference is all zeros (a vacuous comparison)"
+    assert err <= tol, f"{name}/{model}: relative error {err:.2e} > {tol:.0e}"
+    return err
 
-    def __init__(self, threads: int = 2) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.engine = Engine(Settings(intra_op_threads=threads, providers="cpu"))
-        self._models: dict[str, tuple[ServedModel, ModelView]] = {}
 
-    def model(self, ex: Any) -> tuple[ServedModel, ModelView]:
-        """The ServedModel and ModelView (with its WhiteBox) of a conftest `Exported` entry."""
-        name = ex.entry.name
-        if name not in self._models:
-            shape = tuple(ex.torch_model.input_shape)
-            image = len(shape) == 3
-            signature = ModelSignature("input", "logits", shape, "NCHW" if image else "tabular", "logits")
-            served = ServedModel(name, ex.onnx_model, signature, 64, 1.0)
-            if image:
-                layers = four_d_activations(ex.onnx_model)
-                # The zoo's layer; for VGG (MaxPool then Flatten, no global pooling) explaind has no
-                # default layer of its own, so the tests always pass `layer` explicitly.
-                assert ex.layer in layers, (ex.layer, layers)
-                white_box = WhiteBox(True, "", tuple(layers), last_pooled_activation(ex.onnx_model, set(layers)))
-            else:
-                white_box = WhiteBox(True, "", (), "")
-            self._models[name] = (served, ModelView("image" if image else "tabular", signature, None, white_box,
-                                                    None, ex.onnx_model))
-        return self._models[name]
+def logits(ex, xs: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return ex.torch_model(torch.from_numpy(np.ascontiguousarray(xs, np.float32))).double().numpy()
 
-    def explain(self, method: Method, given: dict[str, Any], ex: Any, x: np.ndarray, target: int,
-                score: str = "logit", seed: int = 1) -> tuple[Outcome, dict[str, Any]]:
-        served, view = self.model(ex)
-        return self.loop.run_until_complete(run_method(self.engine, served, method, given, x, target, score, seed,
-                                                       view=view))
 
-    def close(self) -> None:
-        self.loop.run_until_complete(self.engine.close())
-        self.loop.close()
+class Summary:
+    """Prints the largest relative error per (check, model) at the end of the run, and the time spent
+    in the modules that compared (`elapsed`, summed by conftest's module timer)."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, dict[str, float]] = defaultdict(dict)
+        self.elapsed = 0.0
+
+    def record(self, check: str, model: str, value: float) -> None:
+        self.errors[check][model] = max(value, self.errors[check].get(model, 0.0))
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.errors:
+            return
+        terminalreporter.section("explaind vs Captum / pytorch-grad-cam / torch: max relative error")
+        for check in self.errors:
+            detail = "  ".join(f"{m}={v:.1e}" for m, v in self.errors[check].items())
+            terminalreporter.write_line(f"{check:34s} {detail}")
+        terminalreporter.write_line(f"(time in these modules {self.elapsed:.1f} s)")
 
 
 def relu_mask_flips(ex: Any, xs: np.ndarray, threads: int = 2) -> list[tuple[int, str, float, float]]:
@@ -162,7 +163,7 @@ def import_pytorch_grad_cam() -> types.SimpleNamespace:
     global TORCHVISION_STUBBED
     if "pytorch_grad_cam" not in sys.modules and not TORCHVISION_STUBBED:
         try:
-            import torchvision  # noqa: F401
+            importlib.import_module("torchvision")
         except Exception as exc:  # noqa: BLE001  (a broken binary raises RuntimeError/OSError)
             for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
                 del sys.modules[name]

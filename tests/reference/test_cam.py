@@ -13,19 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from _methods import Explaind, rel_err
+from _methods import rel_err
 from explaind.config import Settings
 from explaind.errors import FailedPrecondition, InvalidArgument
 from explaind.methods.cam import Cam
 
 GAP_MODELS = ["resnet", "mobilenetv2", "senet", "densenet"]
-
-
-@pytest.fixture(scope="module")
-def xp():
-    e = Explaind(threads=2)
-    yield e
-    e.close()
 
 
 def torch_activation_and_logits(ex, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,13 +43,13 @@ def test_cam_equals_its_closed_form(exported, xp, name):
     weight, bias = fc.weight.detach().numpy().astype(np.float64), fc.bias.detach().numpy().astype(np.float64)
     for target in range(weight.shape[0]):
         expected = np.tensordot(weight[target], activation, axes=1)
-        got, params = xp.explain(Cam(), {"upsample": "none"}, ex, x, target)
+        got, params = xp.explain(Cam(), {"upsample": "none"}, ex.in_process, x, target)
         assert params == {"layer": ex.layer, "relu": False, "upsample": "none"}
         assert got.model_evaluations == 1 and got.stages == 1  # the prediction reads the layer
         assert rel_err(got.attribution, expected) < 1e-5
         assert got.attribution.mean() + bias[target] == pytest.approx(logits[target], rel=1e-4, abs=1e-4)
     # Upsampled (the default): bilinear with half-pixel centres to the input's size; relu on request.
-    full, _ = xp.explain(Cam(), {"relu": True}, ex, x, 0)
+    full, _ = xp.explain(Cam(), {"relu": True}, ex.in_process, x, 0)
     small = np.maximum(np.tensordot(weight[0], activation, axes=1), 0)
     up = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=x.shape[1:], mode="bilinear",
                                          align_corners=False)[0, 0].numpy()
@@ -64,18 +57,18 @@ def test_cam_equals_its_closed_form(exported, xp, name):
     assert rel_err(full.attribution, up) < 1e-5
 
 
-def test_cam_refuses_a_model_without_a_pooling_and_linear_head(exported, xp):
+def test_cam_refuses_a_model_without_a_pooling_and_linear_head(exported):
     ex = exported("vgg")
-    _, view = xp.model(ex)
+    _, view = ex.in_process
     reason = Cam().unavailable(view)
     assert "global average pooling" in reason and "Gemm" in reason, reason
     with pytest.raises(FailedPrecondition, match="global average pooling"):
         Cam().parameters({}, view, Settings(), "logit")
 
 
-def test_cam_layer_must_be_the_pooled_activation(exported, xp):
+def test_cam_layer_must_be_the_pooled_activation(exported):
     ex = exported("resnet")
-    _, view = xp.model(ex)
+    _, view = ex.in_process
     other = next(layer for layer in view.white_box.layers if layer != ex.layer)
     with pytest.raises(InvalidArgument) as err:
         Cam().parameters({"layer": other}, view, Settings(), "logit")

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import numpy as np
@@ -21,19 +20,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from inprocess import run_method
 from onnx import numpy_helper
 
 from explaind.config import Settings
 from explaind.demo.shapes_data import make_dataset
 from explaind.demo.train_shapes import ShapesNet, preprocess
-from explaind.engine.engine import Engine, ServedModel
-from explaind.explainer import Explainer, ExplainQuery
+from explaind.engine.engine import ServedModel
+from explaind.explainer import ExplainQuery
 from explaind.methods.extremal_perturbation import SMOOTH, ExtremalPerturbation, gaussian_smooth, perturbation_pyramid
-from explaind.models.repository import ModelRepository
 from explaind.models.white_box import WhiteBox
 from explaind.onnxgraph.signature import ModelSignature
 from explaind.onnxgraph.variants.extremal import Extremal, MaskGeometry
+from inprocess import explain, serve_requests
 
 extremal = pytest.importorskip("torchray.attribution.extremal_perturbation")
 
@@ -161,18 +159,9 @@ def test_graph_gradient_equals_torch_autograd(layout, exact, size, step, sigma):
 def _explaind_masks(model: onnx.ModelProto, net_x: np.ndarray, target: int, given: dict):
     sig = ModelSignature(model.graph.input[0].name, model.graph.output[0].name, net_x.shape, "NCHW", "logits")
 
-    async def main():
-        settings = Settings(intra_op_threads=2)
-        engine = Engine(settings)
-        served = ServedModel("m", model, sig, 64, 2.0)
-        try:
-            outcome, _ = await run_method(engine, served, ExtremalPerturbation(), given, net_x, target, "logit", seed=0,
-                                          white_box=WhiteBox(True))
-            return outcome
-        finally:
-            await engine.close()
-
-    return asyncio.run(main())
+    outcome, _ = explain(ExtremalPerturbation(), given, ServedModel("m", model, sig, 64, 2.0), net_x, target, "logit",
+                         seed=0, settings=Settings(intra_op_threads=2), white_box=WhiteBox(True))
+    return outcome
 
 
 TORCHRAY_SIZES = {"step": 7, "sigma": 21.0, "max_blur": 20.0, "area_reference": "padded", "area_projection": False}
@@ -229,20 +218,9 @@ def test_masks_keep_their_area_and_point_at_the_object():
     count = 10
     images, labels, boxes = make_dataset(count, seed=HELD_OUT_SEED + 1)
 
-    async def main():
-        repository = ModelRepository(REPOSITORY)
-        repository.scan()
-        engine = Engine(Settings(intra_op_threads=2))
-        explainer = Explainer(engine.settings, repository, engine)
-        try:
-            return await asyncio.gather(*[
-                explainer.explain(ExplainQuery(model="shapes", method="extremal_perturbation", params={"areas": areas},
-                                               tensor=x, target_index=int(label), seed=1))
-                for x, label in zip(preprocess(images), labels)])
-        finally:
-            await engine.close()
-
-    results = asyncio.run(main())
+    results = serve_requests(*[ExplainQuery(model="shapes", method="extremal_perturbation", params={"areas": areas},
+                                            tensor=x, target_index=int(label), seed=1)
+                               for x, label in zip(preprocess(images), labels)], repository=REPOSITORY)
     summed_hits, single_hits, raw_hits, errors = 0, 0, 0, []
     for result, box in zip(results, boxes):
         masks = result.arrays["masks"]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import shap
 
 from explaind.config import Settings
-from explaind.engine.engine import Engine
 from explaind.errors import FailedPrecondition, InvalidArgument
-from explaind.explainer import Explainer, ExplainQuery
-from explaind.models.repository import ModelRepository
+from explaind.explainer import ExplainQuery
+from inprocess import serve_request
 
 TABULAR = Settings().repository_path / "tabular"
 
@@ -30,17 +27,7 @@ def model_probability():
 
 
 def explain(model: str = "tabular", **query) -> object:
-    async def main():
-        repository = ModelRepository(Settings().repository_path)
-        repository.scan()
-        engine = Engine(Settings(intra_op_threads=2))
-        try:
-            return await Explainer(engine.settings, repository, engine).explain(
-                ExplainQuery(model=model, method="kernel_shap", **query))
-        finally:
-            await engine.close()
-
-    return asyncio.run(main())
+    return serve_request(ExplainQuery(model=model, method="kernel_shap", **query))
 
 
 def test_exact_kernel_shap_equals_shap_on_the_tabular_demo(background, model_probability):

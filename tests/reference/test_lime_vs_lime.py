@@ -4,7 +4,6 @@ segmentation gives a few dozen superpixels (on the 64x64 demo it gives only 3-5)
 
 from __future__ import annotations
 
-import asyncio
 import io
 from pathlib import Path
 
@@ -17,26 +16,17 @@ from torch import nn
 
 import zoo
 from explaind.config import Settings
-from explaind.engine.engine import Engine
-from explaind.explainer import Explainer, ExplainQuery
-from explaind.methods.lime_core import fill_images, hide_image, sample_image_coalitions, segment
-from explaind.models.repository import ModelRepository
+from explaind.explainer import ExplainQuery
+from explaind.methods.lime_core import segment
+from inprocess import serve_request
+from oracles.lime import fill_images, hide_image, sample_image_coalitions
 
 REPOSITORY = Settings().repository_path
 EXAMPLES = REPOSITORY.parent / "examples"
 
 
 def explain(repository_path: Path = REPOSITORY, **query):
-    async def main():
-        repository = ModelRepository(repository_path)
-        repository.scan()
-        engine = Engine(Settings(intra_op_threads=2))
-        try:
-            return await Explainer(engine.settings, repository, engine).explain(ExplainQuery(method="lime", **query))
-        finally:
-            await engine.close()
-
-    return asyncio.run(main())
+    return serve_request(ExplainQuery(method="lime", **query), repository=repository_path)
 
 
 def softmax(z):

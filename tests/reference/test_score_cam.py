@@ -14,18 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from _methods import Explaind, import_pytorch_grad_cam, rel_err
+from _methods import import_pytorch_grad_cam, rel_err
 from explaind.methods.score_cam import ScoreCam
 
 TOL = 1e-3
 IMAGE_MODELS = ["resnet", "vgg", "mobilenetv2", "senet", "densenet"]
-
-
-@pytest.fixture(scope="module")
-def xp():
-    e = Explaind(threads=2)
-    yield e
-    e.close()
 
 
 def library_score_cam(ex, xt: torch.Tensor, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,7 +44,7 @@ def test_score_cam_agrees_with_pytorch_grad_cam(exported, xp, name):
     target = 1
     weights, unscaled, final = library_score_cam(ex, xt, target)
 
-    got, params = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none"}, ex, x, target)
+    got, params = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none"}, ex.in_process, x, target)
     assert params == {"layer": ex.layer, "relu": True, "upsample": "none"}
     channels = weights.shape[0]
     assert got.model_evaluations == 1 + channels  # the prediction (which reads the layer), one row per channel
@@ -66,7 +59,7 @@ def test_score_cam_agrees_with_pytorch_grad_cam(exported, xp, name):
     assert rel_err(ours[0], final) < TOL
 
     # Upsampled (the default): the same map, bilinear with half-pixel centres, at the input's size.
-    full, _ = xp.explain(ScoreCam(), {"layer": ex.layer}, ex, x, target)
+    full, _ = xp.explain(ScoreCam(), {"layer": ex.layer}, ex.in_process, x, target)
     expected = torch.nn.functional.interpolate(torch.from_numpy(np.float32(got.attribution))[None, None],
                                                size=x.shape[1:], mode="bilinear", align_corners=False)[0, 0]
     assert rel_err(full.attribution, expected.numpy()) < 1e-5
@@ -75,8 +68,8 @@ def test_score_cam_agrees_with_pytorch_grad_cam(exported, xp, name):
 def test_score_cam_relu_false_keeps_the_sign(exported, xp):
     ex = exported("resnet")
     x = np.random.default_rng(7).standard_normal(ex.torch_model.input_shape).astype(np.float32)
-    on, _ = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none"}, ex, x, 2)
-    off, params = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none", "relu": False}, ex, x, 2)
+    on, _ = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none"}, ex.in_process, x, 2)
+    off, params = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none", "relu": False}, ex.in_process, x, 2)
     assert params["relu"] is False
     np.testing.assert_allclose(np.maximum(off.attribution, 0), on.attribution, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(on.arrays["channel_weights"], off.arrays["channel_weights"], rtol=1e-6)

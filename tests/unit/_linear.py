@@ -11,12 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from explaind.config import Settings
-from explaind.engine.engine import Engine, ServedModel
-from explaind.methods.base import Method
+from explaind.engine.engine import ServedModel
 from explaind.onnxgraph.signature import ModelSignature
-
-import inprocess
-from inprocess import Outcome
 
 
 def linear_model(example_shape: tuple[int, ...], classes: int, seed: int = 0, opset: int = 17) -> tuple[onnx.ModelProto, np.ndarray]:
@@ -38,6 +34,12 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def linear_score(weights: np.ndarray, x: np.ndarray, target: int, score: str) -> float:
+    """The score of class `target` of the linear model with `weights` at one example `x` (float64)."""
+    logits = x.reshape(-1).astype(np.float64) @ weights.astype(np.float64)
+    return float(softmax(logits)[target] if score == "probability" else logits[target])
+
+
 def served_linear(name: str, example_shape: tuple[int, ...], classes: int, layout: str = "NCHW",
                   max_batch_rows: int = 16, max_delay_ms: float = 1.0, seed: int = 0) -> tuple[ServedModel, np.ndarray]:
     model, weights = linear_model(example_shape, classes, seed)
@@ -47,13 +49,6 @@ def served_linear(name: str, example_shape: tuple[int, ...], classes: int, layou
 
 def settings(**overrides: Any) -> Settings:
     return Settings(intra_op_threads=1, **overrides)
-
-
-async def run_method(engine: Engine, served: ServedModel, method: Method, given: dict[str, Any], x: np.ndarray,
-                     target: int, score: str = "probability", seed: int = 1, kind: str = "image",
-                     background: np.ndarray | None = None) -> tuple[Outcome, dict[str, Any]]:
-    return await inprocess.run_method(engine, served, method, given, x, target, score, seed, kind=kind,
-                                      background=background)
 
 
 def run(coro: Any) -> Any:

@@ -1,5 +1,7 @@
 """Each method's parameter declaration agrees with its proto message, and drives validation.
 
+Tests shared across methods live here; each method's own tests are in tests/unit/methods/test_<method>.py.
+
 The declaration (service/explaind/methods/*.py `params`) is the single source of each parameter's
 type, default, bounds and description; the proto message is the wire contract. They must agree on
 the names, on the types (proto3 scalars with presence, so an unset number is told apart from 0),
@@ -20,9 +22,16 @@ from google.protobuf.descriptor import FieldDescriptor
 from explaind.config import Settings
 from explaind.errors import InvalidArgument
 from explaind.methods.base import ModelView
-from explaind.methods.params import BOOL, FLOAT, INT, INTS, STRING, Limits, parse_text, resolve_all
+from explaind.methods.input_x_gradient import InputXGradient
+from explaind.methods.integrated_gradients import IntegratedGradients
+from explaind.methods.params import BOOL, FLOAT, INT, STRING, Limits, parse_text, resolve_all
 from explaind.methods.registry import all_methods
+from explaind.methods.saliency import Saliency
+from explaind.methods.smooth_grad import SmoothGrad
+from explaind.models.white_box import WhiteBox
 from explaind.onnxgraph.signature import ModelSignature
+
+from _linear import served_linear, settings
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "explaind" / "v1" / "explaind.proto"
 METHODS = all_methods()
@@ -145,3 +154,16 @@ def test_cli_refuses_text_of_the_wrong_type():
     jitter = next(p for p in METHODS["extremal_perturbation"].params if p.name == "jitter")
     with pytest.raises(ValueError, match=r"jitter: expected bool \(true or false\), got 'maybe'"):
         parse_text(jitter, "maybe")
+
+
+@pytest.mark.parametrize("method", [Saliency(), InputXGradient(), SmoothGrad(), IntegratedGradients()],
+                         ids=lambda m: m.name)
+def test_gradient_methods_refuse_a_channel_reduction_on_a_tabular_model(method):
+    served, _ = served_linear("tab", (6,), 3, layout="tabular")
+    view = ModelView("tabular", served.signature, None, WhiteBox(True))
+    with pytest.raises(InvalidArgument) as err:
+        method.parameters({"channel_reduction": "max"}, view, settings(), "logit")
+    assert err.value.field == f"{method.name}.channel_reduction" and "tabular" in err.value.message
+    # Unset or "none" is fine; the parameters as used leave out what does not apply to the model.
+    assert "channel_reduction" not in method.parameters({}, view, settings(), "logit")
+    assert "channel_reduction" not in method.parameters({"channel_reduction": "NONE"}, view, settings(), "logit")

@@ -4,7 +4,7 @@
 Players are the M features; a coalition z (a boolean mask over the features) keeps x on z and takes
 the other features from the background. Its value is
 
-    v(z) = sum_b w_b f(x_z, b_{not z}) / sum_b w_b                    (``coalition_values``)
+    v(z) = sum_b w_b f(x_z, b_{not z}) / sum_b w_b
 
 over background rows b with weights w_b (uniform, or a k-means summary's cluster weights). With the
 Shapley kernel pi(z) = (M - 1) / (C(M, |z|) |z| (M - |z|)) the Shapley values solve
@@ -16,9 +16,11 @@ eliminated through the last (selected) feature j: with X = z_{-j} - z_j and
 y = g(v(z)) - g(base) - z_j (g(f(x)) - g(base)), phi_{-j} = (X^T W X)^{-1} X^T W y and
 phi_j = g(f(x)) - g(base) - sum(phi_{-j}); efficiency therefore holds by construction.
 
-Coalitions come from ``sample_coalitions`` (shap's scheme: exact enumeration when 2^M - 2 <= nsamples,
-otherwise complete subset sizes first, then paired random samples). ``KernelShapAccumulator`` keeps
-only the weighted Gram statistics, so coalition values can arrive in chunks of any size.
+Coalitions come from ``CoalitionStream`` (shap's scheme: exact enumeration when 2^M - 2 <= nsamples,
+otherwise complete subset sizes first, then paired random samples), chunk by chunk.
+``KernelShapAccumulator`` keeps only the weighted Gram statistics, so coalition values can arrive in
+chunks of any size. The all-at-once forms (every coalition and weight, the coalition inputs and
+values, one solve) are the tests' reference, in tests/oracles/kernel_shap.py.
 
 Deviations from shap (documented on purpose):
 - Randomness comes from a ``numpy.random.Generator`` instead of the global ``np.random`` state, so
@@ -50,25 +52,12 @@ __all__ = [
     "CoalitionStream",
     "KernelShapAccumulator",
     "StreamingKernelShap",
-    "coalition_inputs",
-    "coalition_values",
     "default_nsamples",
     "link_function",
-    "sample_coalitions",
-    "shapley_kernel_weight",
-    "solve",
     "stream_bytes",
 ]
 
 _NUM_FEATURES = re.compile(r"^num_features\((\d+)\)$")
-
-
-def shapley_kernel_weight(m: int, size: int) -> float:
-    """Shapley kernel pi(M, s) = (M - 1) / (C(M, s) s (M - s)) for 0 < s < M (Lundberg & Lee 2017,
-    Theorem 2). The empty and full coalitions have infinite weight and are handled by the constraint."""
-    if not 0 < size < m:
-        raise ValueError(f"kernel weight is defined for 0 < size < M, got size={size}, M={m}")
-    return (m - 1) / (math.comb(m, size) * size * (m - size))
 
 
 def default_nsamples(m: int) -> int:
@@ -90,25 +79,18 @@ def _apply_link(link: Link, a: np.ndarray | float) -> np.ndarray:
     return link_function(link)(a)
 
 
-def sample_coalitions(m: int, nsamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Coalitions and kernel weights as in shap ``KernelExplainer.explain``.
-
-    Returns masks (bool [S, M]) and weights ([S], summing to 1). nsamples is capped at 2^M - 2 for
-    M <= 30; when 2^M - 2 <= nsamples every non-empty proper coalition is enumerated once with weight
-    pi(M, |z|) normalised to sum 1. Otherwise subset sizes s = 1, 2, ... (each paired with M - s,
-    the middle size unpaired when M is even) are enumerated completely while the remaining budget
-    times the remaining share of the size's kernel mass covers all of its subsets; the remaining
-    sizes are sampled (size drawn by kernel mass, a random subset, then its complement), repeated
-    draws add 1 to the existing row's weight, and the sampled part is rescaled to the kernel mass
-    of the sizes not enumerated. Order of rows: shap's (each subset followed by its complement).
-    All rows at once; :class:`CoalitionStream` draws the same rows lazily, chunk by chunk.
-    """
-    return CoalitionStream(m, nsamples, rng).collect()
-
-
 class CoalitionStream:
-    """The coalitions of :func:`sample_coalitions`, drawn lazily chunk by chunk: the same rows in the same
-    order from the same random draws, without holding them all.
+    """Coalitions and kernel weights as in shap ``KernelExplainer.explain``, drawn lazily chunk by chunk
+    without holding them all.
+
+    nsamples is capped at 2^M - 2 for M <= 30; when 2^M - 2 <= nsamples every non-empty proper
+    coalition is enumerated once with weight pi(M, |z|) normalised to sum 1. Otherwise subset sizes
+    s = 1, 2, ... (each paired with M - s, the middle size unpaired when M is even) are enumerated
+    completely while the remaining budget times the remaining share of the size's kernel mass covers
+    all of its subsets; the remaining sizes are sampled (size drawn by kernel mass, a random subset,
+    then its complement), repeated draws add 1 to the existing row's weight, and the sampled part is
+    rescaled to the kernel mass of the sizes not enumerated. Order of rows: shap's (each subset
+    followed by its complement). The weights of all the real rows sum to 1.
 
     ``total`` rows, known up front: ``fixed`` enumerated rows first (weights known, ``fixed_weights``),
     then the sampled rows. A sampled row's weight is its draw count (``counts``: 1, plus 1 for every later
@@ -220,13 +202,6 @@ class CoalitionStream:
                 chunk[i] = mask
             yield chunk
 
-    def collect(self) -> tuple[np.ndarray, np.ndarray]:
-        """(masks bool [S, M], weights [S]) of the real rows, all at once (:func:`sample_coalitions`)."""
-        if self.total == 0:
-            return np.zeros((0, self.m), dtype=bool), np.zeros(0)
-        masks = np.concatenate(list(self.chunks(4096)))[: self.real_rows]
-        return masks, self.weights(np.arange(len(masks)))
-
     def _enumerated(self) -> Iterator[np.ndarray]:
         for size, _, _, paired in self._sizes:
             for inds in itertools.combinations(range(self.m), size):
@@ -290,36 +265,6 @@ class CoalitionStream:
         self._drawn += 1.0
         if self.on_repeat is not None:
             self.on_repeat(row, mask)
-
-
-def coalition_inputs(x: np.ndarray, background: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Model inputs for the coalitions: row s * B + b is where(masks[s], x, background[b]) ([S*B, M])."""
-    x = np.asarray(x)
-    background = np.asarray(background)
-    masks = np.asarray(masks, dtype=bool)
-    if x.ndim != 1 or background.ndim != 2 or masks.ndim != 2:
-        raise ValueError("expected x [M], background [B, M], masks [S, M]")
-    if not (x.shape[0] == background.shape[1] == masks.shape[1]):
-        raise ValueError("x, background and masks disagree on M")
-    out = np.where(masks[:, None, :], x[None, None, :], background[None, :, :])
-    return out.reshape(-1, x.shape[0])
-
-
-def coalition_values(model_outputs: np.ndarray, background_weights: np.ndarray) -> np.ndarray:
-    """v(z_s) = sum_b w_b f(row s*B + b) / sum_b w_b: [S*B, K] (or [S*B]) -> [S, K] (or [S]).
-
-    Weights are normalised as shap's ``DenseData`` does (uniform, or ``shap.kmeans`` cluster sizes).
-    """
-    y = np.asarray(model_outputs, dtype=np.float64)
-    w = np.asarray(background_weights, dtype=np.float64)
-    n_bg = w.shape[0]
-    if y.shape[0] % n_bg:
-        raise ValueError(f"{y.shape[0]} outputs are not a multiple of the {n_bg} background rows")
-    w = w / w.sum()
-    k = y.shape[1] if y.ndim == 2 else 1
-    y3 = y.reshape(y.shape[0] // n_bg, n_bg, k)
-    v = np.einsum("sbk,b->sk", y3, w)
-    return v[:, 0] if y.ndim == 1 else v
 
 
 def _parse_l1(l1_reg: L1Reg | bool) -> L1Reg:
@@ -477,29 +422,10 @@ class KernelShapAccumulator:
         return phi
 
 
-def solve(
-    masks: np.ndarray,
-    weights: np.ndarray,
-    values_per_coalition: np.ndarray,
-    f_x: np.ndarray | float,
-    base_value: np.ndarray | float,
-    l1_reg: L1Reg | bool = None,
-    link: Link = "identity",
-) -> np.ndarray:
-    """Kernel SHAP values phi [M] (or [M, K] when values are [S, K]) by constrained weighted least
-    squares, as shap ``KernelExplainer.solve``: sum(phi) = g(f(x)) - g(base_value) exactly, with the
-    link g applied to the coalition values, f(x) and the base value (all given in output space).
-    ``l1_reg``: None (off), "num_features(k)", "aic", "bic" or a Lasso alpha, as in shap."""
-    masks = np.asarray(masks)
-    acc = KernelShapAccumulator(masks.shape[1], link=link, l1_reg=l1_reg)
-    acc.add(masks, weights, values_per_coalition)
-    return acc.solve(f_x, base_value)
-
-
 class StreamingKernelShap:
     """Kernel SHAP over a :class:`CoalitionStream` whose values arrive in chunks, in any order, while the
-    stream is still drawing; once every row is in, :meth:`solve` equals :func:`solve` on
-    :func:`sample_coalitions`' masks and weights (to rounding).
+    stream is still drawing; once every row is in, :meth:`solve` equals one ``KernelShapAccumulator``
+    given all the stream's rows with their final weights (to rounding).
 
     Without l1_reg: the enumerated rows' weighted statistics, the sampled rows' statistics weighted by
     draw counts (rescaled by the stream's ``sampled_scale`` at solve time), and each sampled row's value
@@ -587,7 +513,7 @@ class StreamingKernelShap:
 
 
 # Working memory of one request (bytes), for refusing before starting what would not fit. Measured
-# with tracemalloc (tests/unit/test_kernel_shap_core.py checks they stay upper bounds), rounded up.
+# with tracemalloc (tests/unit/methods/test_kernel_shap.py checks they stay upper bounds), rounded up.
 STREAM_BYTES_PER_ROW = 200             # per sampled row: dedup key (packed bits) and dict slot, count, value
 L1_BYTES_PER_ROW_AND_PLAYER = 160      # l1_reg: rows kept, then LARS / LassoLarsIC on 2 augmented rows per row
 L1_BYTES_PER_ROW = 300

@@ -1,8 +1,10 @@
 """Numerical core of LIME (Ribeiro, Singh & Guestrin, KDD 2016) with the `lime` package's semantics.
 
 Independent of explaind's engine: coalitions are boolean rows ``z`` (1 = interpretable feature kept),
-the caller evaluates the model on the images / rows they map to, and the surrogate is fitted either
-at once (:func:`fit_surrogate`) or from streamed chunks (:class:`RidgeAccumulator`).
+the caller evaluates the model on the images / rows they map to, and the surrogate is fitted from
+streamed chunks (:class:`RidgeAccumulator`). The all-at-once forms of the same steps (lime's
+perturbed images, its Ridge fit with feature selection) are the tests' reference, in
+tests/oracles/lime.py.
 
 Images (lime_image.LimeImageExplainer):
   * superpixels: quickshift(kernel_size=4, max_dist=200, ratio=0.2, random_seed) (slic, felzenszwalb);
@@ -26,14 +28,12 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 from scipy import special
-from sklearn.linear_model import Ridge, lars_path
 
 Rng = np.random.Generator | np.random.RandomState
-FeatureSelection = Literal["auto", "none", "forward_selection", "highest_weights", "lasso_path"]
 
 IMAGE_KERNEL_WIDTH = 0.25
 IMAGE_NUM_SAMPLES = 1000
@@ -100,24 +100,16 @@ def segment(
     return inverse.reshape(labels.shape).astype(np.int64)
 
 
-def sample_image_coalitions(num_segments: int, num_samples: int = IMAGE_NUM_SAMPLES, rng: Rng | int | None = None) -> np.ndarray:
-    """Bool [N, S]: each superpixel on/off with probability 1/2, row 0 all on (lime_image.data_labels).
-
-    With a ``np.random.RandomState`` the draws are lime's exactly
-    (``randint(0, 2, N * S).reshape(N, S)``); a Generator uses ``integers(0, 2, (N, S))``.
-    All rows at once; :func:`image_coalition_chunks` draws the same rows lazily.
-    """
-    chunks = list(image_coalition_chunks(num_segments, num_samples, rng, 4096))
-    return np.concatenate(chunks) if chunks else np.zeros((0, num_segments), bool)
-
-
 def image_coalition_chunks(num_segments: int, num_samples: int = IMAGE_NUM_SAMPLES, rng: Rng | int | None = None,
                            chunk_rows: int = 256) -> Iterator[np.ndarray]:
-    """The rows of :func:`sample_image_coalitions`, ``chunk_rows`` at a time (bool [n, S]), drawn lazily.
+    """Bool [n, S] chunks of ``chunk_rows`` rows: each superpixel on/off with probability 1/2, row 0 all
+    on (lime_image.data_labels), drawn lazily. With a ``np.random.RandomState`` the draws are lime's
+    exactly (``randint(0, 2, N * S).reshape(N, S)``); a Generator uses ``integers(0, 2, (N, S))``.
 
-    The same rows from the same draws: both ``Generator.integers(0, 2)`` and ``RandomState.randint(0, 2)``
-    spend exactly one 32-bit draw per bit (the generator keeps the odd half of a 64-bit draw), so
-    drawing N x S bits in pieces gives the bits of one draw, and leaves the generator in the same state.
+    The same rows as one draw of all N x S bits: both ``Generator.integers(0, 2)`` and
+    ``RandomState.randint(0, 2)`` spend exactly one 32-bit draw per bit (the generator keeps the odd half
+    of a 64-bit draw), so drawing N x S bits in pieces gives the bits of one draw, and leaves the
+    generator in the same state.
     """
     r = _rng(rng)
     for start in range(0, num_samples, chunk_rows):
@@ -147,44 +139,6 @@ def image_distances(coalitions: np.ndarray) -> np.ndarray:
 def image_kernel_weights(coalitions: np.ndarray, kernel_width: float = IMAGE_KERNEL_WIDTH) -> np.ndarray:
     """pi(z) = sqrt(exp(-d^2 / w^2)) with d = :func:`image_distances` and w = 0.25 (lime_image)."""
     return exponential_kernel(image_distances(coalitions), kernel_width)
-
-
-def segment_mean_colors(image: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """Float64 [S, C]: the mean colour of each superpixel (labels 0..S-1)."""
-    img = np.asarray(image)
-    flat = img.reshape(-1, img.shape[-1]).astype(np.float64)
-    seg = np.asarray(segments).ravel()
-    count = np.bincount(seg, minlength=int(seg.max()) + 1).astype(np.float64)
-    sums = np.stack([np.bincount(seg, weights=flat[:, c], minlength=count.size) for c in range(flat.shape[1])], axis=1)
-    return sums / np.maximum(count, 1.0)[:, None]
-
-
-def hide_image(image: np.ndarray, segments: np.ndarray, hide_color: float | Sequence[float] | None = None) -> np.ndarray:
-    """lime's ``fudged_image``: the image every switched-off superpixel is taken from.
-
-    ``hide_color=None`` (lime's default): each superpixel's mean colour; otherwise the constant.
-    Same dtype as ``image`` (a uint8 image gets the means cast to uint8 as numpy assignment does,
-    i.e. truncated, as in lime).
-    """
-    img = np.asarray(image)
-    fudged = img.copy()
-    if hide_color is None:
-        fudged[...] = segment_mean_colors(img, segments)[np.asarray(segments)]
-    else:
-        fudged[...] = hide_color
-    return fudged
-
-
-def fill_images(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
-    """Images [N, H, W, C] for coalition rows [N, S]: pixel of segment j from ``image`` if z_j else ``fudged``."""
-    z = np.asarray(coalitions, bool)
-    keep = z[:, np.asarray(segments)]  # [N, H, W]
-    return np.where(keep[..., None], np.asarray(image)[None], np.asarray(fudged)[None])
-
-
-def fill_image(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, coalition: np.ndarray) -> np.ndarray:
-    """One perturbed image [H, W, C] for one coalition row [S] (see :func:`fill_images`)."""
-    return fill_images(image, fudged, segments, np.asarray(coalition)[None])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,107 +346,6 @@ def tabular_kernel_weights(binary: np.ndarray, kernel_width: float | None = None
 # --------------------------------------------------------------------------------------------
 
 
-def _weighted_r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
-    ybar = np.average(y, weights=w)
-    ss_res = float(np.sum(w * (y - pred) ** 2))
-    ss_tot = float(np.sum(w * (y - ybar) ** 2))
-    if ss_tot == 0.0:
-        return 1.0 if ss_res == 0.0 else 0.0
-    return 1.0 - ss_res / ss_tot
-
-
-def select_features(
-    binary: np.ndarray,
-    targets: np.ndarray,
-    weights: np.ndarray,
-    num_features: int | None = None,
-    method: FeatureSelection = "auto",
-) -> np.ndarray:
-    """lime_base.LimeBase.feature_selection: the indices used by the surrogate.
-
-    * ``none``: all S features.
-    * ``forward_selection``: greedily add the feature maximising the weighted R^2 of
-      Ridge(alpha=0) with intercept, num_features times (cost O(K S) fits).
-    * ``highest_weights``: Ridge(alpha=0.01) on all features; the num_features with the largest
-      |coef_j * z_0j| (z_0 = the instance's row, all ones for LIME), stable order.
-    * ``lasso_path``: LARS lasso path on weighted-centred data (x - avg_w x) sqrt(w); walking back
-      from the least regularised end, the first set with <= num_features non-zeros.
-    * ``auto`` (lime's default): forward_selection if num_features <= 6, else highest_weights.
-      lime_image passes num_features=100000 and lime_tabular 10, so with S <= num_features auto
-      keeps every feature and equals ``none``.
-    ``num_features=None`` means S.
-    """
-    x = np.asarray(binary, np.float64)
-    y = np.asarray(targets, np.float64)
-    w = np.asarray(weights, np.float64)
-    s = x.shape[1]
-    k = s if num_features is None else int(num_features)
-    if method == "none":
-        return np.arange(s)
-    if method == "auto":
-        method = "forward_selection" if k <= 6 else "highest_weights"
-    if method == "forward_selection":
-        used: list[int] = []
-        clf = Ridge(alpha=0, fit_intercept=True)
-        for _ in range(min(k, s)):
-            best, best_score = 0, -1e8
-            for j in range(s):
-                if j in used:
-                    continue
-                cols = used + [j]
-                clf.fit(x[:, cols], y, sample_weight=w)
-                score = clf.score(x[:, cols], y, sample_weight=w)
-                if score > best_score:
-                    best, best_score = j, score
-            used.append(best)
-        return np.array(used, dtype=int)
-    if method == "highest_weights":
-        clf = Ridge(alpha=0.01, fit_intercept=True).fit(x, y, sample_weight=w)
-        contrib = clf.coef_ * x[0]
-        order = sorted(range(s), key=lambda j: abs(contrib[j]), reverse=True)
-        return np.array(order[:k], dtype=int)
-    if method == "lasso_path":
-        xw = (x - np.average(x, axis=0, weights=w)) * np.sqrt(w)[:, None]
-        yw = (y - np.average(y, weights=w)) * np.sqrt(w)
-        _, _, coefs = lars_path(xw, yw, method="lasso", verbose=False)
-        nonzero = np.arange(s)
-        for i in range(coefs.shape[1] - 1, 0, -1):
-            nonzero = coefs[:, i].nonzero()[0]
-            if len(nonzero) <= k:
-                break
-        return np.asarray(nonzero, dtype=int)
-    raise ValueError(f"unknown feature_selection {method!r}")
-
-
-def fit_surrogate(
-    binary: np.ndarray,
-    targets: np.ndarray,
-    weights: np.ndarray,
-    alpha: float = 1.0,
-    *,
-    feature_selection: FeatureSelection = "none",
-    num_features: int | None = None,
-) -> tuple[np.ndarray, float, float]:
-    """The weighted linear surrogate: (coefficients [S], intercept, weighted R^2).
-
-    Ridge(alpha, fit_intercept=True) minimising sum_i w_i (y_i - c - z_i . b)^2 + alpha ||b||^2 on the
-    features chosen by :func:`select_features` (others get coefficient 0), and
-    R^2 = 1 - sum w (y - yhat)^2 / sum w (y - avg_w y)^2 (sklearn's ``score`` with sample_weight),
-    as lime_base.explain_instance_with_data. The default ``none`` equals lime's ``auto`` whenever
-    S <= num_features (always for lime_image's 100000); pass ``feature_selection="auto"`` and
-    num_features=10 for lime_tabular's behaviour with more than 10 columns.
-    """
-    x = np.asarray(binary, np.float64)
-    y = np.asarray(targets, np.float64)
-    w = np.asarray(weights, np.float64)
-    used = select_features(x, y, w, num_features, feature_selection)
-    model = Ridge(alpha=alpha, fit_intercept=True).fit(x[:, used], y, sample_weight=w)
-    coef = np.zeros(x.shape[1])
-    coef[used] = model.coef_
-    r2 = _weighted_r2(y, model.predict(x[:, used]), w)
-    return coef, float(model.intercept_), r2
-
-
 class RidgeAccumulator:
     """Streaming weighted Ridge with intercept from sufficient statistics.
 
@@ -532,7 +385,7 @@ class RidgeAccumulator:
         self.count += x.shape[0]
 
     def solve(self) -> tuple[np.ndarray, float, float]:
-        """(coefficients [S], intercept, weighted R^2), as :func:`fit_surrogate` with feature_selection='none'."""
+        """(coefficients [S], intercept, weighted R^2), as sklearn's weighted Ridge on all the rows."""
         if self.sum_w <= 0:
             raise ValueError("no weighted rows accumulated")
         big_w = self.sum_w
@@ -559,7 +412,7 @@ class RidgeAccumulator:
 # Working memory (bytes), to refuse a request before starting what would not fit
 # --------------------------------------------------------------------------------------------
 
-# Measured with tracemalloc and rounded up (tests/unit/test_lime_core.py checks they stay upper bounds).
+# Measured with tracemalloc and rounded up (tests/unit/methods/test_lime.py checks they stay upper bounds).
 RIDGE_BYTES_PER_FEATURE2 = 5 * 8          # RidgeAccumulator: S x S sums, the chunk's product, the solve's systems
 RIDGE_CHUNK_BYTES_PER_FEATURE = 4 * 8 * 1024  # a chunk's float64 rows and weighted rows (up to 1024 rows)
 TABULAR_BYTES_PER_SAMPLE_AND_FEATURE = 32  # QuartileDiscretizer.sample + kernel weights + float32 rows (~25)

@@ -26,8 +26,8 @@ Construction, all integers int64 in [0, P), P = 2**31 - 1 (prime), every product
   rho = sqrt(2 |ln u_1|), theta = 2 pi u_2 and two independent normals, element 2k = rho cos theta
   and element 2k + 1 = rho sin theta (|.| only guards the sign of ln(1) = 0 against rounding).
 
-Element i's value depends on the seed and i alone (not on the element count), and
-`gaussian_noise_reference` computes the same numbers in numpy: the integers exactly, the floats with
+Element i's value depends on the seed and i alone (not on the element count). The tests' numpy
+reference (tests/oracles/noise.py) computes the same numbers: the integers exactly, the floats with
 the same float32 operations (log, cos and sin may differ from onnxruntime's in the last ulp).
 """
 
@@ -149,64 +149,3 @@ def gaussian_noise(b: GraphBuilder, row_seeds: str, num_elements: int) -> str:
     """
     state_1, state_2 = uniform_states(b, row_seeds, _pairs(num_elements))
     return box_muller(b, state_1, state_2, num_elements)
-
-
-# The same in numpy -------------------------------------------------------------------------------
-
-
-def _check_seeds(seeds: np.ndarray) -> np.ndarray:
-    seeds = np.asarray(seeds)
-    if seeds.ndim != 1 or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(f"seeds must be a 1-d integer array, got {seeds.dtype} {seeds.shape}")
-    seeds = seeds.astype(np.int64)
-    if seeds.size and (seeds.min() < 0 or seeds.max() >= MODULUS):
-        raise ValueError(f"seeds must lie in [0, {MODULUS})")
-    return seeds
-
-
-def _fifth_plus_np(x: np.ndarray, key: np.ndarray | int) -> np.ndarray:
-    x2 = x * x % MODULUS
-    x4 = x2 * x2 % MODULUS
-    return (x4 * x + key) % MODULUS
-
-
-def row_keys_reference(seeds: np.ndarray) -> list[np.ndarray]:
-    r = (_check_seeds(seeds)[:, None] * SEED_MULTIPLIER + SEED_OFFSET) % MODULUS
-    keys = []
-    for offset in KEY_OFFSETS:
-        r = _fifth_plus_np(r, offset)
-        keys.append(r)
-    return keys
-
-
-def uniform_states_reference(seeds: np.ndarray, num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """`uniform_states` in numpy: two [R, num_pairs] int64 arrays, exactly the graph's."""
-    keys = row_keys_reference(seeds)
-    pair = np.arange(num_pairs, dtype=np.int64)
-    states = []
-    for t, multiplier in enumerate(PAIR_MULTIPLIERS):
-        k = keys[t * KEYS_PER_STREAM:(t + 1) * KEYS_PER_STREAM]
-        x = (pair * multiplier + k[0]) % MODULUS
-        x = _fifth_plus_np(x, k[1])
-        for key in k[2:]:
-            x = (x * x + key) % MODULUS
-        states.append(x)
-    return states[0], states[1]
-
-
-def box_muller_reference(state_1: np.ndarray, state_2: np.ndarray, num_elements: int) -> np.ndarray:
-    """`box_muller` in numpy, with the graph's float32 operations in the graph's order."""
-
-    def uniform(state: np.ndarray) -> np.ndarray:
-        return (np.asarray(state, np.int64).astype(np.float32) + np.float32(0.5)) * _SCALE
-
-    rho = np.sqrt(np.abs(np.log(uniform(state_1))) * np.float32(2.0))
-    theta = uniform(state_2) * _TWO_PI
-    noise = np.stack([rho * np.cos(theta), rho * np.sin(theta)], axis=2).reshape(len(rho), 2 * rho.shape[1])
-    return np.ascontiguousarray(noise[:, :num_elements], dtype=np.float32)
-
-
-def gaussian_noise_reference(seeds: np.ndarray, num_elements: int) -> np.ndarray:
-    """`gaussian_noise` in numpy: [R, num_elements] float32 for the [R] int64 seeds."""
-    state_1, state_2 = uniform_states_reference(seeds, _pairs(num_elements))
-    return box_muller_reference(state_1, state_2, num_elements)

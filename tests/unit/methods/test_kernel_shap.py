@@ -1,4 +1,6 @@
-"""Kernel SHAP numerical core against shap.KernelExplainer and closed forms."""
+"""Kernel SHAP: the numerical core (explaind.methods.kernel_shap_core) and its all-at-once reference
+(tests/oracles/kernel_shap.py) against shap.KernelExplainer and closed forms; the method's parameter
+limits; the method in process on a linear ONNX model."""
 
 from __future__ import annotations
 
@@ -9,15 +11,15 @@ from explaind.methods.kernel_shap_core import (
     CoalitionStream,
     KernelShapAccumulator,
     StreamingKernelShap,
-    coalition_inputs,
-    coalition_values,
     default_nsamples,
     max_stream_nsamples,
-    sample_coalitions,
-    shapley_kernel_weight,
-    solve,
     stream_bytes,
 )
+from explaind.methods.kernel_shap import KernelShap
+from oracles.kernel_shap import coalition_inputs, coalition_values, sample_coalitions, shapley_kernel_weight, solve
+
+from _linear import linear_score, served_linear
+from inprocess import explain
 
 shap = pytest.importorskip("shap")
 
@@ -433,11 +435,11 @@ def test_streaming_kernel_shap_logit_two_outputs_and_l1():
 
 
 def test_stream_bytes_bounds_the_measured_memory():
+    import importlib
     import tracemalloc
 
-    import sklearn.linear_model  # noqa: F401  (imported by the l1 selection; not part of a request's memory)
-    import sklearn.pipeline  # noqa: F401
-    import sklearn.preprocessing  # noqa: F401
+    for module in ("sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing"):
+        importlib.import_module(module)  # imported by the l1 selection; not part of a request's memory
 
     for m, nsamples, l1 in ((200, 20000, None), (60, 4000, "aic"), (13, 20000, "num_features(10)")):
         beta = np.random.default_rng(0).normal(size=m)
@@ -505,3 +507,15 @@ def test_preview_without_selection_is_the_unregularised_solve():
     np.testing.assert_allclose(reg.solve(f_x, base, select=False), plain, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(reg.solve(f_x, base), selected, rtol=1e-10, atol=1e-12)
     assert np.count_nonzero(selected) <= 3 < np.count_nonzero(plain)
+
+
+def test_kernel_shap_with_one_feature_gives_f_x_minus_the_base_value():
+    """One player has no proper coalition to sample: phi is f(x) - E[f(background)] exactly (not 0)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=1).astype(np.float32)
+    background = rng.normal(size=(8, 1)).astype(np.float32)
+    served, weights = served_linear("tab1", (1,), 3, layout="tabular")
+    result, params = explain(KernelShap(), {}, served, x, 2, kind="tabular", background=background)
+    base = np.mean([linear_score(weights, row, 2, "probability") for row in background])
+    np.testing.assert_allclose(result.attribution, [linear_score(weights, x, 2, "probability") - base], rtol=1e-4,
+                               atol=1e-6)

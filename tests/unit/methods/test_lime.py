@@ -1,4 +1,6 @@
-"""explaind.methods.lime_core against sklearn and the `lime` package (values, not just shapes)."""
+"""LIME: explaind.methods.lime_core and its all-at-once reference (tests/oracles/lime.py) against
+sklearn and the `lime` package (values, not just shapes); the method's streamed reducer and its
+parameter limits."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from explaind.methods import lime_core as lc
+from oracles import lime as oracle
 
 lime_image = pytest.importorskip("lime.lime_image")
 lime_tabular = pytest.importorskip("lime.lime_tabular")
@@ -45,7 +48,7 @@ def test_ridge_accumulator_matches_sklearn_in_chunks(alpha):
     np.testing.assert_allclose(coef, ref.coef_, atol=1e-8, rtol=0)
     assert abs(intercept - ref.intercept_) < 1e-8
     assert abs(r2 - ref.score(x, y, sample_weight=w)) < 1e-8
-    coef2, intercept2, r22 = lc.fit_surrogate(x, y, w, alpha)
+    coef2, intercept2, r22 = oracle.fit_surrogate(x, y, w, alpha)
     np.testing.assert_allclose(coef, coef2, atol=1e-8, rtol=0)
     assert abs(intercept - intercept2) < 1e-8 and abs(r2 - r22) < 1e-8
 
@@ -57,13 +60,15 @@ def test_feature_selection_semantics():
     y = 0.8 * x[:, 2] - 0.5 * x[:, 5] + 0.1 * x[:, 7] + rng.normal(scale=0.01, size=400)
     w = lc.tabular_kernel_weights(x.astype(bool))
     for method in ("forward_selection", "highest_weights", "lasso_path"):
-        used = lc.select_features(x, y, w, 2, method)
+        used = oracle.select_features(x, y, w, 2, method)
         assert set(used.tolist()) == {2, 5}, method
-        coef, _, _ = lc.fit_surrogate(x, y, w, feature_selection=method, num_features=2)
+        coef, _, _ = oracle.fit_surrogate(x, y, w, feature_selection=method, num_features=2)
         assert np.count_nonzero(coef) == 2 and coef[2] > 0 > coef[5]
     # auto = forward_selection for num_features <= 6, highest_weights otherwise
-    assert lc.select_features(x, y, w, 3, "auto").tolist() == lc.select_features(x, y, w, 3, "forward_selection").tolist()
-    assert lc.select_features(x, y, w, 7, "auto").tolist() == lc.select_features(x, y, w, 7, "highest_weights").tolist()
+    assert (oracle.select_features(x, y, w, 3, "auto").tolist()
+            == oracle.select_features(x, y, w, 3, "forward_selection").tolist())
+    assert (oracle.select_features(x, y, w, 7, "auto").tolist()
+            == oracle.select_features(x, y, w, 7, "highest_weights").tolist())
 
 
 # ---------------------------------------------------------------------------- images
@@ -116,11 +121,11 @@ def test_image_same_samples_match_lime_exactly(hide_color):
     np.testing.assert_array_equal(segments, exp.segments)
     s = int(segments.max()) + 1
     assert s >= 10
-    z = lc.sample_image_coalitions(s, 1000, np.random.RandomState(7))
-    images = lc.fill_images(img, lc.hide_image(img, segments, hide_color), segments, z)
+    z = oracle.sample_image_coalitions(s, 1000, np.random.RandomState(7))
+    images = oracle.fill_images(img, oracle.hide_image(img, segments, hide_color), segments, z)
     np.testing.assert_array_equal(images, np.concatenate(captured))  # lime's own perturbed images
     y = _image_model(images)[:, 1]
-    coef, intercept, r2 = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
+    coef, intercept, r2 = oracle.fit_surrogate(z, y, lc.image_kernel_weights(z))
     np.testing.assert_allclose(coef, _as_vector(exp.local_exp[1], s), atol=1e-6, rtol=0)
     assert abs(intercept - exp.intercept[1]) < 1e-6
     assert abs(r2 - exp.score) < 1e-6
@@ -136,7 +141,7 @@ def test_image_same_samples_match_lime_exactly(hide_color):
 def test_image_kernel_equals_lime_cosine_kernel():
     from sklearn.metrics import pairwise_distances
 
-    z = lc.sample_image_coalitions(23, 500, np.random.default_rng(2))
+    z = oracle.sample_image_coalitions(23, 500, np.random.default_rng(2))
     d = pairwise_distances(z.astype(int), z[:1].astype(int), metric="cosine").ravel()
     np.testing.assert_allclose(lc.image_distances(z), d, atol=1e-12)
     np.testing.assert_allclose(lc.image_kernel_weights(z), np.sqrt(np.exp(-(d**2) / 0.25**2)), atol=1e-12)
@@ -148,9 +153,9 @@ def test_image_independent_sampling_correlates(hide_color):
     img = _image()
     segments = lc.segment(img)
     s = int(segments.max()) + 1
-    z = lc.sample_image_coalitions(s, 3000, np.random.default_rng(12345))
-    y = _image_model(lc.fill_images(img, lc.hide_image(img, segments, hide_color), segments, z))[:, 1]
-    coef, _, _ = lc.fit_surrogate(z, y, lc.image_kernel_weights(z))
+    z = oracle.sample_image_coalitions(s, 3000, np.random.default_rng(12345))
+    y = _image_model(oracle.fill_images(img, oracle.hide_image(img, segments, hide_color), segments, z))[:, 1]
+    coef, _, _ = oracle.fit_surrogate(z, y, lc.image_kernel_weights(z))
     r = np.corrcoef(coef, _as_vector(exp.local_exp[1], s))[0, 1]
     print(f"image hide_color={hide_color} independent-sampling Pearson r = {r:.4f} over {s} segments")
     assert r >= 0.9
@@ -202,7 +207,7 @@ def test_tabular_same_samples_match_lime(name, num_features):
     assert (binary[1:] == ours_bins).mean() > 0.99  # equal up to draws on a bin edge
     y = model.predict_proba(rows)[:, 1]
     w = lc.tabular_kernel_weights(binary)
-    coef, intercept, r2 = lc.fit_surrogate(binary, y, w, feature_selection="auto", num_features=num_features)
+    coef, intercept, r2 = oracle.fit_surrogate(binary, y, w, feature_selection="auto", num_features=num_features)
     np.testing.assert_allclose(coef, _as_vector(exp.local_exp[1], x.shape[1]), atol=1e-6, rtol=0)
     assert abs(intercept - exp.intercept[1]) < 1e-6
     assert abs(r2 - exp.score) < 1e-6
@@ -218,7 +223,7 @@ def test_tabular_independent_sampling_correlates(name):
     disc = lc.QuartileDiscretizer(x)
     binary, rows = disc.sample(instance, 5000, np.random.default_rng(999))
     y = model.predict_proba(rows)[:, 1]
-    coef, _, _ = lc.fit_surrogate(binary, y, lc.tabular_kernel_weights(binary))
+    coef, _, _ = oracle.fit_surrogate(binary, y, lc.tabular_kernel_weights(binary))
     r = np.corrcoef(coef, _as_vector(exp.local_exp[1], f))[0, 1]
     print(f"tabular {name} independent-sampling Pearson r = {r:.4f} over {f} features")
     assert r >= 0.9
@@ -355,7 +360,7 @@ def test_image_coalition_chunks_are_one_draw(make, chunk):
     parts = list(lc.image_coalition_chunks(s, n, streamed_rng, chunk))
     assert all(p.dtype == bool and len(p) == chunk for p in parts[:-1])
     np.testing.assert_array_equal(np.concatenate(parts), expected)
-    np.testing.assert_array_equal(lc.sample_image_coalitions(s, n, make()), expected)
+    np.testing.assert_array_equal(oracle.sample_image_coalitions(s, n, make()), expected)
     after = rng.randint(0, 10**9) if isinstance(rng, np.random.RandomState) else rng.integers(0, 10**9)
     after_streamed = (streamed_rng.randint(0, 10**9) if isinstance(streamed_rng, np.random.RandomState)
                       else streamed_rng.integers(0, 10**9))
@@ -383,7 +388,7 @@ def test_lime_reducer_on_streamed_image_chunks_equals_sklearn_ridge():
             sent.append(score.astype(np.float32))
             reducer.consume(codes, {SCORE_OUTPUT: sent[-1]}, {})
     # The direct computation: all rows at once, sklearn's weighted Ridge(alpha=1).
-    z = lc.sample_image_coalitions(s, n, np.random.default_rng(9)).astype(np.float64)
+    z = oracle.sample_image_coalitions(s, n, np.random.default_rng(9)).astype(np.float64)
     y = np.concatenate(sent).astype(np.float64)
     w = lc.image_kernel_weights(z, 0.3)
     ref = Ridge(alpha=1.0, fit_intercept=True).fit(z, y, sample_weight=w)

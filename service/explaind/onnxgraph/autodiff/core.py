@@ -23,11 +23,13 @@ import onnx
 import onnx.inliner
 from onnx import helper
 
-from . import rules as _rules  # noqa: F401  (registers the rule table)
+from . import rules as _rules  # imported for its side effect: it registers the rule table
 from .emitter import Emitter
 from .errors import UnsupportedOperator
 from .info import GraphInfo
 from .registry import RuleContext, is_non_differentiable, known_variants, lookup
+
+del _rules  # (the rule table is all that was wanted of it)
 
 MIN_OPSET = 11
 

@@ -193,7 +193,7 @@ def forward(b: GraphBuilder, sig: ModelSignature, geometry: MaskGeometry, levels
     """Declare the pyramid and the row codes; return the perturbed, jittered model input and handles."""
     hi, wi = geometry.shape_in
     ho, wo = geometry.shape_out
-    (mh, mw), (uh, uw) = geometry.shape_mid, geometry.shape_up
+    mh, mw = geometry.shape_mid
     k, step, m = geometry.candidates, geometry.step, geometry.margin
     height, width = sig.spatial_shape
     nchw = sig.layout == "NCHW"

@@ -1,3 +1,5 @@
 """Backward rules, one module per operator family; importing this package fills the rule table."""
 
-from . import activations, elementwise, linear, pooling, reduce, shape  # noqa: F401
+from . import activations, elementwise, linear, pooling, reduce, shape
+
+__all__ = ["activations", "elementwise", "linear", "pooling", "reduce", "shape"]
