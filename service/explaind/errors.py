@@ -42,6 +42,18 @@ class FailedPrecondition(ExplaindError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unauthenticated(ExplaindError):
+    """No bearer token, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ExplaindError):
+    """A known tenant asking for what it may not do (model control without admin rights)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(ExplaindError):
     """Queue full or work over the configured budget."""
 

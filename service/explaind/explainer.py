@@ -63,6 +63,7 @@ class Stats:
     method: str
     parameters: dict[str, Any]
     score: str
+    tenant: str = "anonymous"
     model_evaluations: int = 0
     batches: int = 0
     stages: int = 0
@@ -81,6 +82,7 @@ class Explanation:
     stats: Stats
     figures: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    complete: bool = True  # False: a streamed partial map, or a partial answer at the deadline
 
 
 @dataclass
@@ -208,10 +210,11 @@ class Explainer:
         raise InvalidArgument("input", "a tensor or an image", "neither")
 
     async def explain(self, query: ExplainQuery, *, prepared: Prepared | None = None,
-                      deadline: float | None = None,
+                      deadline: float | None = None, tenant: str = "anonymous",
                       on_progress: Callable[[int, int], None] | None = None,
                       on_partial: Callable[[Explanation], None] | None = None) -> Explanation:
-        """Run a query (`prepared`: the result of prepare(query), when the caller already has it)."""
+        """Run a query (`prepared`: the result of prepare(query), when the caller already has it) for
+        `tenant` (the caller's name, from its token: quotas and priority)."""
         started = time.monotonic()
         p = prepared or self.prepare(query)
         entry = p.entry
@@ -220,17 +223,18 @@ class Explainer:
             engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
             rng=np.random.default_rng(seed), settings=self.settings,
             choose_target=lambda prediction: self._target(query, entry, prediction.probabilities),
-            deadline=deadline, on_progress=on_progress)
+            deadline=deadline, tenant=tenant, on_progress=on_progress)
 
         def stats() -> Stats:
             return Stats(seed=seed, model_sha256=entry.sha256, method=p.method.name, parameters=p.params,
-                         score=p.score, total_seconds=time.monotonic() - started)
+                         score=p.score, tenant=tenant, total_seconds=time.monotonic() - started)
 
         if on_partial is not None:
             def partial(attribution: np.ndarray) -> None:
                 # Partial maps come after the prediction stage, so the target and top classes are known.
                 top = self._top_classes(entry, ctx.prediction) if ctx.prediction is not None else []
-                on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"", stats()))
+                on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"", stats(),
+                                       complete=False))
             ctx.on_partial = partial
         run = await p.method.explain(p.params, ctx)
         heatmap = b""

@@ -109,13 +109,13 @@ def explain_response(result: Explanation) -> pb.ExplainResponse:
     stats = pb.Stats(seed=s.seed, model_evaluations=s.model_evaluations, batches=s.batches, stages=s.stages,
                      queue_seconds=s.queue_seconds, compute_seconds=s.compute_seconds,
                      total_seconds=s.total_seconds, model_sha256=s.model_sha256, method=s.method,
-                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score])
+                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score], tenant=s.tenant)
     top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
     return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
                               target_class=result.target_class, target_label=result.target_label,
                               top_classes=top, heatmap_png=result.heatmap_png, stats=stats,
-                              figures=result.figures,
+                              figures=result.figures, complete=result.complete,
                               arrays={name: to_proto(np.ascontiguousarray(a)) for name, a in result.arrays.items()})
 
 

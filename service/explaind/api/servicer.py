@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 from explaind_client.v1 import explaind_pb2 as pb
@@ -24,11 +24,16 @@ from . import convert
 
 log = logging.getLogger(__name__)
 
+ANONYMOUS = "anonymous"
+# Who is calling: the tenant name for a call's metadata, or an ExplaindError (UNAUTHENTICATED).
+Identify = Callable[[grpc.aio.ServicerContext], str]
+
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
-    def __init__(self, explainer: Explainer, metrics: Metrics) -> None:
+    def __init__(self, explainer: Explainer, metrics: Metrics, identify: Identify | None = None) -> None:
         self.explainer = explainer
         self.metrics = metrics
+        self.identify: Identify = identify or (lambda context: ANONYMOUS)
         self.accepting = True
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -54,9 +59,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     # Explain ------------------------------------------------------------------------------------
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
-        async with self._call(request, context):
+        async with self._call(request, context) as call:
             query = convert.explain_query(request)
-            result = await self.explainer.explain(query, deadline=_deadline(context))
+            result = await self.explainer.explain(query, deadline=_deadline(context), tenant=call.tenant)
             return convert.explain_response(result)
 
     async def ExplainStream(self, request: pb.ExplainRequest,
@@ -70,11 +75,12 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         def partial(result: Explanation) -> None:
             updates.put_nowait(pb.ExplainUpdate(partial=convert.explain_response(result)))
 
-        async with self._call(request, context):
+        async with self._call(request, context) as call:
             query = convert.explain_query(request)
             prepared = self.explainer.prepare(query)  # refuse bad requests before the stream starts
             task = asyncio.ensure_future(self.explainer.explain(
-                query, prepared=prepared, deadline=_deadline(context), on_progress=progress, on_partial=partial))
+                query, prepared=prepared, deadline=_deadline(context), tenant=call.tenant,
+                on_progress=progress, on_partial=partial))
             task.add_done_callback(lambda _: updates.put_nowait(None))
             try:
                 while (update := await updates.get()) is not None:
@@ -128,13 +134,20 @@ class _ErrorMapper:
         self.context = context
         self.request = request
         self.started = time.monotonic()
+        self.tenant = ANONYMOUS
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> "_ErrorMapper":
+        try:
+            self.tenant = self.servicer.identify(self.context)
+        except ExplaindError as exc:
+            self._record(exc.code)
+            await self._abort(exc)
         if self.request is not None and not self.servicer.accepting:
             self._record(grpc.StatusCode.UNAVAILABLE)
             await self._abort(Unavailable("the server is shutting down; retry on another instance"))
         if self.request is not None:
             self.servicer.call_started()
+        return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
         if self.request is not None:

@@ -45,6 +45,7 @@ class Job:
         deadline: float | None = None,
         label: str = "",
         eager: bool = False,
+        tenant: str = "anonymous",
     ) -> None:
         self.id = next(_ids)
         self.label = label
@@ -54,6 +55,7 @@ class Job:
         # One step of an iterative method: these rows are all it has and its request waits on them,
         # so a batch holding only such jobs does not wait max_delay for more rows.
         self.eager = eager
+        self.tenant = tenant  # who asked: quotas and priority are per tenant
         self._rows = rows
         self._buffer: RowChunk | None = None
         self._buffer_offset = 0

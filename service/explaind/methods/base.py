@@ -80,6 +80,7 @@ class MethodContext:
     prediction: Prediction | None = None
     layer_activation: np.ndarray | None = None  # Method.prediction_layer's activation [K, h, w], read by the prediction
     deadline: float | None = None  # time.monotonic()
+    tenant: str = "anonymous"      # who asked (the engine's quotas and priorities are per tenant)
     on_progress: Callable[[int, int], None] | None = None
     on_partial: Callable[[np.ndarray], None] | None = None
 
@@ -295,7 +296,8 @@ class _StageRunner:
             return consume
 
         jobs = [Job(constants=s.constants, rows=s.rows, total_rows=s.total_rows, consume=consumer(s),
-                    deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager) for s in stages]
+                    deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager,
+                    tenant=self.ctx.tenant) for s in stages]
         await asyncio.gather(*(self.ctx.engine.run(self.ctx.served, s.variant, j) for s, j in zip(stages, jobs)))
         self.stats.add([(j.stats, s.evaluations_per_row) for s, j in zip(stages, jobs)])
         return [s.reducer for s in stages]

@@ -60,6 +60,16 @@ class ExplainerStub:
                 request_serializer=explaind_dot_v1_dot_explaind__pb2.ListMethodsRequest.SerializeToString,
                 response_deserializer=explaind_dot_v1_dot_explaind__pb2.ListMethodsResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/explaind.v1.Explainer/LoadModel',
+                request_serializer=explaind_dot_v1_dot_explaind__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/explaind.v1.Explainer/UnloadModel',
+                request_serializer=explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -97,6 +107,21 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Model control (Triton's explicit mode): load or reload one folder of the repository, beside the
+        version in service (requests in flight finish on the old one, new ones go to the new one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stop serving a model; the repository poller leaves it unloaded until LoadModel names it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +149,16 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.ListMethods,
                     request_deserializer=explaind_dot_v1_dot_explaind__pb2.ListMethodsRequest.FromString,
                     response_serializer=explaind_dot_v1_dot_explaind__pb2.ListMethodsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=explaind_dot_v1_dot_explaind__pb2.LoadModelRequest.FromString,
+                    response_serializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.FromString,
+                    response_serializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +296,60 @@ class Explainer:
             '/explaind.v1.Explainer/ListMethods',
             explaind_dot_v1_dot_explaind__pb2.ListMethodsRequest.SerializeToString,
             explaind_dot_v1_dot_explaind__pb2.ListMethodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explaind.v1.Explainer/LoadModel',
+            explaind_dot_v1_dot_explaind__pb2.LoadModelRequest.SerializeToString,
+            explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explaind.v1.Explainer/UnloadModel',
+            explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.SerializeToString,
+            explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
