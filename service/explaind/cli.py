@@ -14,8 +14,9 @@ from .config import add_arguments, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Exit 0 after a graceful stop, 2 for a bad setting, 1 when the server cannot start (one line)."""
     from . import logs
-    from .api.server import serve
+    from .api.server import StartupError, serve
 
     try:
         settings = load_settings(args)
@@ -23,7 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"explaind serve: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"explaind serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,9 +20,27 @@ ENV_PREFIX = "EXPLAIND_"
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server listens on"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address the gRPC server listens on (0.0.0.0: every interface, as the container images set)"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
     metrics_port: int = field(default=9090, metadata={"help": "Prometheus /metrics port, -1 to disable"})
+    metrics_host: str = field(default="127.0.0.1", metadata={"help": "address the /metrics port listens on"})
+    tls_cert: str = field(default="", metadata={
+        "help": "PEM certificate chain of the server: TLS on the gRPC port (with tls_key); empty: plaintext"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
+    tls_client_ca: str = field(default="", metadata={
+        "help": "PEM CA certificates: clients must present a certificate signed by one of them (mTLS); "
+                "needs tls_cert and tls_key"})
+    auth_tokens: str = field(default="", metadata={
+        "help": "file of 'TENANT TOKEN' lines (# comments): every Explainer call needs metadata "
+                "'authorization: Bearer TOKEN'; reloaded when the file changes; empty: no authentication"})
+    admin_tenants: str = field(default="", metadata={
+        "help": "comma-separated tenants (of auth_tokens) allowed to call LoadModel and UnloadModel; "
+                "without auth_tokens every caller may"})
+    reflection: bool = field(default=True, metadata={"help": "serve gRPC reflection (v1 and v1alpha)"})
+    health_port: int = field(default=-1, metadata={
+        "help": "a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, which "
+                "cannot speak TLS); -1: off, 0 picks a free one"})
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
     providers: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: CUDA when onnxruntime has it)"})
     intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime CPU threads per session, 0: all cores"})
@@ -82,6 +100,29 @@ class Settings:
             raise ValueError(f"providers must be auto, cpu or cuda, got {self.providers!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("metrics_port", "health_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in [-1, 65535] (-1: off), got {getattr(self, name)}")
+        if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
+            raise ValueError(f"health_port must differ from port and metrics_port, got {self.health_port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both (TLS) or neither (plaintext)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        if self.admin_tenants and not self.auth_tokens:
+            raise ValueError("admin_tenants needs auth_tokens (without tokens every caller may control models)")
+        for tenant in self.admin_tenant_names:
+            if not tenant:
+                raise ValueError(f"admin_tenants: expected comma-separated tenant names, got {self.admin_tenants!r}")
+
+    @property
+    def admin_tenant_names(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.admin_tenants.split(",")) if self.admin_tenants else frozenset()
 
     @property
     def repository_path(self) -> Path:

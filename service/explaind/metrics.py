@@ -64,7 +64,8 @@ class Metrics:
             span = max(now - self._window[0][0], 1.0)
             self.rows_per_second.set(self._window_rows / span)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> object:
-        """Start the /metrics HTTP endpoint in a daemon thread; returns the HTTP server."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> object:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the HTTP server (OSError when
+        the port is taken)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import pytest
@@ -59,7 +59,10 @@ def make_repository(root: Path) -> Path:
     return repo
 
 
-def start_server(repository: Path, log_path: Path, **settings: object) -> Server:
+def start_server(repository: Path, log_path: Path, *, probe: Callable[[Server], str] | None = None,
+                 **settings: object) -> Server:
+    """`probe(server)` says when it is up (default: plaintext health on its address; a TLS server needs
+    another, e.g. health on its health_port)."""
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "EXPLAIND_LOG_FORMAT": "json", "EXPLAIND_INTRA_OP_THREADS": "2"}
     env.update({f"EXPLAIND_{k.upper()}": str(v) for k, v in settings.items()})
@@ -73,7 +76,7 @@ def start_server(repository: Path, log_path: Path, **settings: object) -> Server
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if server.health() == "SERVING":
+            if (probe or Server.health)(server) == "SERVING":
                 return server
         except grpc.RpcError:
             time.sleep(0.2)

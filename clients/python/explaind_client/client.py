@@ -119,14 +119,68 @@ def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) 
     )
 
 
-class ExplaindClient:
-    """Blocking client. Use as a context manager or call close()."""
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None,
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call. An interceptor rather than call credentials,
+    which gRPC sends only over TLS: a laptop's plaintext server on loopback takes tokens too."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [(k, v) for k, v in (details.metadata or ()) if k.lower() != "authorization"]
+        return _CallDetails(details, [*metadata, self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), requests)
+
+
+class ExplaindClient:
+    """Blocking client. Use as a context manager or call close().
+
+    TLS when `tls` is true or any certificate is given: `root_certificates` (PEM) the CAs to trust
+    (None: the system's), `private_key` and `certificate_chain` (PEM) the client certificate for mTLS,
+    `server_name` the name to verify in the server's certificate when it differs from `target`'s host.
+    `token` is sent as `authorization: Bearer TOKEN` on every call (over plaintext too: fine on
+    loopback, readable by anyone on the path elsewhere)."""
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None, token: str | None = None,
+                 root_certificates: bytes | None = None, private_key: bytes | None = None,
+                 certificate_chain: bytes | None = None, tls: bool = False, server_name: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, channel: grpc.Channel | None = None) -> None:
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
-        self.channel = channel or grpc.insecure_channel(target, options=options)
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("private_key and certificate_chain go together (the client certificate for mTLS)")
+        if token is not None and (not token or any(not 0x21 <= ord(c) <= 0x7e for c in token)):
+            raise ValueError("token: expected visible ASCII characters without spaces")
+        options: list[tuple[str, object]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                             ("grpc.max_send_message_length", max_message_bytes)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if channel is None and (tls or root_certificates or private_key or certificate_chain):
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        elif channel is None:
+            channel = grpc.insecure_channel(target, options=options)
+        self.channel = grpc.intercept_channel(channel, _BearerToken(token)) if token is not None else channel
         self.stub = pb_grpc.ExplainerStub(self.channel)
         self.timeout = timeout
 
