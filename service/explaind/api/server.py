@@ -46,6 +46,7 @@ class RunningServer:
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, stop the engine."""
         log.info("shutting down", extra={"grace_seconds": self.settings.grace_period_s})
+        await self.servicer.explainer.control.stop()  # no model (re)loads while draining
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.accepting = False
@@ -86,6 +87,7 @@ async def start(settings: Settings) -> RunningServer:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     metrics_http = metrics.serve(settings.metrics_port, settings.host) if settings.metrics_port >= 0 else None
+    explainer.control.start()  # repository polling, every repository_poll_s (0: off)
     log.info("serving", extra={"port": port, "metrics_port": settings.metrics_port, "device": engine.device.kind,
                                "repository": str(settings.repository_path),
                                "models": [e.name for e in repository.list()]})
