@@ -42,6 +42,9 @@ class Settings:
         "help": "a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, which "
                 "cannot speak TLS); -1: off, 0 picks a free one"})
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
+    repository_poll_s: float = field(default=10.0, metadata={
+        "help": "seconds between checks of the repository for added, changed and removed model folders "
+                "(a changed model is loaded beside the old one); 0: no polling (LoadModel only)"})
     providers: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: CUDA when onnxruntime has it)"})
     intra_op_threads: int = field(default=0, metadata={"help": "onnxruntime CPU threads per session, 0: all cores"})
     spin: str = field(default="run", metadata={"help": "onnxruntime threads spin: run (default: between a batch's "
@@ -90,6 +93,8 @@ class Settings:
             positive(name)
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")
+        if not (self.repository_poll_s == 0 or 0.05 <= self.repository_poll_s <= 86400):
+            raise ValueError(f"repository_poll_s must be 0 (off) or in [0.05, 86400] seconds, got {self.repository_poll_s}")
         if not 0 <= self.compute_nice <= 19:
             raise ValueError(f"compute_nice must be in [0, 19], got {self.compute_nice}")
         if self.spin not in ("run", "always", "off"):

@@ -22,7 +22,8 @@ from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
-from .models.repository import FailedModel, LoadedModel, ModelEntry, ModelRepository
+from .models.live import ModelControl
+from .models.repository import LoadedModel, ModelEntry, ModelRepository, UnloadedModel
 from .models.white_box import WhiteBox, inspect_white_box
 from .onnxgraph.signature import ModelSignature
 from .render import RenderOptions, render_heatmap
@@ -105,15 +106,20 @@ class Explainer:
         self.repository = repository
         self.engine = engine
         self.methods = all_methods()
-        self._served: dict[str, ServedModel] = {}
-        self._white_box: dict[str, WhiteBox] = {}
-        self._offered: dict[str, dict[str, str]] = {}  # model -> method -> why not ("" offered)
+        # Per version of a model, (name, LoadedModel.version): a reloaded model gets new ones, and
+        # requests running on the old version keep theirs (in their Prepared) until they finish.
+        self._served: dict[tuple[str, int], ServedModel] = {}
+        self._white_box: dict[tuple[str, int], WhiteBox] = {}
+        self._offered: dict[tuple[str, int], dict[str, str]] = {}  # method -> why not ("" offered)
+        self.control = ModelControl(repository, settings.repository_poll_s, retire=self.retire, prepare=self.warm)
 
     # Models -------------------------------------------------------------------------------------
 
     def ready_entry(self, name: str) -> LoadedModel:
         entry = self.repository.get(name)
-        if isinstance(entry, FailedModel):
+        if isinstance(entry, UnloadedModel):
+            raise Unavailable(f"model {name!r} is unloaded ({entry.reason})")
+        if not isinstance(entry, LoadedModel):
             raise Unavailable(f"model {name!r} failed to load: {entry.reason}")
         return entry
 
@@ -125,8 +131,23 @@ class Explainer:
             return False
         return True
 
+    def warm(self, entry: LoadedModel) -> None:
+        """Fill a new version's caches before it serves (the model control runs this off the event
+        loop: inspecting a big model's graph must not stall requests)."""
+        self.unavailable(entry)
+
+    def retire(self, entry: LoadedModel) -> None:
+        """A version out of service (replaced, unloaded, removed): forget its caches and let the engine
+        close its sessions once the requests still running on it are done."""
+        key = (entry.name, entry.version)
+        self._served.pop(key, None)
+        self._white_box.pop(key, None)
+        self._offered.pop(key, None)
+        self.engine.retire(entry.name, entry.version + 1)
+
     def served(self, entry: LoadedModel) -> ServedModel:
-        served = self._served.get(entry.name)
+        key = (entry.name, entry.version)
+        served = self._served.get(key)
         if served is None:
             config = entry.config
             layout = "tabular" if config.kind == "tabular" else config.layout
@@ -135,15 +156,16 @@ class Explainer:
             served = ServedModel(entry.name, entry.model, signature,
                                  config.max_batch_rows or self.settings.max_batch_rows,
                                  config.max_delay_ms if config.max_delay_ms is not None else self.settings.max_delay_ms,
-                                 config.spin)
-            self._served[entry.name] = served
+                                 config.spin, version=entry.version)
+            self._served[key] = served
         return served
 
     def white_box(self, entry: LoadedModel) -> WhiteBox:
-        """Whether gradients can be derived from this model's graph (computed once per model)."""
-        if entry.name not in self._white_box:
-            self._white_box[entry.name] = inspect_white_box(entry)
-        return self._white_box[entry.name]
+        """Whether gradients can be derived from this model's graph (computed once per version)."""
+        key = (entry.name, entry.version)
+        if key not in self._white_box:
+            self._white_box[key] = inspect_white_box(entry)
+        return self._white_box[key]
 
     def view(self, entry: LoadedModel) -> ModelView:
         served = self.served(entry)
@@ -151,16 +173,17 @@ class Explainer:
                          entry.preprocess, entry.model)
 
     def unavailable(self, entry: LoadedModel) -> dict[str, str]:
-        """For each method: why this model cannot serve it, "" when it can (computed once per model)."""
-        if entry.name not in self._offered:
+        """For each method: why this model cannot serve it, "" when it can (computed once per version)."""
+        key = (entry.name, entry.version)
+        if key not in self._offered:
             view = self.view(entry)
-            self._offered[entry.name] = {
+            self._offered[key] = {
                 name: (m.unavailable(view) if entry.config.kind in m.kinds else f"it does not explain {entry.config.kind} models")
                 for name, m in self.methods.items()}
-        return self._offered[entry.name]
+        return self._offered[key]
 
     def methods_for(self, entry: ModelEntry) -> list[str]:
-        if isinstance(entry, FailedModel):
+        if not isinstance(entry, LoadedModel):
             return []
         return [name for name, why in self.unavailable(entry).items() if not why]
 

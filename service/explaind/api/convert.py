@@ -15,7 +15,7 @@ from ..errors import InvalidArgument
 from ..explainer import Explanation, ExplainQuery
 from ..methods.base import Method
 from ..methods.params import Param
-from ..models.repository import FailedModel, ModelEntry
+from ..models.repository import LoadedModel, ModelEntry
 from ..render import RenderOptions
 
 SCORES = {pb.SCORE_UNSPECIFIED: "", pb.PROBABILITY: "probability", pb.LOGIT: "logit"}
@@ -128,13 +128,16 @@ def tensor_info(spec: Any) -> pb.TensorInfo:
 
 
 def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float,
-               white_box: Any = None) -> pb.ModelInfo:
-    info = pb.ModelInfo(name=entry.name, status=pb.FAILED if isinstance(entry, FailedModel) else pb.READY,
-                        reason=entry.reason, sha256=entry.sha256)
+               white_box: Any = None, note: str = "") -> pb.ModelInfo:
+    """`note`: why a READY model is not its folder's newest version (a reload that failed)."""
+    info = pb.ModelInfo(name=entry.name, status=pb.ModelStatus.Value(entry.status), reason=note or entry.reason,
+                        sha256=entry.sha256)
     if entry.kind:  # a FailedModel whose model.yaml was never parsed has no kind
         info.kind = KINDS.get(entry.kind, pb.MODEL_KIND_UNSPECIFIED)
-    if isinstance(entry, FailedModel):
+    if not isinstance(entry, LoadedModel):  # FAILED or UNLOADED
         return info
+    info.loaded_at.FromNanoseconds(round(entry.loaded_at * 1e9))
+    info.feature_names.extend(entry.feature_names)
     config = entry.config
     info.inputs.extend(tensor_info(t) for t in entry.inputs)
     info.outputs.extend(tensor_info(t) for t in entry.outputs)

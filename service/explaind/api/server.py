@@ -66,6 +66,7 @@ class RunningServer:
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, stop the engine."""
         log.info("shutting down", extra={"grace_seconds": self.settings.grace_period_s})
+        await self.servicer.explainer.control.stop()  # no model (re)loads while draining
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.accepting = False
@@ -105,8 +106,8 @@ async def start(settings: Settings) -> RunningServer:
                                  "sha256": entry.sha256})
     engine = Engine(settings, metrics)
     explainer = Explainer(settings, repository, engine)
-    servicer = ExplainerServicer(explainer, metrics, identify=auth.identify)
-    servicer.may_control_models = auth.may_control_models  # type: ignore[attr-defined]  (LoadModel/UnloadModel)
+    servicer = ExplainerServicer(explainer, metrics, identify=auth.identify,
+                                 may_control_models=auth.may_control_models)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     options.append(("grpc.so_reuseport", 0))  # a second server on the port fails instead of sharing it
@@ -144,6 +145,7 @@ async def start(settings: Settings) -> RunningServer:
         raise
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    explainer.control.start()  # repository polling, every repository_poll_s (0: off)
     log.info("serving", extra={"port": port, "metrics_port": settings.metrics_port, "device": engine.device.kind,
                                "tls": "mtls" if settings.tls_client_ca else "tls" if credentials else "off",
                                "auth": "tokens" if auth.enabled else "off", "reflection": settings.reflection,

@@ -16,7 +16,7 @@ import grpc
 from explaind_client.v1 import explaind_pb2 as pb
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
 
-from ..errors import ExplaindError, Unavailable
+from ..errors import ExplaindError, PermissionDenied, Unavailable
 from ..explainer import Explainer, Explanation
 from ..metrics import Metrics
 from ..models.repository import LoadedModel, ModelEntry
@@ -30,10 +30,14 @@ Identify = Callable[[grpc.aio.ServicerContext], str]
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
-    def __init__(self, explainer: Explainer, metrics: Metrics, identify: Identify | None = None) -> None:
+    def __init__(self, explainer: Explainer, metrics: Metrics, identify: Identify | None = None,
+                 may_control_models: Callable[[str], bool] | None = None) -> None:
         self.explainer = explainer
         self.metrics = metrics
         self.identify: Identify = identify or (lambda context: ANONYMOUS)
+        # Whether a tenant may call LoadModel / UnloadModel (api/auth.py: admin tenants; anyone
+        # without token auth).
+        self.may_control_models: Callable[[str], bool] = may_control_models or (lambda tenant: True)
         self.accepting = True
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -109,12 +113,29 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 selected = list(methods.values())
             return pb.ListMethodsResponse(methods=[convert.method_info(m) for m in selected])
 
+    # Model control (Triton's explicit mode) -------------------------------------------------------
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        async with self._guard(context) as call:
+            self._may_control(call.tenant, "LoadModel")
+            return self._model_info(await self.explainer.control.load(request.name))
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        async with self._guard(context) as call:
+            self._may_control(call.tenant, "UnloadModel")
+            return self._model_info(await self.explainer.control.unload(request.name))
+
+    def _may_control(self, tenant: str, rpc: str) -> None:
+        if not self.may_control_models(tenant):
+            raise PermissionDenied(f"{rpc}: tenant {tenant!r} may not control models (admin tenants only)")
+
     def _model_info(self, entry: ModelEntry) -> pb.ModelInfo:
+        note = self.explainer.repository.note(entry.name)
         if isinstance(entry, LoadedModel):
             served = self.explainer.served(entry)
             return convert.model_info(entry, self.explainer.methods_for(entry), served.max_batch_rows,
-                                      served.max_delay_ms, self.explainer.white_box(entry))
-        return convert.model_info(entry, [], 0, 0.0)
+                                      served.max_delay_ms, self.explainer.white_box(entry), note=note)
+        return convert.model_info(entry, [], 0, 0.0, note=note)
 
     # Error mapping ------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ row is reduced. Sessions live in a cache bounded by count and by bytes (`max_ses
 `max_session_bytes`): when a new one would exceed either, the least recently used idle ones (no
 job queued or running) are closed. The graph itself is not kept once its session exists, so a
 model's weights are held by the repository's ModelProto and by the sessions, nothing else.
-Metrics are labelled by the variant's kind, never by its parameters.
+Schedulers are per version of a model (a reloaded model gets new ones while jobs of the old one
+finish); a retired version's sessions close as soon as they are idle. Metrics are labelled by the
+model's name and the variant's kind, never by version or parameters.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import time
 
 from ..config import Settings
 from ..errors import Cancelled, ResourceExhausted
@@ -32,8 +35,9 @@ class ServedModel:
     """What the engine needs of a repository entry to build its variants."""
 
     def __init__(self, name: str, model: object, signature: ModelSignature,
-                 max_batch_rows: int, max_delay_ms: float, spin: str | None = None) -> None:
+                 max_batch_rows: int, max_delay_ms: float, spin: str | None = None, version: int = 0) -> None:
         self.name = name
+        self.version = version  # the repository's load of the model (LoadedModel.version)
         self.model = model
         self.signature = signature
         self.max_batch_rows = max_batch_rows
@@ -41,7 +45,13 @@ class ServedModel:
         self.spin = spin  # the model's onnxruntime spinning (model.yaml batching.spin); None: the server's
 
 
-Key = tuple[str, VariantSpec]
+Key = tuple[str, int, VariantSpec]  # (model name, version, variant)
+
+# A retired version's session closes once idle this long: long enough not to close it between two
+# stages of a request still running on that version (which would rebuild it), short enough to free
+# a replaced model's memory within seconds. Checked every RETIRED_SWEEP_S.
+RETIRED_IDLE_S = 2.0
+RETIRED_SWEEP_S = 0.25
 
 
 class Engine:
@@ -53,12 +63,18 @@ class Engine:
         # Least recently used first.
         self._schedulers: collections.OrderedDict[Key, Scheduler] = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self._retired: dict[str, int] = {}  # model name -> versions below this are out of service
+        self._last_busy: dict[Key, float] = {}  # retired versions' schedulers: when last seen in use
+        self._sweep: asyncio.TimerHandle | None = None
         self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
 
     # Sessions -----------------------------------------------------------------------------------
 
     def scheduler(self, served: ServedModel, spec: VariantSpec) -> Scheduler:
-        key = (served.name, spec)
+        key = (served.name, served.version, spec)
+        if self._is_retired(key):  # a request still running on a replaced version
+            self._last_busy[key] = time.monotonic()
+            self._sweep_later()
         scheduler = self._schedulers.get(key)
         if scheduler is not None:
             self._schedulers.move_to_end(key)
@@ -75,7 +91,7 @@ class Engine:
             # Graph construction (autodiff included) and session creation can take seconds on a
             # large model: off the event loop.
             runner = await asyncio.get_running_loop().run_in_executor(None, build)
-            log.info("session ready", extra={"model": served.name, "variant": spec.describe(),
+            log.info("session ready", extra={"model": served.name, "version": served.version, "variant": spec.describe(),
                                              "device": self.device.kind, "bytes": runner.size_bytes})
             self._evict(building=runner.size_bytes)  # counted before the scheduler holds it
             return runner
@@ -105,21 +121,60 @@ class Engine:
         for key in list(self._schedulers)[:-1]:  # never the one just used
             if len(self._schedulers) <= limit_count and self.session_bytes() + building <= limit_bytes:
                 break
-            scheduler = self._schedulers[key]
-            if not scheduler.idle:
+            if not self._schedulers[key].idle:
                 continue
-            del self._schedulers[key]
-            log.info("session evicted", extra={"model": key[0], "variant": key[1].describe()})
+            self._close(key, "session evicted")
             if self.metrics:
                 self.metrics.evictions.inc()
-            if self.arena:
-                self.arena.request()
-            task = asyncio.get_running_loop().create_task(scheduler.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
         if self.metrics:
             self.metrics.sessions.set(len(self._schedulers))
             self.metrics.session_bytes.set(self.session_bytes() + building)
+
+    def _close(self, key: Key, why: str) -> None:
+        scheduler = self._schedulers.pop(key)
+        self._last_busy.pop(key, None)
+        log.info(why, extra={"model": key[0], "version": key[1], "variant": key[2].describe()})
+        if self.arena:
+            self.arena.request()
+        task = asyncio.get_running_loop().create_task(scheduler.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # Versions -----------------------------------------------------------------------------------
+
+    def retire(self, name: str, below: int) -> None:
+        """Versions of `name` below `below` are out of service: close their sessions once no job of
+        theirs has been queued or running for RETIRED_IDLE_S, so a replaced model's memory goes."""
+        self._retired[name] = max(self._retired.get(name, 0), below)
+        now = time.monotonic()
+        for key in self._schedulers:
+            if self._is_retired(key):
+                self._last_busy.setdefault(key, now)
+        self._close_retired()
+
+    def _is_retired(self, key: Key) -> bool:
+        return key[1] < self._retired.get(key[0], 0)
+
+    def _close_retired(self) -> None:
+        self._sweep = None
+        now = time.monotonic()
+        waiting = False
+        for key in [k for k in self._schedulers if self._is_retired(k)]:
+            if not self._schedulers[key].idle:
+                self._last_busy[key] = now
+            if now - self._last_busy.setdefault(key, now) >= RETIRED_IDLE_S:
+                self._close(key, "session of a retired model version closed")
+            else:
+                waiting = True
+        if waiting:
+            self._sweep_later()
+        if self.metrics:
+            self.metrics.sessions.set(len(self._schedulers))
+            self.metrics.session_bytes.set(self.session_bytes())
+
+    def _sweep_later(self) -> None:
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(RETIRED_SWEEP_S, self._close_retired)
 
     # Jobs ---------------------------------------------------------------------------------------
 
@@ -153,11 +208,13 @@ class Engine:
         """Queue gauges per (model, variant kind): the sums over that kind's schedulers."""
         if not self.metrics:
             return
-        same = [s for (name, spec), s in self._schedulers.items() if name == model and spec.kind == kind]
+        same = [s for (name, _, spec), s in self._schedulers.items() if name == model and spec.kind == kind]
         self.metrics.queue_rows.labels(model, kind).set(sum(s.queued_rows() for s in same))
         self.metrics.queue_jobs.labels(model, kind).set(sum(s.queued_jobs() for s in same))
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         for scheduler in self._schedulers.values():
             await scheduler.close()
         if self._closing:

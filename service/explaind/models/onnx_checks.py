@@ -89,6 +89,16 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
 
 
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The external data files ``model`` refers to, each once, in order (the repository watches them)."""
+    locations: dict[str, None] = {}
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            locations.setdefault(info.get("location", ""), None)
+    return list(locations)
+
+
 def check_external_data_loaded(model: onnx.ModelProto) -> None:
     """After loading external data, no tensor may still point outside the ModelProto."""
     for tensor in _all_tensors(model):

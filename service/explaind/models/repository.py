@@ -12,14 +12,28 @@ onnxruntime session) and ``signature`` (the input and output against model.yaml)
 A loaded model keeps its weights once, in its ModelProto: the engine composes each variant's graph
 from that proto and serializes the composed graph for its session. The serialized bytes that the
 checks need while loading are not kept.
+
+The catalogue is live. Every load records the files it read (a :class:`FolderState`: model.onnx,
+model.yaml, labels file, background, external data, each with its inode, size, mtime and ctime, and
+a sha256 over their contents). :meth:`ModelRepository.survey` compares the disk with those records
+by stat calls alone; :meth:`ModelRepository.refresh` hashes the files only when a stat changed, so a
+touched or identically re-copied folder is not reloaded. Each load is a new version (``version``, a
+number that only grows, and ``loaded_at``) loaded beside the one in service: :meth:`install` swaps
+it in, or, when it failed, keeps the old version serving and remembers why (:meth:`note`).
+:class:`UnloadedModel` is a model taken out of service by UnloadModel. These are synchronous steps;
+when to take them, off the event loop and one load at a time, is ``models.live``.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import itertools
 import logging
 import os
 import re
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeAlias
@@ -28,8 +42,8 @@ import numpy as np
 import onnx
 
 from explaind.errors import ModelConfigError, NotFound
-from explaind.models.config import ModelConfig, Preprocess
-from explaind.models.files import MODEL_FILE, load_external_data, read_config, read_model_file
+from explaind.models.config import ModelConfig, Preprocess, UnsafePath, resolve_in_folder
+from explaind.models.files import CONFIG_FILE, MODEL_FILE, load_external_data, read_config, read_model_file
 from explaind.models.onnx_checks import (
     check_domains,
     check_external_data_loaded,
@@ -37,6 +51,7 @@ from explaind.models.onnx_checks import (
     check_session,
     check_with_onnx_checker,
     external_data_bytes,
+    external_locations,
     parse_model,
     uses_external_data,
 )
@@ -50,6 +65,8 @@ _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
 READY = "READY"
 FAILED = "FAILED"
+UNLOADED = "UNLOADED"
+UNLOADED_REASON = "unloaded by UnloadModel; LoadModel serves it again"
 
 _MAX_REASON_CHARS = 600
 
@@ -103,6 +120,8 @@ class LoadedModel:
     feature_names: tuple[str, ...]
     preprocess: Preprocess | None
     background: np.ndarray | None = field(repr=False)
+    version: int = 0          # this load of the folder; a reload is a higher number (caches key on it)
+    loaded_at: float = 0.0    # when it was loaded, seconds since the epoch
 
     @property
     def kind(self) -> str:
@@ -138,17 +157,96 @@ class FailedModel:
     kind: str = ""
 
 
-ModelEntry: TypeAlias = LoadedModel | FailedModel
+@dataclass(frozen=True)
+class UnloadedModel:
+    """A model taken out of service by UnloadModel: listed, not served, not reloaded by the poller.
+
+    ``sha256`` and ``kind`` are those of the version that was unloaded (empty when the folder was
+    never loaded, e.g. one that reappeared on disk after its model was unloaded).
+    """
+
+    ready: ClassVar[bool] = False
+    status: ClassVar[str] = UNLOADED
+
+    name: str
+    folder: Path
+    reason: str = UNLOADED_REASON
+    sha256: str = ""
+    kind: str = ""
+
+
+ModelEntry: TypeAlias = LoadedModel | FailedModel | UnloadedModel
+
+# The model folder itself among a FolderState's files: its stats change when an entry is added,
+# removed or renamed in it; it has no bytes of its own for the digest.
+FOLDER = "."
+
+# A file as a survey sees it: (inode, size, mtime_ns, ctime_ns); None when missing or unreachable.
+# The ctime changes on every write and rename, so even a copy that keeps the mtime is noticed.
+Stat: TypeAlias = tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """The files one load of a folder read (and the folder, FOLDER), their stats before it read them
+    and a digest of their bytes.
+
+    ``stats`` is empty when a file changed while it was read (the next survey then reloads it);
+    ``digest`` is empty when the contents could not be hashed (then only a load can tell).
+    """
+
+    files: tuple[str, ...] = ()
+    stats: tuple[Stat, ...] = ()
+    digest: str = ""
+
+    def changed(self, folder: Path) -> bool:
+        return file_stats(folder, self.files) != self.stats
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One load of a folder: its entry (loaded or failed) and what it read."""
+
+    entry: LoadedModel | FailedModel
+    state: FolderState
+
+
+@dataclass(frozen=True)
+class Survey:
+    """How the disk differs from the catalogue (:meth:`ModelRepository.survey`)."""
+
+    added: dict[str, Path]       # model folders the catalogue does not list
+    changed: dict[str, Path]     # listed folders whose files differ from their last load (by stat)
+    removed: list[str]           # listed names whose folder is gone (or holds no model.onnx any more)
+    reappeared: dict[str, Path]  # unloaded names whose folder is back: listed UNLOADED, not loaded
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed or self.reappeared)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A catalogue entry, what its last load read, and a newer version that failed while it serves."""
+
+    entry: ModelEntry
+    state: FolderState = FolderState()
+    failure: FailedModel | None = None
 
 
 class ModelRepository:
-    """All models under one root folder, loaded by :meth:`scan` and looked up by name."""
+    """All models under one root folder, loaded by :meth:`scan`, kept live by ``models.live``.
+
+    Reads (get, list, survey) never change the catalogue, so survey may run in a worker thread;
+    the changes (install, keep, remove, unload) run on the event loop, one at a time.
+    """
 
     def __init__(self, root: Path, limits: RepositoryLimits = RepositoryLimits()) -> None:
         self._root = Path(root)
         self._limits = limits
-        self._entries: dict[str, ModelEntry] = {}
+        self._slots: dict[str, _Slot] = {}
         self._ignored: list[str] = []
+        self._unloaded: set[str] = set()  # names UnloadModel took out, until LoadModel names them
+        self._versions = itertools.count(1)
 
     @property
     def root(self) -> Path:
@@ -164,14 +262,30 @@ class ModelRepository:
         return list(self._ignored)
 
     def scan(self) -> None:
-        """(Re)load every model folder; the new set replaces the old one in one step.
+        """Load every model folder now, one after the other; the new set replaces the old one in one step.
 
-        Raises NotADirectoryError only when the root itself is missing: that is a server
-        misconfiguration, not a bad model.
+        The server's start. Raises NotADirectoryError only when the root itself is missing: that is a
+        server misconfiguration, not a bad model.
+        """
+        slots: dict[str, _Slot] = {}
+        for name, folder in self.model_folders().items():
+            if name in self._unloaded:
+                slots[name] = _Slot(UnloadedModel(name, folder))
+                continue
+            loaded = self.load(name, folder)
+            if isinstance(loaded.entry, FailedModel):
+                log.warning("model %s FAILED: %s", name, loaded.entry.reason)
+            slots[name] = _Slot(loaded.entry, loaded.state)
+        self._slots = slots
+
+    def model_folders(self) -> dict[str, Path]:
+        """The model folders on disk now, by name: sub-folders holding a model.onnx, hidden ones skipped.
+
+        Folders with an invalid name are left out, logged once and kept in ``ignored``.
         """
         if not self._root.is_dir():
             raise NotADirectoryError(f"model repository {self._root} is not a directory")
-        entries: dict[str, ModelEntry] = {}
+        folders: dict[str, Path] = {}
         ignored: list[str] = []
         for child in sorted(self._root.iterdir()):
             name = child.name
@@ -181,61 +295,234 @@ class ModelRepository:
                 continue
             if not is_valid_model_name(name):
                 why = f"folder {ascii(name)} ignored: a model name must match {MODEL_NAME_PATTERN}"
-                log.warning("%s", why)
+                if why not in self._ignored:
+                    log.warning("%s", why)
                 ignored.append(why)
                 continue
-            entry = load_model_folder(name, child, self._limits)
-            if isinstance(entry, FailedModel):
-                log.warning("model %s FAILED: %s", name, entry.reason)
-            entries[name] = entry
-        self._entries = entries
+            folders[name] = child
         self._ignored = ignored
+        return folders
 
     def list(self) -> list[ModelEntry]:
-        return [self._entries[name] for name in sorted(self._entries)]
+        slots = self._slots
+        return [slots[name].entry for name in sorted(slots)]
 
     def get(self, name: str) -> ModelEntry:
-        """The entry named ``name`` (loaded or failed); NotFound for anything else."""
+        """The entry named ``name`` (loaded, failed or unloaded); NotFound for anything else."""
         if not is_valid_model_name(name):
             raise NotFound(f"model {clip(str(name))!r} not found: not a valid model name")
-        entry = self._entries.get(name)
-        if entry is None:
-            names = sorted(self._entries)
+        slot = self._slots.get(name)
+        if slot is None:
+            names = sorted(self._slots)
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise NotFound(f"model {name!r} not found; available models: {shown or '(none)'}")
-        return entry
+        return slot.entry
+
+    def note(self, name: str) -> str:
+        """Why the version in service is not the folder's newest ("" when it is): a reload that failed."""
+        slot = self._slots.get(name)
+        if slot is None or slot.failure is None or not isinstance(slot.entry, LoadedModel):
+            return ""
+        serving = slot.entry
+        return clip(f"the folder changed and its new version failed to load, so the version loaded at "
+                    f"{_when(serving.loaded_at)} (sha256 {serving.sha256[:12]}) keeps serving: "
+                    f"{slot.failure.reason}", _MAX_REASON_CHARS)
+
+    # Keeping the catalogue in step with the disk -------------------------------------------------
+
+    def model_folder(self, name: str) -> Path:
+        """The folder LoadModel would load for ``name``; NotFound when there is no such model folder."""
+        if not is_valid_model_name(name):
+            raise NotFound(f"model {clip(str(name))!r} not found: not a valid model name")
+        folder = self._root / name
+        if not folder.is_dir() or not os.path.lexists(folder / MODEL_FILE):
+            raise NotFound(f"model {name!r} not found: the repository has no folder {name}/ holding a {MODEL_FILE}")
+        return folder
+
+    def survey(self) -> Survey:
+        """How the disk differs from the catalogue, by directory listings and stat calls alone."""
+        folders = self.model_folders()
+        slots = dict(self._slots)
+        unloaded = set(self._unloaded)
+        added = {n: f for n, f in folders.items() if n not in slots and n not in unloaded}
+        reappeared = {n: f for n, f in folders.items() if n not in slots and n in unloaded}
+        removed = [n for n in slots if n not in folders]
+        changed = {n: folders[n] for n, slot in slots.items()
+                   if n in folders and not isinstance(slot.entry, UnloadedModel) and slot.state.changed(folders[n])}
+        return Survey(added, changed, removed, reappeared)
+
+    def is_unloaded(self, name: str) -> bool:
+        return name in self._unloaded
+
+    def load(self, name: str, folder: Path) -> Loaded:
+        """Load one folder as a new version (not yet in the catalogue: :meth:`install` puts it there)."""
+        return load_folder(name, folder, self._limits, next(self._versions))
+
+    def refresh(self, name: str, folder: Path) -> Loaded | FolderState:
+        """A folder whose stats changed: when its files hold the same bytes as at its last load (a touch,
+        an identical copy) the new FolderState, to keep what serves without reloading; else a new load."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.state.stats and not slot.state.changed(folder):
+            return slot.state  # already in step (LoadModel came between the survey and now)
+        if slot is not None and slot.state.digest:
+            files = slot.state.files
+            stats = file_stats(folder, files)
+            if content_digest(folder, files, self._limits.max_model_bytes) == slot.state.digest \
+                    and file_stats(folder, files) == stats:
+                return FolderState(files, stats, slot.state.digest)
+        return self.load(name, folder)
+
+    def install(self, loaded: Loaded) -> LoadedModel | None:
+        """Put a load in the catalogue; returns the version it took out of service, if any.
+
+        A failed load of a folder whose earlier version is loaded keeps that version serving and
+        remembers the failure (:meth:`note`). Installing ends an UnloadModel of the name.
+        """
+        name = loaded.entry.name
+        self._unloaded.discard(name)
+        slot = self._slots.get(name)
+        serving = slot.entry if slot is not None and isinstance(slot.entry, LoadedModel) else None
+        if isinstance(loaded.entry, FailedModel) and serving is not None:
+            self._slots[name] = _Slot(serving, loaded.state, failure=loaded.entry)
+            return None
+        self._slots[name] = _Slot(loaded.entry, loaded.state)
+        return serving
+
+    def keep(self, name: str, state: FolderState) -> None:
+        """The folder changed on disk but not in content: remember its new stats, keep what serves."""
+        slot = self._slots.get(name)
+        if slot is not None and not isinstance(slot.entry, UnloadedModel):
+            self._slots[name] = _Slot(slot.entry, state, slot.failure)
+
+    def remove(self, name: str) -> LoadedModel | None:
+        """Forget a model whose folder is gone; returns the version that served, if any."""
+        slot = self._slots.pop(name, None)
+        return slot.entry if slot is not None and isinstance(slot.entry, LoadedModel) else None
+
+    def unload(self, name: str) -> LoadedModel | None:
+        """Take ``name`` out of service until it is installed again; returns the version that served."""
+        entry = self.get(name)
+        self._unloaded.add(name)
+        if isinstance(entry, UnloadedModel):
+            return None
+        self._slots[name] = _Slot(UnloadedModel(name, entry.folder, sha256=entry.sha256, kind=entry.kind))
+        return entry if isinstance(entry, LoadedModel) else None
+
+    def list_unloaded(self, name: str, folder: Path) -> None:
+        """An unloaded name whose folder reappeared: listed UNLOADED, not loaded."""
+        if name in self._unloaded and name not in self._slots:
+            self._slots[name] = _Slot(UnloadedModel(name, folder))
+
+
+def _when(epoch_seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_stats(folder: Path, files: tuple[str, ...]) -> tuple[Stat, ...]:
+    return tuple(file_stat(folder, rel) for rel in files)
+
+
+def file_stat(folder: Path, rel: str) -> Stat:
+    """``rel``'s (inode, size, mtime_ns, ctime_ns), None when it is missing or not inside the folder."""
+    try:
+        st = os.stat(resolve_in_folder(folder, rel, must_exist=False))
+    except (OSError, RuntimeError, UnsafePath):  # RuntimeError: a symlink loop
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_CHUNK = 1 << 20
+
+
+def content_digest(folder: Path, files: tuple[str, ...], limit: int) -> str:
+    """sha256 over the names and bytes of ``files``; "" when one is missing, not a regular file inside
+    the folder, or over ``limit`` bytes (then only a load can tell what changed)."""
+    digest = hashlib.sha256()
+    for rel in files:
+        if rel == FOLDER:
+            continue
+        try:
+            path = resolve_in_folder(folder, rel)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in never blocks
+        except (OSError, RuntimeError, UnsafePath):
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return ""
+            digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + st.st_size.to_bytes(8, "little"))
+            read = 0
+            while chunk := f.read(_CHUNK):
+                read += len(chunk)
+                if read > limit:
+                    return ""
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
 class _Learned:
-    """What loading found out before it failed, for the FailedModel."""
+    """What loading found out before it failed (for the FailedModel) and the files it read, each with
+    its stat from before it was read (for the FolderState)."""
 
+    folder: Path
     sha256: str = ""
     kind: str = ""
+    files: dict[str, Stat] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reading(FOLDER)
+
+    def reading(self, *files: str | None) -> None:
+        for rel in files:
+            if rel:
+                self.files.setdefault(rel, file_stat(self.folder, rel))
 
 
 def load_model_folder(name: str, folder: Path, limits: RepositoryLimits) -> ModelEntry:
     """Load and validate one model folder; never raises, a problem becomes a FailedModel."""
-    learned = _Learned()
+    return load_folder(name, folder, limits).entry
+
+
+def load_folder(name: str, folder: Path, limits: RepositoryLimits, version: int = 0) -> Loaded:
+    """Load one model folder as ``version``, with the FolderState of what it read; never raises."""
+    learned = _Learned(folder)
+    entry: LoadedModel | FailedModel
     try:
-        return _load(name, folder, limits, learned)
+        entry = _load(name, folder, limits, learned, version)
     except ModelConfigError as exc:
-        reason = str(exc)
+        entry = _failed(name, folder, str(exc), learned)
     except Exception as exc:  # a bad model must not take the repository down
-        reason = f"unexpected error while loading: {type(exc).__name__}: {first_line(str(exc))}"
+        entry = _failed(name, folder, f"unexpected error while loading: {type(exc).__name__}: "
+                        f"{first_line(str(exc))}", learned)
+    files = tuple(learned.files)
+    # A failed load may not have learned every file it needs (model.yaml names a background that is
+    # missing): no digest, so any change in the folder, even just a file added, is retried.
+    digest = content_digest(folder, files, limits.max_model_bytes) if isinstance(entry, LoadedModel) else ""
+    stats = file_stats(folder, files)
+    if stats != tuple(learned.files.values()):  # a file changed while it was read: survey reloads it
+        return Loaded(entry, FolderState(files))
+    return Loaded(entry, FolderState(files, stats, digest))
+
+
+def _failed(name: str, folder: Path, reason: str, learned: _Learned) -> FailedModel:
     return FailedModel(name=name, folder=folder, reason=clip(reason, _MAX_REASON_CHARS),
                        sha256=learned.sha256, kind=learned.kind)
 
 
-def _load(name: str, folder: Path, limits: RepositoryLimits, learned: _Learned) -> LoadedModel:
+def _load(name: str, folder: Path, limits: RepositoryLimits, learned: _Learned, version: int) -> LoadedModel:
+    learned.reading(MODEL_FILE, CONFIG_FILE)
     raw = read_model_file(folder, limits.max_model_bytes)
     learned.sha256 = hashlib.sha256(raw).hexdigest()
     config = read_config(folder)
     learned.kind = config.kind
+    learned.reading(config.labels_file, config.background)
 
     model = parse_model(raw)
     check_domains(model, limits.allowed_domains)  # before reading any external data
     check_opset(model)
+    # Watched even when missing, so adding one triggers a reload; a stat never leaves the folder.
+    learned.reading(*external_locations(model))
     external_bytes = external_data_bytes(model, folder)
     total = len(raw) + external_bytes
     if external_bytes and total > limits.max_model_bytes:
@@ -274,6 +561,8 @@ def _load(name: str, folder: Path, limits: RepositoryLimits, learned: _Learned) 
         feature_names=signature.feature_names,
         preprocess=signature.preprocess,
         background=signature.background,
+        version=version,
+        loaded_at=time.time(),
     )
 
 
@@ -281,11 +570,19 @@ __all__ = [
     "FAILED",
     "MODEL_NAME_PATTERN",
     "READY",
+    "UNLOADED",
     "FailedModel",
+    "FolderState",
+    "Loaded",
     "LoadedModel",
     "ModelEntry",
     "ModelRepository",
     "RepositoryLimits",
+    "Survey",
+    "UnloadedModel",
+    "content_digest",
+    "file_stats",
     "is_valid_model_name",
+    "load_folder",
     "load_model_folder",
 ]
