@@ -25,6 +25,7 @@ from ..engine.engine import Engine
 from ..explainer import Explainer
 from ..metrics import Metrics
 from ..models.repository import ModelRepository, RepositoryLimits
+from .decoding import add_explainer_to_server
 from .servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ async def start(settings: Settings) -> RunningServer:
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_ExplainerServicer_to_server(servicer, server)
+    add_explainer_to_server(servicer, server, metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -21,6 +21,7 @@ from ..errors import Cancelled, ResourceExhausted
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import VariantSpec
+from .health import ModelHealth
 from .job import Job
 from .runner import ArenaRelease, Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
@@ -54,6 +55,7 @@ class Engine:
         self._schedulers: collections.OrderedDict[Key, Scheduler] = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
         self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
+        self.health = ModelHealth()  # fed by the runners, read by GetModel
 
     # Sessions -----------------------------------------------------------------------------------
 
@@ -69,7 +71,7 @@ class Engine:
             data = spec.build(served.model, served.signature).SerializeToString()  # type: ignore[arg-type]
             settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
             return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                          self.device, settings, arena=self.arena)
+                          self.device, settings, arena=self.arena, model=served.name, variant=spec.kind, health=self.health)
 
         async def make_runner() -> Runner:
             # Graph construction (autodiff included) and session creation can take seconds on a

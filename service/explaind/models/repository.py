@@ -27,7 +27,7 @@ from typing import ClassVar, TypeAlias
 import numpy as np
 import onnx
 
-from explaind.errors import ModelConfigError, NotFound
+from explaind.errors import ModelConfigError, NotFound, echo
 from explaind.models.config import ModelConfig, Preprocess
 from explaind.models.files import MODEL_FILE, load_external_data, read_config, read_model_file
 from explaind.models.onnx_checks import (
@@ -117,7 +117,7 @@ class LoadedModel:
         shown = ", ".join(self.labels[:20])
         if len(self.labels) > 20:
             shown += f", ... ({len(self.labels) - 20} more)"
-        raise NotFound(f"model '{self.name}' has no label {clip(label)!r}; valid labels: {shown}")
+        raise NotFound(f"model '{self.name}' has no label {echo(label)}; valid labels: {shown}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,6 @@ class ModelRepository:
         self._root = Path(root)
         self._limits = limits
         self._entries: dict[str, ModelEntry] = {}
-        self._ignored: list[str] = []
 
     @property
     def root(self) -> Path:
@@ -157,11 +156,6 @@ class ModelRepository:
     @property
     def limits(self) -> RepositoryLimits:
         return self._limits
-
-    @property
-    def ignored(self) -> list[str]:
-        """Why folders holding a model.onnx were skipped (invalid names), for the logs."""
-        return list(self._ignored)
 
     def scan(self) -> None:
         """(Re)load every model folder; the new set replaces the old one in one step.
@@ -172,7 +166,6 @@ class ModelRepository:
         if not self._root.is_dir():
             raise NotADirectoryError(f"model repository {self._root} is not a directory")
         entries: dict[str, ModelEntry] = {}
-        ignored: list[str] = []
         for child in sorted(self._root.iterdir()):
             name = child.name
             if name.startswith(".") or not child.is_dir():
@@ -180,30 +173,57 @@ class ModelRepository:
             if not os.path.lexists(child / MODEL_FILE):
                 continue
             if not is_valid_model_name(name):
-                why = f"folder {ascii(name)} ignored: a model name must match {MODEL_NAME_PATTERN}"
-                log.warning("%s", why)
-                ignored.append(why)
+                entry = invalid_name_entry(name, child)
+                log.warning("model %s FAILED: %s", entry.name, entry.reason)
+                entries[entry.name] = entry
                 continue
             entry = load_model_folder(name, child, self._limits)
             if isinstance(entry, FailedModel):
                 log.warning("model %s FAILED: %s", name, entry.reason)
             entries[name] = entry
         self._entries = entries
-        self._ignored = ignored
 
     def list(self) -> list[ModelEntry]:
         return [self._entries[name] for name in sorted(self._entries)]
 
     def get(self, name: str) -> ModelEntry:
         """The entry named ``name`` (loaded or failed); NotFound for anything else."""
+        entry = self._entries.get(name) if isinstance(name, str) else None
+        if entry is not None:  # a folder listed FAILED for its name is found under that name too
+            return entry
         if not is_valid_model_name(name):
-            raise NotFound(f"model {clip(str(name))!r} not found: not a valid model name")
+            raise NotFound(f"model {echo(str(name))} not found: not a valid model name")
         entry = self._entries.get(name)
         if entry is None:
             names = sorted(self._entries)
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise NotFound(f"model {name!r} not found; available models: {shown or '(none)'}")
+            raise NotFound(f"model {echo(name)} not found; available models: {shown or '(none)'}")
         return entry
+
+
+def invalid_name_entry(name: str, folder: Path) -> FailedModel:
+    """A model folder whose name cannot be a model name, listed FAILED with the rule it breaks.
+
+    Listed under its name as-is when that is printable UTF-8 (spaces, accents), else as ascii() spells
+    it, so that ListModels can always send it.
+    """
+    def show(text: str) -> str:
+        try:
+            text.encode("utf-8")  # undecodable bytes of the file name come as lone surrogates
+        except UnicodeEncodeError:
+            return ascii(text)[1:-1]
+        return text if text.isprintable() else ascii(text)[1:-1]
+
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        why = "it contains " + ", ".join(repr(show(c)) for c in bad[:10]) + (" and more" if len(bad) > 10 else "")
+    elif not name[:1].isalnum():
+        why = f"it starts with {show(name[:1])!r}"
+    else:
+        why = f"it is {len(name)} characters long"
+    return FailedModel(name=show(name), folder=folder, reason=(
+        f"the folder name is not a valid model name ({why}): a model name is 1 to 128 characters of A-Z, "
+        "a-z, 0-9, '.', '_' and '-', starting with a letter or a digit; rename the folder to serve it"))
 
 
 @dataclass
@@ -286,6 +306,7 @@ __all__ = [
     "ModelEntry",
     "ModelRepository",
     "RepositoryLimits",
+    "invalid_name_entry",
     "is_valid_model_name",
     "load_model_folder",
 ]
