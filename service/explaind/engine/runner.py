@@ -241,7 +241,9 @@ _NODE = re.compile(r"Non-zero status code returned while running (\S+) node\. Na
 # A C++ source location: /onnxruntime_src/.../bfc_arena.cc:360 (or D:\a\_work\...\x.cc:12), then usually
 # the function's signature: `void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, ...)`.
 _SOURCE = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s:]*\.(?:h|hpp|hh|c|cc|cpp|cxx|cu|cuh|inc)\b(?::\d+)?\s*")
-_SIGNATURE = re.compile(r"[^\s()]*(?:\s+[^\s()]+){0,2}?::[^\s()]+\(")
+_TYPE_WORD = (r"(?:[\w<>,~]*(?:::|\*|&|<)[\w:<>,*&~]*|void|bool|int|char|float|double|const|static|virtual|"
+              r"unsigned|long|size_t|auto|inline)")
+_SIGNATURE = re.compile(rf"(?:{_TYPE_WORD}\s+){{0,3}}[*&]*[\w<>,~]*::[\w:<>,~]+\(")
 
 
 def strip_source_paths(text: str) -> str:

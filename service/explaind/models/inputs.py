@@ -9,6 +9,7 @@ model's example shape and dtype exactly and hold only finite values.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +19,7 @@ from .config import Preprocess
 from .text import clip
 
 IMAGE_FORMATS = ("PNG", "JPEG")
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,8 +96,12 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, channels: int) ->
     except Image.DecompressionBombError as exc:  # only when max_image_pixels is above Pillow's own limit
         raise InvalidArgument("image", f"at most {Image.MAX_IMAGE_PIXELS * 2} pixels (Pillow's decompression "
                               "bomb limit, below the server's max_image_pixels)", f"a larger image ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidArgument("image", "a decodable PNG or JPEG", f"undecodable data ({clip(str(exc))})") from None
+    except UnidentifiedImageError:  # its message names the BytesIO object: nothing for the caller
+        raise InvalidArgument("image", "a decodable PNG or JPEG", "data that is neither (no PNG or JPEG "
+                              "header Pillow can read)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        detail = clip(_OBJECT_REPR.sub("the data", str(exc)))
+        raise InvalidArgument("image", "a decodable PNG or JPEG", f"undecodable data ({detail})") from None
     array = np.asarray(rgb, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 
