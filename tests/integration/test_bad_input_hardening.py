@@ -72,10 +72,10 @@ HUNGRY_YAML = "kind: tabular\ninput: {name: input}\noutput: {name: scores, score
 
 
 def alias_bomb(levels: int = 7) -> str:
-    """A model.yaml whose labels expand to 9^levels strings through YAML aliases (a few hundred bytes)."""
-    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    lines += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
-    return "kind: image\n" + "\n".join(lines) + f"\nlabels: *l{levels - 1}\n"
+    """A model.yaml whose labels hold 9^levels strings through YAML aliases, in a few hundred bytes."""
+    items = ['    - &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    items += [f"    - &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "kind: image\nlabels:\n  -\n" + "\n".join(items) + "\n"
 
 
 INVALID_NAMES = {"bad name": "it contains ' '", "modèle": "it contains 'è'", "-lead": "it starts with '-'"}

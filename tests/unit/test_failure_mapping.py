@@ -155,9 +155,9 @@ def test_an_undecodable_request_is_refused_naming_the_type():
 # YAML -------------------------------------------------------------------------------------------
 
 def bomb(levels: int) -> str:
-    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
-    return "kind: image\n" + "\n".join(lines) + f"\nlabels: *a{levels - 1}\n"
+    items = ['    - &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    items += [f"    - &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "kind: image\nlabels:\n  -\n" + "\n".join(items) + "\n"
 
 
 def test_an_alias_bomb_is_refused_at_its_first_anchor():
@@ -165,7 +165,7 @@ def test_an_alias_bomb_is_refused_at_its_first_anchor():
     assert len(text) < 500
     with pytest.raises(ModelConfigError) as err:
         safe_yaml_load(text, "model.yaml")
-    assert str(err.value) == ("model.yaml uses YAML anchors or aliases (& and *) (line 2, column 5); they are not "
+    assert str(err.value) == ("model.yaml uses YAML anchors or aliases (& and *) (line 4, column 7); they are not "
                               "allowed: write every value out")
 
 

@@ -12,6 +12,7 @@ garbage costs neither a traceback per message nor the log's disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -96,8 +97,9 @@ def _handler(method: MethodDescriptor, servicer: Any, refusals: UndecodableReque
             if isinstance(request, Undecodable):
                 await refusals.refuse(request, context, identify)
                 return
-            async for response in implementation(request, context):
-                yield response
+            async with contextlib.aclosing(implementation(request, context)) as responses:  # closed with us
+                async for response in responses:
+                    yield response
 
         return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=deserializer,
                                                     response_serializer=serializer)
