@@ -71,7 +71,8 @@ class Engine:
             data = spec.build(served.model, served.signature).SerializeToString()  # type: ignore[arg-type]
             settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
             return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                          self.device, settings, arena=self.arena, model=served.name, variant=spec.kind, health=self.health)
+                          self.device, settings, arena=self.arena, model=served.name, variant=spec.kind,
+                          health=self.health)
 
         async def make_runner() -> Runner:
             # Graph construction (autodiff included) and session creation can take seconds on a
