@@ -77,6 +77,12 @@ class Settings:
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
     max_image_pixels: int = field(default=4096 * 4096, metadata={"help": "largest decoded image, in pixels"})
     max_model_bytes: int = field(default=2 << 30, metadata={"help": "largest model.onnx plus external data"})
+    max_session_memory_bytes: int = field(default=0, metadata={
+        "help": "memory onnxruntime may allocate while running batches (activations, outputs); a batch that "
+                "needs more fails with RESOURCE_EXHAUSTED instead of taking the machine's memory. CPU: the "
+                "max_mem of the arena all sessions share (needs shared_arena; batches run one at a time, so "
+                "it bounds one batch), 0: half of the memory the process may use (cgroup limit or RAM); "
+                "CUDA: each session's gpu_mem_limit, 0: onnxruntime's default; -1: no cap"})
     grace_period_s: float = field(default=30.0, metadata={"help": "on SIGTERM, time for requests in flight"})
     partial_every: float = field(default=0.1, metadata={"help": "stream a partial map every this fraction"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
@@ -91,6 +97,9 @@ class Settings:
                      "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
                      "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes"):
             positive(name)
+        if self.max_session_memory_bytes < -1:
+            raise ValueError(f"max_session_memory_bytes must be -1 (no cap), 0 (auto) or a byte count, "
+                             f"got {self.max_session_memory_bytes}")
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")
         if not (self.repository_poll_s == 0 or 0.05 <= self.repository_poll_s <= 86400):

@@ -7,6 +7,8 @@ service knows about gRPC. Messages name the field, what was expected and what ca
 
 from __future__ import annotations
 
+import collections.abc
+
 import grpc
 
 
@@ -20,13 +22,54 @@ class ExplaindError(Exception):
         self.message = message
 
 
+ECHO_CHARS = 100  # a request's string is echoed in an error up to this many characters
+GOT_CHARS = 300  # the longest description of what came (it may quote several echoed values)
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """A request's value as an error shows it: a string quoted and cut to `limit` characters with its
+    length said ("'aaaa...' (16384 characters)"), bytes by their count, numbers and sequences plainly
+    (numpy scalars as Python numbers, never an object's repr), anything cut to `limit` characters."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit] + '...'!r} ({len(value)} characters)"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{len(value)} bytes"
+    return cut(_plain(value), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, its length said when it was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _plain(value: object) -> str:
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        value = value.item()  # type: ignore[union-attr]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return echo(value)
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # a numpy array: its values, flattened
+        value = value.ravel().tolist()  # type: ignore[union-attr]
+    if isinstance(value, collections.abc.Sequence):  # lists, tuples, protobuf repeated fields
+        items = list(value)
+        shown = ", ".join(_plain(v) for v in items[:10])
+        return f"[{shown}, ...] ({len(items)} values)" if len(items) > 10 else f"[{shown}]"
+    return str(value)
+
+
 class InvalidArgument(ExplaindError):
-    """Bad shape, dtype, non-finite values, undecodable image, parameter out of range."""
+    """Bad shape, dtype, non-finite values, undecodable image, parameter out of range.
+
+    `got` is either a description (a str, kept as written and cut to GOT_CHARS) or the request's value
+    itself, shown by `echo`; request strings inside a description should be passed through `echo`.
+    """
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, expected: str, got: object) -> None:
-        super().__init__(f"{field}: expected {expected}, got {got}")
+        shown = cut(got, GOT_CHARS) if isinstance(got, str) else echo(got)
+        super().__init__(f"{field}: expected {expected}, got {shown}")
         self.field = field
 
 
@@ -66,6 +109,13 @@ class DeadlineExceeded(ExplaindError):
 
 class Cancelled(ExplaindError):
     code = grpc.StatusCode.CANCELLED
+
+
+class ModelRunError(ExplaindError):
+    """The model failed in onnxruntime at run time (not for lack of memory): a fault of the model on
+    this input, not a bug of explaind; INTERNAL because the caller cannot fix it by changing fields."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class Unavailable(ExplaindError):

@@ -144,6 +144,7 @@ class Explainer:
         self._white_box.pop(key, None)
         self._offered.pop(key, None)
         self.engine.retire(entry.name, entry.version + 1)
+        self.engine.health.forget(entry.name)  # a new version starts with a clean record
 
     def served(self, entry: LoadedModel) -> ServedModel:
         key = (entry.name, entry.version)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from typing import Callable
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -39,3 +41,33 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+BURST_INTERVAL_S = 10.0
+
+
+class BurstLog:
+    """Logs the first event of a burst, then at most one line per ``interval_s`` with a count of the
+    events it did not log in between ("suppressed"), so that a flood of one failure costs a few lines,
+    not one per event. Thread-safe (the device thread and the event loop may both report)."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = BURST_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def event(self, message: str, **extra: object) -> bool:
+        """Record one event; True when it was logged."""
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self._interval_s:
+                self._suppressed += 1
+                return False
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        self._logger.warning(message, extra={**extra, "suppressed": suppressed,
+                                             "suppressed_seconds": self._interval_s})
+        return True

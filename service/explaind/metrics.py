@@ -44,6 +44,9 @@ class Metrics:
                                    "at most max_session_bytes", registry=r)
         self.evictions = Counter("explaind_session_evictions", "Idle sessions closed to stay within max_sessions "
                                  "and max_session_bytes", registry=r)
+        self.undecodable_requests = Counter("explaind_undecodable_requests", "Requests whose bytes are not a "
+                                            "message of the RPC's request type (answered INVALID_ARGUMENT)",
+                                            ["rpc"], registry=r)
         self.refused = Counter("explaind_refused", "Requests refused because the engine queue was full",
                                ["model"], registry=r)
         self._window: collections.deque[tuple[float, int]] = collections.deque()

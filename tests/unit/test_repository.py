@@ -365,12 +365,16 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     _assert_failed(repo, "bad", "model.yaml is not valid YAML")
 
 
-def test_invalid_folder_name_is_ignored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, why", [("bad name", "it contains ' '"), ("modèle", "it contains 'è'"),
+                                       ("-lead", "it starts with '-'"), ("x" * 129, "129 characters")])
+def test_invalid_folder_name_is_listed_failed(tmp_path: Path, name: str, why: str) -> None:
     _good_pair(tmp_path)
-    write_model_folder(tmp_path, "bad name", image_model(), IMAGE_YAML)
+    write_model_folder(tmp_path, name, image_model(), IMAGE_YAML)
     repo = _scan(tmp_path)
-    assert [e.name for e in repo.list()] == ["good-image", "good-tabular"]
-    assert any("bad name" in why for why in repo.ignored)
+    assert [e.name for e in repo.list()] == sorted(["good-image", "good-tabular", name])
+    entry = repo.get(name)
+    assert not entry.ready
+    assert why in entry.reason and "A-Z, a-z, 0-9, '.', '_' and '-'" in entry.reason and "rename" in entry.reason
 
 
 def test_without_session_check(tmp_path: Path) -> None:

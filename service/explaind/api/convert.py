@@ -11,6 +11,7 @@ from explaind_client.v1 import explaind_pb2 as pb
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
+from ..engine.health import HealthView
 from ..errors import InvalidArgument
 from ..explainer import Explanation, ExplainQuery
 from ..methods.base import Method
@@ -128,10 +129,15 @@ def tensor_info(spec: Any) -> pb.TensorInfo:
 
 
 def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_delay_ms: float,
-               white_box: Any = None, note: str = "") -> pb.ModelInfo:
-    """`note`: why a READY model is not its folder's newest version (a reload that failed)."""
+               white_box: Any = None, note: str = "", health: HealthView | None = None) -> pb.ModelInfo:
+    """`note`: why a READY model is not its folder's newest version (a reload that failed);
+    `health`: its runs' record (a model whose runs keep failing is UNHEALTHY, with the last failure)."""
     info = pb.ModelInfo(name=entry.name, status=pb.ModelStatus.Value(entry.status), reason=note or entry.reason,
                         sha256=entry.sha256)
+    if health is not None and isinstance(entry, LoadedModel):
+        info.run_failures = health.run_failures
+        if not health.healthy:
+            info.status, info.reason = pb.UNHEALTHY, health.reason
     if entry.kind:  # a FailedModel whose model.yaml was never parsed has no kind
         info.kind = KINDS.get(entry.kind, pb.MODEL_KIND_UNSPECIFIED)
     if not isinstance(entry, LoadedModel):  # FAILED or UNLOADED

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import grpc
 from explaind_client.v1 import explaind_pb2 as pb
-from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
@@ -36,6 +35,7 @@ from ..explainer import Explainer
 from ..metrics import Metrics
 from ..models.repository import ModelRepository, RepositoryLimits
 from .auth import TokenFileError, authenticator
+from .decoding import add_explainer_to_server
 from .servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def start(settings: Settings) -> RunningServer:
                ("grpc.max_send_message_length", settings.max_message_bytes)]
     options.append(("grpc.so_reuseport", 0))  # a second server on the port fails instead of sharing it
     server = grpc.aio.server(options=options)
-    pb_grpc.add_ExplainerServicer_to_server(servicer, server)
+    add_explainer_to_server(servicer, server, metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

@@ -134,7 +134,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         if isinstance(entry, LoadedModel):
             served = self.explainer.served(entry)
             return convert.model_info(entry, self.explainer.methods_for(entry), served.max_batch_rows,
-                                      served.max_delay_ms, self.explainer.white_box(entry), note=note)
+                                      served.max_delay_ms, self.explainer.white_box(entry), note=note,
+                                      health=self.explainer.engine.health.of(entry.name))
         return convert.model_info(entry, [], 0, 0.0, note=note)
 
     # Error mapping ------------------------------------------------------------------------------

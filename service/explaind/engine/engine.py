@@ -24,6 +24,7 @@ from ..errors import Cancelled, ResourceExhausted
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import VariantSpec
+from .health import ModelHealth
 from .job import Job
 from .runner import ArenaRelease, Runner, choose_device
 from .scheduler import QueueAccount, Scheduler
@@ -67,6 +68,7 @@ class Engine:
         self._last_busy: dict[Key, float] = {}  # retired versions' schedulers: when last seen in use
         self._sweep: asyncio.TimerHandle | None = None
         self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
+        self.health = ModelHealth()  # fed by the runners, read by GetModel
 
     # Sessions -----------------------------------------------------------------------------------
 
@@ -85,7 +87,8 @@ class Engine:
             data = spec.build(served.model, served.signature).SerializeToString()  # type: ignore[arg-type]
             settings = self.settings if served.spin is None else dataclasses.replace(self.settings, spin=served.spin)
             return Runner(data, interface.row_outputs + interface.slot_outputs, interface.constants,
-                          self.device, settings, arena=self.arena)
+                          self.device, settings, arena=self.arena, model=served.name, variant=spec.kind,
+                          health=self.health)
 
         async def make_runner() -> Runner:
             # Graph construction (autodiff included) and session creation can take seconds on a

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..config import Settings
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument, echo
 from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Result
 from .gradient_base import finish_map, resolve_layer, upsample_param
 from .params import Bool, Text
@@ -119,7 +119,7 @@ class Cam(Method):
             params["layer"] = resolve_layer(params, self.name, model)
             if params["layer"] != pooled:
                 raise InvalidArgument("cam.layer", f"the activation the model's head pools, {pooled!r} (CAM's "
-                                      f"weights apply to it alone)", repr(params["layer"]))
+                                      f"weights apply to it alone)", echo(params["layer"]))
         params["layer"] = pooled
         return params
 

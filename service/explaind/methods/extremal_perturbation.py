@@ -174,13 +174,6 @@ class ExtremalPerturbation(Method):
         params.setdefault("sigma", round(21 * scale, 3))
         params.setdefault("max_blur", round(20 * scale, 3))
         geometry = MaskGeometry(height, width, params["step"], params["sigma"])
-        if not geometry.covers_image():
-            fits = next((f"{sigma / 100:g}" for sigma in range(round(params["sigma"] * 100), 400 * max(height, width))
-                         if MaskGeometry(height, width, params["step"], sigma / 100).covers_image()), "none")
-            raise InvalidArgument(f"{n}.sigma", f"a sigma whose mask canvas covers the {height} x {width} image after its "
-                                  f"margin of sigma (TorchRay's mask sizes; with step {params['step']}, "
-                                  f"the nearest larger sigma that does is {fits})",
-                                  f"sigma {params['sigma']:g}")
         widest = 4 * geometry.candidates * geometry.shape_out[0] * geometry.shape_out[1]
         if widest > CANVAS_BUDGET_BYTES:
             raise InvalidArgument(f"{n}.sigma", f"a smaller sigma / step ratio or a larger step (the mask needs "

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.job import RowChunk
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, echo
 from ..onnxgraph.resample import upsample
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants import gradient as g
@@ -72,7 +72,7 @@ def resolve_layer(params: dict[str, Any], method: str, model: ModelView) -> str:
                               + ", ".join(usable[-10:]), "none")
     if name not in usable:
         shown = ", ".join(usable[-10:]) + (f" (and {len(usable) - 10} earlier)" if len(usable) > 10 else "")
-        raise InvalidArgument(f"{method}.layer", f"a 4-D activation of the model, e.g. {shown}", repr(name))
+        raise InvalidArgument(f"{method}.layer", f"a 4-D activation of the model, e.g. {shown}", echo(name))
     return name
 
 

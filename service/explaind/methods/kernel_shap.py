@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import Settings
 from ..engine.job import RowChunk
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument, echo
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.coalition import TabularCoalition
 from .base import PROBABILITY, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages
@@ -132,9 +132,9 @@ def parse_l1(value: str, num_features: int | None) -> str | None:
         k = int(match.group(1))
         if k < 1 or (num_features is not None and k > num_features):
             k_range = f"in [1, {num_features}] (the model's features)" if num_features is not None else ">= 1"
-            raise InvalidArgument("kernel_shap.l1_reg", f"num_features(k) with k {k_range}", repr(value))
+            raise InvalidArgument("kernel_shap.l1_reg", f"num_features(k) with k {k_range}", echo(value))
         return value
-    raise InvalidArgument("kernel_shap.l1_reg", "none, num_features(k), aic or bic", repr(value))
+    raise InvalidArgument("kernel_shap.l1_reg", "none, num_features(k), aic or bic", echo(value))
 
 
 AUTO_NSAMPLES = 0  # images: nsamples not given, shap's default once the superpixels are known

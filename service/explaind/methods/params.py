@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, echo
 
 INT = "int32"
 FLOAT = "float"
@@ -83,7 +83,7 @@ class Param:
         if self.type == STRING:
             text = str(value).lower() if self.choices else str(value)
             if self.choices and text not in self.choices:
-                raise InvalidArgument(where, f"one of {', '.join(self.choices)}", repr(value))
+                raise InvalidArgument(where, f"one of {', '.join(self.choices)}", echo(value))
             return text
         if self.type in (INTS, FLOATS):
             values = list(value)
@@ -172,7 +172,7 @@ def resolve_all(method: str, declared: tuple[Param, ...], given: Mapping[str, An
     known = {p.name for p in declared}
     for name in given:
         if name not in known:  # the proto and the declaration disagree: a bug, caught by a test
-            raise InvalidArgument(f"{method}.{name}", f"one of {', '.join(sorted(known))}", repr(name))
+            raise InvalidArgument(f"{method}.{name}", f"one of {', '.join(sorted(known))}", echo(name))
     params: dict[str, Any] = {}
     for p in declared:
         if kind not in p.kinds:
@@ -181,7 +181,7 @@ def resolve_all(method: str, declared: tuple[Param, ...], given: Mapping[str, An
                 article = "an" if kind == "image" else "a"
                 value = given[p.name]
                 raise InvalidArgument(f"{method}.{p.name}", f"unset for {article} {kind} model (it applies to {other})",
-                                      format_value(value) if isinstance(value, (list, tuple)) else value)
+                                      format_value(value) if isinstance(value, (list, tuple)) else echo(value))
             continue
         value = p.resolve(method, given, limits)
         if value is not None:

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.external_data_helper
-import yaml
 
 from explaind.errors import ModelConfigError
-from explaind.models.config import ModelConfig, UnsafePath, parse_model_config, resolve_in_folder
+from explaind.models.config import ModelConfig, UnsafePath, parse_model_config, resolve_in_folder, safe_yaml_load
 from explaind.models.text import first_line, human_bytes
 
 MODEL_FILE = "model.onnx"
@@ -63,11 +62,7 @@ def read_config(folder: Path) -> ModelConfig:
         text = resolved.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ModelConfigError("model.yaml is not valid UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ModelConfigError(f"model.yaml is not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_model_config(data, folder)
+    return parse_model_config(safe_yaml_load(text, CONFIG_FILE), folder)
 
 
 def read_labels_file(folder: Path, rel: str) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ from typing import ClassVar, TypeAlias
 import numpy as np
 import onnx
 
-from explaind.errors import ModelConfigError, NotFound
+from explaind.errors import ModelConfigError, NotFound, echo
 from explaind.models.config import ModelConfig, Preprocess, UnsafePath, resolve_in_folder
 from explaind.models.files import CONFIG_FILE, MODEL_FILE, load_external_data, read_config, read_model_file
 from explaind.models.onnx_checks import (
@@ -136,7 +136,7 @@ class LoadedModel:
         shown = ", ".join(self.labels[:20])
         if len(self.labels) > 20:
             shown += f", ... ({len(self.labels) - 20} more)"
-        raise NotFound(f"model '{self.name}' has no label {clip(label)!r}; valid labels: {shown}")
+        raise NotFound(f"model '{self.name}' has no label {echo(label)}; valid labels: {shown}")
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ class ModelRepository:
         self._root = Path(root)
         self._limits = limits
         self._slots: dict[str, _Slot] = {}
-        self._ignored: list[str] = []
+        # Folders whose name cannot be a model name, listed FAILED (replaced whole by each survey).
+        self._invalid: dict[str, FailedModel] = {}
         self._unloaded: set[str] = set()  # names UnloadModel took out, until LoadModel names them
         self._versions = itertools.count(1)
 
@@ -255,11 +256,6 @@ class ModelRepository:
     @property
     def limits(self) -> RepositoryLimits:
         return self._limits
-
-    @property
-    def ignored(self) -> list[str]:
-        """Why folders holding a model.onnx were skipped (invalid names), for the logs."""
-        return list(self._ignored)
 
     def scan(self) -> None:
         """Load every model folder now, one after the other; the new set replaces the old one in one step.
@@ -281,12 +277,12 @@ class ModelRepository:
     def model_folders(self) -> dict[str, Path]:
         """The model folders on disk now, by name: sub-folders holding a model.onnx, hidden ones skipped.
 
-        Folders with an invalid name are left out, logged once and kept in ``ignored``.
+        Folders with an invalid name are left out of it and listed FAILED (logged once).
         """
         if not self._root.is_dir():
             raise NotADirectoryError(f"model repository {self._root} is not a directory")
         folders: dict[str, Path] = {}
-        ignored: list[str] = []
+        invalid: dict[str, FailedModel] = {}
         for child in sorted(self._root.iterdir()):
             name = child.name
             if name.startswith(".") or not child.is_dir():
@@ -294,28 +290,31 @@ class ModelRepository:
             if not os.path.lexists(child / MODEL_FILE):
                 continue
             if not is_valid_model_name(name):
-                why = f"folder {ascii(name)} ignored: a model name must match {MODEL_NAME_PATTERN}"
-                if why not in self._ignored:
-                    log.warning("%s", why)
-                ignored.append(why)
+                entry = invalid_name_entry(name, child)
+                if entry.name not in self._invalid:
+                    log.warning("model %s FAILED: %s", entry.name, entry.reason)
+                invalid[entry.name] = entry
                 continue
             folders[name] = child
-        self._ignored = ignored
+        self._invalid = invalid  # one reference swap: readers see the old or the new set
         return folders
 
     def list(self) -> list[ModelEntry]:
-        slots = self._slots
-        return [slots[name].entry for name in sorted(slots)]
+        entries = {name: slot.entry for name, slot in self._slots.items()} | self._invalid
+        return [entries[name] for name in sorted(entries)]
 
     def get(self, name: str) -> ModelEntry:
         """The entry named ``name`` (loaded, failed or unloaded); NotFound for anything else."""
+        invalid = self._invalid.get(name) if isinstance(name, str) else None
+        if invalid is not None:  # a folder listed FAILED for its name is found under that name too
+            return invalid
         if not is_valid_model_name(name):
-            raise NotFound(f"model {clip(str(name))!r} not found: not a valid model name")
+            raise NotFound(f"model {echo(str(name))} not found: not a valid model name")
         slot = self._slots.get(name)
         if slot is None:
             names = sorted(self._slots)
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise NotFound(f"model {name!r} not found; available models: {shown or '(none)'}")
+            raise NotFound(f"model {echo(name)} not found; available models: {shown or '(none)'}")
         return slot.entry
 
     def note(self, name: str) -> str:
@@ -333,7 +332,7 @@ class ModelRepository:
     def model_folder(self, name: str) -> Path:
         """The folder LoadModel would load for ``name``; NotFound when there is no such model folder."""
         if not is_valid_model_name(name):
-            raise NotFound(f"model {clip(str(name))!r} not found: not a valid model name")
+            raise NotFound(f"model {echo(str(name))} not found: not a valid model name")
         folder = self._root / name
         if not folder.is_dir() or not os.path.lexists(folder / MODEL_FILE):
             raise NotFound(f"model {name!r} not found: the repository has no folder {name}/ holding a {MODEL_FILE}")
@@ -460,6 +459,31 @@ def content_digest(folder: Path, files: tuple[str, ...], limit: int) -> str:
     return digest.hexdigest()
 
 
+def invalid_name_entry(name: str, folder: Path) -> FailedModel:
+    """A model folder whose name cannot be a model name, listed FAILED with the rule it breaks.
+
+    Listed under its name as-is when that is printable UTF-8 (spaces, accents), else as ascii() spells
+    it, so that ListModels can always send it.
+    """
+    def show(text: str) -> str:
+        try:
+            text.encode("utf-8")  # undecodable bytes of the file name come as lone surrogates
+        except UnicodeEncodeError:
+            return ascii(text)[1:-1]
+        return text if text.isprintable() else ascii(text)[1:-1]
+
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        why = "it contains " + ", ".join(repr(show(c)) for c in bad[:10]) + (" and more" if len(bad) > 10 else "")
+    elif not name[:1].isalnum():
+        why = f"it starts with {show(name[:1])!r}"
+    else:
+        why = f"it is {len(name)} characters long"
+    return FailedModel(name=show(name), folder=folder, reason=(
+        f"the folder name is not a valid model name ({why}): a model name is 1 to 128 characters of A-Z, "
+        "a-z, 0-9, '.', '_' and '-', starting with a letter or a digit; rename the folder to serve it"))
+
+
 @dataclass
 class _Learned:
     """What loading found out before it failed (for the FailedModel) and the files it read, each with
@@ -582,6 +606,7 @@ __all__ = [
     "UnloadedModel",
     "content_digest",
     "file_stats",
+    "invalid_name_entry",
     "is_valid_model_name",
     "load_folder",
     "load_model_folder",

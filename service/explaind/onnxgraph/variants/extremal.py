@@ -52,7 +52,17 @@ TENSOR_BUDGET_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class MaskGeometry:
-    """TorchRay's MaskGenerator sizes for an H x W image (margin = sigma)."""
+    """TorchRay's MaskGenerator sizes for an H x W image (margin = sigma), its canvas extended where
+    TorchRay's falls short of the image.
+
+    TorchRay's canvas (shape_out) is not always large enough to hold the image after the margin it
+    crops: with step 2 and sigma 1.0 on 64 px it is 63 px, cropped from pixel 1 (whenever 2 sigma /
+    step is a whole number the padding is one cell less than with a slightly larger sigma). The
+    crop then gave a 62 px mask, the model input lost its shape, and the exact gradient was refused
+    ("the rank of ... is unknown"). Here such a canvas gets `extra_cells` more cells at its far end
+    (bottom, right; zero parameters, as TorchRay's own padding): the control points stay where
+    TorchRay puts them, and wherever TorchRay's canvas does cover the image nothing changes.
+    """
 
     height: int
     width: int
@@ -84,8 +94,24 @@ class MaskGeometry:
         return math.ceil(self.height / self.step), math.ceil(self.width / self.step)
 
     @property
+    def extra_cells(self) -> tuple[int, int]:
+        """Cells appended on each axis so that the canvas holds margin + size pixels (0 where TorchRay's does)."""
+        extra = []
+        for cells, size in zip(self.shape_in, (self.height, self.width)):
+            torchray_out = self.step * (cells + 2 * self.padding - self.kernel_size + 1) - self.step + 1
+            extra.append(max(0, math.ceil((self.margin + size - torchray_out) / self.step)))
+        return extra[0], extra[1]
+
+    @property
+    def conv_pads(self) -> list[int]:
+        """The unfold's pads, ONNX order [top, left, bottom, right]: TorchRay's, plus the extra cells."""
+        eh, ew = self.extra_cells
+        return [self.padding, self.padding, self.padding + eh, self.padding + ew]
+
+    @property
     def shape_mid(self) -> tuple[int, int]:
-        return tuple(z + 2 * self.padding - self.kernel_size + 1 for z in self.shape_in)  # type: ignore[return-value]
+        return tuple(z + 2 * self.padding - self.kernel_size + 1 + e  # type: ignore[return-value]
+                     for z, e in zip(self.shape_in, self.extra_cells))
 
     @property
     def shape_up(self) -> tuple[int, int]:
@@ -116,9 +142,10 @@ class MaskGeometry:
     def masks(self, params: np.ndarray, canvas: bool = False) -> np.ndarray:
         """[A, H, W] the image masks of parameters [A, h, w] (`canvas`: [A, Ho, Wo] with the margin), in
         numpy: the graph's forward, for the area projection (methods/extremal_perturbation.py)."""
-        pad, s, step, margin = self.padding, self.kernel_size, self.step, self.margin
+        s, step, margin = self.kernel_size, self.step, self.margin
         (ho, wo), (mh, mw) = self.shape_out, self.shape_mid
-        padded = np.pad(params.astype(np.float32), ((0, 0), (pad, pad), (pad, pad)))
+        top, left, bottom, right = self.conv_pads
+        padded = np.pad(params.astype(np.float32), ((0, 0), (top, bottom), (left, right)))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (s, s), axis=(1, 2))  # [A, mh, mw, s, s]
         candidates = windows.reshape(len(params), mh, mw, s * s).transpose(0, 3, 1, 2)
         upsampled = np.repeat(np.repeat(candidates, step, axis=2), step, axis=3)[:, :, :ho, :wo]
@@ -126,11 +153,6 @@ class MaskGeometry:
         exp = np.exp(scaled)
         whole = np.clip((scaled * exp).sum(axis=1) / (COLDNESS * exp.sum(axis=1)), 0.0, 1.0)
         return whole if canvas else whole[:, margin : margin + self.height, margin : margin + self.width]
-
-    def covers_image(self) -> bool:
-        """Whether the canvas holds the image after its margin (the crop). TorchRay's sizes do not always
-        (step 7, sigma 3.48 on 64 px: a 64 px canvas, cropped from pixel 3): such masks are refused."""
-        return all(out >= self.margin + size for out, size in zip(self.shape_out, (self.height, self.width)))
 
     def max_rows(self) -> int:
         return max(1, TENSOR_BUDGET_BYTES // (4 * self.candidates * self.shape_out[0] * self.shape_out[1]))
@@ -208,7 +230,7 @@ def forward(b: GraphBuilder, sig: ModelSignature, geometry: MaskGeometry, levels
     # inner size 1) does the nearest upsampling and the weighting at once: [R, K, cells, step^2].
     # Then the smooth max over K, back to image layout, clamp, crop to canvas and image.
     unfolded = b.op("Conv", [b.unsqueeze(params, [1]), b.const(_one_hot_kernels(geometry), "unfold")],
-                    pads=[geometry.padding] * 4)                                          # [R, K, mh, mw]
+                    pads=geometry.conv_pads)                                              # [R, K, mh, mw]
     cells = b.op("Reshape", [unfolded, b.const(np.array([-1, k, mh * mw, 1], np.int64))])
     periodic = b.const(COLDNESS * geometry.weights().reshape(k, 1, step * step), "kernel")
     scaled = b.op("MatMul", [cells, periodic])                                  # 20 c: [R, K, cells, step^2]
@@ -314,7 +336,7 @@ def backward(b: GraphBuilder, sig: ModelSignature, geometry: MaskGeometry, level
     periodic = b.const(geometry.weights().reshape(k, step * step, 1), "kernel_t")
     g_blocks = b.op("Reshape", [b.op("MatMul", [g_candidates, periodic]),
                                 b.const(np.array([-1, k, mh, mw], np.int64))])            # [R, K, mh, mw]
-    g_params = b.op("ConvTranspose", [g_blocks, b.const(_one_hot_kernels(geometry), "unfold")], pads=[geometry.padding] * 4)
+    g_params = b.op("ConvTranspose", [g_blocks, b.const(_one_hot_kernels(geometry), "unfold")], pads=geometry.conv_pads)
     return b.op("Reshape", [g_params, b.const(np.array([-1, hi, wi], np.int64))])
 
 
