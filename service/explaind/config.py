@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .tenants import load_policies
+
 ENV_PREFIX = "EXPLAIND_"
 
 
@@ -59,6 +61,13 @@ class Settings:
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
+    tenants: str = field(default="", metadata={
+        "help": "YAML file of tenant policies (priority interactive | batch, quotas rows_per_second and "
+                "rows_in_flight; docs/admission.md); empty: every caller interactive, no quotas"})
+    interactive_weight: float = field(default=4.0, metadata={
+        "help": "device share of the interactive class against batch_weight while both have work"})
+    batch_weight: float = field(default=1.0, metadata={
+        "help": "device share of the batch class against interactive_weight while both have work"})
     max_rows_per_request: int = field(default=2_000_000, metadata={"help": "model evaluations one request may ask for"})
     max_request_memory_bytes: int = field(default=1 << 30, metadata={
         "help": "working memory one request may need (LIME / Kernel SHAP coalitions, rows and regression), "
@@ -108,6 +117,11 @@ class Settings:
             raise ValueError(f"compute_nice must be in [0, 19], got {self.compute_nice}")
         if self.spin not in ("run", "always", "off"):
             raise ValueError(f"spin must be run, always or off, got {self.spin!r}")
+        if not (self.interactive_weight > 0 and self.batch_weight > 0) or \
+                not math.isfinite(self.interactive_weight + self.batch_weight):
+            raise ValueError(f"interactive_weight and batch_weight must be positive, got "
+                             f"{self.interactive_weight} and {self.batch_weight}")
+        load_policies(self.tenants)  # the file is checked at startup (ValueError naming the key)
         if not 0 < self.partial_every <= 1:
             raise ValueError(f"partial_every must be in (0, 1], got {self.partial_every}")
         if self.providers not in ("auto", "cpu", "cuda"):

@@ -98,9 +98,14 @@ class PermissionDenied(ExplaindError):
 
 
 class ResourceExhausted(ExplaindError):
-    """Queue full or work over the configured budget."""
+    """Queue full or work over the configured budget. `retry_after_s`: when a retry could be admitted
+    (sent as trailing metadata `retry-after-ms`); None when retrying the same request cannot help."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(ExplaindError):

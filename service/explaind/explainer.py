@@ -260,7 +260,13 @@ class Explainer:
                 on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"", stats(),
                                        complete=False))
             ctx.on_partial = partial
-        run = await p.method.explain(p.params, ctx)
+        planned = p.method.planned_rows(p.params, ctx)
+        # Admitted (or refused at once) as a whole before the first stage: the prediction row and the rest.
+        # A request that takes a partial answer at its deadline is not refused for lack of time.
+        partial = bool(getattr(query, "allow_partial", False) and getattr(p.method, "partial_results", ""))
+        with self.engine.admit(p.served, p.method.name, tenant, deadline, None if planned is None else planned + 1,
+                               partial):
+            run = await p.method.explain(p.params, ctx)
         heatmap = b""
         if query.render is not None:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)

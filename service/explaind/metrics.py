@@ -49,6 +49,13 @@ class Metrics:
                                             ["rpc"], registry=r)
         self.refused = Counter("explaind_refused", "Requests refused because the engine queue was full",
                                ["model"], registry=r)
+        # Tenant labels: the names in the tenants file, "anonymous", and "default" for any other name.
+        self.tenant_rows = Counter("explaind_tenant_rows", "Rows evaluated for each tenant", ["tenant"], registry=r)
+        self.tenant_refused = Counter("explaind_tenant_refused", "Requests refused at admission, by tenant and "
+                                      "reason (deadline, queue, rows_in_flight, rows_per_second)",
+                                      ["tenant", "reason"], registry=r)
+        self.tenant_rows_in_flight = Gauge("explaind_tenant_rows_in_flight", "Rows admitted for each tenant "
+                                           "and not yet evaluated", ["tenant"], registry=r)
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._window_rows = 0
         self._lock = threading.Lock()

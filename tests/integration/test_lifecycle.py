@@ -36,11 +36,13 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 def test_deadline_and_cancellation_drop_pending_rows(server, client):
     with pytest.raises(grpc.RpcError) as err:
         client.explain("shapes", method="rise", tensor=X, params={"num_masks": 50_000}, timeout=1.0)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Refused at once when the server already knows what RISE costs (admission: it cannot finish in 1 s);
+    # admitted and expired when it does not yet (the first RISE request of a fresh server).
+    assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert wait_until(lambda: queued_rows(server) == 0), "the expired request's rows stayed queued"
 
     stream = client.stub.ExplainStream(build_request("shapes", method="rise", tensor=X,
-                                                     params={"num_masks": 50_000}), timeout=60)
+                                                     params={"num_masks": 50_000}))  # no deadline to weigh
     for update in stream:
         if update.WhichOneof("kind") == "progress" and update.progress.rows_done > 0:
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import AsyncIterator, Callable
 
@@ -196,6 +197,9 @@ class _ErrorMapper:
         return False
 
     async def _abort(self, error: ExplaindError) -> None:
+        retry = getattr(error, "retry_after_s", None)  # ResourceExhausted: when a retry may be admitted
+        if retry is not None:
+            self.context.set_trailing_metadata((("retry-after-ms", str(max(1, math.ceil(retry * 1000)))),))
         await self.context.abort(error.code, error.message)
 
     def _record(self, code: grpc.StatusCode) -> None:

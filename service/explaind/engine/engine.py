@@ -9,21 +9,34 @@ model's weights are held by the repository's ModelProto and by the sessions, not
 Schedulers are per version of a model (a reloaded model gets new ones while jobs of the old one
 finish); a retired version's sessions close as soon as they are idle. Metrics are labelled by the
 model's name and the variant's kind, never by version or parameters.
+
+Admission (engine/admission.py) costs what is asked against what is already admitted and the
+deadlines, the queue bounds and the tenants' quotas, and refuses at once what cannot be done in time.
+A request is admitted as a whole by `admit` before its first stage (its planned rows, where its method
+knows them); its stages' jobs reach that admission through a context variable (every stage runs in a
+task of the request's context), so they are not checked again. Jobs outside an admitted request, or
+beyond its plan, are admitted one by one at `submit`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
+from typing import Iterator
 
 from ..config import Settings
-from ..errors import Cancelled, ResourceExhausted
+from ..errors import Cancelled
 from ..metrics import Metrics
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import VariantSpec
+from ..tenants import BATCH, INTERACTIVE, TenantPolicies, load_policies
+from .admission import Admission, Ticket
+from .device import ClassShare
 from .health import ModelHealth
 from .job import Job
 from .runner import ArenaRelease, Runner, choose_device
@@ -56,11 +69,19 @@ RETIRED_SWEEP_S = 0.25
 
 
 class Engine:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 tenants: TenantPolicies | None = None) -> None:
+        """`tenants`: the tenants' policies (default: read from settings.tenants)."""
         self.settings = settings
         self.metrics = metrics
         self.device = choose_device(settings)
         self.account = QueueAccount(settings.max_queued_rows, settings.max_queued_jobs)
+        self.share = ClassShare({INTERACTIVE: settings.interactive_weight, BATCH: settings.batch_weight})
+        self.device.queue.share = self.share
+        self.admission = Admission(self.account, tenants if tenants is not None else load_policies(settings.tenants),
+                                   self.share, metrics)
+        # The admitted request whose stages are running in this context (see the module docstring).
+        self._ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("explaind_ticket", default=None)
         # Least recently used first.
         self._schedulers: collections.OrderedDict[Key, Scheduler] = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
@@ -104,7 +125,8 @@ class Engine:
             device=self.device, max_batch_rows=spec.max_batch_rows(served.signature, served.max_batch_rows),
             max_delay_s=served.max_delay_ms / 1000.0, account=self.account,
             on_batch=self.metrics.record_batch if self.metrics else None,
-            on_queue=self._report_queue if self.metrics else None)
+            on_queue=self._report_queue if self.metrics else None,
+            share=self.share, on_rows=self.admission.rows_done, on_measured=self.admission.measured)
         self._schedulers[key] = scheduler
         self._evict()
         return scheduler
@@ -181,19 +203,27 @@ class Engine:
 
     # Jobs ---------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def admit(self, served: ServedModel, method: str, tenant: str, deadline: float | None,
+              rows: int | None, partial: bool = False) -> Iterator[Ticket]:
+        """Admit a whole request (`rows`: its planned rows, None when its method cannot say) before
+        its first stage, or refuse it at once (ResourceExhausted); its stages run inside the block.
+        `partial`: the request accepts a partial answer at its deadline (not refused for lack of time)."""
+        ticket = self.admission.open(served.name, method, tenant, deadline, rows, partial)
+        token = self._ticket.set(ticket)
+        try:
+            yield ticket
+        finally:
+            self._ticket.reset(token)
+            ticket.close()
+
     def submit(self, served: ServedModel, spec: VariantSpec, job: Job) -> Scheduler:
-        """Queue a job or refuse it at once when the bounds would be exceeded."""
-        account = self.account
-        if account.jobs + 1 > account.max_jobs or account.rows + job.total_rows > account.max_rows:
-            if self.metrics:
-                self.metrics.refused.labels(served.name).inc()
-            raise ResourceExhausted(
-                f"the engine queue is full ({account.jobs} jobs and {account.rows} rows queued; limits "
-                f"{account.max_jobs} jobs and {account.max_rows} rows; this request needs "
-                f"{job.total_rows} rows): retry later")
+        """Queue a job or refuse it at once (ResourceExhausted) when the bounds, the tenant's quotas or
+        its deadline do not allow it."""
         scheduler = self.scheduler(served, spec)
-        account.jobs += 1
-        account.rows += job.total_rows
+        self.admission.admit(job, scheduler, served.name, scheduler.drop, self._ticket.get())
+        self.account.jobs += 1
+        self.account.rows += job.total_rows
         scheduler.add(job)
         return scheduler
 

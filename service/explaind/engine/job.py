@@ -56,6 +56,7 @@ class Job:
         # so a batch holding only such jobs does not wait max_delay for more rows.
         self.eager = eager
         self.tenant = tenant  # who asked: quotas and priority are per tenant
+        self.priority = "interactive"  # the tenant's priority class, set when the engine admits the job
         self._rows = rows
         self._buffer: RowChunk | None = None
         self._buffer_offset = 0

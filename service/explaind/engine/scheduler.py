@@ -1,11 +1,15 @@
 """The row-budget scheduler of one (model, variant, device).
 
 Batches are formed by rows, not requests: up to `max_batch_rows`, waiting at most `max_delay_s` for
-more, taken round-robin across active jobs so a 10,000-row job cannot starve a 20-row one (short jobs
-go in whole, long ones take turns: see `_form_batch`). Per-job constants are stacked (one slot per job
-in the batch) and each row carries its slot index, so rows of different requests share a batch. At
-most two batches are in flight: one running on the device while the next is formed. Results are
-handed back in batch order.
+more. Jobs within a fair share of the batch go in whole and short jobs (at most SHORT_BATCHES batches
+of rows) come next, so a 10,000-row job cannot starve a 20- or a 200-row one; the rest of a batch goes
+to long jobs of the priority class owed the most device time (device.ClassShare), earliest deadline
+first, so admitted work finishes in deadline order instead of all of it advancing together past its
+deadlines; long jobs without a deadline come after, taking turns (see `_form_batch`). Per-job
+constants are stacked (one slot per job in the batch) and each row carries its slot index, so rows of
+different requests share a batch. At most two batches are in flight: one running on the device while
+the next is formed. Results are handed back in batch order. The scheduler measures its variant's
+model seconds per row (`seconds_per_row`), which admission uses to cost what it admits.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -21,12 +26,21 @@ import numpy as np
 
 from ..errors import DeadlineExceeded, ExplaindError
 from ..onnxgraph.variants import VariantInterface
+from .device import BatchPriority, ClassShare
 from .job import Job, RowChunk, chunk_rows
 from .runner import Device, Runner
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2
+# Weight of one full batch in the moving average of seconds per row (a batch of k rows: k / max_batch_rows
+# of it, so a variant's few one-row batches barely move the figure its full batches set): about the
+# last 20 batches, so one batch slowed by another process does not swing what admission admits.
+EMA_WEIGHT = 0.05
+EMA_CLAMP = 4.0  # a batch counts for at most 4x (or 1/4) the average: one preempted batch moves it little
+# A job of at most this many batches of rows is short: it runs before long jobs, smallest first (its
+# latency is a few batches; admission counts short work as ahead of every long job).
+SHORT_BATCHES = 4
 
 
 @dataclass
@@ -36,16 +50,19 @@ class Batch:
     feed: dict[str, np.ndarray]
     rows: int
     formed_at: float
+    lead: Job  # the job the batch was formed for (the first long job served, else the first job)
 
 
 class QueueAccount:
-    """Rows and jobs queued across all schedulers, against the configured bounds."""
+    """Rows and jobs queued across all schedulers, against the configured bounds; `reserved`: rows that
+    admitted requests planned and have not yet submitted as jobs (engine.admission)."""
 
     def __init__(self, max_rows: int, max_jobs: int) -> None:
         self.max_rows = max_rows
         self.max_jobs = max_jobs
         self.rows = 0
         self.jobs = 0
+        self.reserved = 0
 
 
 class Scheduler:
@@ -53,7 +70,10 @@ class Scheduler:
                  runner_factory: Callable[[], Awaitable[Runner]], device: Device,
                  max_batch_rows: int, max_delay_s: float, account: QueueAccount,
                  on_batch: Callable[[str, str, int, int, float], None] | None = None,
-                 on_queue: Callable[[str, str, int, int], None] | None = None) -> None:
+                 on_queue: Callable[[str, str, int, int], None] | None = None,
+                 share: ClassShare | None = None,
+                 on_rows: Callable[[Job, int], None] | None = None,
+                 on_measured: Callable[[bool], None] | None = None) -> None:
         self.model = model
         self.variant = variant
         self.interface = interface
@@ -72,6 +92,12 @@ class Scheduler:
         self._stack_cache: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None
         self._on_batch = on_batch
         self._on_queue = on_queue
+        self._share = share
+        self._on_rows = on_rows          # (job, rows) evaluated for it
+        self._on_measured = on_measured  # (first measurement?) after each batch
+        # Model seconds per row of this variant, a moving average over its batches; None until one ran.
+        self.seconds_per_row: float | None = None
+        self.measured_at = -math.inf  # time.monotonic() of the last batch measured
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {model}/{variant}")
 
     # Jobs ---------------------------------------------------------------------------------------
@@ -95,6 +121,11 @@ class Scheduler:
 
     def queued_jobs(self) -> int:
         return len(self._jobs)
+
+    @property
+    def short_rows(self) -> int:
+        """Jobs of at most this many rows are short (SHORT_BATCHES)."""
+        return SHORT_BATCHES * self.max_batch_rows
 
     @property
     def idle(self) -> bool:
@@ -158,20 +189,31 @@ class Scheduler:
             self.drop(job)
 
     def _form_batch(self) -> Batch | None:
-        """Short jobs first, whole; then long jobs in turn, the first in the rotation taking all it can.
+        """Small jobs whole, short jobs next; then long jobs: the class owed most, earliest deadline first.
 
         A job with no more rows than a fair share of the batch (max_batch_rows / active jobs) goes in
-        whole, so a short request never waits behind long ones. The rest of the batch goes to the long
-        jobs in rotation order: the rotation moves by one job per batch, so long jobs are served in turn
-        (equal rows over a round) and a batch mostly holds one job's rows, which the prefixes then use
-        without a per-row copy of that job's constants (GraphBuilder.job_rows).
+        whole, so a small request never waits behind long ones; short jobs (short_rows) follow,
+        fewest rows left first. The rest of the batch goes to the long jobs of the class the device
+        share picks, earliest deadline first (the first taking all it can: under admission control,
+        admitted work then finishes by its deadline), then to jobs without a deadline in rotation
+        order (the rotation moves by one job per batch, so they are served in turn: equal rows over a
+        round), then to the other classes the same way. A batch mostly holds one job's rows, which
+        the prefixes then use without a per-row copy of that job's constants (GraphBuilder.job_rows).
         """
         capacity = self.max_batch_rows
         taken: dict[Job, RowChunk] = {}
         active = [job for job in self._jobs if job.remaining > 0]
         share = max(1, capacity // max(1, len(active)))
-        short = [job for job in active if job.remaining <= share]
-        for job in short + [job for job in active if job.remaining > share]:
+        small = [job for job in active if job.remaining <= share]
+        short = sorted((job for job in active if job.remaining > share and job.total_rows <= self.short_rows),
+                       key=lambda j: j.remaining)
+        long = [job for job in active if job.remaining > share and job.total_rows > self.short_rows]
+        if long:
+            turn = {job: i for i, job in enumerate(self._jobs)}
+            chosen = self._share.pick({job.priority for job in long}) if self._share else ""
+            long.sort(key=lambda j: (j.priority != chosen, j.deadline is None, j.deadline or 0.0, turn[j]))
+        lead = long[0] if long else None
+        for job in small + short + long:
             if capacity == 0:
                 break
             chunk = job.take(min(job.remaining, capacity))
@@ -197,7 +239,14 @@ class Scheduler:
         feed["job_index"] = np.repeat(np.arange(len(jobs), dtype=np.int64), counts)
         for name in self.interface.codes:
             feed[name] = np.concatenate([c[name] for c in codes])
-        return Batch(jobs, codes, feed, sum(counts), now)
+        return Batch(jobs, codes, feed, sum(counts), now, lead if lead in taken else jobs[0])
+
+    def _priority(self, batch: Batch) -> BatchPriority:
+        """The batch's place in the device queue: short requests first, then class share and deadline."""
+        size = min(job.total_rows for job in batch.jobs)
+        lead = batch.lead
+        return BatchPriority(size, short=size <= self.short_rows, klass=lead.priority,
+                             deadline=lead.deadline if lead.deadline is not None else math.inf)
 
     def _stacked_constants(self, jobs: list[Job]) -> dict[str, np.ndarray]:
         """Per-job constants stacked one slot per job; reused while the same jobs share batches."""
@@ -218,7 +267,7 @@ class Scheduler:
         try:
             runner = await self._runner_ready()
             slot_ids = tuple(job.id for job in batch.jobs)
-            priority = min(job.total_rows for job in batch.jobs)
+            priority = self._priority(batch)
             # Timed on the device thread: the run itself, not the wait behind other batches.
             outputs, seconds = await asyncio.wrap_future(
                 self.device.queue.submit(priority, runner.timed_run, batch.feed, slot_ids))
@@ -236,16 +285,36 @@ class Scheduler:
     def _deliver(self, batch: Batch, outputs: dict[str, np.ndarray], seconds: float) -> None:
         if self._on_batch:
             self._on_batch(self.model, self.variant, batch.rows, len(batch.jobs), seconds)
+        first = self.seconds_per_row is None
+        self._measure(seconds, batch.rows)
         start = 0
         for slot, (job, codes) in enumerate(zip(batch.jobs, batch.codes)):
             n = chunk_rows(codes)
             job.stats.batches += 1
             job.stats.rows += n
             job.stats.compute_seconds += seconds * n / batch.rows
+            if self._share:  # device time (the smoothed figure: one batch preempted charges no class a lot)
+                self._share.charge(job.priority, n * (self.seconds_per_row or 0.0))
             row_outputs = {name: outputs[name][start : start + n] for name in self.interface.row_outputs}
             slot_outputs = {name: outputs[name][slot] for name in self.interface.slot_outputs}
             job.deliver(codes, row_outputs, slot_outputs)
+            if self._on_rows:
+                self._on_rows(job, n)
             start += n
+        if self._on_measured:
+            self._on_measured(first)
+
+    def _measure(self, seconds: float, rows: int) -> None:
+        """Fold one batch into the moving average of seconds per row (the first sets it; a batch counts
+        for at most EMA_CLAMP times the average either way, so one preempted batch moves it little)."""
+        per_row = seconds / max(rows, 1)
+        self.measured_at = time.monotonic()
+        if self.seconds_per_row is None:
+            self.seconds_per_row = per_row
+        else:
+            per_row = min(max(per_row, self.seconds_per_row / EMA_CLAMP), self.seconds_per_row * EMA_CLAMP)
+            weight = EMA_WEIGHT * min(1.0, rows / self.max_batch_rows)
+            self.seconds_per_row += weight * (per_row - self.seconds_per_row)
 
     async def close(self) -> None:
         self._task.cancel()

@@ -59,6 +59,9 @@ class Rise(Method):
         Float("baseline", 0.0, "value replacing the masked input, in model input space"),
     )
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        return params["num_masks"]
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         height, width = ctx.model.signature.spatial_shape
         s, p, n = params["grid_size"], params["keep_probability"], params["num_masks"]
