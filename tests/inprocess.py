@@ -12,7 +12,12 @@ sessions, no gRPC.
 * `served_onnx(name, model, example_shape)`: an exported ONNX model (input "input", output
   "logits") with its white box (its 4-d activations as layers), as `model` for the two above.
 * `serve_requests(*queries)` / `serve_request(query)`: whole requests (an ExplainQuery: preprocessing,
-  target choice, the method, the response) through explaind's Explainer on the demo repository.
+  target choice, the method, the response) through explaind's Explainer on the demo repository
+  (`methods`: replacements for some of its methods, such as `first_rows` makes).
+* `first_rows(method, rows)`: the method with each stage of more rows cut to its first `rows`, as a
+  deadline cuts a partial stage (allow_partial): the reference for partial answers.
+* `slowed(method, seconds)`: the method with each batch of its partial stages folded in `seconds`
+  later, so that a deadline of a second or two falls after some batches and before the last.
 
 `model` is a ServedModel (its ModelView then from `view_of(served, **view_fields)`) or a
 (ServedModel, ModelView) pair such as `served_onnx` returns.
@@ -21,15 +26,18 @@ sessions, no gRPC.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from explaind.config import Settings
 from explaind.engine.engine import Engine, ServedModel
-from explaind.methods.base import Method, MethodContext, ModelView
+from explaind.methods.base import Method, MethodContext, ModelView, Reducer
 from explaind.models.white_box import WhiteBox, four_d_activations, last_pooled_activation
 from explaind.onnxgraph.signature import ModelSignature
 
@@ -46,6 +54,8 @@ class Outcome:
     compute_seconds: float
     figures: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    complete: bool = True
+    planned_evaluations: int = 0
 
 
 def view_of(served: ServedModel, kind: str = "image", background: np.ndarray | None = None, white_box: Any = None,
@@ -56,17 +66,21 @@ def view_of(served: ServedModel, kind: str = "image", background: np.ndarray | N
 
 async def run_method(engine: Engine, served: ServedModel, method: Method, given: dict[str, Any], x: np.ndarray,
                      target: int, score: str = "probability", seed: int = 1, view: ModelView | None = None,
+                     deadline: float | None = None, allow_partial: bool = False, on_partial: Any = None,
                      **view_fields: Any) -> tuple[Outcome, dict[str, Any]]:
-    """Explain `x` for class `target`; `view` (or the fields of view_of) describes the model."""
+    """Explain `x` for class `target`; `view` (or the fields of view_of) describes the model; `deadline`
+    (time.monotonic()), `allow_partial` and `on_partial` as MethodContext's."""
     view = view or view_of(served, **view_fields)
     params = method.parameters(given, view, engine.settings, score)
     ctx = MethodContext(engine=engine, served=served, model=view, x=np.asarray(x, np.float32), score=score,
                         rng=np.random.default_rng(seed), settings=engine.settings,
-                        choose_target=lambda prediction: int(target))
+                        choose_target=lambda prediction: int(target), deadline=deadline,
+                        allow_partial=allow_partial, on_partial=on_partial)
     run = await method.explain(params, ctx)
     s = run.stats
     outcome = Outcome(run.result.attribution, s.model_evaluations, s.batches, s.stages, s.queue_seconds,
-                      s.compute_seconds, run.result.figures, run.result.arrays)
+                      s.compute_seconds, run.result.figures, run.result.arrays, run.complete,
+                      s.planned_evaluations)
     return outcome, params
 
 
@@ -130,10 +144,78 @@ def served_onnx(name: str, model: Any, example_shape: tuple[int, ...], max_batch
     return served, ModelView("image" if image else "tabular", signature, None, white_box, None, model)
 
 
-def serve_requests(*queries: Any, repository: Path | None = None, threads: int = 2) -> list[Any]:
+def first_rows(method: Method, rows: int) -> Method:
+    """A copy of `method` whose stages of more than `rows` rows run only their first `rows` (the same
+    codes, drawn from the same seed in the same order, the rest never drawn): what a stage cut short by
+    the deadline with allow_partial folds in, finished the same way."""
+    return _map_stages(method, lambda s: dataclasses.replace(s, rows=_prefix(s.rows, rows), total_rows=rows)
+                       if s.total_rows > rows else s)
+
+
+def slowed(method: Method, seconds: float) -> Method:
+    """A copy of `method` whose partial stages fold each batch in `seconds` later (a sleep on the event
+    loop, as a slow reducer would), the reducers' answers unchanged."""
+    return _map_stages(method, lambda s: dataclasses.replace(s, reducer=_Slow(s.reducer, seconds)) if s.partial else s)
+
+
+class _Slow(Reducer):
+    def __init__(self, inner: Reducer, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    def consume(self, codes: Any, rows: Any, slot: Any) -> None:
+        time.sleep(self.seconds)
+        self.inner.consume(codes, rows, slot)
+
+    def preview(self) -> np.ndarray:
+        return self.inner.preview()
+
+    def partial_unavailable(self) -> str:
+        return self.inner.partial_unavailable()
+
+    def __getattr__(self, name: str) -> Any:  # the method reads its reducer's results
+        return getattr(self.inner, name)
+
+
+def _map_stages(method: Method, change: Any) -> Method:
+    """A copy of `method` whose stages go through `change(stage) -> stage` (reducers sent back as made)."""
+    cut = copy.copy(method)
+    stages_of = method.stages
+
+    def stages(params: dict[str, Any], ctx: MethodContext) -> Any:
+        steps = stages_of(params, ctx)
+        if not hasattr(steps, "send"):  # a Result: no stage
+            return steps
+        sent = None
+        while True:
+            try:
+                step = steps.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            group = [change(s) for s in (step if isinstance(step, list) else [step])]
+            sent = yield (group if isinstance(step, list) else group[0])
+
+    cut.stages = stages  # type: ignore[method-assign]
+    return cut
+
+
+def _prefix(chunks: Iterator[dict[str, np.ndarray]], rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The first `rows` rows of a lazy chunk source (the last chunk cut)."""
+    left = rows
+    for chunk in chunks:
+        n = min(left, len(next(iter(chunk.values()))))
+        yield {k: v[:n] for k, v in chunk.items()}
+        left -= n
+        if left == 0:
+            return
+
+
+def serve_requests(*queries: Any, repository: Path | None = None, threads: int = 2,
+                   methods: dict[str, Method] | None = None) -> list[Any]:
     """Whole ExplainQuery requests through explaind's Explainer, in process: the model repository
     (by default the demo one) scanned as a server would, one Engine for all of them, all at once
-    (their rows share batches). Returns the Explainer's results in order; the first error is raised."""
+    (their rows share batches); `methods` replace the Explainer's methods of those names. Returns the
+    Explainer's results in order; the first error is raised."""
     from explaind.explainer import Explainer  # here: only whole-request tests need the request path
     from explaind.models.repository import ModelRepository
 
@@ -142,6 +224,7 @@ def serve_requests(*queries: Any, repository: Path | None = None, threads: int =
         repo.scan()
         engine = Engine(Settings(intra_op_threads=threads))
         explainer = Explainer(engine.settings, repo, engine)
+        explainer.methods.update(methods or {})
         try:
             return list(await asyncio.gather(*(explainer.explain(q) for q in queries)))
         finally:
@@ -150,6 +233,7 @@ def serve_requests(*queries: Any, repository: Path | None = None, threads: int =
     return asyncio.run(main())
 
 
-def serve_request(query: Any, repository: Path | None = None, threads: int = 2) -> Any:
+def serve_request(query: Any, repository: Path | None = None, threads: int = 2,
+                  methods: dict[str, Method] | None = None) -> Any:
     """One request through serve_requests."""
-    return serve_requests(query, repository=repository, threads=threads)[0]
+    return serve_requests(query, repository=repository, threads=threads, methods=methods)[0]

@@ -94,6 +94,9 @@ class Settings:
                 "CUDA: each session's gpu_mem_limit, 0: onnxruntime's default; -1: no cap"})
     grace_period_s: float = field(default=30.0, metadata={"help": "on SIGTERM, time for requests in flight"})
     partial_every: float = field(default=0.1, metadata={"help": "stream a partial map every this fraction"})
+    partial_margin_ms: float = field(default=50.0, metadata={
+        "help": "allow_partial: a sampling stage stops this long (plus its slowest batch fold) before the "
+                "deadline, to finish and send the partial answer in time"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG | INFO | WARNING | ERROR"})
     log_format: str = field(default="json", metadata={"help": "json | text"})
 
@@ -124,6 +127,8 @@ class Settings:
         load_policies(self.tenants)  # the file is checked at startup (ValueError naming the key)
         if not 0 < self.partial_every <= 1:
             raise ValueError(f"partial_every must be in (0, 1], got {self.partial_every}")
+        if self.partial_margin_ms < 0:
+            raise ValueError(f"partial_margin_ms must be >= 0, got {self.partial_margin_ms}")
         if self.providers not in ("auto", "cpu", "cuda"):
             raise ValueError(f"providers must be auto, cpu or cuda, got {self.providers!r}")
         if self.log_format not in ("json", "text"):

@@ -19,7 +19,7 @@ import numpy as np
 from .config import Settings
 from .engine.engine import Engine, ServedModel
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction
+from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction, RunStats
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
 from .models.live import ModelControl
@@ -31,6 +31,8 @@ from .render import RenderOptions, render_heatmap
 log = logging.getLogger(__name__)
 
 TOP_CLASSES = 5
+# The stats a method's run reports (RunStats), copied into Stats.
+RUN_STATS = ("model_evaluations", "batches", "stages", "queue_seconds", "compute_seconds", "planned_evaluations")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ExplainQuery:
     seed: int = 0
     score: str = ""                     # "" (method default), "probability" or "logit"
     render: RenderOptions | None = None
+    allow_partial: bool = False         # at the deadline, a partial answer from the rows so far
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Stats:
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0  # the device time of this request's rows (their share of each batch)
     total_seconds: float = 0.0
+    planned_evaluations: int = 0  # what the method planned (model_evaluations unless the answer is partial)
 
 
 @dataclass
@@ -247,23 +251,24 @@ class Explainer:
             engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
             rng=np.random.default_rng(seed), settings=self.settings,
             choose_target=lambda prediction: self._target(query, entry, prediction.probabilities),
-            deadline=deadline, tenant=tenant, on_progress=on_progress)
+            deadline=deadline, tenant=tenant, allow_partial=query.allow_partial, on_progress=on_progress)
 
-        def stats() -> Stats:
+        def stats(run: RunStats) -> Stats:
             return Stats(seed=seed, model_sha256=entry.sha256, method=p.method.name, parameters=p.params,
-                         score=p.score, tenant=tenant, total_seconds=time.monotonic() - started)
+                         score=p.score, tenant=tenant, total_seconds=time.monotonic() - started,
+                         **{name: getattr(run, name) for name in RUN_STATS})
 
         if on_partial is not None:
-            def partial(attribution: np.ndarray) -> None:
+            def partial(attribution: np.ndarray, so_far: RunStats) -> None:
                 # Partial maps come after the prediction stage, so the target and top classes are known.
                 top = self._top_classes(entry, ctx.prediction) if ctx.prediction is not None else []
-                on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"", stats(),
-                                       complete=False))
+                on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"",
+                                       stats(so_far), complete=False))
             ctx.on_partial = partial
         planned = p.method.planned_rows(p.params, ctx)
         # Admitted (or refused at once) as a whole before the first stage: the prediction row and the rest.
         # A request that takes a partial answer at its deadline is not refused for lack of time.
-        partial = bool(getattr(query, "allow_partial", False) and getattr(p.method, "partial_results", ""))
+        partial = query.allow_partial and bool(p.method.partial_results)
         with self.engine.admit(p.served, p.method.name, tenant, deadline, None if planned is None else planned + 1,
                                partial):
             run = await p.method.explain(p.params, ctx)
@@ -274,12 +279,9 @@ class Explainer:
             if options.clip_percentile_low is None and p.method.render_low_percentile is not None:
                 options = dataclasses.replace(options, clip_percentile_low=p.method.render_low_percentile)
             heatmap = render_heatmap(run.result.attribution, options, image=image)
-        final = stats()
-        for name in ("model_evaluations", "batches", "stages", "queue_seconds", "compute_seconds"):
-            setattr(final, name, getattr(run.stats, name))
         return Explanation(run.result.attribution, run.target, entry.labels[run.target],
-                           self._top_classes(entry, run.prediction), heatmap, final, run.result.figures,
-                           run.result.arrays)
+                           self._top_classes(entry, run.prediction), heatmap, stats(run.stats), run.result.figures,
+                           run.result.arrays, complete=run.complete)
 
     def _target(self, query: ExplainQuery, entry: LoadedModel, probabilities: np.ndarray) -> int:
         if query.target_label is not None:

@@ -29,6 +29,7 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ({"EXPLAIND_MAX_BATCH_ROWS": "0"}, "max_batch_rows must be positive"),
     ({"EXPLAIND_PROVIDERS": "tpu"}, "providers must be auto, cpu or cuda"),
     ({"EXPLAIND_PARTIAL_EVERY": "0"}, "partial_every"),
+    ({"EXPLAIND_PARTIAL_MARGIN_MS": "-1"}, "partial_margin_ms must be >= 0, got -1.0"),
     ({"EXPLAIND_SPIN": "1"}, "spin must be run, always or off, got '1'"),
     ({"EXPLAIND_COMPUTE_NICE": "20"}, "compute_nice must be in .0, 19., got 20"),
     ({"EXPLAIND_BLAS_THREADS": "-1"}, "blas_threads must be >= 0"),

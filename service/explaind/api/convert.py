@@ -42,7 +42,7 @@ def message_fields(message: Message) -> dict[str, Any]:
 
 
 def explain_query(request: pb.ExplainRequest) -> ExplainQuery:
-    query = ExplainQuery(model=request.model, seed=request.seed)
+    query = ExplainQuery(model=request.model, seed=request.seed, allow_partial=request.allow_partial)
     input_kind = request.WhichOneof("input")
     if input_kind == "tensor":
         try:
@@ -110,7 +110,8 @@ def explain_response(result: Explanation) -> pb.ExplainResponse:
     stats = pb.Stats(seed=s.seed, model_evaluations=s.model_evaluations, batches=s.batches, stages=s.stages,
                      queue_seconds=s.queue_seconds, compute_seconds=s.compute_seconds,
                      total_seconds=s.total_seconds, model_sha256=s.model_sha256, method=s.method,
-                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score], tenant=s.tenant)
+                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score], tenant=s.tenant,
+                     planned_evaluations=s.planned_evaluations)
     top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
     return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),

@@ -26,6 +26,8 @@ from . import convert
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+# A cancellation this close to the call's deadline is the deadline's (the client's clock started first).
+DEADLINE_SLACK_S = 0.05
 # Who is calling: the tenant name for a call's metadata, or an ExplaindError (UNAUTHENTICATED).
 Identify = Callable[[grpc.aio.ServicerContext], str]
 
@@ -67,6 +69,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         async with self._call(request, context) as call:
             query = convert.explain_query(request)
             result = await self.explainer.explain(query, deadline=_deadline(context), tenant=call.tenant)
+            call.complete = result.complete
             return convert.explain_response(result)
 
     async def ExplainStream(self, request: pb.ExplainRequest,
@@ -90,6 +93,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             try:
                 while (update := await updates.get()) is not None:
                     yield update
+                call.complete = task.result().complete
                 yield pb.ExplainUpdate(result=convert.explain_response(task.result()))
             finally:
                 task.cancel()
@@ -158,6 +162,7 @@ class _ErrorMapper:
         self.request = request
         self.started = time.monotonic()
         self.tenant = ANONYMOUS
+        self.complete = True  # False: the answer was partial (allow_partial at the deadline), logged
 
     async def __aenter__(self) -> "_ErrorMapper":
         try:
@@ -181,7 +186,8 @@ class _ErrorMapper:
         elif isinstance(exc, ExplaindError):
             code = exc.code
         elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-            code = grpc.StatusCode.CANCELLED
+            # grpc cancels the handler both when the client cancels and when the deadline passes.
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(self.context) else grpc.StatusCode.CANCELLED
         elif isinstance(exc, grpc.aio.AbortError):
             return False
         else:
@@ -211,8 +217,18 @@ class _ErrorMapper:
         self.servicer.metrics.requests.labels(model, method, code.name).inc()
         if code == grpc.StatusCode.OK:
             self.servicer.metrics.request_seconds.labels(model, method).observe(seconds)
-        log.info("explain", extra={"model": model, "method": method, "code": code.name,
-                                   "seconds": round(seconds, 4)})
+        extra = {"model": model, "method": method, "code": code.name, "seconds": round(seconds, 4)}
+        if code == grpc.StatusCode.OK and not self.complete:
+            extra["complete"] = False
+        log.info("explain", extra=extra)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """The call has a deadline and it has come, or nearly: the client's deadline starts when it sends,
+    before the server's, so its expiry can cancel the call a network latency before the server's own
+    (measured on loopback: the stream's cancellation came first in some runs)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

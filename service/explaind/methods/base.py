@@ -13,11 +13,21 @@ The base class alone runs them: it first runs the prediction of the unperturbed 
 any other, which settles the target), then drives the generator in a worker thread (so segmenting
 or a regression never holds the event loop), sums the stages' statistics, reports progress and
 partial maps, and honours the deadline between stages (the engine drops expired rows within one).
+
+Anytime answers (`allow_partial`): a stage marked `partial` whose method declares `partial_results`
+ends a margin before the request's deadline with the rows folded in so far; its reducer says whether
+they give an answer (`Reducer.partial_unavailable`), the method finishes from it as from a complete
+stage, and the stats count the rows used beside those planned. The margin is
+`partial_margin_ms` (finishing the reducer, rendering and sending the answer) plus the longest time
+one of the request's batches took to fold in on the event loop (the stop cannot fire while one is
+being folded in), re-armed as batches come. Rows still queued are dropped; rows on the device when
+the stop fires are discarded (waiting for them could cost a whole batch of time past the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from abc import ABC, abstractmethod
@@ -28,7 +38,7 @@ import numpy as np
 
 from ..config import Settings
 from ..engine.engine import Engine, ServedModel
-from ..engine.job import Job, JobStats, RowChunk
+from ..engine.job import Consumer, Job, JobStats, RowChunk, chunk_rows
 from ..errors import DeadlineExceeded
 from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import PROBABILITIES_OUTPUT, RAW_OUTPUT, VariantSpec
@@ -81,8 +91,9 @@ class MethodContext:
     layer_activation: np.ndarray | None = None  # Method.prediction_layer's activation [K, h, w], read by the prediction
     deadline: float | None = None  # time.monotonic()
     tenant: str = "anonymous"      # who asked (the engine's quotas and priorities are per tenant)
+    allow_partial: bool = False    # at the deadline, answer from the rows so far (partial stages only)
     on_progress: Callable[[int, int], None] | None = None
-    on_partial: Callable[[np.ndarray], None] | None = None
+    on_partial: Callable[[np.ndarray, "RunStats"], None] | None = None  # a partial map and the stats so far
 
     def target_constants(self) -> dict[str, np.ndarray]:
         """The constants nearly every scoring stage has: the input and the target class."""
@@ -98,6 +109,11 @@ class Reducer(ABC):
     def preview(self) -> np.ndarray:
         """A partial map for streaming (on the event loop: must be cheap)."""
         raise NotImplementedError(f"{type(self).__name__} streams no partial maps")
+
+    def partial_unavailable(self) -> str:
+        """Why the rows folded in so far give no answer ("" when they do); asked when a `partial` stage
+        ended at the deadline, so the method's finish then runs on what this reducer holds."""
+        return ""
 
 
 R = TypeVar("R", bound=Reducer)
@@ -115,6 +131,7 @@ class Stage(Generic[R]):
     evaluations_per_row: int = 1  # model evaluations one row costs (a coalition over B background rows: B)
     partial_maps: bool = False    # stream reducer.preview() as partial maps
     eager: bool = False           # the request waits on these rows alone: no wait for company in a batch
+    partial: bool = False         # with allow_partial, may end at the deadline with the rows so far
 
 
 @dataclass
@@ -128,21 +145,25 @@ class Result:
 
 @dataclass
 class RunStats:
-    """What a request's stages cost, summed (concurrent stages: the longest wait)."""
+    """What a request's stages cost, summed (concurrent stages: the longest wait). `planned_evaluations`
+    counts the stages' planned rows, which the evaluations reach unless a stage ended at the deadline."""
 
     model_evaluations: int = 0
     batches: int = 0
     stages: int = 0
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    planned_evaluations: int = 0
 
-    def add(self, stats: list[tuple[JobStats, int]]) -> None:
-        """One step: the stats of the jobs that ran together, with their evaluations per row."""
-        self.model_evaluations += sum(s.rows * per_row for s, per_row in stats)
-        self.batches += sum(s.batches for s, _ in stats)
+    def add(self, stats: list[tuple[JobStats, int, int]]) -> None:
+        """One step: the stats of the jobs that ran together, each with its evaluations per row and its
+        planned rows."""
+        self.model_evaluations += sum(s.rows * per_row for s, per_row, _ in stats)
+        self.planned_evaluations += sum(planned * per_row for _, per_row, planned in stats)
+        self.batches += sum(s.batches for s, _, _ in stats)
         self.stages += len(stats)
-        self.queue_seconds += max(s.queue_seconds for s, _ in stats)
-        self.compute_seconds += sum(s.compute_seconds for s, _ in stats)
+        self.queue_seconds += max(s.queue_seconds for s, _, _ in stats)
+        self.compute_seconds += sum(s.compute_seconds for s, _, _ in stats)
 
 
 @dataclass
@@ -151,6 +172,7 @@ class MethodResult:
     stats: RunStats
     target: int
     prediction: Prediction
+    complete: bool = True  # False: a stage ended at the deadline (allow_partial) and the answer is partial
 
 
 Stages = Generator[Union[Stage[Any], list[Stage[Any]]], Any, Result]
@@ -184,6 +206,9 @@ class Method(ABC):
     figures: ClassVar[tuple[str, ...]] = ()  # names of its figures (documented; per-area ones as name_i)
     # Heatmaps clip below this percentile unless the request says otherwise (None: at zero).
     render_low_percentile: ClassVar[float | None] = None
+    # How the answer is formed from the rows so far when the deadline comes with allow_partial (its
+    # stages marked `partial`); "": no partial form, the request ends with DEADLINE_EXCEEDED (documented).
+    partial_results: ClassVar[str] = ""
 
     def unavailable(self, model: ModelView) -> str:
         """Why this model cannot serve the method ("" when it can), from what the method needs."""
@@ -222,7 +247,8 @@ class Method(ABC):
         return None
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        runner = _StageRunner(ctx, self.planned_rows(params, ctx))
+        runner = _StageRunner(ctx, self.planned_rows(params, ctx), allow_partial=ctx.allow_partial and
+                              bool(self.partial_results))
         layer = self.prediction_layer(params)
         predicted = await runner.run([prediction_stage(ctx.x, layer)], counted=False)
         out = predicted[0].outputs
@@ -238,13 +264,17 @@ class Method(ABC):
             kind, value = await asyncio.to_thread(_advance, steps, sent)
             if kind == "done":
                 break
+            if runner.stopped:
+                steps.close()
+                raise DeadlineExceeded(f"the request's deadline came during stage {runner.stats.stages} and "
+                                       f"{self.name} has more stages: no partial answer")
             runner.check_deadline()
             group = value if isinstance(value, list) else [value]
             reducers = await runner.run(group)
             sent = reducers if isinstance(value, list) else reducers[0]
         result: Result = value
         result.attribution = np.asarray(result.attribution, np.float32)
-        return MethodResult(result, runner.stats, ctx.target, ctx.prediction)
+        return MethodResult(result, runner.stats, ctx.target, ctx.prediction, complete=not runner.stopped)
 
 
 def _advance(steps: Stages, sent: Any) -> tuple[str, Any]:
@@ -257,15 +287,18 @@ def _advance(steps: Stages, sent: Any) -> tuple[str, Any]:
 
 class _StageRunner:
     """Runs a request's stages through the engine: stats, progress at most every 1% of the rows,
-    partial maps every `partial_every` of them."""
+    partial maps every `partial_every` of them, and (allow_partial) the early end of partial stages."""
 
-    def __init__(self, ctx: MethodContext, planned: int | None) -> None:
+    def __init__(self, ctx: MethodContext, planned: int | None, allow_partial: bool = False) -> None:
         self.ctx = ctx
         self.planned = planned
+        self.allow_partial = allow_partial
         self.stats = RunStats()
         self.done = 0
         self.next_progress = 0
         self.next_partial = 0
+        self.slowest_fold = 0.0  # seconds: the longest a batch took to fold in on the event loop
+        self.stopped = False     # a stage ended at the deadline with the rows so far
 
     def check_deadline(self) -> None:
         if self.ctx.deadline is not None and time.monotonic() >= self.ctx.deadline:
@@ -278,29 +311,114 @@ class _StageRunner:
         partial_step = max(1, math.floor(total * self.ctx.settings.partial_every))
         if self.next_partial == 0:
             self.next_partial = partial_step
+        stop = self._stop(stages)
+        # What each job's reducer holds: the rows and batches folded in (a batch that lands after a stop
+        # is counted by the job, not folded in), with the job's queue and compute time as of the last.
+        folded = [JobStats() for _ in stages]
+        jobs: list[Job] = []
 
-        def consumer(stage: Stage[Any]) -> Callable[[RowChunk, dict[str, np.ndarray], dict[str, np.ndarray]], None]:
+        def so_far() -> RunStats:
+            stats = dataclasses.replace(self.stats)
+            stats.add([(f, s.evaluations_per_row, s.total_rows) for f, s in zip(folded, stages)])
+            return stats
+
+        def consumer(i: int, stage: Stage[Any]) -> Consumer:
             def consume(codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+                began = time.monotonic()
                 stage.reducer.consume(codes, rows, slot)
-                if not counted:
-                    return
-                self.done += len(next(iter(codes.values())))
-                ctx = self.ctx
-                if ctx.on_progress and (self.done >= self.next_progress or self.done == total):
-                    ctx.on_progress(self.done, total)
-                    self.next_progress = self.done + progress_step
-                if stage.partial_maps and ctx.on_partial and self.next_partial <= self.done < total:
-                    ctx.on_partial(np.asarray(stage.reducer.preview(), np.float32))
-                    while self.next_partial <= self.done:
-                        self.next_partial += partial_step
+                job = jobs[i].stats
+                folded[i] = JobStats(batches=folded[i].batches + 1, rows=folded[i].rows + chunk_rows(codes),
+                                     queue_seconds=job.queue_seconds, compute_seconds=job.compute_seconds)
+                if counted:
+                    self.done += chunk_rows(codes)
+                    ctx = self.ctx
+                    if ctx.on_progress and (self.done >= self.next_progress or self.done == total):
+                        ctx.on_progress(self.done, total)
+                        self.next_progress = self.done + progress_step
+                    if stage.partial_maps and ctx.on_partial and self.next_partial <= self.done < total:
+                        ctx.on_partial(np.asarray(stage.reducer.preview(), np.float32), so_far())
+                        while self.next_partial <= self.done:
+                            self.next_partial += partial_step
+                self.slowest_fold = max(self.slowest_fold, time.monotonic() - began)
+                if stop is not None:
+                    stop.arm(self.slowest_fold)
             return consume
 
-        jobs = [Job(constants=s.constants, rows=s.rows, total_rows=s.total_rows, consume=consumer(s),
-                    deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager,
-                    tenant=self.ctx.tenant) for s in stages]
-        await asyncio.gather(*(self.ctx.engine.run(self.ctx.served, s.variant, j) for s, j in zip(stages, jobs)))
-        self.stats.add([(j.stats, s.evaluations_per_row) for s, j in zip(stages, jobs)])
+        jobs.extend(Job(constants=s.constants, rows=s.rows, total_rows=s.total_rows, consume=consumer(i, s),
+                        deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager,
+                        tenant=self.ctx.tenant) for i, s in enumerate(stages))
+        runs = [self.ctx.engine.run(self.ctx.served, s.variant, j) for s, j in zip(stages, jobs)]
+        if stop is None:
+            await asyncio.gather(*runs)
+        elif await _until_done_or(runs, stop):
+            # (every row may have been folded in just as the stop came: then nothing is missing)
+            self.stopped = any(f.rows < s.total_rows for f, s in zip(folded, stages))
+            used = sum(f.rows for f in folded)
+            why = "; ".join(w for w in (s.reducer.partial_unavailable() for s in stages) if w)
+            if why:
+                raise DeadlineExceeded(f"the request's deadline came after {used} of "
+                                       f"{sum(s.total_rows for s in stages)} rows, too few for a partial "
+                                       f"answer: {why}")
+            self.stats = so_far()
+            return [s.reducer for s in stages]
+        self.stats.add([(j.stats, s.evaluations_per_row, s.total_rows) for s, j in zip(stages, jobs)])
         return [s.reducer for s in stages]
+
+    def _stop(self, stages: list[Stage[Any]]) -> "_Stop | None":
+        """The early end of these stages, when the request allows a partial answer and they have one."""
+        if not self.allow_partial or self.ctx.deadline is None or not all(s.partial for s in stages):
+            return None
+        stop = _Stop(self.ctx.deadline - self.ctx.settings.partial_margin_ms / 1000.0)
+        stop.arm(self.slowest_fold)
+        return stop
+
+
+class _Stop:
+    """Fires at `end` less the longest fold seen (re-armed as that grows)."""
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.fired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._margin = -1.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, margin: float) -> None:
+        if margin <= self._margin or self.fired.done():
+            return
+        self._margin = margin
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, self.end - margin - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        if not self.fired.done():
+            self.fired.set_result(None)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+async def _until_done_or(runs: list[Any], stop: _Stop) -> bool:
+    """Wait for the engine runs; True if `stop` fired first (the unfinished runs are then cancelled,
+    which drops their queued rows). A failed run raises at once, the others cancelled."""
+    tasks = [asyncio.ensure_future(r) for r in runs]
+    waiting = set(tasks)
+    try:
+        while waiting:
+            done, _ = await asyncio.wait(waiting | {stop.fired}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stop.fired}:
+                waiting.discard(task)
+                task.result()
+            if stop.fired.done() and waiting:
+                return True
+        return False
+    finally:
+        stop.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def chunked(total: int, chunk: int, make: Callable[[int, int], RowChunk]) -> Iterator[RowChunk]:

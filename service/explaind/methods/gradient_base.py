@@ -94,9 +94,14 @@ class GradientReducer(Reducer):
         self.keep_layer = keep_layer
         self.layer: np.ndarray | None = None
         self.layer_grad: np.ndarray | None = None
+        self.rows = 0  # rows folded in (fewer than planned in a partial answer)
+
+    def partial_unavailable(self) -> str:
+        return "" if self.rows else "no gradient was evaluated"
 
     def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
         ids = codes["row"]
+        self.rows += len(ids)
         grads = rows[g.INPUT_GRAD_OUTPUT].astype(np.float64)
         self.total += np.tensordot(self.weights[ids].astype(np.float64), grads, axes=1)
         for row, score in zip(ids, rows[SCORE_OUTPUT]):
@@ -108,15 +113,16 @@ class GradientReducer(Reducer):
 
 def gradient_stage(ctx: MethodContext, *, rule: str = "plain", path: str = g.PATH_INPUT, layer: str = "",
                    weights: np.ndarray | None = None, codes: dict[str, np.ndarray] | None = None,
-                   constants: dict[str, np.ndarray] | None = None) -> Stage[GradientReducer]:
-    """Rows on `path` (one plain row by default) through the gradient variant, weighted by `weights`."""
+                   constants: dict[str, np.ndarray] | None = None, partial: bool = False) -> Stage[GradientReducer]:
+    """Rows on `path` (one plain row by default) through the gradient variant, weighted by `weights`;
+    `partial`: the stage may end at the deadline (allow_partial) with the rows so far."""
     weights = np.ones(1) if weights is None else weights
     exported = ctx.model.white_box.exported if ctx.model.white_box else None
     variant = g.Gradient(score=ctx.score, rule=rule, path=path, layer=layer, exported=exported)
     n = len(weights)
     rows = row_chunks(codes or {"row": np.arange(n, dtype=np.int64)}, 256)
     return Stage(variant, {**ctx.target_constants(), **(constants or {})}, rows, n,
-                 GradientReducer(ctx.x.shape, weights, keep_layer=bool(layer)))
+                 GradientReducer(ctx.x.shape, weights, keep_layer=bool(layer)), partial=partial)
 
 
 class GradientMethod(Method):

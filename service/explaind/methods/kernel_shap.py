@@ -17,6 +17,11 @@ Images: superpixels (quickshift by default, as LIME) are the players; an absent 
 the blurred image (default, Gaussian sigma 5 px), its mean colour, or a value; coalitions travel as
 bit-vector rows through the same superpixel prefix as LIME; base_value is f of the all-absent image.
 The response holds the per-pixel map, the segment map and phi per segment.
+Partial answer at the deadline (allow_partial): the regression over the coalitions evaluated so far
+(shap's order: complete subset sizes first, then the sampled ones), the sampled ones' weights
+renormalised to their sizes' kernel mass over the draws of those evaluated; f(x) and the base value
+are the first two rows. It needs the coalitions to determine the M - 1 free Shapley values (the
+constrained normal equations of full rank), else DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -71,6 +76,17 @@ class KernelShapReducer(Reducer):
             masks = codes[self.code][sampled, :self.num_players] > 0.5
             self.regression.add(ids[sampled] - 2, masks, values[sampled])
             self.seen += int(sampled.sum())
+
+    def partial_unavailable(self) -> str:
+        if self.f_x is None or self.base is None:
+            return "f(x) and the base value were not evaluated"
+        if self.num_players == 1:
+            return ""
+        rank = self.regression.rank()
+        if rank == self.num_players - 1:
+            return ""
+        return (f"the {self.seen} coalitions evaluated determine {rank} of the {self.num_players - 1} free "
+                f"Shapley values of {self.num_players} players")
 
     def phi(self, select: bool = True) -> np.ndarray:
         one_player = self.num_players == 1  # no coalition rows: phi = f(x) - base directly
@@ -165,6 +181,8 @@ class KernelShap(Method):
     kinds = frozenset({"tabular", "image"})
     arrays = ("segments", "segment_weights")
     figures = ("base_value", "f_x")
+    partial_results = ("the regression over the coalitions evaluated so far (shap's order), their weights "
+                       "renormalised; they must determine the Shapley values (full rank)")
     params = (
         Int("nsamples", None, "coalitions to evaluate, at least min(M, 2^M - 2)", nsamples_low, nsamples_high,
             shown="2M + 2048, capped at 2^M - 2 (exact)"),
@@ -237,7 +255,7 @@ class KernelShap(Method):
         reducer = yield Stage(TabularCoalition(score=ctx.score, background_rows=len(background)), constants,
                               mask_rows(coalition_chunks(stream)), stream.total + 2,
                               KernelShapReducer(stream, params["link"], l1, "mask"), partial_maps=True,
-                              evaluations_per_row=len(background))
+                              evaluations_per_row=len(background), partial=True)
         return Result(reducer.attribution(), reducer.figures())
 
     def _image(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
@@ -268,6 +286,6 @@ class KernelShap(Method):
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
         reducer = yield Stage(sp.variant(ctx.score), sp.constants(ctx, absent), sp.rows(coalition_chunks(stream)),
                               stream.total + 2, KernelShapReducer(stream, params["link"], l1, "coalition", sp.labels),
-                              partial_maps=True)
+                              partial_maps=True, partial=True)
         arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": reducer.phi().astype(np.float32)}
         return Result(reducer.attribution(), reducer.figures(), arrays)

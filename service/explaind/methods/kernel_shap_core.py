@@ -402,6 +402,16 @@ class KernelShapAccumulator:
                 phi[:, d] = self._solve_selected(selected, float(base[d]), float(diff[d]), self._p[:, d])
         return phi[:, 0] if self._squeeze or (self._k is None and np.ndim(f_x) == 0) else phi
 
+    def constrained_rank(self) -> int:
+        """The rank of the constrained normal equations with every feature selected: M - 1 when the
+        coalitions added determine phi (0 for M = 1, where phi needs no coalition)."""
+        if self.m == 1:
+            return 0
+        gram, j = self._gram, self.m - 1
+        r = np.arange(j)
+        a = gram[np.ix_(r, r)] - gram[r, j][:, None] - gram[j, r][None, :] + gram[j, j]
+        return int(np.linalg.matrix_rank(a))
+
     def _solve_selected(self, selected: np.ndarray, base: float, diff: float, p: np.ndarray) -> np.ndarray:
         phi = np.zeros(self.m)
         if len(selected) == 0:
@@ -428,7 +438,7 @@ class StreamingKernelShap:
     given all the stream's rows with their final weights (to rounding).
 
     Without l1_reg: the enumerated rows' weighted statistics, the sampled rows' statistics weighted by
-    draw counts (rescaled by the stream's ``sampled_scale`` at solve time), and each sampled row's value
+    draw counts (rescaled by :meth:`sampled_scale` at solve time), and each sampled row's value
     (8 bytes per output and a flag), so that a later draw repeating a row whose value is already in can
     add it once more (repeats are added in batches). With l1_reg the rows
     are kept too (bool masks, values), their weights computed at solve time from the final counts.
@@ -495,21 +505,41 @@ class StreamingKernelShap:
                          values[:, 0] if self._squeeze else values)
         self._pending.clear()
 
+    def sampled_scale(self) -> float:
+        """A sampled row's weight per draw: the sampled sizes' kernel mass over the draws of the rows in
+        (so the rows in carry that mass whether or not every row is in; once they all are, it is the
+        stream's ``sampled_scale``: every draw belongs to a row in)."""
+        drawn = float(self.stream.counts[self._in].sum())
+        return float(self.stream._mass / drawn) if drawn else 0.0
+
     def solve(self, f_x: np.ndarray | float, base_value: np.ndarray | float, *, select: bool = True) -> np.ndarray:
         """phi from the rows in so far, with the weights as drawn so far (final once all rows are in).
         select=False skips the l1 feature selection (a LARS fit over every row kept: seconds near the
         memory budget), for previews."""
+        acc = self._merged(self.l1_reg if select else None)
+        return acc.solve(f_x, base_value)
+
+    def rank(self) -> int:
+        """The rank of the constrained normal equations over the rows in (M - 1: they determine phi)."""
+        return self._merged(None).constrained_rank()
+
+    def _merged(self, l1_reg: L1Reg) -> KernelShapAccumulator:
+        """One accumulator of the rows in, with their weights as drawn so far (and their rows for l1_reg)."""
         self._flush()
-        l1_reg = self.l1_reg if select else None
+        scale = self.sampled_scale()
         acc = KernelShapAccumulator(self.m, self.link, l1_reg)
         acc.merge(self.fixed)
-        acc.merge(self.sampled, self.stream.sampled_scale())
+        acc.merge(self.sampled, scale)
         if l1_reg is not None and self._rows:
             ids, z, v = (np.concatenate(parts) for parts in zip(*self._rows))
             order = np.argsort(ids, kind="stable")  # the same rows in the same order whatever the batching
-            acc._rows = [(z[order].astype(np.float64), self.stream.weights(ids[order]),
-                          _apply_link(self.link, v[order]))]
-        return acc.solve(f_x, base_value)
+            ids = ids[order]
+            fixed = ids < self.stream.fixed
+            weights = np.zeros(ids.shape)
+            weights[fixed] = self.stream.fixed_weights(ids[fixed])
+            weights[~fixed] = self.stream.counts[ids[~fixed] - self.stream.fixed] * scale
+            acc._rows = [(z[order].astype(np.float64), weights, _apply_link(self.link, v[order]))]
+        return acc
 
 
 # Working memory of one request (bytes), for refusing before starting what would not fit. Measured

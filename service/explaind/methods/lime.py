@@ -17,6 +17,9 @@ feature ("x_i stays in its quartile"), all features kept (lime's default keeps 1
 feature by feature over all samples, so they are drawn up front: num_samples is bounded by
 max_request_memory_bytes for the model's number of features.
 Score: the probability by default.
+Partial answer at the deadline (allow_partial): the surrogate fitted on the samples evaluated so far
+(the first ones drawn from the seed, the first of them all on), its figures from them too; it needs at
+least one sample per feature or superpixel and one for the intercept, else DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ class LimeReducer(Reducer):
     def preview(self) -> np.ndarray:
         return self.attribution()
 
+    def partial_unavailable(self) -> str:
+        needed = self.num_features + 1
+        if self.accumulator.count >= needed:
+            return ""
+        return (f"the surrogate of {self.num_features} features needs at least {needed} samples, "
+                f"{self.accumulator.count} were evaluated")
+
     def attribution(self) -> np.ndarray:
         coefficients = self.solve()[0]
         return coefficients if self.segments is None else coefficients[self.segments]
@@ -90,6 +100,8 @@ class Lime(Method):
     kinds = frozenset({"image", "tabular"})
     arrays = ("segments", "segment_weights")
     figures = ("weighted_r2", "intercept", "num_features")
+    partial_results = ("the surrogate fitted on the samples evaluated so far (the first ones drawn from the "
+                       "seed); at least one more than the features or superpixels")
     params = (
         Int("num_samples", lambda lim: 1000 if lim.model.kind == "image" else 5000, "perturbed samples", 2,
             lambda lim: lim.settings.max_rows_per_request, shown="1000 (images), 5000 (tabular)"),
@@ -123,7 +135,7 @@ class Lime(Method):
             weights = tabular_kernel_weights(binary, params.get("kernel_width"))
             rows = row_chunks({"row_input": samples.astype(np.float32)}, CHUNK_ROWS)
             tabular = yield Stage(TabularRows(score=ctx.score), ctx.target_constants(), rows, len(samples),
-                                  LimeReducer(binary, weights, 1.0), partial_maps=True)
+                                  LimeReducer(binary, weights, 1.0), partial_maps=True, partial=True)
             return Result(tabular.attribution(), self._figures(tabular))
         sp = superpixels(ctx, params["segmentation"])
         budget = ctx.settings.max_request_memory_bytes
@@ -139,7 +151,7 @@ class Lime(Method):
         reducer = LimeReducer(None, None, 1.0, sp.labels, num_features=sp.count,
                               kernel_width=params.get("kernel_width", IMAGE_KERNEL_WIDTH))
         image = yield Stage(sp.variant(ctx.score), sp.constants(ctx, hidden), sp.rows(coalitions),
-                            params["num_samples"], reducer, partial_maps=True)
+                            params["num_samples"], reducer, partial_maps=True, partial=True)
         arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": image.solve()[0].astype(np.float32)}
         return Result(image.attribution(), self._figures(image), arrays)
 

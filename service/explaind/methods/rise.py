@@ -7,7 +7,8 @@ reference code eclique/RISE; the upsampling uses torch's align_corners=False con
 Defaults: N = 4000, s = 7, p = 0.5, baseline 0 in model input space, score = probability.
 Masks are built in the graph from the grid and shift codes, and each batch's sum of score-weighted
 masks is reduced in the graph too, so host memory and transfers stay small whatever N is.
-Partial maps divide the running sum by the masks seen so far instead of N.
+Partial maps, and the partial answer at the deadline (allow_partial), divide the running sum by
+the masks evaluated so far instead of N: RISE over those masks (the first ones drawn from the seed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class RiseReducer(Reducer):
     def preview(self) -> np.ndarray:
         return self.attribution()
 
+    def partial_unavailable(self) -> str:
+        return "" if self.masks else "no mask was evaluated"
+
     def attribution(self) -> np.ndarray:
         return (self.weighted / (max(self.masks, 1) * self.keep_probability)).reshape(self.shape)
 
@@ -50,6 +54,8 @@ class Rise(Method):
     kinds = frozenset({"image"})
     # RISE saliency is an expected score, positive everywhere: its minimum, not 0, is "no evidence".
     render_low_percentile = 0.0
+    partial_results = ("RISE over the masks evaluated so far (the first ones drawn from the seed): their "
+                       "score-weighted sum over their number times p; at least one mask")
     params = (
         Int("num_masks", 4000, "number of random masks N", 1,
             lambda lim: min(lim.settings.max_num_masks, lim.settings.max_rows_per_request)),
@@ -78,5 +84,6 @@ class Rise(Method):
         if not zero:
             constants["fill"] = np.array(params["baseline"], np.float32)
         reducer = yield Stage(rise.Rise(score=ctx.score, grid_size=s, zero_baseline=zero), constants,
-                              chunked(n, CHUNK_ROWS, draw), n, RiseReducer(height, width, p), partial_maps=True)
+                              chunked(n, CHUNK_ROWS, draw), n, RiseReducer(height, width, p), partial_maps=True,
+                              partial=True)
         return Result(reducer.attribution())

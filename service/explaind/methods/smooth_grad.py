@@ -5,6 +5,8 @@ sigma = noise_level * (max(x) - min(x)) (default noise_level 0.15, as the paper)
 `stdev`; 50 samples. The noise is made in the graph from one integer seed per sample
 (`onnxgraph.noise`), drawn from the request's seeded generator: same seed, same map.
 The post-processing (raw by default) applies to the averaged gradient. Score: the logit.
+Partial answer at the deadline (allow_partial): the mean over the noisy copies evaluated so far (the
+first ones drawn from the seed), at least one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SmoothGrad(GradientMethod):
     title = "SmoothGrad"
     reference = "Smilkov et al. 2017, SmoothGrad: removing noise by adding noise"
     description = "Mean gradient over noisy copies of the input."
+    partial_results = "the mean gradient over the noisy copies evaluated so far (the first ones drawn from the seed)"
     params = (
         Int("num_samples", 50, "noisy copies", 1, lambda lim: lim.settings.max_rows_per_request),
         Float("noise_level", None, "sigma as a fraction of max(x) - min(x)", 0.0, 10.0, shown="0.15"),
@@ -51,6 +54,7 @@ class SmoothGrad(GradientMethod):
         sigma = params["stdev"] if "stdev" in params else params["noise_level"] * float(ctx.x.max() - ctx.x.min())
         seeds = ctx.rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
         grads = yield gradient_stage(ctx, path=g.PATH_NOISE, weights=np.full(n, 1.0 / n), codes={"noise_seed": seeds},
-                                     constants={"sigma": np.array(sigma, np.float32)})
-        values = postprocess(grads.total, params["postprocess"])
+                                     constants={"sigma": np.array(sigma, np.float32)}, partial=True)
+        mean = grads.total if grads.rows == n else grads.total * (n / grads.rows)  # partial: over the rows in
+        values = postprocess(mean, params["postprocess"])
         return Result(reduce_channels(values, params.get("channel_reduction"), ctx.model))

@@ -519,3 +519,78 @@ def test_kernel_shap_with_one_feature_gives_f_x_minus_the_base_value():
     base = np.mean([linear_score(weights, row, 2, "probability") for row in background])
     np.testing.assert_allclose(result.attribution, [linear_score(weights, x, 2, "probability") - base], rtol=1e-4,
                                atol=1e-6)
+
+
+# Partial answers (allow_partial) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("l1_reg", [None, "num_features(5)"])
+@pytest.mark.parametrize("used, beyond", [(40, 300), (700, 0), (700, 1000)])
+def test_partial_solve_is_the_regression_over_the_rows_used_with_their_mass_renormalised(l1_reg, used, beyond):
+    """What a deadline leaves: the first `used` rows folded in, `beyond` more drawn (in flight) but not.
+    The answer is the weighted regression over the rows used, enumerated ones with their kernel weight,
+    sampled ones with their draw counts so far scaled so that all of them carry the kernel mass left
+    (1 minus the enumerated weights): not the mass over every draw, which rows never used would dilute."""
+    m, nsamples, seed = 12, 2000, 8
+    x = np.linspace(-1.0, 1.5, m)
+    bg = np.linspace(0.5, -0.5, m)[None, :]
+    stream = CoalitionStream(m, nsamples, np.random.default_rng(seed))
+    reg = StreamingKernelShap(stream, "identity", l1_reg)
+    chunks, have = [], 0
+    for masks in stream.chunks(50):
+        chunks.append(masks)
+        have += len(masks)
+        if have >= used + beyond:
+            break
+    masks = np.concatenate(chunks)[:used]
+    values = nonlinear_model(np.where(masks, x, bg))
+    reg.add(np.arange(used), masks, values)
+    f_x, base = nonlinear_model(x[None])[0], nonlinear_model(bg)[0]
+    ids = np.arange(used)
+    fixed = ids < stream.fixed
+    weights = np.zeros(used)
+    weights[fixed] = stream.fixed_weights(ids[fixed])
+    mass = 1.0 - stream.fixed_weights(np.arange(stream.fixed)).sum()
+    counts = stream.counts[ids[~fixed] - stream.fixed]
+    if counts.size:
+        weights[~fixed] = counts * mass / counts.sum()
+    expected = solve(masks, weights, values, f_x, base, l1_reg=l1_reg)
+    np.testing.assert_allclose(reg.solve(f_x, base), expected, rtol=1e-8, atol=1e-10)
+    assert (used > stream.fixed) == bool(counts.size) and stream.fixed < 700  # both kinds of rows are tried
+
+
+def test_partial_solve_of_every_row_is_the_complete_solve():
+    m, nsamples, seed = 12, 600, 3
+    x = np.linspace(-1.0, 1.5, m)
+    bg = np.linspace(0.5, -0.5, m)[None, :]
+    stream = CoalitionStream(m, nsamples, np.random.default_rng(seed))
+    reg = StreamingKernelShap(stream, "identity")
+    start = 0
+    for masks in stream.chunks(64):
+        reg.add(np.arange(start, start + len(masks)), masks, nonlinear_model(np.where(masks, x, bg)))
+        start += len(masks)
+    assert reg.sampled_scale() == stream.sampled_scale()  # every draw belongs to a row in
+
+
+def test_kernel_shap_partial_answer_needs_coalitions_of_full_rank():
+    from explaind.methods.kernel_shap import KernelShapReducer
+    from explaind.onnxgraph.variants import SCORE_OUTPUT
+
+    m = 6
+    stream = CoalitionStream(m, 62, np.random.default_rng(0))  # all 2^6 - 2, sizes 1 and 5 first
+    reducer = KernelShapReducer(stream, "identity", None, "mask")
+    assert reducer.partial_unavailable() == "f(x) and the base value were not evaluated"
+    rows = np.concatenate([np.stack([np.ones(m, bool), np.zeros(m, bool)])] + list(stream.chunks(62)))
+
+    def fold(start, stop):
+        masks = rows[start:stop]
+        values = masks.astype(np.float64) @ np.arange(1.0, m + 1) + 0.5 * masks[:, 0] * masks[:, 1]
+        reducer.consume({"row": np.arange(start, stop), "mask": masks.astype(np.float32)},
+                        {SCORE_OUTPUT: values.astype(np.float32)}, {})
+
+    fold(0, 2 + 6)  # f(x), the base and 3 singletons with their complements: 3 of the 5 free values
+    assert reducer.partial_unavailable() == ("the 6 coalitions evaluated determine 3 of the 5 free Shapley "
+                                             "values of 6 players")
+    fold(8, 2 + 12)  # every singleton and its complement
+    assert reducer.partial_unavailable() == ""
+    phi = reducer.phi()
+    assert phi.sum() == pytest.approx(reducer.f_x - reducer.base, abs=1e-5)  # efficiency

@@ -454,3 +454,25 @@ def test_tabular_num_samples_over_the_memory_budget_is_refused():
     assert err.value.field == "lime.num_samples"
     for words in (f"at most {most}", "13 features", "max_request_memory_bytes of 104857600", f"got {most + 1}"):
         assert words in err.value.message, err.value.message
+
+
+def test_lime_partial_answer_needs_a_sample_per_feature_and_one_more():
+    from explaind.methods.lime import LimeReducer
+    from explaind.onnxgraph.variants import SCORE_OUTPUT
+
+    s = 6
+    reducer = LimeReducer(None, None, 1.0, np.arange(s).reshape(2, 3), num_features=s)
+    z = oracle.sample_image_coalitions(s, 20, np.random.default_rng(2))
+    y = z @ np.arange(1.0, s + 1) / 10
+    for start in range(0, 20, 3):
+        assert (reducer.partial_unavailable() == "") == (start >= s + 1), start
+        reducer.consume({"coalition": z[start:start + 3]}, {SCORE_OUTPUT: y[start:start + 3].astype(np.float32)}, {})
+    reducer = LimeReducer(None, None, 1.0, np.arange(s).reshape(2, 3), num_features=s)
+    reducer.consume({"coalition": z[:4]}, {SCORE_OUTPUT: y[:4].astype(np.float32)}, {})
+    assert reducer.partial_unavailable() == "the surrogate of 6 features needs at least 7 samples, 4 were evaluated"
+    # What it then answers is the weighted ridge over the samples in.
+    reducer.consume({"coalition": z[4:9]}, {SCORE_OUTPUT: y[4:9].astype(np.float32)}, {})
+    first = z[:9].astype(np.float64)
+    ref = Ridge(alpha=1.0).fit(first, y[:9].astype(np.float32).astype(np.float64),
+                               sample_weight=lc.image_kernel_weights(first, lc.IMAGE_KERNEL_WIDTH))
+    np.testing.assert_allclose(reducer.solve()[0], ref.coef_, atol=1e-8)

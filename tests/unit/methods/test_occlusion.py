@@ -108,3 +108,76 @@ def test_tabular_occlusion_without_background_or_baseline_is_refused():
         Occlusion().parameters({}, ModelView("tabular", served.signature, None), settings(), "logit")
     with pytest.raises(InvalidArgument, match="occlusion.window"):
         Occlusion().parameters({"window": [2]}, ModelView("tabular", served.signature, np.zeros((2, 6))), settings(), "logit")
+
+
+# Window order and partial answers (allow_partial) ------------------------------------------------
+
+def test_windows_go_coarse_to_fine_and_every_one_once():
+    from explaind.methods.occlusion import coarse_to_fine
+
+    iy, ix = coarse_to_fine(15, 15)
+    assert sorted(zip(iy.tolist(), ix.tolist())) == [(y, x) for y in range(15) for x in range(15)]
+    assert list(zip(iy[:4].tolist(), ix[:4].tolist())) == [(0, 0), (0, 8), (8, 0), (8, 8)]
+    # The windows on every other position come first: with window 8 and stride 4 on 64 pixels they
+    # are 64 of the 225 and tile the whole image.
+    first = {(y, x) for y, x in zip(iy[:64].tolist(), ix[:64].tolist())}
+    assert first == {(y, x) for y in range(0, 15, 2) for x in range(0, 15, 2)}
+    covered = np.zeros((64, 64), bool)
+    for y, x in first:
+        covered[4 * y:4 * y + 8, 4 * x:4 * x + 8] = True
+    assert covered.all()
+
+
+def test_occlusion_reducer_on_a_prefix_of_the_windows_leaves_the_others_out():
+    from explaind.methods.occlusion import ImageOcclusionReducer
+    from explaind.onnxgraph.variants import SCORE_OUTPUT
+
+    reducer = ImageOcclusionReducer(4, 4)
+    assert reducer.partial_unavailable() == "no occluded window was evaluated"
+    windows = np.array([[0, 0, 0, 0], [0, 0, 2, 2], [1, 1, 3, 3]])
+    reducer.consume({"window": windows[:1]}, {SCORE_OUTPUT: np.array([0.9], np.float32)}, {})
+    assert reducer.partial_unavailable() == "no occluded window was evaluated"  # the unoccluded input alone
+    reducer.consume({"window": windows[1:]}, {SCORE_OUTPUT: np.array([0.5, 0.7], np.float32)}, {})
+    assert reducer.partial_unavailable() == ""
+    expected = np.zeros((4, 4))
+    expected[0:2, 0:2] += 0.9 - 0.5
+    expected[1:3, 1:3] += 0.9 - 0.7
+    expected[1, 1] = 0.9 - (0.5 + 0.7) / 2
+    np.testing.assert_allclose(reducer.attribution(), expected, atol=1e-6)
+
+
+def test_occlusion_cut_by_the_deadline_is_occlusion_over_the_windows_used():
+    import time
+
+    from inprocess import slowed
+
+    x = np.random.default_rng(3).normal(size=(3, 40, 40)).astype(np.float32)
+    served, weights = served_linear("lin", (3, 40, 40), 3, max_batch_rows=16)
+    params = {"window": [4, 4], "stride": [1, 1], "baseline": 0.0}
+
+    async def main():
+        engine = Engine(settings())
+        try:
+            await run_method(engine, served, Occlusion(), {**params, "stride": [20, 20]}, x, 1)  # session built
+            return await run_method(engine, served, slowed(Occlusion(), 0.02), params, x, 1,
+                                    deadline=time.monotonic() + 1.0, allow_partial=True)
+        finally:
+            await engine.close()
+
+    outcome, _ = asyncio.run(main())
+    rows = outcome.model_evaluations - 1
+    assert not outcome.complete and 16 <= rows < 1 + 37 * 37 and outcome.planned_evaluations == 2 + 37 * 37
+    # The reference: the first rows - 1 windows in the service's order, by brute force.
+    from explaind.methods.occlusion import coarse_to_fine
+
+    iy, ix = coarse_to_fine(37, 37)
+    base = linear_score(weights, x, 1, "probability")
+    total, count = np.zeros((40, 40)), np.zeros((40, 40))
+    for y, xx in list(zip(iy, ix))[: rows - 1]:
+        occluded = x.copy()
+        occluded[:, y:y + 4, xx:xx + 4] = 0.0
+        total[y:y + 4, xx:xx + 4] += base - linear_score(weights, occluded, 1, "probability")
+        count[y:y + 4, xx:xx + 4] += 1
+    expected = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    np.testing.assert_allclose(outcome.attribution, expected, rtol=1e-4, atol=1e-6)
+    assert np.nonzero(count.any(axis=1))[0].max() >= 32  # coarse to fine: not only the top rows

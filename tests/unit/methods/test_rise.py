@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import numpy as np
 import pytest
 
 from explaind.engine.engine import Engine
-from explaind.errors import InvalidArgument
+from explaind.errors import DeadlineExceeded, InvalidArgument
 from explaind.methods.base import ModelView
 from explaind.methods.rise import Rise
 
 from _linear import linear_score, served_linear, settings
-from inprocess import explain, run_method
+from inprocess import explain, run_method, slowed
 
 
 def _bilinear_rows(in_size: int, out_size: int) -> np.ndarray:
@@ -31,8 +32,10 @@ def _bilinear_rows(in_size: int, out_size: int) -> np.ndarray:
     return out
 
 
-def rise_reference(weights, x, target, n, s, p, baseline, seed, chunk=256):
-    """RISE from its definition, drawing the same codes from the same seed as the service."""
+def rise_reference(weights, x, target, n, s, p, baseline, seed, chunk=256, used=None):
+    """RISE from its definition, drawing the same codes from the same seed as the service; `used`: over
+    the first `used` of the n masks only (a partial answer)."""
+    used = n if used is None else used
     _, height, width = x.shape
     cells = np.array([math.ceil(height / s), math.ceil(width / s)])
     up_y = _bilinear_rows(s, (s + 1) * cells[0])
@@ -43,11 +46,13 @@ def rise_reference(weights, x, target, n, s, p, baseline, seed, chunk=256):
         count = min(chunk, n - start)
         grids = (rng.random((count, s, s)) < p).astype(np.float64)
         shifts = rng.integers(0, cells, size=(count, 2))
-        for grid, (dy, dx) in zip(grids, shifts):
+        for row, (grid, (dy, dx)) in enumerate(zip(grids, shifts), start):
+            if row >= used:
+                break
             mask = (up_y @ grid @ up_x.T)[dy:dy + height, dx:dx + width]
             perturbed = x * mask + baseline * (1 - mask)
             saliency += linear_score(weights, perturbed, target, "probability") * mask
-    return saliency / (n * p)
+    return saliency / (used * p)
 
 
 @pytest.mark.parametrize("baseline", [0.0, 0.25])  # 0 takes the variant without a fill input
@@ -98,3 +103,69 @@ def test_rise_parameters_are_validated(given, field):
         Rise().parameters(given, ModelView("image", served.signature), settings(), "logit")
     assert err.value.field == field
     assert "expected" in err.value.message and "got" in err.value.message
+
+
+# Partial answers at the deadline (allow_partial) -------------------------------------------------
+
+RISE_PARAMS = {"num_masks": 3000, "grid_size": 4, "keep_probability": 0.3}
+
+
+def rise_at_deadline(seconds: float, *, allow_partial: bool = True, fold_seconds: float = 0.02,
+                     margin_ms: float = 50.0, **params):
+    """RISE of 3000 masks in batches of 16, each folded in `fold_seconds`, with a deadline `seconds` away
+    (the session built beforehand); returns (outcome, partial maps with their stats)."""
+    x = np.random.default_rng(4).normal(size=(3, 12, 9)).astype(np.float32)
+    served, weights = served_linear("lin", (3, 12, 9), 3, max_batch_rows=16)
+    maps = []
+
+    async def main():
+        engine = Engine(settings(partial_margin_ms=margin_ms, partial_every=0.01))
+        try:
+            await run_method(engine, served, Rise(), {**RISE_PARAMS, "num_masks": 10}, x, 1)
+            return await run_method(engine, served, slowed(Rise(), fold_seconds), {**RISE_PARAMS, **params}, x, 1,
+                                    seed=77, deadline=time.monotonic() + seconds, allow_partial=allow_partial,
+                                    on_partial=lambda a, stats: maps.append((a, stats)))
+        finally:
+            await engine.close()
+
+    outcome, _ = asyncio.run(main())
+    return outcome, maps, (weights, x)
+
+
+def test_rise_cut_by_the_deadline_is_rise_over_the_masks_used():
+    outcome, maps, (weights, x) = rise_at_deadline(1.5)
+    assert not outcome.complete
+    masks = outcome.model_evaluations - 1  # after the prediction's row
+    assert 16 <= masks < 3000 and masks % 16 == 0, masks  # whole batches, not all of them
+    assert outcome.planned_evaluations == 3001 and outcome.batches == 1 + masks // 16 and outcome.stages == 2
+    expected = rise_reference(weights, x, 1, 3000, 4, 0.3, 0.0, seed=77, used=masks)
+    np.testing.assert_allclose(outcome.attribution, expected, rtol=1e-4, atol=1e-6)
+    # Partial maps on the way: RISE over the masks their stats count, which grow.
+    assert len(maps) >= 3
+    counts = [stats.model_evaluations for _, stats in maps]
+    assert counts == sorted(set(counts)) and counts[-1] <= outcome.model_evaluations
+    assert all(stats.planned_evaluations == 3001 and stats.batches == 1 + (stats.model_evaluations - 1) // 16
+               for _, stats in maps)
+    first, stats = maps[0]
+    np.testing.assert_allclose(first, rise_reference(weights, x, 1, 3000, 4, 0.3, 0.0, seed=77,
+                                                     used=stats.model_evaluations - 1), rtol=1e-4, atol=1e-6)
+
+
+def test_rise_with_time_to_spare_is_complete_with_or_without_allow_partial():
+    for allow_partial in (True, False):
+        outcome, _, _ = rise_at_deadline(60.0, allow_partial=allow_partial, fold_seconds=0.0, num_masks=300)
+        assert outcome.complete
+        assert outcome.model_evaluations == outcome.planned_evaluations == 301
+
+
+def test_rise_without_allow_partial_exceeds_the_deadline():
+    with pytest.raises(DeadlineExceeded):
+        rise_at_deadline(1.0, allow_partial=False)
+
+
+def test_rise_stopped_before_any_mask_says_so():
+    # The stop comes margin_ms before the deadline: here at once, before a batch is folded in.
+    with pytest.raises(DeadlineExceeded) as err:
+        rise_at_deadline(30.0, margin_ms=30_000)
+    assert "too few for a partial answer: no mask was evaluated" in err.value.message
+    assert "after 0 of 3000 rows" in err.value.message

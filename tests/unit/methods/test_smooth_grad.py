@@ -44,3 +44,34 @@ def test_smooth_grad_averages_gradients_at_noisy_copies_made_in_the_graph():
     np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(result.attribution, 2 * X, atol=1e-3)  # the noise was really there
     assert result.model_evaluations == 1 + 20
+
+
+def test_smooth_grad_cut_by_the_deadline_is_the_mean_over_the_samples_used():
+    import asyncio
+    import time
+
+    from explaind.config import Settings
+    from explaind.engine.engine import Engine
+    from inprocess import run_method, slowed
+
+    served = ServedModel("quad", quadratic_model(), ModelSignature("input", "logits", SHAPE, "NCHW", "logits"), 16, 1.0)
+    params = {"num_samples": 5000, "noise_level": 0.2}
+
+    async def main():
+        engine = Engine(Settings(intra_op_threads=1))
+        try:
+            await run_method(engine, served, SmoothGrad(), {**params, "num_samples": 2}, X, 0, "logit",
+                             white_box=WhiteBox(True))  # session built
+            return await run_method(engine, served, slowed(SmoothGrad(), 0.02), params, X, 0, "logit", seed=9,
+                                    deadline=time.monotonic() + 1.0, allow_partial=True, white_box=WhiteBox(True))
+        finally:
+            await engine.close()
+
+    result, _ = asyncio.run(main())
+    used = result.model_evaluations - 1
+    assert not result.complete and 16 <= used < 5000 and result.planned_evaluations == 5001
+    sigma = 0.2 * float(X.max() - X.min())
+    seeds = np.random.default_rng(9).integers(0, 2**31 - 1, size=5000, dtype=np.int64)[:used]
+    noise = gaussian_noise_reference(seeds, X.size).reshape(used, *SHAPE)
+    expected = (2 * (X[None] + np.float32(sigma) * noise)).mean(axis=0)  # the mean over those used, not / 5000
+    np.testing.assert_allclose(result.attribution, expected, rtol=1e-4, atol=1e-5)
