@@ -61,6 +61,10 @@ class Settings:
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
+    admit_by_deadline: bool = field(default=True, metadata={
+        "help": "refuse at once (RESOURCE_EXHAUSTED with retry-after-ms) a request that cannot finish "
+                "before its deadline, from the measured time per row, and shed admitted work that no longer "
+                "can; false: admit it and let it end DEADLINE_EXCEEDED (queue bounds and quotas still hold)"})
     tenants: str = field(default="", metadata={
         "help": "YAML file of tenant policies (priority interactive | batch, quotas rows_per_second and "
                 "rows_in_flight; docs/admission.md); empty: every caller interactive, no quotas"})

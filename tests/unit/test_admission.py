@@ -65,10 +65,11 @@ def job(rows: int, deadline: float | None = None, tenant: str = "anonymous", see
 
 
 def admission(policies: TenantPolicies | None = None, clock: Clock | None = None, metrics: Metrics | None = None,
-              max_rows: int = 10_000_000, max_jobs: int = 512) -> tuple[Admission, Clock]:
+              max_rows: int = 10_000_000, max_jobs: int = 512,
+              check_deadlines: bool = True) -> tuple[Admission, Clock]:
     clock = clock or Clock()
     return Admission(QueueAccount(max_rows, max_jobs), policies or TenantPolicies(), ClassShare(WEIGHTS),
-                     metrics, clock), clock
+                     metrics, clock, check_deadlines=check_deadlines), clock
 
 
 def admit(a: Admission, j: Job, variant: Variant, ticket=None) -> None:
@@ -92,6 +93,17 @@ def test_a_job_that_cannot_finish_before_its_deadline_behind_admitted_work_is_re
     assert "needs an estimated 12.50 s of model time after 25.00 s of admitted work" in error.message
     assert "30.00 s are left" in error.message
     assert error.retry_after_s == pytest.approx(30 * MARGIN - 30)
+
+
+def test_with_deadline_checks_off_late_work_is_admitted_and_never_shed():
+    async def main():
+        a, clock = admission(check_deadlines=False)
+        variant = Variant(0.001)
+        for _ in range(3):  # the third is refused with the checks on (the test above)
+            admit(a, job(10_000, deadline=clock.now + 30), variant)
+        return a.shed(), len(a._live)
+
+    assert run(main()) == (0, 3)
 
 
 def test_requests_refused_together_are_told_to_come_back_one_after_the_other():

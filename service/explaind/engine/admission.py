@@ -112,8 +112,10 @@ class _Work:
 
 class Admission:
     def __init__(self, account: QueueAccount, policies: TenantPolicies, share: ClassShare,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
+                 check_deadlines: bool = True) -> None:
         self.account = account
+        self.check_deadlines = check_deadlines  # refuse and shed what cannot finish by its deadline
         self.policies = policies
         self.quotas = TenantQuotas(policies, clock)
         self.share = share
@@ -171,7 +173,7 @@ class Admission:
             raise ResourceExhausted(ticket.shed, ticket.shed_retry)
         covered = min(job.total_rows, ticket.reserved) if ticket is not None and ticket in self._tickets else 0
         extra = job.total_rows - covered
-        partial = ticket is not None and ticket.partial
+        partial = job.partial or (ticket is not None and ticket.partial)
         account = self.account
         per_row = scheduler.seconds_per_row
         if account.jobs + 1 > account.max_jobs or \
@@ -228,6 +230,8 @@ class Admission:
         """Refuse the admitted work that has not started and can no longer finish by its deadline (in
         each class, earliest deadline first, so what is refused makes room for what follows); returns
         how many jobs and requests were refused."""
+        if not self.check_deadlines:
+            return 0
         now = self._clock() if now is None else now
         work = self._work()
         short = sum(w.cost for w in work if w.short)
@@ -270,6 +274,8 @@ class Admission:
 
     def _check_deadline(self, model: str, tenant: str, priority: str, deadline: float, cost: float,
                         short: bool, measured_at: float) -> None:
+        if not self.check_deadlines:
+            return
         now = self._clock()
         work = self._work()
         if not work and now - measured_at > STALE_S:

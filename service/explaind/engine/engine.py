@@ -79,7 +79,7 @@ class Engine:
         self.share = ClassShare({INTERACTIVE: settings.interactive_weight, BATCH: settings.batch_weight})
         self.device.queue.share = self.share
         self.admission = Admission(self.account, tenants if tenants is not None else load_policies(settings.tenants),
-                                   self.share, metrics)
+                                   self.share, metrics, check_deadlines=settings.admit_by_deadline)
         # The admitted request whose stages are running in this context (see the module docstring).
         self._ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("explaind_ticket", default=None)
         # Least recently used first.

@@ -46,6 +46,7 @@ class Job:
         label: str = "",
         eager: bool = False,
         tenant: str = "anonymous",
+        partial: bool = False,
     ) -> None:
         self.id = next(_ids)
         self.label = label
@@ -56,6 +57,9 @@ class Job:
         # so a batch holding only such jobs does not wait max_delay for more rows.
         self.eager = eager
         self.tenant = tenant  # who asked: quotas and priority are per tenant
+        # Its request takes the rows so far at the deadline (allow_partial): admission does not refuse
+        # it for lack of time.
+        self.partial = partial
         self.priority = "interactive"  # the tenant's priority class, set when the engine admits the job
         self._rows = rows
         self._buffer: RowChunk | None = None

@@ -346,7 +346,8 @@ class _StageRunner:
 
         jobs.extend(Job(constants=s.constants, rows=s.rows, total_rows=s.total_rows, consume=consumer(i, s),
                         deadline=self.ctx.deadline, label=type(s.variant).kind, eager=s.eager,
-                        tenant=self.ctx.tenant) for i, s in enumerate(stages))
+                        tenant=self.ctx.tenant, partial=self.allow_partial and s.partial)
+                    for i, s in enumerate(stages))
         runs = [self.ctx.engine.run(self.ctx.served, s.variant, j) for s, j in zip(stages, jobs)]
         if stop is None:
             await asyncio.gather(*runs)
