@@ -33,7 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from conftest import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client import ExplaindClient  # noqa: E402
 

@@ -16,7 +16,7 @@ import grpc
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from conftest import make_repository, start_server, stop_server  # noqa: E402
+from _server import make_repository, start_server, stop_server  # noqa: E402
 from test_bad_input_hardening import HUNGRY_YAML, hungry_model, tabular_request  # noqa: E402
 
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc  # noqa: E402

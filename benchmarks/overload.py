@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from conftest import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client import build_request  # noqa: E402
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc  # noqa: E402

@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from conftest import DEMO, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import DEMO, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client.v1 import explaind_pb2 as pb  # noqa: E402
 

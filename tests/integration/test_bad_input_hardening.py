@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from conftest import Server, make_repository, start_server, stop_server
+from _server import Server, make_repository, start_server, stop_server
 from explaind_client import build_request
 from explaind_client.v1 import explaind_pb2 as pb
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conftest import DEMO, start_server, stop_server
+from _server import DEMO, start_server, stop_server
 
 MAX_SESSIONS = 6
 REQUESTS = 200

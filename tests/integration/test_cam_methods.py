@@ -22,7 +22,7 @@ nn = torch.nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 from _methods import import_pytorch_grad_cam, rel_err  # noqa: E402
 
-from conftest import start_server, stop_server  # noqa: E402
+from _server import start_server, stop_server  # noqa: E402
 
 SHAPE = (3, 24, 32)
 

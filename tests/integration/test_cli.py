@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from explaind.cli import main
 from explaind_client.v1 import explaind_pb2 as pb
 
-from conftest import DEMO
+from _server import DEMO
 
 IMAGE = DEMO / "examples" / "circle_0.png"
 TABULAR_ROWS = np.load(DEMO / "repository" / "tabular" / "background.npy")
@@ -185,7 +185,7 @@ def test_an_unknown_model_is_one_line_and_exit_1(server):
 
 
 def test_an_unreachable_server_is_unavailable_and_exit_1(capsys):
-    from conftest import free_port
+    from _server import free_port
 
     code, out, err = cli(capsys, "models", "--server", f"127.0.0.1:{free_port()}", "--timeout", "5")
     assert code == 1 and out == ""

@@ -25,7 +25,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from PIL import Image
 
-from conftest import Server, make_repository, start_server, stop_server
+from _server import Server, make_repository, start_server, stop_server
 from explaind.api.servicer import ExplainerServicer
 from explaind_client.tensors import DTYPES
 from explaind_client.v1 import explaind_pb2 as pb

@@ -14,7 +14,7 @@ import pytest
 
 from explaind_client import Progress, build_request
 
-from conftest import start_server, stop_server
+from _server import start_server, stop_server
 
 X = np.zeros((3, 64, 64), np.float32)
 

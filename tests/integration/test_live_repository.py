@@ -23,7 +23,7 @@ import pytest
 from explaind_client import Explanation, Progress
 from explaind_client.v1 import explaind_pb2 as pb
 
-from conftest import DEMO, Server, start_server, stop_server
+from _server import DEMO, Server, start_server, stop_server
 
 POLL_S = 0.2
 TABULAR = DEMO / "repository" / "tabular"

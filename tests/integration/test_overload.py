@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from explaind_client import build_request
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
 
-from conftest import DEMO, start_server, stop_server
+from _server import DEMO, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from explaind.explainer import ExplainQuery
 from explaind.methods.registry import all_methods
 
-from conftest import DEMO, Server, make_repository, start_server, stop_server
+from _server import DEMO, Server, make_repository, start_server, stop_server
 from inprocess import first_rows, serve_request
 
 DEADLINES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)

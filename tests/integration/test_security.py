@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from explaind_client import ExplaindClient
 from explaind_client.v1 import explaind_pb2 as pb
 
-from conftest import Server, free_port, start_server, stop_server
+from _server import Server, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

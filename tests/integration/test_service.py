@@ -17,7 +17,7 @@ from explaind.methods.extremal_perturbation import gaussian_smooth
 from explaind_client import RenderSpec, build_request
 from explaind_client.v1 import explaind_pb2 as pb
 
-from conftest import DEMO
+from _server import DEMO
 
 SHAPES = DEMO / "repository" / "shapes"
 TABULAR = DEMO / "repository" / "tabular"

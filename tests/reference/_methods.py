@@ -27,6 +27,9 @@ TOL = 1e-3
 IMAGE = ["resnet", "vgg"]
 ALL = ["resnet", "vgg", "mlp"]
 TARGET = {"resnet": 3, "vgg": 2, "mlp": 1}  # a fixed class per model (hence per input)
+# The names differentiate() gives the seed input and the gradient outputs of the graphs built here.
+SEED = "explaind::seed"
+GRAD = "explaind::grad::"
 
 
 def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -19,14 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo  # noqa: E402
-from _methods import TARGET, Summary  # noqa: E402
+from _methods import GRAD, SEED, TARGET, Summary  # noqa: E402
 
 from explaind.config import Settings  # noqa: E402
 from explaind.onnxgraph.autodiff import differentiate  # noqa: E402
 from inprocess import InProcess, served_onnx  # noqa: E402
-
-SEED = "explaind::seed"
-GRAD = "explaind::grad::"
 
 _ERRORS = pytest.StashKey[dict]()
 

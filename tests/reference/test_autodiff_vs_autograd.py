@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GRAD, SEED
+from _methods import GRAD, SEED
 from torch import nn
 
 import zoo
