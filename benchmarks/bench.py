@@ -33,7 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _server import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import memory_bytes, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client import ExplaindClient  # noqa: E402
 
@@ -127,20 +127,13 @@ def latency_under_load(address: str, big_masks: int) -> dict[str, float]:
             "p99_ratio": float(np.percentile(loaded, 99)) / solo_p50}
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def rss_for(masks: int, log_dir: Path) -> float:
     server = start_server(MODEL_DIR, log_dir / f"rss-{masks}.log", metrics_port=-1)
     try:
         x = np.random.default_rng(3).normal(size=(3, 64, 64)).astype(np.float32)
         with ExplaindClient(server.address) as client:
             client.explain("shapes", method="rise", tensor=x, params={"num_masks": masks})
-        return peak_rss_mib(server.process.pid)
+        return memory_bytes(server.process.pid, "VmHWM") / 2**20
     finally:
         stop_server(server)
 

@@ -16,20 +16,13 @@ import grpc
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from _server import make_repository, start_server, stop_server  # noqa: E402
+from _server import make_repository, memory_bytes, start_server, stop_server  # noqa: E402
 from test_bad_input_hardening import HUNGRY_YAML, hungry_model, tabular_request  # noqa: E402
 
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc  # noqa: E402
 
 SIZES = {"1 GiB": 1 << 28, "4 TiB": 1 << 40}  # floats allocated by ConstantOfShape
 CAPS = {"256 MiB": 256 << 20, "auto (half the RAM)": 0, "none (-1)": -1}
-
-
-def status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def main() -> None:
@@ -48,13 +41,13 @@ def main() -> None:
             for label, floats in SIZES.items():
                 pid = server.process.pid
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
-                before = status(pid, "VmRSS")
+                before = memory_bytes(pid, "VmRSS")
                 try:
                     stub.Explain(tabular_request("m" + str(floats.bit_length() - 1), 2000.0), timeout=120)
                     answer = "OK"
                 except grpc.RpcError as err:
                     answer = err.code().name
-                grown = (status(pid, "VmHWM") - before) / 2**20
+                grown = (memory_bytes(pid, "VmHWM") - before) / 2**20
                 print(f"| {cap_label} | {label} | {answer} | {grown:.0f} MiB |", flush=True)
         finally:
             stop_server(server)

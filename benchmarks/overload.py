@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _server import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import memory_bytes, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client import build_request  # noqa: E402
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc  # noqa: E402
@@ -62,13 +62,6 @@ class Outcomes:
 
     def count(self, code: str) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
-
-
-def rss_mib(pid: int, key: str = "VmRSS:") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_ticks(pid: int | None = None) -> float:
@@ -176,7 +169,7 @@ async def measure(args: argparse.Namespace, address: str, pid: int) -> dict:
 
     solo, capacity_before = await solo_run()
 
-    rss_before = rss_mib(pid)
+    rss_before = memory_bytes(pid) / 2**20
     machine0, server0, me0, wall0 = cpu_ticks(), cpu_ticks(pid), cpu_ticks(os.getpid()), time.monotonic()
     steal0 = steal_seconds()
     load = await run_clients(address, request, args.clients, args.seconds, args.deadline, not args.ignore_retry_after,
@@ -190,7 +183,7 @@ async def measure(args: argparse.Namespace, address: str, pid: int) -> dict:
     code_1, latency_1 = await timed(address, request, args.deadline)
     span_after = max(time.monotonic() - wall2, 1.0)  # the CPU counters tick at 100 Hz
     other_after = max(0.0, (cpu_ticks() - machine2 - (cpu_ticks(pid) - server2)) / span_after)
-    rss_after = rss_mib(pid)
+    rss_after = memory_bytes(pid) / 2**20
     solo_after, capacity_after = await solo_run()  # the machine's speed drifts: solo before and after
     capacity = (capacity_before + capacity_after) / 2
     solo_p50 = percentile(solo.ok_latency + solo_after.ok_latency, 50)
@@ -219,7 +212,7 @@ async def measure(args: argparse.Namespace, address: str, pid: int) -> dict:
             "cpu_cores_stolen_by_host": (steal1 - steal0) / span,
             "cores": cores,
         },
-        "rss_mib": {"before": rss_before, "after": rss_after, "peak": rss_mib(pid, "VmHWM:")},
+        "rss_mib": {"before": rss_before, "after": rss_after, "peak": memory_bytes(pid, "VmHWM") / 2**20},
         "recovery": {"after_1_s": {"code": code_1, "latency_s": latency_1, "ratio": latency_1 / solo_p50,
                                    "cpu_cores_other": other_after}},
     }

@@ -29,19 +29,12 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _server import DEMO, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import DEMO, memory_bytes, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client.v1 import explaind_pb2 as pb  # noqa: E402
 
 IMAGE = np.zeros((3, 64, 64), np.float32)
 WINE = np.load(DEMO / "repository" / "tabular" / "background.npy")[0].astype(np.float32)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def big_model(folder: Path, megabytes: int) -> None:
@@ -100,7 +93,7 @@ def main() -> None:
                                        params={"n_steps": 8})
 
                 work()
-                rows = [("start", rss_mb(server.process.pid))]
+                rows = [("start", memory_bytes(server.process.pid) / 2**20)]
                 for round_ in range(1, args.reloads + 1):
                     before = closed_versions(server.log())
                     for name in names:
@@ -109,7 +102,7 @@ def main() -> None:
                     while len(closed_versions(server.log()) - before) < len(names) and time.monotonic() < end:
                         time.sleep(0.2)
                     work()  # the new versions build their sessions
-                    rows.append((f"reload {round_}", rss_mb(server.process.pid)))
+                    rows.append((f"reload {round_}", memory_bytes(server.process.pid) / 2**20))
         finally:
             stop_server(server)
     base = rows[0][1]

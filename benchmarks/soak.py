@@ -30,19 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _server import start_server, stop_server  # noqa: E402  (the test suite's server launcher)
+from _server import memory_bytes, start_server, stop_server  # noqa: E402  (the test suite's server launcher)
 
 from explaind_client import build_request  # noqa: E402
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc  # noqa: E402
 
 MODEL_DIR = ROOT / "service" / "explaind" / "demo" / "repository"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def mix(rng: random.Random) -> tuple[str, object, bool]:
@@ -137,11 +130,11 @@ def main() -> int:
         for thread in threads:
             thread.start()
         while time.monotonic() < end:
-            samples.append((time.monotonic() - started, rss_mib(pid)))
+            samples.append((time.monotonic() - started, memory_bytes(pid) / 2**20))
             time.sleep(min(args.sample_s, max(0.0, end - time.monotonic())))
         for thread in threads:
             thread.join(args.deadline + 10)
-        samples.append((time.monotonic() - started, rss_mib(pid)))
+        samples.append((time.monotonic() - started, memory_bytes(pid) / 2**20))
     finally:
         stop_server(server)
 

@@ -95,3 +95,22 @@ def stop_server(server: Server) -> int:
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 50 ms until it holds (True) or ``timeout`` seconds pass (False). The
+    bounds callers give are generous for a loaded CI machine and say nothing about speed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def memory_bytes(pid: int, key: str = "VmRSS") -> int:
+    """A memory figure of /proc/PID/status in bytes: VmRSS (resident now) or VmHWM (peak resident)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no {key}")

@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from _server import Server, make_repository, start_server, stop_server
+from _server import Server, make_repository, memory_bytes, start_server, stop_server
 from explaind_client import build_request
 from explaind_client.v1 import explaind_pb2 as pb
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
@@ -241,14 +241,6 @@ def test_a_model_that_keeps_failing_is_unhealthy_until_it_succeeds_again(server,
     assert info.run_failures >= 3  # the count stays: runs that failed since the model was loaded
 
 
-def _status(pid: int, key: str) -> int:
-    """A memory figure of /proc/PID/status, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def test_the_memory_cap_fails_a_run_over_it_instead_of_taking_the_memory(server, stub):
     """greedy allocates 1 GiB at run time (it would succeed without the cap: the machine has it)."""
     pid = server.process.pid
@@ -256,11 +248,11 @@ def test_the_memory_cap_fails_a_run_over_it_instead_of_taking_the_memory(server,
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
     except OSError:
         pytest.skip("cannot reset the server's peak RSS here")
-    before = _status(pid, "VmRSS")
+    before = memory_bytes(pid, "VmRSS")
     err = refusal(stub.Explain, tabular_request("greedy", 2000.0))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     assert "Available memory of" in err.details() and "smaller than requested bytes of 1073741824" in err.details()
-    assert _status(pid, "VmHWM") - before < 64 << 20  # the 1 GiB was never taken
+    assert memory_bytes(pid, "VmHWM") - before < 64 << 20  # the 1 GiB was never taken
     assert stub.Explain(tabular_request("greedy", 1.0), timeout=30).attribution.shape == [4]
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from _server import DEMO, start_server, stop_server
+from _server import DEMO, memory_bytes, start_server, stop_server
 
 MAX_SESSIONS = 6
 REQUESTS = 200
@@ -63,14 +63,6 @@ TABULAR: list[tuple[str, Params]] = [
 CASES = [("shapes", m, p) for m, p in IMAGE] + [("tabular", m, p) for m, p in TABULAR]
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def metric_series(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     series = {}
@@ -99,7 +91,7 @@ def flooded(repository, tmp_path_factory):
             for model, method, params in CASES:  # warm-up: every kind of session and every label once
                 send(model, method, params(0), 0)
             time.sleep(0.5)
-            before = (rss_mb(server.process.pid), metric_series(server.metrics_url))
+            before = (memory_bytes(server.process.pid) / 2**20, metric_series(server.metrics_url))
             started = time.monotonic()
             for n in range(REQUESTS):
                 model, method, params = CASES[n % len(CASES)]
@@ -107,7 +99,7 @@ def flooded(repository, tmp_path_factory):
                 send(model, method, params(i), i)
             elapsed = time.monotonic() - started
             time.sleep(0.5)
-            after = (rss_mb(server.process.pid), metric_series(server.metrics_url))
+            after = (memory_bytes(server.process.pid) / 2**20, metric_series(server.metrics_url))
         yield before, after, elapsed, server
     finally:
         assert stop_server(server) == 0, server.log()

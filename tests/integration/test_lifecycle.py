@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -15,6 +14,7 @@ import pytest
 from explaind_client import Progress, build_request
 
 from _server import start_server, stop_server
+from _server import wait_until as poll_until
 
 X = np.zeros((3, 64, 64), np.float32)
 
@@ -25,12 +25,7 @@ def queued_rows(server) -> float:
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    return poll_until(condition, timeout)
 
 
 def test_deadline_and_cancellation_drop_pending_rows(server, client):

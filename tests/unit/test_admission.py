@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -335,21 +336,27 @@ def test_a_tenant_over_its_rows_per_second_quota_is_refused_until_the_bucket_ref
 
 # Order ------------------------------------------------------------------------------------------
 
-def test_admitted_jobs_run_earliest_deadline_first_and_short_jobs_still_go_in_whole():
+def run_in_order(make_jobs: Callable[[float, list], Sequence[Job]]) -> list[tuple[str, int]]:
+    """(job name, rows) of each batch part, in the order a real engine ran them, for the jobs that
+    ``make_jobs(now, seen)`` returns (batches of 16 rows on a tiny linear model)."""
     async def main():
         engine = Engine(settings())
         served, _ = served_linear("lin", (1, 4, 4), 3, max_batch_rows=16, max_delay_ms=50)
         order: list[tuple[str, int]] = []
-        now = time.monotonic()
-        late = job(160, deadline=now + 600, seen=order, name="late")
-        early = job(160, deadline=now + 300, seen=order, name="early")
-        never = job(160, seen=order, name="none")   # no deadline: after both
-        small = job(3, deadline=now + 900, seen=order, name="small")
-        await asyncio.gather(*(engine.run(served, PREDICT, j) for j in (never, late, early, small)))
+        await asyncio.gather(*(engine.run(served, PREDICT, j) for j in make_jobs(time.monotonic(), order)))
         await engine.close()
         return order
 
-    order = run(main())
+    return run(main())
+
+
+def test_admitted_jobs_run_earliest_deadline_first_and_short_jobs_still_go_in_whole():
+    order = run_in_order(lambda now, seen: (
+        job(160, seen=seen, name="none"),   # no deadline: after both
+        job(160, deadline=now + 600, seen=seen, name="late"),
+        job(160, deadline=now + 300, seen=seen, name="early"),
+        job(3, deadline=now + 900, seen=seen, name="small"),
+    ))
     # The first batch: the short job whole (3 rows, within 16 / 4 jobs), the earliest deadline the rest.
     assert order[:2] == [("small", 3), ("early", 13)]
     names = [name for name, _ in order]
@@ -361,18 +368,10 @@ def test_admitted_jobs_run_earliest_deadline_first_and_short_jobs_still_go_in_wh
 
 
 def test_a_short_job_goes_before_a_long_one_with_an_earlier_deadline():
-    async def main():
-        engine = Engine(settings())
-        served, _ = served_linear("lin", (1, 4, 4), 3, max_batch_rows=16, max_delay_ms=50)
-        order: list[tuple[str, int]] = []
-        now = time.monotonic()
-        long = job(320, deadline=now + 300, seen=order, name="long")
-        short = job(60, deadline=now + 600, seen=order, name="short")  # 4 batches at most: short
-        await asyncio.gather(*(engine.run(served, PREDICT, j) for j in (long, short)))
-        await engine.close()
-        return [name for name, _ in order]
-
-    names = run(main())
+    names = [name for name, _ in run_in_order(lambda now, seen: (
+        job(320, deadline=now + 300, seen=seen, name="long"),
+        job(60, deadline=now + 600, seen=seen, name="short"),  # 4 batches at most: short
+    ))]
     assert max(i for i, n in enumerate(names) if n == "short") < names.index("long")
 
 

@@ -47,45 +47,46 @@ def read_model_file(folder: Path, limit: int) -> bytes:
     return data
 
 
+def _checked_file(folder: Path, rel: str, where: str, limit: int) -> Path:
+    """``folder/rel`` resolved inside the folder and at most ``limit`` bytes; errors start with ``where``."""
+    try:
+        path = resolve_in_folder(folder, rel)
+    except UnsafePath as exc:
+        raise ModelConfigError(f"{where} {exc}") from None
+    size = path.stat().st_size
+    if size > limit:
+        raise ModelConfigError(f"{where} is {human_bytes(size)}, over the limit of {human_bytes(limit)}")
+    return path
+
+
+def _read_utf8(path: Path, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ModelConfigError(f"{where} is not valid UTF-8") from None
+
+
 def read_config(folder: Path) -> ModelConfig:
     """``folder/model.yaml`` parsed and validated (at most MAX_YAML_BYTES, UTF-8, safe YAML)."""
-    path = folder / CONFIG_FILE
-    if not os.path.lexists(path):
+    if not os.path.lexists(folder / CONFIG_FILE):
         raise ModelConfigError("model.yaml is missing: every model folder needs one next to model.onnx")
-    try:
-        resolved = resolve_in_folder(folder, CONFIG_FILE)
-    except UnsafePath as exc:
-        raise ModelConfigError(f"model.yaml {exc}") from None
-    if resolved.stat().st_size > MAX_YAML_BYTES:
-        raise ModelConfigError(f"model.yaml is over {human_bytes(MAX_YAML_BYTES)}")
-    try:
-        text = resolved.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ModelConfigError("model.yaml is not valid UTF-8") from None
-    return parse_model_config(safe_yaml_load(text, CONFIG_FILE), folder)
+    path = _checked_file(folder, CONFIG_FILE, CONFIG_FILE, MAX_YAML_BYTES)
+    return parse_model_config(safe_yaml_load(_read_utf8(path, CONFIG_FILE), CONFIG_FILE), folder)
 
 
 def read_labels_file(folder: Path, rel: str) -> tuple[str, ...]:
     """One label per line of model.yaml's ``labels_file``; trailing blank lines are dropped."""
-    try:
-        path = resolve_in_folder(folder, rel)
-    except UnsafePath as exc:
-        raise ModelConfigError(f"model.yaml: labels_file: {rel!r} {exc}") from None
-    if path.stat().st_size > MAX_LABELS_BYTES:
-        raise ModelConfigError(f"model.yaml: labels_file: {rel!r} is over {human_bytes(MAX_LABELS_BYTES)}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ModelConfigError(f"model.yaml: labels_file: {rel!r} is not valid UTF-8") from None
+    where = f"model.yaml: labels_file: {rel!r}"
+    lines = _read_utf8(_checked_file(folder, rel, where, MAX_LABELS_BYTES), where).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise ModelConfigError(f"model.yaml: labels_file: {rel!r} is empty")
+        raise ModelConfigError(f"{where} is empty")
     labels = tuple(line.strip() for line in lines)
     for number, label in enumerate(labels, start=1):
         if not label:
             # Skipping it would silently shift every later label onto the wrong class.
-            raise ModelConfigError(f"model.yaml: labels_file: {rel!r} line {number} is empty")
+            raise ModelConfigError(f"{where} line {number} is empty")
     return labels
 
 
@@ -95,13 +96,7 @@ def read_background_array(folder: Path, rel: str, limit: int) -> np.ndarray:
     Whether it fits the model (dtype, [K, F] shape, finite values) is the signature's check.
     """
     where = f"model.yaml: background: {rel!r}"
-    try:
-        path = resolve_in_folder(folder, rel)
-    except UnsafePath as exc:
-        raise ModelConfigError(f"{where} {exc}") from None
-    size = path.stat().st_size
-    if size > limit:
-        raise ModelConfigError(f"{where} is {human_bytes(size)}, over the limit of {human_bytes(limit)}")
+    path = _checked_file(folder, rel, where, limit)
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as exc:

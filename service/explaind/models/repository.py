@@ -34,15 +34,14 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, TypeAlias
 
-import numpy as np
 import onnx
 
 from explaind.errors import ModelConfigError, NotFound, echo
-from explaind.models.config import ModelConfig, Preprocess, UnsafePath, resolve_in_folder
+from explaind.models.config import ModelConfig, UnsafePath, resolve_in_folder
 from explaind.models.files import CONFIG_FILE, MODEL_FILE, load_external_data, read_config, read_model_file
 from explaind.models.onnx_checks import (
     check_domains,
@@ -55,7 +54,7 @@ from explaind.models.onnx_checks import (
     parse_model,
     uses_external_data,
 )
-from explaind.models.signature import TensorSpec, infer_shapes, inspect_signature
+from explaind.models.signature import Signature, infer_shapes, inspect_signature
 from explaind.models.text import clip, first_line, human_bytes
 
 log = logging.getLogger(__name__)
@@ -92,13 +91,12 @@ class RepositoryLimits:
             raise ValueError(f"max_model_bytes: expected a positive integer, got {self.max_model_bytes!r}")
 
 
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LoadedModel(Signature):
     """A model that passed every check, with everything resolved: ready to serve.
 
-    ``model`` holds the weights (external data already read in); it is the only copy this entry
-    keeps. ``preprocess`` is set for image models only, ``feature_names`` is empty for image models,
-    and ``background`` is None unless model.yaml names one.
+    Its input and output side is the Signature it extends. ``model`` holds the weights (external
+    data already read in); it is the only copy this entry keeps.
     """
 
     ready: ClassVar[bool] = True
@@ -110,16 +108,6 @@ class LoadedModel:
     config: ModelConfig
     model: onnx.ModelProto = field(repr=False)
     sha256: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    input_spec: TensorSpec
-    output_spec: TensorSpec
-    example_shape: tuple[int, ...]
-    num_classes: int
-    labels: tuple[str, ...]
-    feature_names: tuple[str, ...]
-    preprocess: Preprocess | None
-    background: np.ndarray | None = field(repr=False)
     version: int = 0          # this load of the folder; a reload is a higher number (caches key on it)
     loaded_at: float = 0.0    # when it was loaded, seconds since the epoch
 
@@ -575,16 +563,7 @@ def _load(name: str, folder: Path, limits: RepositoryLimits, learned: _Learned, 
         config=config,
         model=model,
         sha256=learned.sha256,
-        inputs=signature.inputs,
-        outputs=signature.outputs,
-        input_spec=signature.input_spec,
-        output_spec=signature.output_spec,
-        example_shape=signature.example_shape,
-        num_classes=signature.num_classes,
-        labels=signature.labels,
-        feature_names=signature.feature_names,
-        preprocess=signature.preprocess,
-        background=signature.background,
+        **{f.name: getattr(signature, f.name) for f in fields(Signature)},
         version=version,
         loaded_at=time.time(),
     )
