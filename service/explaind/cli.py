@@ -217,6 +217,17 @@ def _model(args: argparse.Namespace) -> int:
     return _ask("model", args, show)
 
 
+def _control(args: argparse.Namespace) -> int:
+    """load / unload: LoadModel or UnloadModel, then the model as GetModel shows it."""
+    from . import cli_text
+
+    def show(client: Any) -> str:
+        info = (client.load_model if args.command == "load" else client.unload_model)(args.name)
+        return _json(info) if args.json else cli_text.model_text(info)
+
+    return _ask(args.command, args, show)
+
+
 def _explain(args: argparse.Namespace) -> int:
     import grpc
     from explaind_client import Explanation, Progress, RenderSpec
@@ -242,7 +253,7 @@ def _explain(args: argparse.Namespace) -> int:
         try:
             for update in client.explain_stream(
                     args.model, method=args.method, params=params, image=args.image, tensor=tensor, target=target,
-                    score=args.score, seed=args.seed, render=render):
+                    score=args.score, seed=args.seed, render=render, allow_partial=args.allow_partial):
                 if isinstance(update, Progress):
                     bar.update(update.rows_done, update.rows_total)
                 elif not update.partial:
@@ -260,6 +271,8 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     top = ", ".join(f"{c.label} {c.probability:.3f}" for c in result.top_classes)
     print(f"target: {result.target_label} (class {result.target_class}); top: {top}")
+    if not result.complete:
+        print("partial answer: the deadline came first; the map is formed from the rows evaluated so far")
     print(f"{result.stats.get('model_evaluations')} model evaluations in {result.stats.get('batches')} batches, "
           f"{result.stats.get('total_seconds', 0):.3f} s, seed {result.stats.get('seed')}")
     if info is not None and info.kind == pb.TABULAR and result.attribution.size == tensor.size:
@@ -336,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=None, metavar="N",
                          help="tabular models: list the N features of largest |attribution| (default: all up "
                          "to 30 features, else the top 30)")
+    explain.add_argument("--allow-partial", action="store_true",
+                         help="at the deadline (--timeout), answer from the rows evaluated so far (sampling methods)")
     explain.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
     explain.set_defaults(run=_explain)
 
@@ -354,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("name")
     model.add_argument("--json", action="store_true", help="the GetModel response as JSON")
     model.set_defaults(run=_model)
+
+    for name, rpc, what in (("load", "LoadModel", "(re)load a repository folder and serve it"),
+                            ("unload", "UnloadModel", "take a model out of service (listed UNLOADED)")):
+        control = commands.add_parser(name, parents=[connection], help=f"{what} ({rpc}; with tokens, admin "
+                                      "tenants only)")
+        control.add_argument("name")
+        control.add_argument("--json", action="store_true", help=f"the {rpc} response as JSON")
+        control.set_defaults(run=_control)
     return parser
 
 

@@ -79,6 +79,9 @@ def methods_text(methods: Sequence[pb.MethodInfo]) -> str:
         for name, values in (("arrays", m.arrays), ("figures", m.figures)):
             if values:
                 lines.append(f"  {name}: {', '.join(values)}")
+        if m.partial_results:
+            lines.extend(textwrap.wrap(f"at the deadline (--allow-partial): {m.partial_results}", WIDTH,
+                                       initial_indent="  ", subsequent_indent="    "))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from explaind_client import Explanation, Progress
 from explaind_client.v1 import explaind_pb2 as pb
 
 from _server import DEMO, Server, start_server, stop_server
+from _server import wait_until as poll_until
 
 POLL_S = 0.2
 TABULAR = DEMO / "repository" / "tabular"
@@ -51,14 +55,8 @@ def client(live):
 
 
 def wait_until(condition, timeout: float = 30.0) -> bool:
-    """Poll `condition` (the server polls every POLL_S: a few intervals suffice; the bound is generous
-    for a loaded CI machine and says nothing about speed)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    """The server polls every POLL_S: a few intervals suffice."""
+    return poll_until(condition, timeout)
 
 
 def status(client, name: str) -> str:
@@ -222,9 +220,9 @@ def test_a_broken_replacement_keeps_the_old_version_serving_and_reports_why(live
 def test_load_and_unload_model(live, client):
     server, repo = live
     folder = copy_tabular(repo, "live-control")
-    loaded = client.stub.LoadModel(pb.LoadModelRequest(name="live-control"), timeout=60)  # before any poll
+    loaded = client.load_model("live-control")  # before any poll
     assert loaded.status == pb.READY and list(loaded.feature_names) == FEATURES
-    again = client.stub.LoadModel(pb.LoadModelRequest(name="live-control"), timeout=60)  # a fresh load
+    again = client.load_model("live-control")  # a fresh load
     assert again.loaded_at.ToNanoseconds() > loaded.loaded_at.ToNanoseconds()
 
     for name in ("absent", "../tabular", ""):
@@ -235,7 +233,7 @@ def test_load_and_unload_model(live, client):
     stream = client.explain_stream("live-control", method="kernel_shap", tensor=X, seed=3,
                                    params={"nsamples": 60_000})
     assert isinstance(next(stream), Progress)
-    unloaded = client.stub.UnloadModel(pb.UnloadModelRequest(name="live-control"), timeout=60)
+    unloaded = client.unload_model("live-control")
     final = [u for u in stream if isinstance(u, Explanation) and not u.partial]
     assert len(final) == 1 and final[0].stats["model_sha256"] == again.sha256
     assert unloaded.status == pb.UNLOADED and "UnloadModel" in unloaded.reason and unloaded.sha256 == again.sha256
@@ -248,9 +246,21 @@ def test_load_and_unload_model(live, client):
     replace_atomically(folder / "model.onnx", rotated_tabular().SerializeToString())
     time.sleep(POLL_S * 5)
     assert status(client, "live-control") == "UNLOADED"
-    back = client.stub.LoadModel(pb.LoadModelRequest(name="live-control"), timeout=60)
+    back = client.load_model("live-control")
     assert back.status == pb.READY and back.sha256 != again.sha256
     assert client.explain("live-control", method="occlusion", tensor=X).stats["model_sha256"] == back.sha256
+
+    # The same from the command line.
+    cli = [sys.executable, "-m", "explaind.cli"]
+    out = subprocess.run(cli + ["unload", "live-control", "--server", server.address], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and re.search(r"^status:\s+UNLOADED$", out.stdout, re.M), out
+    out = subprocess.run(cli + ["load", "live-control", "--server", server.address, "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "READY", out
+    out = subprocess.run(cli + ["load", "absent", "--server", server.address], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and out.stderr.startswith("explaind load: NOT_FOUND: "), out
 
 
 def test_a_removed_folder_is_no_longer_listed(live, client):

@@ -15,6 +15,8 @@ is not long enough to test anything).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -73,9 +75,8 @@ def image(example_image) -> bytes:
 
 
 def request(method: str, params: dict, *, allow_partial: bool = True, seed: int = 11, **kwargs) -> pb.ExplainRequest:
-    message = build_request(kwargs.pop("model", "shapes"), method=method, params=params, seed=seed, **kwargs)
-    message.allow_partial = allow_partial
-    return message
+    return build_request(kwargs.pop("model", "shapes"), method=method, params=params, seed=seed,
+                         allow_partial=allow_partial, **kwargs)
 
 
 def warm_up(stub: pb_grpc.ExplainerStub, message: pb.ExplainRequest, **small: object) -> None:
@@ -221,6 +222,29 @@ def test_complete_answers_say_so_and_planned_equals_used(stub, image):
                                 timeout=60)
         assert response.complete is True
         assert response.stats.model_evaluations == response.stats.planned_evaluations == 301
+
+
+def test_the_python_client_and_the_cli_ask_for_partial_answers_and_say_when_they_got_one(partial_server, image,
+                                                                                          tmp_path):
+    with partial_server.client() as client:
+        warm_up(client.stub, request("rise", {"num_masks": 60_000}, image=image), num_masks=50)
+        partial = client.explain("shapes", method="rise", params={"num_masks": 60_000}, image=image, seed=11,
+                                 allow_partial=True, timeout=1.0)
+        assert partial.complete is False and 1 < int(partial.stats["model_evaluations"]) < 60_001
+        assert client.explain("shapes", method="rise", params={"num_masks": 100}, image=image).complete is True
+        with_partial = {m.name for m in client.list_methods() if m.partial_results}
+    assert with_partial == {"rise", "occlusion", "lime", "kernel_shap", "smooth_grad"}
+
+    path = tmp_path / "input.png"
+    path.write_bytes(image)
+    command = [sys.executable, "-m", "explaind.cli", "explain", "--server", partial_server.address, "--model",
+               "shapes", "--method", "rise", "--image", str(path), "--param", "num_masks=60000", "--seed", "11",
+               "--timeout", "1.0"]
+    cut = subprocess.run(command + ["--allow-partial"], capture_output=True, text=True, timeout=120)
+    assert cut.returncode == 0, cut.stderr
+    assert "partial answer: the deadline came first" in cut.stdout
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "DEADLINE_EXCEEDED" in refused.stderr
 
 
 # Streams -----------------------------------------------------------------------------------------

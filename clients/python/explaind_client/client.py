@@ -33,9 +33,10 @@ class Explanation:
     top_classes: list[ClassScore]
     heatmap_png: bytes
     stats: dict[str, Any]
-    partial: bool = False
+    partial: bool = False  # a map streamed before the end (explain_stream)
     figures: dict[str, float] = field(default_factory=dict)  # method-specific numbers
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific arrays (ListMethods names them)
+    complete: bool = True  # False: answered at the deadline from the rows so far (allow_partial), or partial
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ class RenderSpec:
 def build_request(model: str, *, method: str, params: Mapping[str, Any] | None = None,
                   image: bytes | str | Path | None = None, tensor: np.ndarray | None = None,
                   target: int | str | None = None, score: str = "", seed: int = 0,
-                  render: RenderSpec | bool | None = None) -> pb.ExplainRequest:
-    """An ExplainRequest from plain values; `params` are the method message's fields."""
-    request = pb.ExplainRequest(model=model, seed=seed)
+                  render: RenderSpec | bool | None = None, allow_partial: bool = False) -> pb.ExplainRequest:
+    """An ExplainRequest from plain values; `params` are the method message's fields. With
+    `allow_partial`, a sampling method answers at the deadline from the rows so far (complete=False)."""
+    request = pb.ExplainRequest(model=model, seed=seed, allow_partial=allow_partial)
     if image is not None:
         request.image = image if isinstance(image, bytes) else Path(image).read_bytes()
     if tensor is not None:
@@ -116,6 +118,7 @@ def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) 
         partial=partial,
         figures=dict(response.figures),
         arrays={name: from_proto(tensor) for name, tensor in response.arrays.items()},
+        complete=response.complete and not partial,
     )
 
 
@@ -211,6 +214,14 @@ class ExplaindClient:
 
     def list_methods(self, model: str = "") -> list[pb.MethodInfo]:
         return list(self.stub.ListMethods(pb.ListMethodsRequest(model=model), timeout=self.timeout).methods)
+
+    def load_model(self, name: str) -> pb.ModelInfo:
+        """(Re)load the repository folder `name` and serve it (LoadModel; the server must allow it)."""
+        return self.stub.LoadModel(pb.LoadModelRequest(name=name), timeout=self.timeout)
+
+    def unload_model(self, name: str) -> pb.ModelInfo:
+        """Take model `name` out of service; it stays listed UNLOADED until load_model (UnloadModel)."""
+        return self.stub.UnloadModel(pb.UnloadModelRequest(name=name), timeout=self.timeout)
 
     def close(self) -> None:
         self.channel.close()

@@ -179,4 +179,5 @@ def method_info(method: Method) -> pb.MethodInfo:
         name=method.name, title=method.title, description=method.description, reference=method.reference,
         needs=NEEDS[method.needs], kinds=[KINDS[k] for k in sorted(method.kinds)],
         default_score=SCORE_ENUM[method.default_score], parameters=[parameter_info(p) for p in method.params],
-        arrays=list(method.arrays), figures=list(method.figures))
+        arrays=list(method.arrays), figures=list(method.figures),
+        partial_results=method.partial_results)

@@ -619,7 +619,7 @@ class ParameterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., minimum: _Optional[str] = ..., maximum: _Optional[str] = ..., exclusive_minimum: _Optional[bool] = ..., exclusive_maximum: _Optional[bool] = ...) -> None: ...
 
 class MethodInfo(_message.Message):
-    __slots__ = ("name", "title", "description", "needs", "kinds", "parameters", "default_score", "reference", "arrays", "figures")
+    __slots__ = ("name", "title", "description", "needs", "kinds", "parameters", "default_score", "reference", "arrays", "figures", "partial_results")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -630,6 +630,7 @@ class MethodInfo(_message.Message):
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_RESULTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     title: str
     description: str
@@ -640,7 +641,8 @@ class MethodInfo(_message.Message):
     reference: str
     arrays: _containers.RepeatedScalarFieldContainer[str]
     figures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., needs: _Optional[_Union[Needs, str]] = ..., kinds: _Optional[_Iterable[_Union[ModelKind, str]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., default_score: _Optional[_Union[Score, str]] = ..., reference: _Optional[str] = ..., arrays: _Optional[_Iterable[str]] = ..., figures: _Optional[_Iterable[str]] = ...) -> None: ...
+    partial_results: str
+    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., needs: _Optional[_Union[Needs, str]] = ..., kinds: _Optional[_Iterable[_Union[ModelKind, str]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., default_score: _Optional[_Union[Score, str]] = ..., reference: _Optional[str] = ..., arrays: _Optional[_Iterable[str]] = ..., figures: _Optional[_Iterable[str]] = ..., partial_results: _Optional[str] = ...) -> None: ...
 
 class ListMethodsRequest(_message.Message):
     __slots__ = ("model",)
