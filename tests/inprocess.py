@@ -9,6 +9,8 @@ sessions, no gRPC.
   is closed afterwards (one request, nothing shared).
 * `InProcess`: one Engine on one private event loop for many calls, so that each variant graph is
   built and compiled once per model, as the server does (a reference-test module runs on one).
+* `run_metric(...)` / `evaluate(metric, given, model, x, target, attribution, ...)`: the same for an
+  evaluation metric judging a given attribution (the prediction stage, then the metric's stages).
 * `served_onnx(name, model, example_shape)`: an exported ONNX model (input "input", output
   "logits") with its white box (its 4-d activations as layers), as `model` for the two above.
 * `serve_requests(*queries)` / `serve_request(query)`: whole requests (an ExplainQuery: preprocessing,
@@ -102,6 +104,55 @@ def explain(method: Method, given: dict[str, Any], model: Model, x: np.ndarray, 
         engine = Engine(settings or Settings(intra_op_threads=1), metrics)
         try:
             return await run_method(engine, served, method, given, x, target, score, seed, view=view, **view_fields)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+async def run_metric(engine: Engine, served: ServedModel, metric: Any, given: dict[str, Any], x: np.ndarray,
+                     target: int, attribution: np.ndarray, *, region: np.ndarray | None = None,
+                     score: str = "probability", seed: int = 1, view: ModelView | None = None,
+                     method: Method | None = None, method_params: dict[str, Any] | None = None,
+                     **view_fields: Any) -> tuple[Any, dict[str, Any]]:
+    """Evaluate `attribution` of `x` for class `target` with `metric` (its `given` parameters validated
+    by its declarations), as a request would: the prediction first, then the metric's stages; its
+    generator seeded as the first metric of a request with `seed`. `method` (and `method_params`) is
+    what re-explaining metrics run. Returns the MetricOutcome and the parameters as used."""
+    from explaind.evaluation.base import MetricContext
+    from explaind.evaluation.run import GivenAttribution, metric_rng
+
+    view = view or view_of(served, **view_fields)
+    params = metric.parameters(given, view, engine.settings)
+    ctx = MethodContext(engine=engine, served=served, model=view, x=np.asarray(x, np.float32), score=score,
+                        rng=np.random.default_rng(seed), settings=engine.settings,
+                        choose_target=lambda prediction: int(target))
+    await GivenAttribution(np.asarray(attribution, np.float32)).explain({}, ctx)  # prediction and target
+    reexplain: Any = None
+    if method is not None:
+        used = method.parameters(method_params or {}, view, engine.settings, score)
+
+        async def rerun(x2: np.ndarray, target2: int, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+            ctx2 = MethodContext(engine=engine, served=served, model=view, x=np.asarray(x2, np.float32), score=score,
+                                 rng=rng, settings=engine.settings, choose_target=lambda _: int(target2))
+            run = await method.explain(used, ctx2)
+            return run.result.attribution, run.stats
+
+        reexplain = rerun
+
+    mctx = MetricContext(ctx, np.asarray(attribution, np.float64), metric_rng(seed, 0, metric.name), region, reexplain)
+    return await metric.evaluate(params, mctx), params
+
+
+def evaluate(metric: Any, given: dict[str, Any], model: Model, x: np.ndarray, target: int, attribution: np.ndarray,
+             settings: Settings | None = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """run_metric on a fresh Engine (one onnxruntime thread by default), closed afterwards."""
+    served, view = _served_and_view(model)
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        engine = Engine(settings or Settings(intra_op_threads=1))
+        try:
+            return await run_metric(engine, served, metric, given, x, target, attribution, view=view, **kwargs)
         finally:
             await engine.close()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import os
 import sys
@@ -289,6 +290,89 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def typed_metrics(names: list[str], raw: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """--metric names with their --metric-param METRIC.NAME=VALUE texts typed by the declarations."""
+    from .evaluation.registry import all_metrics
+    from .methods.params import parse_text
+
+    metrics = all_metrics()
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in metrics:
+            raise ValueError(f"--metric: expected one of {', '.join(metrics)}, got {name!r}")
+        chosen.setdefault(name, {})
+    for key, text in raw:
+        metric, dot, name = key.partition(".")
+        if not dot or metric not in chosen:
+            raise ValueError(f"--metric-param {key}: expected METRIC.NAME=VALUE for a metric given with --metric")
+        declared = {p.name: p for p in metrics[metric].params}
+        if name not in declared:
+            raise ValueError(f"--metric-param {key}: {metric} has no such parameter; it has "
+                             f"{', '.join(declared) or 'none'}")
+        chosen[metric][name] = parse_text(declared[name], text)
+    return list(chosen.items())
+
+
+def _box(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (integers), got {text!r}") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected 4 integers x0,y0,x1,y1, got {text!r}")
+    return values
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import grpc
+    from explaind_client import Evaluation, Progress
+
+    from . import cli_text
+
+    try:
+        if not args.method and not args.attribution:
+            raise ValueError("--method or --attribution: give the method to evaluate, or an attribution .npy")
+        params = typed_params(args.method, args.param or []) if args.method else {}
+        metrics = typed_metrics(args.metric, args.metric_param or [])
+        tensor = _load_tensor(args.tensor) if args.tensor else None
+        attribution = _load_tensor(args.attribution) if args.attribution else None
+        mask = _load_tensor(args.mask) if args.mask else None
+        client = _client(args)
+    except (ValueError, OSError) as exc:
+        return _usage_failed("evaluate", exc)
+    target: int | str | None = None
+    if args.target is not None:
+        target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    result: Evaluation | None = None
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+    with client:
+        try:
+            for update in client.evaluate_stream(
+                    args.model, metrics=metrics, method=args.method or "", params=params, image=args.image,
+                    tensor=tensor, target=target, score=args.score, seed=args.seed, attribution=attribution,
+                    box=args.box, mask=mask):
+                if isinstance(update, Progress):
+                    bar.update(update.rows_done, update.rows_total)
+                else:
+                    result = update
+            bar.end()
+            infos = {m.name: m for m in client.list_metrics()} if result is not None and not args.json else {}
+        except grpc.RpcError as exc:
+            bar.end()
+            return _rpc_failed("evaluate", exc)
+    if result is None:
+        print("explaind evaluate: the stream ended without a result", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(cli_text.evaluation_json(result), indent=2))
+        return 0
+    e = result.explanation
+    print(f"target: {e.target_label} (class {e.target_class}); explanation: {e.stats.get('method')}, "
+          f"{e.stats.get('model_evaluations')} model evaluations, seed {e.stats.get('seed')}")
+    print(cli_text.evaluation_table(result, infos))
+    return 0
+
+
 def _load_tensor(path: str) -> Any:
     import numpy as np
 
@@ -353,6 +437,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="at the deadline (--timeout), answer from the rows evaluated so far (sampling methods)")
     explain.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
     explain.set_defaults(run=_explain)
+
+    evaluate = commands.add_parser("evaluate", parents=[connection],
+                                   help="evaluate an explanation with quality metrics (Evaluate)")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--method", default="", help="the method whose explanation is evaluated")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="PNG or JPEG file")
+    source.add_argument("--tensor", help=".npy file with one example in the model's input space")
+    evaluate.add_argument("--param", action="append", type=parse_param, metavar="NAME=VALUE",
+                          help="a parameter of --method (repeatable)")
+    evaluate.add_argument("--metric", action="append", required=True, metavar="NAME",
+                          help="a metric (repeatable): deletion, insertion, pointing_game, ... (explaind metrics)")
+    evaluate.add_argument("--metric-param", action="append", type=parse_param, metavar="METRIC.NAME=VALUE",
+                          help="a parameter of one --metric, e.g. deletion.steps=50 (repeatable)")
+    evaluate.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1",
+                          help="the object's box in model input pixels (x1, y1 exclusive), for localisation metrics")
+    evaluate.add_argument("--mask", help=".npy [H, W] mask of the object (nonzero), instead of --box")
+    evaluate.add_argument("--attribution", help=".npy attribution to evaluate instead of computing one")
+    evaluate.add_argument("--target", help="class index or label (default: the top prediction)")
+    evaluate.add_argument("--score", default="", choices=["", "probability", "logit"])
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true", help="the results as JSON (value, curves, figures, stats)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
+    evaluate.set_defaults(run=_evaluate)
 
     models = commands.add_parser("models", parents=[connection], help="list the server's models (ListModels)")
     models.add_argument("--json", action="store_true", help="the ListModels response as JSON")

@@ -4,7 +4,7 @@ explanation. Machine output (--json) is protobuf's own JSON and is not built her
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from explaind_client.v1 import explaind_pb2 as pb
@@ -152,3 +152,25 @@ def feature_table(names: Sequence[str], values: np.ndarray, attribution: np.ndar
     if shown < len(order):
         text += f"\n... {len(order) - shown} more features (--top N shows more)"
     return text
+
+
+def evaluation_table(result: Any, infos: dict[str, pb.MetricInfo]) -> str:
+    """One row per metric: its value, which way is better, its cost, and its figures."""
+    rows = []
+    for r in result.results:
+        info = infos.get(r.metric)
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in sorted(r.figures.items()))
+        curves = ", ".join(f"{k} [{len(v)}]" for k, v in sorted(r.curves.items()))
+        rows.append([r.metric, f"{r.value:.6g}", info.better if info and info.better else "-",
+                     str(r.stats.get("model_evaluations", 0)), "; ".join(x for x in (figures, curves) if x) or "-"])
+    return table(["METRIC", "VALUE", "BETTER", "EVALUATIONS", "FIGURES AND CURVES"], rows)
+
+
+def evaluation_json(result: Any) -> dict[str, Any]:
+    """The Evaluation as plain JSON: the explanation's target and stats, each metric's value, curves,
+    figures and stats (arrays as lists)."""
+    e = result.explanation
+    return {"explanation": {"target_class": e.target_class, "target_label": e.target_label, "stats": e.stats},
+            "results": [{"metric": r.metric, "value": r.value, "figures": r.figures,
+                         "curves": {k: v.tolist() for k, v in r.curves.items()}, "stats": r.stats}
+                        for r in result.results]}

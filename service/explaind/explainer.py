@@ -19,7 +19,10 @@ import numpy as np
 from .config import Settings
 from .engine.engine import Engine, ServedModel
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from .methods.base import LOGIT, Method, MethodContext, ModelView, Prediction, RunStats
+from .evaluation.base import MetricOutcome, Reexplain
+from .evaluation.run import (GivenAttribution, MetricQuery, PreparedMetric, RegionQuery, check_attribution, check_budget,
+                             prepare_metrics, region_mask, run_metrics)
+from .methods.base import LOGIT, PROBABILITY, Method, MethodContext, ModelView, Prediction, RunStats
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
 from .models.live import ModelControl
@@ -48,6 +51,10 @@ class ExplainQuery:
     score: str = ""                     # "" (method default), "probability" or "logit"
     render: RenderOptions | None = None
     allow_partial: bool = False         # at the deadline, a partial answer from the rows so far
+    metrics: list[MetricQuery] = field(default_factory=list)  # quality metrics of the explanation
+    region: RegionQuery | None = None   # the object, for localisation metrics
+    attribution: np.ndarray | None = None  # evaluate this map instead of computing one (Evaluate)
+    metrics_field: str = "evaluate"     # the request field metrics came from (error messages)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Explanation:
     figures: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     complete: bool = True  # False: a streamed partial map, or a partial answer at the deadline
+    evaluation: list[MetricOutcome] = field(default_factory=list)  # one per query.metrics, in order
 
 
 @dataclass
@@ -102,6 +110,10 @@ class Prepared:
     x: np.ndarray
     image: np.ndarray | None
     score: str
+    metrics: list[PreparedMetric] = field(default_factory=list)
+    region: np.ndarray | None = None       # bool [H, W]
+    given: np.ndarray | None = None        # the attribution to evaluate instead of computing one
+    planned_rows: int | None = None        # the explanation's and the metrics' model evaluations
 
 
 class Explainer:
@@ -195,6 +207,8 @@ class Explainer:
     # Explain ------------------------------------------------------------------------------------
 
     def prepare(self, query: ExplainQuery) -> Prepared:
+        if query.attribution is not None and not query.method:
+            return self._prepare_given(query)
         if not query.method:
             raise InvalidArgument("method", f"one of {', '.join(self.methods)}", "no method set")
         entry = self.ready_entry(query.model)
@@ -223,7 +237,50 @@ class Explainer:
                 raise InvalidArgument("render", "no render for a tabular model (heatmaps are for images)",
                                       "a render request")
             query.render.validate()
-        return Prepared(entry, served, view, method, params, x, image, score)
+        return self._with_metrics(query, Prepared(entry, served, view, method, params, x, image, score))
+
+    def _prepare_given(self, query: ExplainQuery) -> Prepared:
+        """Evaluate: the caller's attribution instead of a method's (the prediction still runs)."""
+        entry = self.ready_entry(query.model)
+        served, view = self.served(entry), self.view(entry)
+        x, image = self._input(query, entry, served.signature)
+        given = check_attribution(query.attribution, view)
+        score = query.score or "probability"
+        if score == LOGIT and entry.config.scores != "logits":
+            raise FailedPrecondition(f"score: LOGIT needs a model that outputs logits; model {entry.name!r} "
+                                     f"outputs {entry.config.scores}")
+        if query.render is not None:
+            if entry.config.kind != "image":
+                raise InvalidArgument("render", "no render for a tabular model (heatmaps are for images)",
+                                      "a render request")
+            query.render.validate()
+        prepared = Prepared(entry, served, view, GivenAttribution(given), {}, x, image, score, given=given)
+        return self._with_metrics(query, prepared)
+
+    def _with_metrics(self, query: ExplainQuery, p: Prepared) -> Prepared:
+        """The metrics checked, and the request's rows against the budget, before any work."""
+        if query.attribution is not None and p.given is None:
+            p.given = check_attribution(query.attribution, p.view)
+            p.method = GivenAttribution(p.given)  # the request's method stays for re-explaining metrics
+        if not query.metrics and query.region is None:
+            return p
+        region = region_mask(query.region, p.view)
+        method_rows = self._method_rows(query, p)
+        p.metrics = prepare_metrics(query.metrics, p.view, self.settings, method_rows=method_rows,
+                                    has_method=bool(query.method), region=region, field=query.metrics_field)
+        p.region = region
+        explanation_rows = 1 + (0 if p.given is not None else method_rows)
+        p.planned_rows = check_budget(explanation_rows, p.metrics, self.settings)
+        return p
+
+    def _method_rows(self, query: ExplainQuery, p: Prepared) -> int:
+        """What one explanation by the request's method costs (0 when none is named), when known."""
+        if not query.method:
+            return 0
+        method = self.methods[query.method]
+        ctx = MethodContext(engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
+                            rng=np.random.default_rng(0), settings=self.settings)
+        return method.planned_rows(p.params, ctx) or 0
 
     def _input(self, query: ExplainQuery, entry: LoadedModel, sig: ModelSignature) -> tuple[np.ndarray, np.ndarray | None]:
         if query.tensor is not None:
@@ -240,7 +297,8 @@ class Explainer:
     async def explain(self, query: ExplainQuery, *, prepared: Prepared | None = None,
                       deadline: float | None = None, tenant: str = "anonymous",
                       on_progress: Callable[[int, int], None] | None = None,
-                      on_partial: Callable[[Explanation], None] | None = None) -> Explanation:
+                      on_partial: Callable[[Explanation], None] | None = None,
+                      on_metrics_progress: Callable[[int, int], None] | None = None) -> Explanation:
         """Run a query (`prepared`: the result of prepare(query), when the caller already has it) for
         `tenant` (the caller's name, from its token: quotas and priority)."""
         started = time.monotonic()
@@ -266,12 +324,19 @@ class Explainer:
                                        stats(so_far), complete=False))
             ctx.on_partial = partial
         planned = p.method.planned_rows(p.params, ctx)
+        planned = p.planned_rows if p.planned_rows is not None else None if planned is None else planned + 1
         # Admitted (or refused at once) as a whole before the first stage: the prediction row and the rest.
         # A request that takes a partial answer at its deadline is not refused for lack of time.
-        partial = query.allow_partial and bool(p.method.partial_results)
-        with self.engine.admit(p.served, p.method.name, tenant, deadline, None if planned is None else planned + 1,
-                               partial):
+        partial = query.allow_partial and bool(p.method.partial_results) and not p.metrics
+        with self.engine.admit(p.served, p.method.name, tenant, deadline, planned, partial):
             run = await p.method.explain(p.params, ctx)
+            evaluation = []
+            if p.metrics:
+                # Metrics score probabilities (Quantus's softmax=True) unless the request asked for logits,
+                # whatever score the method explained.
+                scored = dataclasses.replace(ctx, score=query.score or PROBABILITY)
+                evaluation = await run_metrics(p.metrics, scored, run.result.attribution, seed, p.region,
+                                               self._reexplainer(query, p, deadline, tenant), on_metrics_progress)
         heatmap = b""
         if query.render is not None:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)
@@ -281,7 +346,22 @@ class Explainer:
             heatmap = render_heatmap(run.result.attribution, options, image=image)
         return Explanation(run.result.attribution, run.target, entry.labels[run.target],
                            self._top_classes(entry, run.prediction), heatmap, stats(run.stats), run.result.figures,
-                           run.result.arrays, complete=run.complete)
+                           run.result.arrays, complete=run.complete, evaluation=evaluation)
+
+    def _reexplainer(self, query: ExplainQuery, p: Prepared, deadline: float | None, tenant: str) -> Reexplain | None:
+        """The request's method (same parameters) on another input or target, for re-explaining metrics."""
+        if not query.method:
+            return None
+        method = self.methods[query.method]
+
+        async def reexplain(x: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
+            ctx = MethodContext(engine=self.engine, served=p.served, model=p.view, x=np.asarray(x, np.float32),
+                                score=p.score, rng=rng, settings=self.settings, choose_target=lambda _: target,
+                                deadline=deadline, tenant=tenant)
+            run = await method.explain(p.params, ctx)
+            return run.result.attribution, run.stats
+
+        return reexplain
 
     def _target(self, query: ExplainQuery, entry: LoadedModel, probabilities: np.ndarray) -> int:
         if query.target_label is not None:

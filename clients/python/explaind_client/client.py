@@ -37,6 +37,7 @@ class Explanation:
     figures: dict[str, float] = field(default_factory=dict)  # method-specific numbers
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific arrays (ListMethods names them)
     complete: bool = True  # False: answered at the deadline from the rows so far (allow_partial), or partial
+    evaluation: list["MetricScore"] = field(default_factory=list)  # build_request(evaluate=...) metrics
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,31 @@ class Progress:
     rows_total: int
     fraction: float
     stage: str = ""
+
+
+@dataclass(frozen=True)
+class MetricScore:
+    """One evaluation metric's result (MetricResult)."""
+
+    metric: str
+    value: float
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The explanation evaluated and each metric's result, in the order asked."""
+
+    explanation: Explanation
+    results: list[MetricScore]
+
+    def __getitem__(self, metric: str) -> MetricScore:
+        for result in self.results:
+            if result.metric == metric:
+                return result
+        raise KeyError(metric)
 
 
 @dataclass
@@ -72,10 +98,50 @@ class RenderSpec:
         return render
 
 
+MetricSpec = str | tuple[str, Mapping[str, Any]]  # "deletion" or ("deletion", {"steps": 50})
+
+
+def _set_fields(message: Any, owner: str, params: Mapping[str, Any] | None) -> None:
+    message.SetInParent()
+    fields = message.DESCRIPTOR.fields_by_name
+    for name, value in (params or {}).items():
+        if name not in fields:
+            raise ValueError(f"{owner} has no parameter {name!r}; it has {', '.join(fields) or 'none'}")
+        if fields[name].is_repeated:
+            getattr(message, name).extend(value if isinstance(value, Sequence) else [value])
+        else:
+            setattr(message, name, value)
+
+
+def build_metrics(metrics: Sequence[MetricSpec]) -> list[pb.Metric]:
+    """Metric messages from names, or (name, parameters) pairs."""
+    built = []
+    for spec in metrics:
+        name, params = (spec, None) if isinstance(spec, str) else spec
+        metric = pb.Metric()
+        if name not in pb.Metric.DESCRIPTOR.fields_by_name:
+            raise ValueError(f"unknown metric {name!r}; known: {', '.join(pb.Metric.DESCRIPTOR.fields_by_name)}")
+        _set_fields(getattr(metric, name), name, params)
+        built.append(metric)
+    return built
+
+
+def build_region(box: Sequence[int] | None = None, mask: np.ndarray | None = None) -> pb.Region:
+    """A Region from a box [x0, y0, x1, y1] (x1, y1 exclusive) or a mask [H, W]."""
+    region = pb.Region()
+    if box is not None:
+        region.box.extend(int(v) for v in box)
+    if mask is not None:
+        region.mask.CopyFrom(to_proto(np.asarray(mask, np.float32)))
+    return region
+
+
 def build_request(model: str, *, method: str, params: Mapping[str, Any] | None = None,
                   image: bytes | str | Path | None = None, tensor: np.ndarray | None = None,
                   target: int | str | None = None, score: str = "", seed: int = 0,
-                  render: RenderSpec | bool | None = None, allow_partial: bool = False) -> pb.ExplainRequest:
+                  render: RenderSpec | bool | None = None, allow_partial: bool = False,
+                  evaluate: Sequence[MetricSpec] = (), box: Sequence[int] | None = None,
+                  mask: np.ndarray | None = None) -> pb.ExplainRequest:
     """An ExplainRequest from plain values; `params` are the method message's fields. With
     `allow_partial`, a sampling method answers at the deadline from the rows so far (complete=False)."""
     request = pb.ExplainRequest(model=model, seed=seed, allow_partial=allow_partial)
@@ -93,17 +159,38 @@ def build_request(model: str, *, method: str, params: Mapping[str, Any] | None =
         request.score = pb.Score.Value(score.upper())
     if render:
         request.render.CopyFrom((render if isinstance(render, RenderSpec) else RenderSpec()).to_proto())
-    method_message = getattr(request, method)  # AttributeError names an unknown method
-    method_message.SetInParent()
-    fields = method_message.DESCRIPTOR.fields_by_name
-    for name, value in (params or {}).items():
-        if name not in fields:
-            raise ValueError(f"{method} has no parameter {name!r}; it has {', '.join(fields) or 'none'}")
-        if fields[name].is_repeated:
-            getattr(method_message, name).extend(value if isinstance(value, Sequence) else [value])
-        else:
-            setattr(method_message, name, value)
+    if method:
+        _set_fields(getattr(request, method), method, params)  # AttributeError names an unknown method
+    elif params:
+        raise ValueError("params without a method")
+    request.evaluate.extend(build_metrics(evaluate))
+    if box is not None or mask is not None:
+        request.region.CopyFrom(build_region(box, mask))
     return request
+
+
+def build_evaluate_request(model: str, *, metrics: Sequence[MetricSpec], method: str = "",
+                           attribution: np.ndarray | None = None, box: Sequence[int] | None = None,
+                           mask: np.ndarray | None = None, **explain: Any) -> pb.EvaluateRequest:
+    """An EvaluateRequest: the explanation (build_request's keywords; `method` may be empty when
+    `attribution` is given) and the metrics, region and attribution to evaluate."""
+    request = pb.EvaluateRequest(explain=build_request(model, method=method, **explain),
+                                 metrics=build_metrics(metrics))
+    if attribution is not None:
+        request.attribution.CopyFrom(to_proto(np.asarray(attribution, np.float32)))
+    if box is not None or mask is not None:
+        request.region.CopyFrom(build_region(box, mask))
+    return request
+
+
+def metric_score_from_proto(result: pb.MetricResult) -> MetricScore:
+    return MetricScore(result.metric, result.value, {name: from_proto(c) for name, c in result.curves.items()},
+                       dict(result.figures), MessageToDict(result.stats, preserving_proto_field_name=True))
+
+
+def evaluation_from_proto(response: pb.EvaluateResponse) -> Evaluation:
+    return Evaluation(explanation_from_proto(response.explanation),
+                      [metric_score_from_proto(r) for r in response.results])
 
 
 def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) -> Explanation:
@@ -119,6 +206,7 @@ def explanation_from_proto(response: pb.ExplainResponse, partial: bool = False) 
         figures=dict(response.figures),
         arrays={name: from_proto(tensor) for name, tensor in response.arrays.items()},
         complete=response.complete and not partial,
+        evaluation=[metric_score_from_proto(r) for r in response.evaluation],
     )
 
 
@@ -206,6 +294,27 @@ class ExplaindClient:
             elif kind == "result":
                 yield explanation_from_proto(update.result)
 
+    def evaluate(self, model: str, *, metrics: Sequence[MetricSpec], timeout: float | None = None,
+                 **kwargs: Any) -> Evaluation:
+        """Evaluate an explanation (computed by `method`, or the `attribution` given) with `metrics`;
+        keyword arguments as build_evaluate_request's."""
+        request = build_evaluate_request(model, metrics=metrics, **kwargs)
+        return evaluation_from_proto(self.stub.Evaluate(request, timeout=timeout or self.timeout))
+
+    def evaluate_stream(self, model: str, *, metrics: Sequence[MetricSpec], timeout: float | None = None,
+                        **kwargs: Any) -> Iterator[Progress | Evaluation]:
+        """Progress (stage "explaining", then "evaluating"), then the Evaluation."""
+        request = build_evaluate_request(model, metrics=metrics, **kwargs)
+        for update in self.stub.EvaluateStream(request, timeout=timeout or self.timeout):
+            if update.WhichOneof("kind") == "progress":
+                p = update.progress
+                yield Progress(p.rows_done, p.rows_total, p.fraction, p.stage)
+            else:
+                yield evaluation_from_proto(update.result)
+
+    def list_metrics(self, model: str = "") -> list[pb.MetricInfo]:
+        return list(self.stub.ListMetrics(pb.ListMetricsRequest(model=model), timeout=self.timeout).metrics)
+
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
 
@@ -233,5 +342,6 @@ class ExplaindClient:
         self.close()
 
 
-__all__ = ["ClassScore", "Explanation", "ExplaindClient", "Progress", "RenderSpec", "build_request",
+__all__ = ["ClassScore", "Evaluation", "Explanation", "ExplaindClient", "MetricScore", "Progress", "RenderSpec",
+           "build_evaluate_request", "build_metrics", "build_region", "build_request", "evaluation_from_proto",
            "explanation_from_proto"]

@@ -13,6 +13,8 @@ from google.protobuf.message import Message
 
 from ..engine.health import HealthView
 from ..errors import InvalidArgument
+from ..evaluation.base import Metric, MetricOutcome
+from ..evaluation.run import MetricQuery, RegionQuery
 from ..explainer import Explanation, ExplainQuery
 from ..methods.base import Method
 from ..methods.params import Param
@@ -72,7 +74,77 @@ def explain_query(request: pb.ExplainRequest) -> ExplainQuery:
             clip_percentile=r.clip_percentile if r.HasField("clip_percentile") else 99.9,
             clip_percentile_low=r.clip_percentile_low if r.HasField("clip_percentile_low") else None,
             alpha=r.alpha if r.HasField("alpha") else 0.5)
+    query.metrics = metric_queries(request.evaluate)
+    if request.HasField("region"):
+        query.region = region_query(request.region, "region")
     return query
+
+
+def metric_queries(metrics: Any) -> list[MetricQuery]:
+    """The requested metrics: each Metric's oneof field name and the fields set in its message."""
+    queries = []
+    for metric in metrics:
+        name = metric.WhichOneof("metric") or ""
+        queries.append(MetricQuery(name, message_fields(getattr(metric, name)) if name else {}))
+    return queries
+
+
+def region_query(region: pb.Region, field: str) -> RegionQuery:
+    mask = None
+    if region.HasField("mask"):
+        try:
+            mask = from_proto(region.mask)
+        except ValueError as exc:
+            where, expected, got = _split(str(exc))
+            raise InvalidArgument(f"{field}.mask{where.removeprefix('tensor')}", expected, got) from None
+    return RegionQuery(box=list(region.box) if region.box else None, mask=mask)
+
+
+def evaluate_query(request: pb.EvaluateRequest) -> ExplainQuery:
+    """An EvaluateRequest as the ExplainQuery it runs: the explanation's query with the metrics, the
+    region and (optionally) the attribution to evaluate."""
+    if not request.HasField("explain"):
+        raise InvalidArgument("explain", "an ExplainRequest (model, input, target, seed, score, method)", "none")
+    query = explain_query(request.explain)
+    if request.explain.evaluate or request.explain.HasField("region"):
+        raise InvalidArgument("explain.evaluate", "unset in an EvaluateRequest (give metrics and region in "
+                              "EvaluateRequest.metrics and .region)", "set")
+    if not request.metrics:
+        raise InvalidArgument("metrics", "at least one metric", "none")
+    query.metrics = metric_queries(request.metrics)
+    query.metrics_field = "metrics"
+    if request.HasField("region"):
+        query.region = region_query(request.region, "region")
+    if request.HasField("attribution"):
+        try:
+            query.attribution = from_proto(request.attribution)
+        except ValueError as exc:
+            where, expected, got = _split(str(exc))
+            raise InvalidArgument(f"attribution{where.removeprefix('tensor')}", expected, got) from None
+    return query
+
+
+def stats_message(s: Any, *, seed: int = 0, model_sha256: str = "", method: str = "", parameters: dict | None = None,
+                  score: str = "probability", tenant: str = "", total_seconds: float = 0.0) -> pb.Stats:
+    return pb.Stats(seed=seed, model_evaluations=s.model_evaluations, batches=s.batches, stages=s.stages,
+                    queue_seconds=s.queue_seconds, compute_seconds=s.compute_seconds, total_seconds=total_seconds,
+                    model_sha256=model_sha256, method=method, parameters=to_struct(parameters or {}),
+                    score=SCORE_ENUM[score], tenant=tenant, planned_evaluations=s.planned_evaluations)
+
+
+def metric_result(outcome: MetricOutcome, explanation: Explanation) -> pb.MetricResult:
+    s = explanation.stats
+    value = outcome.value
+    return pb.MetricResult(
+        metric=outcome.metric, value=value.value, figures=value.figures,
+        curves={name: to_proto(np.ascontiguousarray(c, dtype=np.float32)) for name, c in value.curves.items()},
+        stats=stats_message(outcome.stats, seed=s.seed, model_sha256=s.model_sha256, method=outcome.metric,
+                            parameters=outcome.parameters, score=s.score, tenant=s.tenant))
+
+
+def evaluate_response(result: Explanation) -> pb.EvaluateResponse:
+    return pb.EvaluateResponse(explanation=explain_response(result),
+                               results=[metric_result(o, result) for o in result.evaluation])
 
 
 def _enum_name(enum: Any, field: str, value: int) -> str:
@@ -107,18 +179,16 @@ def _plain(value: Any) -> Any:
 
 def explain_response(result: Explanation) -> pb.ExplainResponse:
     s = result.stats
-    stats = pb.Stats(seed=s.seed, model_evaluations=s.model_evaluations, batches=s.batches, stages=s.stages,
-                     queue_seconds=s.queue_seconds, compute_seconds=s.compute_seconds,
-                     total_seconds=s.total_seconds, model_sha256=s.model_sha256, method=s.method,
-                     parameters=to_struct(s.parameters), score=SCORE_ENUM[s.score], tenant=s.tenant,
-                     planned_evaluations=s.planned_evaluations)
+    stats = stats_message(s, seed=s.seed, model_sha256=s.model_sha256, method=s.method, parameters=s.parameters,
+                          score=s.score, tenant=s.tenant, total_seconds=s.total_seconds)
     top = [pb.ClassScore(class_index=c.index, label=c.label, probability=c.probability,
                          **({} if c.logit is None else {"logit": c.logit})) for c in result.top_classes]
     return pb.ExplainResponse(attribution=to_proto(result.attribution.astype(np.float32)),
                               target_class=result.target_class, target_label=result.target_label,
                               top_classes=top, heatmap_png=result.heatmap_png, stats=stats,
                               figures=result.figures, complete=result.complete,
-                              arrays={name: to_proto(np.ascontiguousarray(a)) for name, a in result.arrays.items()})
+                              arrays={name: to_proto(np.ascontiguousarray(a)) for name, a in result.arrays.items()},
+                              evaluation=[metric_result(o, result) for o in result.evaluation])
 
 
 def tensor_info(spec: Any) -> pb.TensorInfo:
@@ -172,6 +242,15 @@ def parameter_info(p: Param) -> pb.ParameterInfo:
     return pb.ParameterInfo(name=p.name, type=p.type, default_value=p.default_text, description=p.description,
                             choices=list(p.choices), minimum=p.bound_text(p.low), maximum=p.bound_text(p.high),
                             exclusive_minimum=p.exclusive_low, exclusive_maximum=p.exclusive_high)
+
+
+def metric_info(metric: Metric) -> pb.MetricInfo:
+    better = {True: "higher", False: "lower", None: ""}[metric.higher_is_better]
+    return pb.MetricInfo(
+        name=metric.name, title=metric.title, description=metric.description, reference=metric.reference,
+        category=metric.category, kinds=[KINDS[k] for k in sorted(metric.kinds)],
+        parameters=[parameter_info(p) for p in metric.params], needs_region=metric.needs_region,
+        reexplains=metric.reexplains, better=better, curves=list(metric.curves), figures=list(metric.figures))
 
 
 def method_info(method: Method) -> pb.MethodInfo:

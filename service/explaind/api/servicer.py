@@ -18,6 +18,8 @@ from explaind_client.v1 import explaind_pb2 as pb
 from explaind_client.v1 import explaind_pb2_grpc as pb_grpc
 
 from ..errors import ExplaindError, PermissionDenied, Unavailable
+from ..evaluation.registry import all_metrics
+from ..evaluation.run import applicable
 from ..explainer import Explainer, Explanation
 from ..metrics import Metrics
 from ..models.repository import LoadedModel, ModelEntry
@@ -98,6 +100,46 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             finally:
                 task.cancel()
 
+    # Evaluate -----------------------------------------------------------------------------------
+
+    async def Evaluate(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> pb.EvaluateResponse:
+        async with self._call(request.explain, context, evaluate=True) as call:
+            query = convert.evaluate_query(request)
+            result = await self.explainer.explain(query, deadline=_deadline(context), tenant=call.tenant)
+            return convert.evaluate_response(result)
+
+    async def EvaluateStream(self, request: pb.EvaluateRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EvaluateUpdate]:
+        updates: asyncio.Queue[pb.EvaluateUpdate | None] = asyncio.Queue()
+
+        def progress(stage: str) -> Callable[[int, int], None]:
+            def report(done: int, total: int) -> None:
+                updates.put_nowait(pb.EvaluateUpdate(progress=pb.Progress(
+                    rows_done=done, rows_total=total, fraction=done / max(total, 1), stage=stage)))
+            return report
+
+        async with self._call(request.explain, context, evaluate=True) as call:
+            query = convert.evaluate_query(request)
+            prepared = self.explainer.prepare(query)  # refuse bad requests before the stream starts
+            task = asyncio.ensure_future(self.explainer.explain(
+                query, prepared=prepared, deadline=_deadline(context), tenant=call.tenant,
+                on_progress=progress("explaining"), on_metrics_progress=progress("evaluating")))
+            task.add_done_callback(lambda _: updates.put_nowait(None))
+            try:
+                while (update := await updates.get()) is not None:
+                    yield update
+                yield pb.EvaluateUpdate(result=convert.evaluate_response(task.result()))
+            finally:
+                task.cancel()
+
+    async def ListMetrics(self, request: pb.ListMetricsRequest, context: grpc.aio.ServicerContext) -> pb.ListMetricsResponse:
+        async with self._guard(context):
+            if request.model:
+                selected = applicable(self.explainer.view(self.explainer.ready_entry(request.model)))
+            else:
+                selected = list(all_metrics().values())
+            return pb.ListMetricsResponse(metrics=[convert.metric_info(m) for m in selected])
+
     # Models and methods -------------------------------------------------------------------------
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
@@ -148,16 +190,18 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     def _guard(self, context: grpc.aio.ServicerContext) -> "_ErrorMapper":
         return _ErrorMapper(self, context, None)
 
-    def _call(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> "_ErrorMapper":
-        return _ErrorMapper(self, context, request)
+    def _call(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext,
+              evaluate: bool = False) -> "_ErrorMapper":
+        return _ErrorMapper(self, context, request, evaluate)
 
 
 class _ErrorMapper:
     """Async context manager: refuses calls while shutting down, maps errors, records metrics."""
 
     def __init__(self, servicer: ExplainerServicer, context: grpc.aio.ServicerContext,
-                 request: pb.ExplainRequest | None) -> None:
+                 request: pb.ExplainRequest | None, evaluate: bool = False) -> None:
         self.servicer = servicer
+        self.evaluate = evaluate  # Evaluate / EvaluateStream: counted under method "evaluate/<method>"
         self.context = context
         self.request = request
         self.started = time.monotonic()
@@ -212,7 +256,9 @@ class _ErrorMapper:
         if self.request is None:
             return
         model = self.request.model if self.servicer.explainer.is_model(self.request.model) else "(unknown)"
-        method = self.request.WhichOneof("method") or "(none)"
+        method = self.request.WhichOneof("method") or ("attribution" if self.evaluate else "(none)")
+        if self.evaluate:
+            method = f"evaluate/{method}"
         seconds = time.monotonic() - self.started
         self.servicer.metrics.requests.labels(model, method, code.name).inc()
         if code == grpc.StatusCode.OK:

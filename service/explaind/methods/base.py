@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generator, Generic, Iterator, Mapping, TypeVar, Union
+from typing import Any, Awaitable, Callable, ClassVar, Generator, Generic, Iterator, Mapping, TypeVar, Union
 
 import numpy as np
 
@@ -117,6 +118,7 @@ class Reducer(ABC):
 
 
 R = TypeVar("R", bound=Reducer)
+T = TypeVar("T")
 
 
 @dataclass
@@ -165,6 +167,11 @@ class RunStats:
         self.queue_seconds += max(s.queue_seconds for s, _, _ in stats)
         self.compute_seconds += sum(s.compute_seconds for s, _, _ in stats)
 
+    def merge(self, other: "RunStats") -> None:
+        """Another run's stats (a re-explanation an evaluation metric awaited) added to these."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 @dataclass
 class MethodResult:
@@ -175,7 +182,15 @@ class MethodResult:
     complete: bool = True  # False: a stage ended at the deadline (allow_partial) and the answer is partial
 
 
-Stages = Generator[Union[Stage[Any], list[Stage[Any]]], Any, Result]
+@dataclass(frozen=True)
+class Await:
+    """A step that is not a stage: `make()` is awaited on the event loop and its result sent back to
+    the generator (an evaluation metric re-explaining a perturbed input with the request's method)."""
+
+    make: Callable[[], Awaitable[Any]]
+
+
+Stages = Generator[Union[Stage[Any], list[Stage[Any]], Await], Any, Result]
 
 
 class PredictionReducer(Reducer):
@@ -247,7 +262,7 @@ class Method(ABC):
         return None
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        runner = _StageRunner(ctx, self.planned_rows(params, ctx), allow_partial=ctx.allow_partial and
+        runner = StageRunner(ctx, self.planned_rows(params, ctx), allow_partial=ctx.allow_partial and
                               bool(self.partial_results))
         layer = self.prediction_layer(params)
         predicted = await runner.run([prediction_stage(ctx.x, layer)], counted=False)
@@ -257,27 +272,36 @@ class Method(ABC):
         if layer:
             ctx.layer_activation = np.asarray(out[LAYER_OUTPUT], np.float32)
         ctx.target = ctx.choose_target(ctx.prediction)
-        steps = self.stages(params, ctx)
-        sent: Any = None
-        value: Any = steps  # a Result already: the method needs nothing beyond the prediction (CAM)
-        while not isinstance(value, Result):
-            kind, value = await asyncio.to_thread(_advance, steps, sent)
-            if kind == "done":
-                break
-            if runner.stopped:
-                steps.close()
-                raise DeadlineExceeded(f"the request's deadline came during stage {runner.stats.stages} and "
-                                       f"{self.name} has more stages: no partial answer")
-            runner.check_deadline()
-            group = value if isinstance(value, list) else [value]
-            reducers = await runner.run(group)
-            sent = reducers if isinstance(value, list) else reducers[0]
-        result: Result = value
+        result: Result = await drive(self.stages(params, ctx), runner, self.name)
         result.attribution = np.asarray(result.attribution, np.float32)
         return MethodResult(result, runner.stats, ctx.target, ctx.prediction, complete=not runner.stopped)
 
 
-def _advance(steps: Stages, sent: Any) -> tuple[str, Any]:
+async def drive(steps: Generator[Any, Any, T] | T, runner: "StageRunner", name: str) -> T:
+    """Run a generator of stages (a Stage, or a list of concurrent ones, per step; each step gets its
+    reducers back) to its return value; a value that is not a generator is the answer already.
+    Shared by methods and evaluation metrics (evaluation/base.py)."""
+    if not inspect.isgenerator(steps):
+        return steps  # type: ignore[return-value]
+    sent: Any = None
+    while True:
+        kind, value = await asyncio.to_thread(_advance, steps, sent)
+        if kind == "done":
+            return value
+        if runner.stopped:
+            steps.close()
+            raise DeadlineExceeded(f"the request's deadline came during stage {runner.stats.stages} and "
+                                   f"{name} has more stages: no partial answer")
+        runner.check_deadline()
+        if isinstance(value, Await):
+            sent = await value.make()
+            continue
+        group = value if isinstance(value, list) else [value]
+        reducers = await runner.run(group)
+        sent = reducers if isinstance(value, list) else reducers[0]
+
+
+def _advance(steps: Generator[Any, Any, Any], sent: Any) -> tuple[str, Any]:
     """One step of a method's generator (in a worker thread; StopIteration cannot cross a Future)."""
     try:
         return "stage", steps.send(sent)
@@ -285,7 +309,7 @@ def _advance(steps: Stages, sent: Any) -> tuple[str, Any]:
         return "done", stop.value
 
 
-class _StageRunner:
+class StageRunner:
     """Runs a request's stages through the engine: stats, progress at most every 1% of the rows,
     partial maps every `partial_every` of them, and (allow_partial) the early end of partial stages."""
 

@@ -345,7 +345,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +370,8 @@ class ExplainRequest(_message.Message):
     GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
     SCORE_CAM_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
     tensor: Tensor
     image: bytes
@@ -394,7 +396,9 @@ class ExplainRequest(_message.Message):
     guided_grad_cam: GuidedGradCam
     score_cam: ScoreCam
     cam: Cam
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ...) -> None: ...
+    evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
+    region: Region
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -439,7 +443,7 @@ class Stats(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., model_evaluations: _Optional[int] = ..., batches: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[_Union[Score, str]] = ..., stages: _Optional[int] = ..., planned_evaluations: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "arrays", "complete")
+    __slots__ = ("attribution", "target_class", "target_label", "top_classes", "heatmap_png", "stats", "figures", "arrays", "complete", "evaluation")
     class FiguresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +467,7 @@ class ExplainResponse(_message.Message):
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     attribution: Tensor
     target_class: int
     target_label: str
@@ -472,7 +477,8 @@ class ExplainResponse(_message.Message):
     figures: _containers.ScalarMap[str, float]
     arrays: _containers.MessageMap[str, Tensor]
     complete: bool
-    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., arrays: _Optional[_Mapping[str, Tensor]] = ..., complete: _Optional[bool] = ...) -> None: ...
+    evaluation: _containers.RepeatedCompositeFieldContainer[MetricResult]
+    def __init__(self, attribution: _Optional[_Union[Tensor, _Mapping]] = ..., target_class: _Optional[int] = ..., target_label: _Optional[str] = ..., top_classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., heatmap_png: _Optional[bytes] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., figures: _Optional[_Mapping[str, float]] = ..., arrays: _Optional[_Mapping[str, Tensor]] = ..., complete: _Optional[bool] = ..., evaluation: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("rows_done", "rows_total", "fraction", "stage")
@@ -655,3 +661,143 @@ class ListMethodsResponse(_message.Message):
     METHODS_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
     def __init__(self, methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("box", "mask")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    box: _containers.RepeatedScalarFieldContainer[int]
+    mask: Tensor
+    def __init__(self, box: _Optional[_Iterable[int]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class Deletion(_message.Message):
+    __slots__ = ("steps", "substrate", "order")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SUBSTRATE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    substrate: str
+    order: str
+    def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
+
+class Insertion(_message.Message):
+    __slots__ = ("steps", "substrate", "order")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SUBSTRATE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    substrate: str
+    order: str
+    def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
+
+class PointingGame(_message.Message):
+    __slots__ = ("tolerance",)
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    tolerance: int
+    def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("deletion", "insertion", "pointing_game")
+    DELETION_FIELD_NUMBER: _ClassVar[int]
+    INSERTION_FIELD_NUMBER: _ClassVar[int]
+    POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
+    deletion: Deletion
+    insertion: Insertion
+    pointing_game: PointingGame
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ...) -> None: ...
+
+class MetricResult(_message.Message):
+    __slots__ = ("metric", "value", "curves", "figures", "stats")
+    class CurvesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CURVES_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    value: float
+    curves: _containers.MessageMap[str, Tensor]
+    figures: _containers.ScalarMap[str, float]
+    stats: Stats
+    def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., curves: _Optional[_Mapping[str, Tensor]] = ..., figures: _Optional[_Mapping[str, float]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("explain", "attribution", "metrics", "region")
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    explain: ExplainRequest
+    attribution: Tensor
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    region: Region
+    def __init__(self, explain: _Optional[_Union[ExplainRequest, _Mapping]] = ..., attribution: _Optional[_Union[Tensor, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("explanation", "results")
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    explanation: ExplainResponse
+    results: _containers.RepeatedCompositeFieldContainer[MetricResult]
+    def __init__(self, explanation: _Optional[_Union[ExplainResponse, _Mapping]] = ..., results: _Optional[_Iterable[_Union[MetricResult, _Mapping]]] = ...) -> None: ...
+
+class EvaluateUpdate(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: EvaluateResponse
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[EvaluateResponse, _Mapping]] = ...) -> None: ...
+
+class MetricInfo(_message.Message):
+    __slots__ = ("name", "title", "description", "reference", "category", "kinds", "parameters", "needs_region", "reexplains", "better", "curves", "figures")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_REGION_FIELD_NUMBER: _ClassVar[int]
+    REEXPLAINS_FIELD_NUMBER: _ClassVar[int]
+    BETTER_FIELD_NUMBER: _ClassVar[int]
+    CURVES_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    title: str
+    description: str
+    reference: str
+    category: str
+    kinds: _containers.RepeatedScalarFieldContainer[ModelKind]
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    needs_region: bool
+    reexplains: bool
+    better: str
+    curves: _containers.RepeatedScalarFieldContainer[str]
+    figures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., reference: _Optional[str] = ..., category: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[ModelKind, str]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., needs_region: _Optional[bool] = ..., reexplains: _Optional[bool] = ..., better: _Optional[str] = ..., curves: _Optional[_Iterable[str]] = ..., figures: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListMetricsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListMetricsResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricInfo]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[MetricInfo, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,21 @@ class ExplainerStub:
                 request_serializer=explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/explaind.v1.Explainer/Evaluate',
+                request_serializer=explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=explaind_dot_v1_dot_explaind__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
+        self.EvaluateStream = channel.unary_stream(
+                '/explaind.v1.Explainer/EvaluateStream',
+                request_serializer=explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=explaind_dot_v1_dot_explaind__pb2.EvaluateUpdate.FromString,
+                _registered_method=True)
+        self.ListMetrics = channel.unary_unary(
+                '/explaind.v1.Explainer/ListMetrics',
+                request_serializer=explaind_dot_v1_dot_explaind__pb2.ListMetricsRequest.SerializeToString,
+                response_deserializer=explaind_dot_v1_dot_explaind__pb2.ListMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -122,6 +137,29 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Evaluate one explanation (computed, or given in the request) with quality metrics: faithfulness,
+        robustness, localisation, randomisation, complexity. Every perturbed input goes through the same
+        engine as explanations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateStream(self, request, context):
+        """The same as a stream: progress (the explanation's rows, then each metric's), then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMetrics(self, request, context):
+        """The metrics, their parameters and defaults (optionally those that apply to one model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +197,21 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.FromString,
                     response_serializer=explaind_dot_v1_dot_explaind__pb2.ModelInfo.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.FromString,
+                    response_serializer=explaind_dot_v1_dot_explaind__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'EvaluateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.EvaluateStream,
+                    request_deserializer=explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.FromString,
+                    response_serializer=explaind_dot_v1_dot_explaind__pb2.EvaluateUpdate.SerializeToString,
+            ),
+            'ListMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMetrics,
+                    request_deserializer=explaind_dot_v1_dot_explaind__pb2.ListMetricsRequest.FromString,
+                    response_serializer=explaind_dot_v1_dot_explaind__pb2.ListMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +403,87 @@ class Explainer:
             '/explaind.v1.Explainer/UnloadModel',
             explaind_dot_v1_dot_explaind__pb2.UnloadModelRequest.SerializeToString,
             explaind_dot_v1_dot_explaind__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explaind.v1.Explainer/Evaluate',
+            explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.SerializeToString,
+            explaind_dot_v1_dot_explaind__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/explaind.v1.Explainer/EvaluateStream',
+            explaind_dot_v1_dot_explaind__pb2.EvaluateRequest.SerializeToString,
+            explaind_dot_v1_dot_explaind__pb2.EvaluateUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/explaind.v1.Explainer/ListMetrics',
+            explaind_dot_v1_dot_explaind__pb2.ListMetricsRequest.SerializeToString,
+            explaind_dot_v1_dot_explaind__pb2.ListMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
