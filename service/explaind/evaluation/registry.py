@@ -7,9 +7,33 @@ from .deletion import Deletion
 from .insertion import Insertion
 from .pointing_game import PointingGame
 
+# @imports-faithfulness
+
+# @imports-robustness
+
+# @imports-localisation
+
+# @imports-randomisation
+
+# @imports-complexity
+
 METRICS: tuple[type[Metric], ...] = (
+    # faithfulness
     Deletion, Insertion,
+    # @faithfulness
+
+    # robustness
+    # @robustness
+
+    # localisation
     PointingGame,
+    # @localisation
+
+    # randomisation
+    # @randomisation
+
+    # complexity and axiomatic
+    # @complexity
 )
 
 
