@@ -6,7 +6,7 @@
 
 `--clients` (6) clients loop requests drawn at random from a mix of methods on both demo models
 (RISE, occlusion, LIME and Kernel SHAP on images and on the tabular model, Integrated Gradients,
-SmoothGrad, Grad-CAM, saliency, a streamed RISE with partial maps, now and then a request refused
+SmoothGrad, Grad-CAM, saliency, Grad-CAM with evaluation metrics beside it, a streamed RISE with partial maps, now and then a request refused
 as invalid), each with a fresh seed and a `--deadline` (30 s). The server's RSS is sampled every
 `--sample-s` (5 s). Growth after warm-up: the mean RSS over the last `--window` (20%) of the run
 against the mean over the same span right after `--warmup` (20% of the run), in percent (target < 2%).
@@ -60,6 +60,10 @@ def mix(rng: random.Random) -> tuple[str, object, bool]:
                                               params={"num_samples": 16}), False),
         ("grad_cam", lambda: build_request("shapes", method="grad_cam", tensor=image, seed=seed), False),
         ("saliency", lambda: build_request("shapes", method="saliency", tensor=image, seed=seed), False),
+        ("grad_cam_evaluated", lambda: build_request("shapes", method="grad_cam", tensor=image, seed=seed,
+                                                     evaluate=[("deletion", {"steps": rng.choice([16, 32])}),
+                                                               "insertion", "pointing_game"],
+                                                     box=[8, 8, 40, 40]), False),
         ("lime_tabular", lambda: build_request("tabular", method="lime", tensor=row, seed=seed,
                                                params={"num_samples": 1000}), False),
         ("kernel_shap_tabular", lambda: build_request("tabular", method="kernel_shap", tensor=row, seed=seed,
