@@ -208,3 +208,32 @@ def test_explain_requests_without_metrics_are_unchanged(client, image):
     response = client.stub.Explain(request, timeout=30)
     assert len(response.evaluation) == 0 and response.stats.model_evaluations == 2
     assert pb.ExplainResponse.DESCRIPTOR.fields_by_name["evaluation"].number == 13
+
+
+def queued_rows(server) -> float:
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^explaind_queue_rows\{[^}]*\} (\S+)$', text, re.M))
+
+
+def test_deadline_and_cancellation_stop_the_metrics(server, client, image):
+    from _server import wait_until
+
+    heavy = [("deletion", {"steps": 4096}), ("insertion", {"steps": 4096})]
+    # Past the deadline while the metrics run (or refused at once once their cost is known): no answer.
+    code, _ = code_and_details(lambda: client.evaluate("shapes", method="saliency", image=image, metrics=heavy,
+                                                       timeout=0.5))
+    assert code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert wait_until(lambda: queued_rows(server) == 0, 30), "the expired metrics' rows stayed queued"
+
+    stream = client.stub.EvaluateStream(build_evaluate_request("shapes", method="saliency", image=image,
+                                                               metrics=heavy))
+    for update in stream:
+        if update.WhichOneof("kind") == "progress" and update.progress.stage == "evaluating" \
+                and update.progress.rows_done > 0:
+            break
+    stream.cancel()
+    assert wait_until(lambda: queued_rows(server) == 0, 30), "the cancelled metrics' rows stayed queued"
+    assert server.health() == "SERVING"

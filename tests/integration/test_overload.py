@@ -66,6 +66,8 @@ def test_refusals_name_the_deadline_or_the_quota_and_carry_a_retry_hint(quota_se
     assert "of 60000 rows in flight; this request needs 20001: retry in " in over.value.details()
     hints = [int(value) for key, value in over.value.trailing_metadata() if key == "retry-after-ms"]
     assert len(hints) == 1 and hints[0] >= 1
+    # The same hint as gRPC's standard server pushback, which gRPC's retry policy honours.
+    assert [int(v) for k, v in over.value.trailing_metadata() if k == "grpc-retry-pushback-ms"] == hints
 
     assert metric(quota_server, "explaind_tenant_refused_total", tenant="anonymous", reason="deadline") == 1
     assert metric(quota_server, "explaind_tenant_refused_total", tenant="anonymous", reason="rows_in_flight") == 1

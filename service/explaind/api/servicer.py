@@ -249,7 +249,10 @@ class _ErrorMapper:
     async def _abort(self, error: ExplaindError) -> None:
         retry = getattr(error, "retry_after_s", None)  # ResourceExhausted: when a retry may be admitted
         if retry is not None:
-            self.context.set_trailing_metadata((("retry-after-ms", str(max(1, math.ceil(retry * 1000)))),))
+            # retry-after-ms for explaind's clients; the same as grpc-retry-pushback-ms, which gRPC's own
+            # retry policy honours (a client with retryableStatusCodes RESOURCE_EXHAUSTED waits that long).
+            ms = str(max(1, math.ceil(retry * 1000)))
+            self.context.set_trailing_metadata((("retry-after-ms", ms), ("grpc-retry-pushback-ms", ms)))
         await self.context.abort(error.code, error.message)
 
     def _record(self, code: grpc.StatusCode) -> None:
