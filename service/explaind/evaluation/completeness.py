@@ -40,8 +40,8 @@ class Completeness(Metric):
     figures = ("gap", "attribution_sum", "f_input", "f_baseline")
     params = (
         Float("baseline", 0.0, "the baseline x' (every input value), in model input space"),
-        Bool("abs", False, "sum |a| instead of the signed attribution"),
-        Bool("normalise", False, "divide the map by its maximum |a| first (Quantus's default)"),
+        Bool("abs", False, "sum abs(a) instead of the signed attribution"),
+        Bool("normalise", False, "divide the map by its maximum abs(a) first (Quantus's default)"),
     )
 
     def planned_rows(self, params: dict[str, Any], model: ModelView, method_rows: int) -> int:

@@ -27,12 +27,12 @@ class Complexity(Metric):
     name = "complexity"
     title = "Complexity (entropy)"
     reference = "Bhatt, Weller & Moura 2020, Evaluating and Aggregating Feature-based Model Explanations"
-    description = "Entropy of the fractional contributions |a_i| / sum |a|: lower is a more concise map."
+    description = "Entropy of the fractional contributions abs(a_i) / sum abs(a): lower is a more concise map."
     category = COMPLEXITY
     kinds = ANY_KIND
     higher_is_better = False
     params = (
-        Bool("abs", True, "measure |a| (false: signed values; NaN if any is negative)"),
+        Bool("abs", True, "measure abs(a) (false: signed values; NaN if any is negative)"),
     )
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:

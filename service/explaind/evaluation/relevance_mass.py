@@ -29,7 +29,7 @@ class RelevanceMass(Metric):
     kinds = IMAGE
     needs_region = True
     params = (
-        Bool("abs", False, "score |a| instead of the signed attribution"),
+        Bool("abs", False, "score abs(a) instead of the signed attribution"),
     )
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:

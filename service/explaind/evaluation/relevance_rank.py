@@ -30,7 +30,7 @@ class RelevanceRank(Metric):
     kinds = IMAGE
     needs_region = True
     params = (
-        Bool("abs", False, "rank |a| instead of the signed attribution"),
+        Bool("abs", False, "rank abs(a) instead of the signed attribution"),
     )
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:

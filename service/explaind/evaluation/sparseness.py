@@ -41,7 +41,7 @@ class Sparseness(Metric):
     category = COMPLEXITY
     kinds = ANY_KIND
     params = (
-        Bool("abs", True, "measure |a| (false: the signed values as they are)"),
+        Bool("abs", True, "measure abs(a) (false: the signed values as they are)"),
     )
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:

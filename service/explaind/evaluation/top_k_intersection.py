@@ -39,8 +39,8 @@ class TopKIntersection(Metric):
     params = (
         Int("k", lambda lim: min(K, pixels(lim)), "how many of the most relevant pixels are checked", 1, pixels,
             shown=f"{K} or the pixel count if fewer"),
-        Bool("concept_influence", False, "scale by P / |R| (an object's size taken into account)"),
-        Bool("abs", False, "rank |a| instead of the signed attribution"),
+        Bool("concept_influence", False, "scale by the pixel count over the object's size"),
+        Bool("abs", False, "rank abs(a) instead of the signed attribution"),
     )
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:
