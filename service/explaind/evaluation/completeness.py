@@ -10,10 +10,13 @@ quadrature error). One model evaluation: x' is a ranked row (evaluation/curves.p
 position replaced. Figures: the signed gap, the attribution's sum, f(x) and f(x').
 
 Defaults: baseline 0 (as explaind's integrated_gradients), abs false, normalise false. Quantus's
-Completeness differs on purpose in three ways: it answers whether sum(a) == f(x) - f(x') holds
+Completeness differs on purpose in four ways: it answers whether sum(a) == f(x) - f(x') holds
 exactly (a boolean, false for almost any float map), where explaind gives the gap; its baseline
-default "black" is the input's minimum; and it scales the map by max |a| first (normalise default on),
-which breaks the comparison of a sum with a change in score, so explaind offers it off by default.
+default "black" is the input's minimum (pass that value as `baseline` to reproduce it); it scales the
+map by max |a| first (normalise default on), which breaks the comparison of a sum with a change in
+score, so explaind offers it off by default; and given a per-pixel [H, W] map of a C-channel image it
+replaces only the first H * W values of the flattened input (channel 0), where x' here is the
+baseline in every channel, as integrated gradients integrates from.
 `abs` (|a| before the sum) and `normalise` mirror Quantus's options for agreement when asked.
 """
 
