@@ -1,17 +1,17 @@
 """Pointing game (Zhang et al., ECCV 2016, Top-down Neural Attention by Excitation Backprop): does the
 attribution's maximum fall on the object?
 
-hit = 1 if the pixel of largest attribution (the first in row-major order among equal maxima, as
-numpy's argmax and Quantus's PointingGame) lies within `tolerance` pixels (Euclidean) of the region,
-else 0. Defaults: tolerance 0 (Quantus's PointingGame; Zhang et al. used 15 pixels at 224 x 224).
-Images only; the request's region is required. No model evaluation.
+hit = 1 if a pixel of largest attribution lies within `tolerance` pixels (Euclidean) of the region,
+else 0. Equal maxima all count, as in Quantus's PointingGame (a hit when any of them is on the
+object): a tie is not broken by pixel order, which would favour objects near the top left. Figure
+`distance`: from the nearest maximum to the region. Defaults: tolerance 0 (Quantus's PointingGame;
+Zhang et al. used 15 pixels at 224 x 224). Images only; the request's region is required. No model evaluation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from scipy import ndimage
 
 from ..methods.params import IMAGE, Int
@@ -33,7 +33,7 @@ class PointingGame(Metric):
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricValue:
         region = ctx.region
-        y, x = np.unravel_index(int(np.argmax(ctx.attribution)), ctx.attribution.shape)
-        # Distance from the maximum to the nearest region pixel (0 inside it).
-        distance = float(ndimage.distance_transform_edt(~region)[y, x]) if region.any() else float("inf")
+        maxima = ctx.attribution == ctx.attribution.max()
+        # Distance from the nearest maximum to the nearest region pixel (0 inside it).
+        distance = float(ndimage.distance_transform_edt(~region)[maxima].min()) if region.any() else float("inf")
         return MetricValue(float(distance <= params["tolerance"]), figures={"distance": distance})

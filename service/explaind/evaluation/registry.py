@@ -12,10 +12,18 @@ from .pointing_game import PointingGame
 # @imports-robustness
 
 # @imports-localisation
+from .energy_pointing_game import EnergyPointingGame
+from .iou import Iou
+from .relevance_mass import RelevanceMass
+from .relevance_rank import RelevanceRank
+from .top_k_intersection import TopKIntersection
 
 # @imports-randomisation
 
 # @imports-complexity
+from .completeness import Completeness
+from .complexity import Complexity
+from .sparseness import Sparseness
 
 METRICS: tuple[type[Metric], ...] = (
     # faithfulness
@@ -28,12 +36,14 @@ METRICS: tuple[type[Metric], ...] = (
     # localisation
     PointingGame,
     # @localisation
+    EnergyPointingGame, RelevanceMass, RelevanceRank, TopKIntersection, Iou,
 
     # randomisation
     # @randomisation
 
     # complexity and axiomatic
     # @complexity
+    Sparseness, Complexity, Completeness,
 )
 
 

@@ -690,6 +690,60 @@ class Insertion(_message.Message):
     order: str
     def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
 
+class Sparseness(_message.Message):
+    __slots__ = ("abs",)
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    abs: bool
+    def __init__(self, abs: _Optional[bool] = ...) -> None: ...
+
+class Complexity(_message.Message):
+    __slots__ = ("abs",)
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    abs: bool
+    def __init__(self, abs: _Optional[bool] = ...) -> None: ...
+
+class Completeness(_message.Message):
+    __slots__ = ("baseline", "abs", "normalise")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    baseline: float
+    abs: bool
+    normalise: bool
+    def __init__(self, baseline: _Optional[float] = ..., abs: _Optional[bool] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class EnergyPointingGame(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RelevanceMass(_message.Message):
+    __slots__ = ("abs",)
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    abs: bool
+    def __init__(self, abs: _Optional[bool] = ...) -> None: ...
+
+class RelevanceRank(_message.Message):
+    __slots__ = ("abs",)
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    abs: bool
+    def __init__(self, abs: _Optional[bool] = ...) -> None: ...
+
+class TopKIntersection(_message.Message):
+    __slots__ = ("k", "concept_influence", "abs")
+    K_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_INFLUENCE_FIELD_NUMBER: _ClassVar[int]
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    concept_influence: bool
+    abs: bool
+    def __init__(self, k: _Optional[int] = ..., concept_influence: _Optional[bool] = ..., abs: _Optional[bool] = ...) -> None: ...
+
+class Iou(_message.Message):
+    __slots__ = ("threshold",)
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    def __init__(self, threshold: _Optional[float] = ...) -> None: ...
+
 class PointingGame(_message.Message):
     __slots__ = ("tolerance",)
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
@@ -697,14 +751,30 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pointing_game")
+    __slots__ = ("deletion", "insertion", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
     POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
+    RELEVANCE_MASS_FIELD_NUMBER: _ClassVar[int]
+    RELEVANCE_RANK_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_INTERSECTION_FIELD_NUMBER: _ClassVar[int]
+    IOU_FIELD_NUMBER: _ClassVar[int]
+    SPARSENESS_FIELD_NUMBER: _ClassVar[int]
+    COMPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
     deletion: Deletion
     insertion: Insertion
     pointing_game: PointingGame
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ...) -> None: ...
+    energy_pointing_game: EnergyPointingGame
+    relevance_mass: RelevanceMass
+    relevance_rank: RelevanceRank
+    top_k_intersection: TopKIntersection
+    iou: Iou
+    sparseness: Sparseness
+    complexity: Complexity
+    completeness: Completeness
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
