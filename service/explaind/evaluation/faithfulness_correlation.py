@@ -30,26 +30,17 @@ from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Choice, Int
 from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
 from .deletion import positions
-from .perturbation import (BASELINE_TEXT, BASELINES, BLACK, baseline_value, channels_pixels, masked_stage,
-                           model_input, pearson)
+from .perturbation import (BASELINE_TEXT, BASELINES, BLACK, baseline_value, channels_pixels, model_input, pearson,
+                           subset_stage)
 
 
-def random_subsets(rng: np.random.Generator, runs: int, pixels: int, size: int) -> np.ndarray:
-    """keep [runs, pixels]: False on `size` pixels drawn without replacement per run."""
-    keep = np.ones((runs, pixels), bool)
-    for r in range(runs):
-        keep[r, rng.choice(pixels, size, replace=False)] = False
-    return keep
-
-
-def subset_correlation(ctx: MetricContext, keep: np.ndarray, baseline: str) -> MetricSteps:
-    """Yields the masked stage; returns (correlation, attribution sums, score drops) as a value."""
+def subset_correlation(ctx: MetricContext, sizes: np.ndarray, baseline: str) -> MetricSteps:
+    """Yields the subsets' stage; returns their correlation, with the sums and drops as curves."""
     cp = channels_pixels(ctx)
     fill = model_input(ctx, np.full_like(cp, baseline_value(cp, baseline)))
-    reducer = yield masked_stage(ctx, keep, fill)
+    reducer = yield subset_stage(ctx, sizes, fill)
     drops = ctx.target_score() - reducer.scores
-    sums = (~keep).astype(np.float64) @ ctx.attribution.reshape(-1)
-    return MetricValue(pearson(sums, drops), curves={"attribution_sums": sums, "score_drops": drops})
+    return MetricValue(pearson(reducer.sums, drops), curves={"attribution_sums": reducer.sums, "score_drops": drops})
 
 
 class FaithfulnessCorrelation(Metric):
@@ -72,5 +63,5 @@ class FaithfulnessCorrelation(Metric):
         return params["nr_runs"]
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps:
-        keep = random_subsets(ctx.rng, params["nr_runs"], ctx.attribution.size, params["subset_size"])
-        return (yield from subset_correlation(ctx, keep, params["baseline"]))
+        sizes = np.full(params["nr_runs"], params["subset_size"], np.int64)
+        return (yield from subset_correlation(ctx, sizes, params["baseline"]))

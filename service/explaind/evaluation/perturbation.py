@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..methods.base import Reducer, Stage, row_chunks
+from ..methods.base import Reducer, Stage, chunked
 from ..onnxgraph.variants import SCORE_OUTPUT, coalition, segments
 from .base import MetricContext
 from .curves import CHUNK_ROWS
@@ -89,26 +89,46 @@ class ScoresReducer(Reducer):
         self.scores[codes["row"]] = rows[SCORE_OUTPUT].astype(np.float64)
 
 
-def masked_stage(ctx: MetricContext, keep: np.ndarray, fill: np.ndarray) -> Stage[ScoresReducer]:
-    """Rows showing the input where keep[r, p] and `fill` (model input shape) elsewhere, built in
-    the graph from one bit per pixel (images: the superpixel prefix with every pixel its own
-    segment; tabular: the coalition prefix over a single background row, the fill)."""
-    keep = np.asarray(keep, np.float32)
-    rows, pixels = keep.shape
+class SubsetReducer(ScoresReducer):
+    """The score of every row, and the attribution summed over each row's removed subset."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(rows)
+        self.sums = np.zeros(rows, np.float64)
+
+
+def subset_stage(ctx: MetricContext, sizes: np.ndarray, fill: np.ndarray) -> Stage[SubsetReducer]:
+    """Row r removes sizes[r] pixels (features) drawn uniformly without replacement from ctx.rng (in
+    row order, whatever the batching), showing `fill` (model input shape) there and the input
+    elsewhere. The rows are built in the graph from one bit per pixel (images: the superpixel prefix
+    with every pixel its own segment; tabular: the coalition prefix over a single background row,
+    the fill), drawn lazily chunk by chunk (a 224 x 224 input's bits are 200 KB a row)."""
+    rows, pixels = len(sizes), int(ctx.attribution.size)
+    attribution = ctx.attribution.reshape(-1)
+    reducer = SubsetReducer(rows)
+    image = ctx.model.kind == "image"
+    width = -(-pixels // 32) * 32 if image else pixels
+    chunk = max(1, min(CHUNK_ROWS, (8 << 20) // (4 * width)))
+    rng = ctx.rng
+
+    def draw(start: int, n: int) -> dict[str, np.ndarray]:
+        keep = np.zeros((n, width), np.float32)
+        keep[:, :pixels] = 1.0
+        for i in range(n):
+            subset = rng.choice(pixels, int(sizes[start + i]), replace=False)
+            keep[i, subset] = 0.0
+            reducer.sums[start + i] = attribution[subset].sum()
+        return {"row": np.arange(start, start + n, dtype=np.int64), ("coalition" if image else "mask"): keep}
+
     constants: dict[str, Any] = ctx.explain.target_constants()
-    if ctx.model.kind == "image":
-        width = -(-pixels // 32) * 32
-        padded = np.zeros((rows, width), np.float32)
-        padded[:, :pixels] = keep
+    if image:
         variant: Any = segments.Segments(score=ctx.explain.score, width=width)
         constants.update(segments=np.arange(pixels, dtype=np.int64), fill_image=np.asarray(fill, np.float32))
-        codes = {"coalition": padded}
     else:
         variant = coalition.TabularCoalition(score=ctx.explain.score, background_rows=1)
         constants.update(background=np.asarray(fill, np.float32).reshape(1, -1),
                          background_weights=np.ones(1, np.float32))
-        codes = {"mask": keep}
-    return Stage(variant, constants, row_chunks(codes, CHUNK_ROWS), rows, ScoresReducer(rows))
+    return Stage(variant, constants, chunked(rows, chunk, draw), rows, reducer)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,7 +6,8 @@ For each of `steps` subset sizes n_k = max(1, round(k / steps * n_max_percentage
 draw `nr_samples` subsets of n_k pixels (features) uniformly without replacement, replace each by
 the baseline (on the unperturbed input), and take Pearson's correlation over the samples between the
 subset's attribution sum and the score drop f(x) - f(x with the subset replaced): the curve
-`correlations` [steps] over `subset_sizes`. The value is its mean over n. Higher is better
+`correlations` [steps] over `subset_sizes`. The value is its mean over n (sizes whose
+correlation is undefined, NaN, left out). Higher is better
 (Ancona et al.'s sensitivity-n holds for all n only for linear models). At each n this is exactly
 faithfulness correlation with subset_size n (Bhatt et al. generalised Ancona's definition so).
 
@@ -31,8 +32,7 @@ from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Choice, Float, Int
 from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
 from .deletion import positions
-from .faithfulness_correlation import random_subsets
-from .perturbation import BASELINE_TEXT, BASELINES, BLACK, baseline_value, channels_pixels, masked_stage, model_input, pearson
+from .perturbation import BASELINE_TEXT, BASELINES, BLACK, baseline_value, channels_pixels, model_input, pearson, subset_stage
 
 
 def subset_sizes(params: dict[str, Any], pixels: int) -> np.ndarray:
@@ -66,12 +66,11 @@ class SensitivityN(Metric):
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps:
         pixels, samples = ctx.attribution.size, params["nr_samples"]
         sizes = subset_sizes(params, pixels)
-        keep = np.concatenate([random_subsets(ctx.rng, samples, pixels, int(n)) for n in sizes])
         cp = channels_pixels(ctx)
         fill = model_input(ctx, np.full_like(cp, baseline_value(cp, params["baseline"])))
-        reducer = yield masked_stage(ctx, keep, fill)
+        reducer = yield subset_stage(ctx, np.repeat(sizes, samples), fill)
         drops = (ctx.target_score() - reducer.scores).reshape(len(sizes), samples)
-        sums = ((~keep).astype(np.float64) @ ctx.attribution.reshape(-1)).reshape(len(sizes), samples)
+        sums = reducer.sums.reshape(len(sizes), samples)
         correlations = np.array([pearson(s, d) for s, d in zip(sums, drops)])
         return MetricValue(float(np.nanmean(correlations)) if np.isfinite(correlations).any() else float("nan"),
                            curves={"correlations": correlations, "subset_sizes": sizes.astype(np.float64)})
