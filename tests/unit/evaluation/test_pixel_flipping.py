@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from explaind.errors import InvalidArgument
 from explaind.evaluation.pixel_flipping import PixelFlipping
@@ -65,3 +66,19 @@ def test_parameter_checks_name_the_field():
     with pytest.raises(InvalidArgument) as err:
         evaluate(PixelFlipping(), {"baseline": "grey"}, served, x, 0, a)
     assert err.value.message == "pixel_flipping.baseline: expected one of black, white, mean, zero, got 'grey'"
+
+
+def test_channels_last_models_flip_the_same_pixels():
+    """NHWC: the same model with its weights permuted gives the NCHW curve (pixels are positions)."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(3, 6, 7)).astype(np.float32)
+    attribution = rng.normal(size=(6, 7))
+    nchw, weights = served_linear("lin", (3, 6, 7), 4, max_batch_rows=64)
+    nhwc, _ = served_linear("lin_hwc", (6, 7, 3), 4, layout="NHWC", max_batch_rows=64)
+    permuted = weights.reshape(3, 6, 7, 4).transpose(1, 2, 0, 3).reshape(-1, 4)
+    nhwc.model.graph.initializer[0].CopyFrom(numpy_helper.from_array(permuted, "W"))
+    for baseline in ("mean", "white"):
+        ours, _ = evaluate(PixelFlipping(), {"features_in_step": 3, "baseline": baseline}, nhwc,
+                           x.transpose(1, 2, 0), 1, attribution)
+        scores, _ = flipping_curve(weights, x, 1, "probability", attribution, 3, baseline)
+        np.testing.assert_allclose(ours.value.curves["scores"], scores, rtol=1e-5, atol=1e-6)

@@ -87,3 +87,15 @@ def test_parameter_checks_name_the_field():
     with pytest.raises(InvalidArgument) as err:
         evaluate(Road(), {"noise": -1.0}, served, x, 0, a)
     assert err.value.message.startswith("road.noise")
+
+
+def test_channels_last_rows():
+    rng = np.random.default_rng(53)
+    x = rng.normal(size=(3, 5, 5)).astype(np.float32)
+    attribution = rng.normal(size=(5, 5))
+    nhwc, weights = served_linear("lin_hwc", (5, 5, 3), 3, layout="NHWC", max_batch_rows=64)
+    outcome, _ = evaluate(Road(), {"percentages": [20.0, 60.0], "noise": 0.0}, nhwc, x.transpose(1, 2, 0), 0,
+                          attribution)
+    order = np.argsort(-attribution.reshape(-1), kind="stable")
+    expected = [linear_score(weights, imputed(x, order[:k]).transpose(1, 2, 0), 0, "probability") for k in (5, 15)]
+    np.testing.assert_allclose(outcome.value.curves["scores"], expected, rtol=1e-5, atol=1e-6)
