@@ -140,6 +140,3 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     return float(np.clip((a * b).sum() / denominator, -1.0, 1.0))
 
-
-def pixels_of(ctx: MetricContext) -> int:
-    return int(np.prod(ctx.model.signature.spatial_shape)) if ctx.model.kind == "image" else int(ctx.x.size)
