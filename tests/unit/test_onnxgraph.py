@@ -28,6 +28,7 @@ from explaind.onnxgraph.variants import VariantInterface, VariantSpec
 from explaind.onnxgraph.variants.occlusion import ImageOcclusion, TabularOcclusion
 from explaind.onnxgraph.variants.predict import Predict
 from explaind.onnxgraph.variants.rise import Rise
+from explaind.onnxgraph.variants.rows import ImageRows
 
 OPSETS = (11, 13, 17, 21)
 LAYOUTS = ("NCHW", "NHWC")
@@ -542,7 +543,8 @@ def all_specs(tabular: bool) -> list[VariantSpec]:
     if tabular:
         return [Predict(), *(TabularOcclusion(score=sc) for sc in SCORES)]
     return [Predict(), *(ImageOcclusion(score=sc) for sc in SCORES),
-            *(Rise(score=sc, grid_size=s, zero_baseline=False) for sc in SCORES for s in (1, 2, 5))]
+            *(Rise(score=sc, grid_size=s, zero_baseline=False) for sc in SCORES for s in (1, 2, 5)),
+            *(ImageRows(score=sc) for sc in SCORES)]
 
 
 @pytest.mark.parametrize("opset", OPSETS)

@@ -8,6 +8,12 @@ from .insertion import Insertion
 from .pointing_game import PointingGame
 
 # @imports-faithfulness
+from .faithfulness_correlation import FaithfulnessCorrelation
+from .infidelity import Infidelity
+from .irof import Irof
+from .pixel_flipping import PixelFlipping
+from .road import Road
+from .sensitivity_n import SensitivityN
 
 # @imports-robustness
 
@@ -29,6 +35,7 @@ METRICS: tuple[type[Metric], ...] = (
     # faithfulness
     Deletion, Insertion,
     # @faithfulness
+    PixelFlipping, Irof, Road, FaithfulnessCorrelation, SensitivityN, Infidelity,
 
     # robustness
     # @robustness

@@ -690,6 +690,58 @@ class Insertion(_message.Message):
     order: str
     def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
 
+class PixelFlipping(_message.Message):
+    __slots__ = ("features_in_step", "baseline")
+    FEATURES_IN_STEP_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    features_in_step: int
+    baseline: str
+    def __init__(self, features_in_step: _Optional[int] = ..., baseline: _Optional[str] = ...) -> None: ...
+
+class Irof(_message.Message):
+    __slots__ = ("baseline",)
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    baseline: str
+    def __init__(self, baseline: _Optional[str] = ...) -> None: ...
+
+class Road(_message.Message):
+    __slots__ = ("percentages", "noise")
+    PERCENTAGES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    percentages: _containers.RepeatedScalarFieldContainer[float]
+    noise: float
+    def __init__(self, percentages: _Optional[_Iterable[float]] = ..., noise: _Optional[float] = ...) -> None: ...
+
+class FaithfulnessCorrelation(_message.Message):
+    __slots__ = ("nr_runs", "subset_size", "baseline")
+    NR_RUNS_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    nr_runs: int
+    subset_size: int
+    baseline: str
+    def __init__(self, nr_runs: _Optional[int] = ..., subset_size: _Optional[int] = ..., baseline: _Optional[str] = ...) -> None: ...
+
+class SensitivityN(_message.Message):
+    __slots__ = ("steps", "nr_samples", "n_max_percentage", "baseline")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    N_MAX_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    nr_samples: int
+    n_max_percentage: float
+    baseline: str
+    def __init__(self, steps: _Optional[int] = ..., nr_samples: _Optional[int] = ..., n_max_percentage: _Optional[float] = ..., baseline: _Optional[str] = ...) -> None: ...
+
+class Infidelity(_message.Message):
+    __slots__ = ("patch_size", "baseline")
+    PATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    patch_size: int
+    baseline: str
+    def __init__(self, patch_size: _Optional[int] = ..., baseline: _Optional[str] = ...) -> None: ...
+
 class Sparseness(_message.Message):
     __slots__ = ("abs",)
     ABS_FIELD_NUMBER: _ClassVar[int]
@@ -751,9 +803,15 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
+    __slots__ = ("deletion", "insertion", "pixel_flipping", "irof", "road", "faithfulness_correlation", "sensitivity_n", "infidelity", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_FLIPPING_FIELD_NUMBER: _ClassVar[int]
+    IROF_FIELD_NUMBER: _ClassVar[int]
+    ROAD_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_N_FIELD_NUMBER: _ClassVar[int]
+    INFIDELITY_FIELD_NUMBER: _ClassVar[int]
     POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
     ENERGY_POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_MASS_FIELD_NUMBER: _ClassVar[int]
@@ -765,6 +823,12 @@ class Metric(_message.Message):
     COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
     deletion: Deletion
     insertion: Insertion
+    pixel_flipping: PixelFlipping
+    irof: Irof
+    road: Road
+    faithfulness_correlation: FaithfulnessCorrelation
+    sensitivity_n: SensitivityN
+    infidelity: Infidelity
     pointing_game: PointingGame
     energy_pointing_game: EnergyPointingGame
     relevance_mass: RelevanceMass
@@ -774,7 +838,7 @@ class Metric(_message.Message):
     sparseness: Sparseness
     complexity: Complexity
     completeness: Completeness
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pixel_flipping: _Optional[_Union[PixelFlipping, _Mapping]] = ..., irof: _Optional[_Union[Irof, _Mapping]] = ..., road: _Optional[_Union[Road, _Mapping]] = ..., faithfulness_correlation: _Optional[_Union[FaithfulnessCorrelation, _Mapping]] = ..., sensitivity_n: _Optional[_Union[SensitivityN, _Mapping]] = ..., infidelity: _Optional[_Union[Infidelity, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
