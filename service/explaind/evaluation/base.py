@@ -21,6 +21,7 @@ Conventions every metric shares (documented in docs/evaluation.md):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ AXIOMATIC = "axiomatic"
 # reexplain(x, target, rng) -> (attribution, stats): the request's method (same parameters) on input
 # x for class `target`, drawing from rng; awaited on the event loop.
 Reexplain = Callable[[np.ndarray, int, np.random.Generator], Awaitable[tuple[np.ndarray, RunStats]]]
+
+# reexplain_all runs at most this many re-explanations at once: enough for their rows to share
+# batches, few enough that one metric's jobs leave room in the engine's queue (max_queued_jobs).
+REEXPLAIN_CONCURRENCY = 16
 
 
 @dataclass
@@ -68,6 +73,33 @@ class MetricContext:
             attribution, stats = await reexplain(x, self.target if target is None else target, rng)
             self.spent.merge(stats)
             return attribution
+
+        return Await(run)
+
+    def reexplain_all(self, xs: list[np.ndarray], targets: list[int] | None = None) -> Await:
+        """A step to yield from `stages`: the method's attributions of every input in `xs` (for
+        `targets`, default the explanation's), in order, run concurrently (REEXPLAIN_CONCURRENCY at a
+        time) so that their rows share batches. Each re-explanation draws from its own generator,
+        spawned from the metric's in order, so the figures do not depend on how the runs interleave."""
+        if self.reexplain_with is None:
+            raise RuntimeError("reexplain without a method: Metric.reexplains is checked before the run")
+        if targets is not None and len(targets) != len(xs):
+            raise ValueError(f"{len(xs)} inputs and {len(targets)} targets")
+        reexplain = self.reexplain_with
+        chosen = [self.target] * len(xs) if targets is None else list(targets)
+        generators = self.rng.spawn(len(xs))
+
+        async def run() -> list[np.ndarray]:
+            gate = asyncio.Semaphore(REEXPLAIN_CONCURRENCY)
+
+            async def one(x: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
+                async with gate:
+                    return await reexplain(x, target, rng)
+
+            done = await asyncio.gather(*(one(x, t, r) for x, t, r in zip(xs, chosen, generators)))
+            for _, stats in done:
+                self.spent.merge(stats)
+            return [attribution for attribution, _ in done]
 
         return Await(run)
 
@@ -162,5 +194,6 @@ class Metric(ABC):
         return MetricOutcome(self.name, params, value, stats)
 
 
-__all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "ROBUSTNESS", "Metric",
+__all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "REEXPLAIN_CONCURRENCY",
+           "ROBUSTNESS", "Metric",
            "MetricContext", "MetricOutcome", "MetricSteps", "MetricValue", "Reexplain"]

@@ -10,6 +10,11 @@ from .pointing_game import PointingGame
 # @imports-faithfulness
 
 # @imports-robustness
+from .adversarial_stability import AdversarialStability
+from .avg_sensitivity import AvgSensitivity
+from .local_lipschitz import LocalLipschitz
+from .max_sensitivity import MaxSensitivity
+from .random_logit import RandomLogit
 
 # @imports-localisation
 
@@ -23,6 +28,7 @@ METRICS: tuple[type[Metric], ...] = (
     # @faithfulness
 
     # robustness
+    MaxSensitivity, AvgSensitivity, LocalLipschitz, AdversarialStability, RandomLogit,
     # @robustness
 
     # localisation

@@ -690,6 +690,54 @@ class Insertion(_message.Message):
     order: str
     def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
 
+class MaxSensitivity(_message.Message):
+    __slots__ = ("nr_samples", "lower_bound", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    lower_bound: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., lower_bound: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class AvgSensitivity(_message.Message):
+    __slots__ = ("nr_samples", "lower_bound", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    lower_bound: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., lower_bound: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class LocalLipschitz(_message.Message):
+    __slots__ = ("nr_samples", "perturb_std", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PERTURB_STD_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    perturb_std: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., perturb_std: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class AdversarialStability(_message.Message):
+    __slots__ = ("epsilon", "steps", "step_size", "top_k")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    steps: int
+    step_size: float
+    top_k: int
+    def __init__(self, epsilon: _Optional[float] = ..., steps: _Optional[int] = ..., step_size: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class RandomLogit(_message.Message):
+    __slots__ = ("normalise",)
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    normalise: bool
+    def __init__(self, normalise: _Optional[bool] = ...) -> None: ...
+
 class PointingGame(_message.Message):
     __slots__ = ("tolerance",)
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
@@ -697,14 +745,24 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pointing_game")
+    __slots__ = ("deletion", "insertion", "max_sensitivity", "avg_sensitivity", "local_lipschitz", "adversarial_stability", "random_logit", "pointing_game")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    AVG_SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_LIPSCHITZ_FIELD_NUMBER: _ClassVar[int]
+    ADVERSARIAL_STABILITY_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_LOGIT_FIELD_NUMBER: _ClassVar[int]
     POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
     deletion: Deletion
     insertion: Insertion
+    max_sensitivity: MaxSensitivity
+    avg_sensitivity: AvgSensitivity
+    local_lipschitz: LocalLipschitz
+    adversarial_stability: AdversarialStability
+    random_logit: RandomLogit
     pointing_game: PointingGame
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ...) -> None: ...
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., max_sensitivity: _Optional[_Union[MaxSensitivity, _Mapping]] = ..., avg_sensitivity: _Optional[_Union[AvgSensitivity, _Mapping]] = ..., local_lipschitz: _Optional[_Union[LocalLipschitz, _Mapping]] = ..., adversarial_stability: _Optional[_Union[AdversarialStability, _Mapping]] = ..., random_logit: _Optional[_Union[RandomLogit, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
