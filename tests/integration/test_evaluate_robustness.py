@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from explaind_client import Progress
+
 from _server import DEMO
 
 EXAMPLE = DEMO / "examples" / "circle_0.png"
@@ -59,3 +61,12 @@ def test_every_robustness_metric_runs_through_the_server(client, image):
     logit = result["random_logit"]
     assert -1 <= logit.value <= 1 and logit.figures["other_class"] != result.explanation.target_class
     assert int(logit.stats["model_evaluations"]) == 2
+
+
+def test_evaluate_stream_counts_the_re_explanations_in_its_progress(client, image):
+    updates = list(client.evaluate_stream("shapes", method="saliency", image=image, seed=4,
+                                          metrics=[("max_sensitivity", {"nr_samples": 8}), ("deletion", {"steps": 10})]))
+    evaluating = [u for u in updates if isinstance(u, Progress) and u.stage == "evaluating"]
+    assert evaluating, "no progress while evaluating"
+    done = [p.rows_done for p in evaluating]
+    assert done == sorted(done) and done[-1] == evaluating[-1].rows_total == 8 * 2 + 11

@@ -61,6 +61,7 @@ class MetricContext:
     region: np.ndarray | None = None   # bool [H, W], for localisation metrics
     reexplain_with: Reexplain | None = None  # set when the request names a method (re-explaining metrics)
     spent: RunStats = field(default_factory=RunStats)  # what re-explanations cost, in the metric's stats
+    on_reexplained: Callable[[], None] | None = None   # after each re-explanation (progress)
 
     def reexplain(self, x: np.ndarray, target: int | None = None) -> Await:
         """A step to yield from `stages`: the method's attribution of `x` (for `target`, default the
@@ -71,7 +72,7 @@ class MetricContext:
 
         async def run() -> np.ndarray:
             attribution, stats = await reexplain(x, self.target if target is None else target, rng)
-            self.spent.merge(stats)
+            self._spend(stats)
             return attribution
 
         return Await(run)
@@ -94,14 +95,18 @@ class MetricContext:
 
             async def one(x: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
                 async with gate:
-                    return await reexplain(x, target, rng)
+                    attribution, stats = await reexplain(x, target, rng)
+                self._spend(stats)
+                return attribution
 
-            done = await asyncio.gather(*(one(x, t, r) for x, t, r in zip(xs, chosen, generators)))
-            for _, stats in done:
-                self.spent.merge(stats)
-            return [attribution for attribution, _ in done]
+            return list(await asyncio.gather(*(one(x, t, r) for x, t, r in zip(xs, chosen, generators))))
 
         return Await(run)
+
+    def _spend(self, stats: RunStats) -> None:
+        self.spent.merge(stats)
+        if self.on_reexplained is not None:
+            self.on_reexplained()
 
     @property
     def x(self) -> np.ndarray:
@@ -184,9 +189,24 @@ class Metric(ABC):
 
     async def evaluate(self, params: dict[str, Any], ctx: MetricContext,
                        on_progress: Callable[[int, int], None] | None = None) -> MetricOutcome:
-        explain = dataclasses.replace(ctx.explain, on_progress=on_progress, on_partial=None, allow_partial=False)
-        run = dataclasses.replace(ctx, explain=explain)
-        runner = StageRunner(explain, self.planned_rows(params, ctx.model, 0) or None)
+        # Progress counts the metric's own stage rows and its re-explanations' rows together.
+        planned = self.planned_rows(params, ctx.model, 0)
+        stage_rows = [0]
+        run = dataclasses.replace(ctx)
+
+        def report() -> None:
+            if on_progress is not None:
+                done = stage_rows[0] + run.spent.model_evaluations
+                on_progress(done, max(planned, done))
+
+        def stage_progress(rows: int, _: int) -> None:
+            stage_rows[0] = rows
+            report()
+
+        explain = dataclasses.replace(ctx.explain, on_progress=stage_progress if on_progress else None,
+                                      on_partial=None, allow_partial=False)
+        run.explain, run.on_reexplained = explain, report
+        runner = StageRunner(explain, planned or None)
         value = await drive(self.stages(params, run), runner, self.name)
         stats = runner.stats
         stats.merge(run.spent)
