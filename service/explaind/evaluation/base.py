@@ -99,7 +99,13 @@ class MetricContext:
                 self._spend(stats)
                 return attribution
 
-            return list(await asyncio.gather(*(one(x, t, r) for x, t, r in zip(xs, chosen, generators))))
+            tasks = [asyncio.ensure_future(one(x, t, r)) for x, t, r in zip(xs, chosen, generators)]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:  # one failed (a deadline, a refusal) or the request was cancelled: stop the rest
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
         return Await(run)
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 from skimage.metrics import structural_similarity
 
-from explaind.errors import FailedPrecondition, InvalidArgument
+from explaind.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from explaind.evaluation.adversarial_stability import AdversarialStability
 from explaind.evaluation.avg_sensitivity import AvgSensitivity
 from explaind.evaluation.base import REEXPLAIN_CONCURRENCY, MetricContext
@@ -269,3 +269,26 @@ def test_the_same_seed_gives_the_same_figures():
     runs = [evaluate(AvgSensitivity(), {"nr_samples": 6}, served, x, TARGET, attribution, score="logit", seed=s,
                      method=InputXGradient(), kind="tabular")[0].value.value for s in (SEED, SEED, SEED + 1)]
     assert runs[0] == runs[1] != runs[2]
+
+
+def test_reexplain_all_stops_the_rest_when_one_fails():
+    started, finished = [], []
+
+    async def fake(x, target, rng):
+        started.append(int(x[0]))
+        if int(x[0]) == 3:
+            raise DeadlineExceeded("the request's deadline passed")
+        await asyncio.sleep(0.05)
+        finished.append(int(x[0]))
+        return np.zeros(2), RunStats()
+
+    ctx = MetricContext(explain=None, attribution=np.zeros(2), rng=np.random.default_rng(0), reexplain_with=fake)
+
+    async def main():
+        with pytest.raises(DeadlineExceeded):
+            await ctx.reexplain_all([np.array([float(i)]) for i in range(40)], targets=[0] * 40).make()
+        await asyncio.sleep(0.1)  # nothing left running to finish later
+
+    asyncio.run(main())
+    # The first REEXPLAIN_CONCURRENCY started, and the one let in by the failed run's slot; none finished.
+    assert len(started) <= REEXPLAIN_CONCURRENCY + 1 and finished == []
