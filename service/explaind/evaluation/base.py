@@ -21,6 +21,7 @@ Conventions every metric shares (documented in docs/evaluation.md):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ AXIOMATIC = "axiomatic"
 # x for class `target`, drawing from rng; awaited on the event loop.
 Reexplain = Callable[[np.ndarray, int, np.random.Generator], Awaitable[tuple[np.ndarray, RunStats]]]
 
+# reexplain_all runs at most this many re-explanations at once: enough for their rows to share
+# batches, few enough that one metric's jobs leave room in the engine's queue (max_queued_jobs).
+REEXPLAIN_CONCURRENCY = 16
+
 
 @dataclass
 class MetricContext:
@@ -56,6 +61,7 @@ class MetricContext:
     region: np.ndarray | None = None   # bool [H, W], for localisation metrics
     reexplain_with: Reexplain | None = None  # set when the request names a method (re-explaining metrics)
     spent: RunStats = field(default_factory=RunStats)  # what re-explanations cost, in the metric's stats
+    on_reexplained: Callable[[], None] | None = None   # after each re-explanation (progress)
 
     def reexplain(self, x: np.ndarray, target: int | None = None) -> Await:
         """A step to yield from `stages`: the method's attribution of `x` (for `target`, default the
@@ -66,10 +72,47 @@ class MetricContext:
 
         async def run() -> np.ndarray:
             attribution, stats = await reexplain(x, self.target if target is None else target, rng)
-            self.spent.merge(stats)
+            self._spend(stats)
             return attribution
 
         return Await(run)
+
+    def reexplain_all(self, xs: list[np.ndarray], targets: list[int] | None = None) -> Await:
+        """A step to yield from `stages`: the method's attributions of every input in `xs` (for
+        `targets`, default the explanation's), in order, run concurrently (REEXPLAIN_CONCURRENCY at a
+        time) so that their rows share batches. Each re-explanation draws from its own generator,
+        spawned from the metric's in order, so the figures do not depend on how the runs interleave."""
+        if self.reexplain_with is None:
+            raise RuntimeError("reexplain without a method: Metric.reexplains is checked before the run")
+        if targets is not None and len(targets) != len(xs):
+            raise ValueError(f"{len(xs)} inputs and {len(targets)} targets")
+        reexplain = self.reexplain_with
+        chosen = [self.target] * len(xs) if targets is None else list(targets)
+        generators = self.rng.spawn(len(xs))
+
+        async def run() -> list[np.ndarray]:
+            gate = asyncio.Semaphore(REEXPLAIN_CONCURRENCY)
+
+            async def one(x: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
+                async with gate:
+                    attribution, stats = await reexplain(x, target, rng)
+                self._spend(stats)
+                return attribution
+
+            tasks = [asyncio.ensure_future(one(x, t, r)) for x, t, r in zip(xs, chosen, generators)]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:  # one failed (a deadline, a refusal) or the request was cancelled: stop the rest
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        return Await(run)
+
+    def _spend(self, stats: RunStats) -> None:
+        self.spent.merge(stats)
+        if self.on_reexplained is not None:
+            self.on_reexplained()
 
     @property
     def x(self) -> np.ndarray:
@@ -152,9 +195,24 @@ class Metric(ABC):
 
     async def evaluate(self, params: dict[str, Any], ctx: MetricContext,
                        on_progress: Callable[[int, int], None] | None = None) -> MetricOutcome:
-        explain = dataclasses.replace(ctx.explain, on_progress=on_progress, on_partial=None, allow_partial=False)
-        run = dataclasses.replace(ctx, explain=explain)
-        runner = StageRunner(explain, self.planned_rows(params, ctx.model, 0) or None)
+        # Progress counts the metric's own stage rows and its re-explanations' rows together.
+        planned = self.planned_rows(params, ctx.model, 0)
+        stage_rows = [0]
+        run = dataclasses.replace(ctx)
+
+        def report() -> None:
+            if on_progress is not None:
+                done = stage_rows[0] + run.spent.model_evaluations
+                on_progress(done, max(planned, done))
+
+        def stage_progress(rows: int, _: int) -> None:
+            stage_rows[0] = rows
+            report()
+
+        explain = dataclasses.replace(ctx.explain, on_progress=stage_progress if on_progress else None,
+                                      on_partial=None, allow_partial=False)
+        run.explain, run.on_reexplained = explain, report
+        runner = StageRunner(explain, planned or None)
         value = await drive(self.stages(params, run), runner, self.name)
         stats = runner.stats
         stats.merge(run.spent)
@@ -162,5 +220,6 @@ class Metric(ABC):
         return MetricOutcome(self.name, params, value, stats)
 
 
-__all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "ROBUSTNESS", "Metric",
+__all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "REEXPLAIN_CONCURRENCY",
+           "ROBUSTNESS", "Metric",
            "MetricContext", "MetricOutcome", "MetricSteps", "MetricValue", "Reexplain"]

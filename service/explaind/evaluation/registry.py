@@ -16,6 +16,11 @@ from .road import Road
 from .sensitivity_n import SensitivityN
 
 # @imports-robustness
+from .adversarial_stability import AdversarialStability
+from .avg_sensitivity import AvgSensitivity
+from .local_lipschitz import LocalLipschitz
+from .max_sensitivity import MaxSensitivity
+from .random_logit import RandomLogit
 
 # @imports-localisation
 from .energy_pointing_game import EnergyPointingGame
@@ -38,6 +43,7 @@ METRICS: tuple[type[Metric], ...] = (
     PixelFlipping, Irof, Road, FaithfulnessCorrelation, SensitivityN, Infidelity,
 
     # robustness
+    MaxSensitivity, AvgSensitivity, LocalLipschitz, AdversarialStability, RandomLogit,
     # @robustness
 
     # localisation

@@ -742,6 +742,54 @@ class Infidelity(_message.Message):
     baseline: str
     def __init__(self, patch_size: _Optional[int] = ..., baseline: _Optional[str] = ...) -> None: ...
 
+class MaxSensitivity(_message.Message):
+    __slots__ = ("nr_samples", "lower_bound", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    lower_bound: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., lower_bound: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class AvgSensitivity(_message.Message):
+    __slots__ = ("nr_samples", "lower_bound", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    lower_bound: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., lower_bound: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class LocalLipschitz(_message.Message):
+    __slots__ = ("nr_samples", "perturb_std", "normalise")
+    NR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PERTURB_STD_FIELD_NUMBER: _ClassVar[int]
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    nr_samples: int
+    perturb_std: float
+    normalise: bool
+    def __init__(self, nr_samples: _Optional[int] = ..., perturb_std: _Optional[float] = ..., normalise: _Optional[bool] = ...) -> None: ...
+
+class AdversarialStability(_message.Message):
+    __slots__ = ("epsilon", "steps", "step_size", "top_k")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    steps: int
+    step_size: float
+    top_k: int
+    def __init__(self, epsilon: _Optional[float] = ..., steps: _Optional[int] = ..., step_size: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class RandomLogit(_message.Message):
+    __slots__ = ("normalise",)
+    NORMALISE_FIELD_NUMBER: _ClassVar[int]
+    normalise: bool
+    def __init__(self, normalise: _Optional[bool] = ...) -> None: ...
+
 class Sparseness(_message.Message):
     __slots__ = ("abs",)
     ABS_FIELD_NUMBER: _ClassVar[int]
@@ -803,7 +851,7 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pixel_flipping", "irof", "road", "faithfulness_correlation", "sensitivity_n", "infidelity", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
+    __slots__ = ("deletion", "insertion", "pixel_flipping", "irof", "road", "faithfulness_correlation", "sensitivity_n", "infidelity", "max_sensitivity", "avg_sensitivity", "local_lipschitz", "adversarial_stability", "random_logit", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FLIPPING_FIELD_NUMBER: _ClassVar[int]
@@ -812,6 +860,11 @@ class Metric(_message.Message):
     FAITHFULNESS_CORRELATION_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_N_FIELD_NUMBER: _ClassVar[int]
     INFIDELITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    AVG_SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_LIPSCHITZ_FIELD_NUMBER: _ClassVar[int]
+    ADVERSARIAL_STABILITY_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_LOGIT_FIELD_NUMBER: _ClassVar[int]
     POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
     ENERGY_POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_MASS_FIELD_NUMBER: _ClassVar[int]
@@ -829,6 +882,11 @@ class Metric(_message.Message):
     faithfulness_correlation: FaithfulnessCorrelation
     sensitivity_n: SensitivityN
     infidelity: Infidelity
+    max_sensitivity: MaxSensitivity
+    avg_sensitivity: AvgSensitivity
+    local_lipschitz: LocalLipschitz
+    adversarial_stability: AdversarialStability
+    random_logit: RandomLogit
     pointing_game: PointingGame
     energy_pointing_game: EnergyPointingGame
     relevance_mass: RelevanceMass
@@ -838,7 +896,7 @@ class Metric(_message.Message):
     sparseness: Sparseness
     complexity: Complexity
     completeness: Completeness
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pixel_flipping: _Optional[_Union[PixelFlipping, _Mapping]] = ..., irof: _Optional[_Union[Irof, _Mapping]] = ..., road: _Optional[_Union[Road, _Mapping]] = ..., faithfulness_correlation: _Optional[_Union[FaithfulnessCorrelation, _Mapping]] = ..., sensitivity_n: _Optional[_Union[SensitivityN, _Mapping]] = ..., infidelity: _Optional[_Union[Infidelity, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pixel_flipping: _Optional[_Union[PixelFlipping, _Mapping]] = ..., irof: _Optional[_Union[Irof, _Mapping]] = ..., road: _Optional[_Union[Road, _Mapping]] = ..., faithfulness_correlation: _Optional[_Union[FaithfulnessCorrelation, _Mapping]] = ..., sensitivity_n: _Optional[_Union[SensitivityN, _Mapping]] = ..., infidelity: _Optional[_Union[Infidelity, _Mapping]] = ..., max_sensitivity: _Optional[_Union[MaxSensitivity, _Mapping]] = ..., avg_sensitivity: _Optional[_Union[AvgSensitivity, _Mapping]] = ..., local_lipschitz: _Optional[_Union[LocalLipschitz, _Mapping]] = ..., adversarial_stability: _Optional[_Union[AdversarialStability, _Mapping]] = ..., random_logit: _Optional[_Union[RandomLogit, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
