@@ -88,6 +88,7 @@ class Engine:
         self._retired: dict[str, int] = {}  # model name -> versions below this are out of service
         self._last_busy: dict[Key, float] = {}  # retired versions' schedulers: when last seen in use
         self._sweep: asyncio.TimerHandle | None = None
+        self._temporaries = 0  # temporary model copies made (their versions: -1, -2, ...)
         self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
         self.health = ModelHealth()  # fed by the runners, read by GetModel
 
@@ -130,6 +131,23 @@ class Engine:
         self._schedulers[key] = scheduler
         self._evict()
         return scheduler
+
+    @contextlib.contextmanager
+    def temporary(self, served: ServedModel, model: object) -> Iterator[ServedModel]:
+        """`served` with another graph of the same signature (MPRT's randomised copies), for one block:
+        its sessions are keyed by a version of its own (negative, never a repository's) and closed when
+        the block ends, so copies never accumulate in the session cache."""
+        self._temporaries += 1
+        copy = ServedModel(served.name, model, served.signature, served.max_batch_rows, served.max_delay_ms,
+                           served.spin, version=-self._temporaries)
+        try:
+            yield copy
+        finally:
+            for key in [k for k in self._schedulers if k[0] == copy.name and k[1] == copy.version]:
+                self._close(key, "session of a temporary model copy closed")
+            if self.metrics:
+                self.metrics.sessions.set(len(self._schedulers))
+                self.metrics.session_bytes.set(self.session_bytes())
 
     def session_bytes(self) -> int:
         return sum(s.runner_bytes for s in self._schedulers.values())

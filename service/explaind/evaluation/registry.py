@@ -14,6 +14,7 @@ from .pointing_game import PointingGame
 # @imports-localisation
 
 # @imports-randomisation
+from .mprt import MPRT
 
 # @imports-complexity
 
@@ -30,6 +31,7 @@ METRICS: tuple[type[Metric], ...] = (
     # @localisation
 
     # randomisation
+    MPRT,
     # @randomisation
 
     # complexity and axiomatic

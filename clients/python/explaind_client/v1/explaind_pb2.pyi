@@ -690,6 +690,18 @@ class Insertion(_message.Message):
     order: str
     def __init__(self, steps: _Optional[int] = ..., substrate: _Optional[str] = ..., order: _Optional[str] = ...) -> None: ...
 
+class MPRT(_message.Message):
+    __slots__ = ("order", "layers", "init", "abs")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    order: str
+    layers: int
+    init: str
+    abs: bool
+    def __init__(self, order: _Optional[str] = ..., layers: _Optional[int] = ..., init: _Optional[str] = ..., abs: _Optional[bool] = ...) -> None: ...
+
 class PointingGame(_message.Message):
     __slots__ = ("tolerance",)
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
@@ -697,14 +709,16 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pointing_game")
+    __slots__ = ("deletion", "insertion", "pointing_game", "mprt")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
     POINTING_GAME_FIELD_NUMBER: _ClassVar[int]
+    MPRT_FIELD_NUMBER: _ClassVar[int]
     deletion: Deletion
     insertion: Insertion
     pointing_game: PointingGame
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ...) -> None: ...
+    mprt: MPRT
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., mprt: _Optional[_Union[MPRT, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
