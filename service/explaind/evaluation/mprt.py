@@ -47,7 +47,7 @@ own prediction).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from scipy import stats
@@ -120,6 +120,17 @@ def similarities(original: np.ndarray, randomised: np.ndarray, absolute: bool, i
     return out
 
 
+def randomised_graphs(graph: Any, params: dict[str, Any], weights_rng: np.random.Generator) -> Iterator[tuple[int, Any]]:
+    """Each step's randomised copy of `graph` (an onnx.ModelProto), with the graph index of the step's
+    deepest re-drawn layer; made one at a time (one copy of the weights alive besides the model's)."""
+    layers = parametrised_layers(graph)
+    steps = randomisation_steps(layers, params["layers"], params["order"])
+    # Each layer drawn once, top first (the deepest layer of each step): both orders share the draws.
+    drawn = {step[-1]: redraw(graph, layers[step[-1]], params["init"], weights_rng) for step in steps}
+    for step in steps:
+        yield layers[step[-1]].node, with_parameters(graph, {name: v for i in step for name, v in drawn[i].items()})
+
+
 class MPRT(Metric):
     name = "mprt"
     title = "Model parameter randomisation test"
@@ -156,22 +167,16 @@ class MPRT(Metric):
         return params["layers"] * (method_rows + 1)
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps:
-        graph = ctx.model.graph
-        layers = parametrised_layers(graph)
         weights_rng, method_rng = ctx.rng.spawn(2)
-        steps = randomisation_steps(layers, params["layers"], params["order"])
-        # Each layer drawn once, top first (the deepest layer of each step): both orders share the draws.
-        drawn = {step[-1]: redraw(graph, layers[step[-1]], params["init"], weights_rng) for step in steps}
         image = ctx.model.kind == "image"
         curves: dict[str, list[float]] = {"spearman": [], "ssim": [], "hog": [], "node": []}
-        for step in steps:
-            values = {name: v for i in step for name, v in drawn[i].items()}
-            randomised = yield ctx.reexplain_on(with_parameters(graph, values), method_rng)
+        for node, graph in randomised_graphs(ctx.model.graph, params, weights_rng):
+            randomised = yield ctx.reexplain_on(graph, method_rng)
             for name, value in similarities(ctx.attribution, randomised, params["abs"], image).items():
                 curves[name].append(value)
-            curves["node"].append(layers[step[-1]].node)
+            curves["node"].append(node)
         result = {name: np.asarray(v, np.float64) for name, v in curves.items() if v}
         return MetricValue(float(result["spearman"][-1]), curves=result)
 
 
-__all__ = ["MPRT", "prepared", "similarities", "ssim", "spearman", "hog_similarity"]
+__all__ = ["MPRT", "randomised_graphs", "prepared", "similarities", "ssim", "spearman", "hog_similarity"]
