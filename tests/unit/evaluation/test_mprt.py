@@ -206,3 +206,37 @@ def test_parameters_are_checked():
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", F])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", F])]))
     assert "no parametrised layer" in MPRT().unavailable(view_of(served, kind="tabular", graph=flat))
+
+
+def test_a_whole_request_through_the_explainer_releases_its_copies():
+    """ExplainRequest.evaluate with mprt on the demo shapes model: the Explainer's re-explainer serves
+    each randomised copy for its step alone; the session cache ends as the explanation left it."""
+    from explaind.config import Settings
+    from explaind.evaluation.run import MetricQuery
+    from explaind.explainer import ExplainQuery, Explainer
+    from explaind.models.repository import ModelRepository
+
+    x = np.random.default_rng(2).normal(size=(3, 64, 64)).astype(np.float32)
+
+    async def main():
+        repo = ModelRepository(Settings().repository_path)
+        repo.scan()
+        engine = Engine(Settings(intra_op_threads=1))
+        explainer = Explainer(engine.settings, repo, engine)
+        try:
+            plain = await explainer.explain(ExplainQuery("shapes", "saliency", tensor=x, seed=4))
+            before = engine.sessions()
+            query = ExplainQuery("shapes", "saliency", tensor=x, seed=4, metrics=[MetricQuery("mprt", {"layers": 3})])
+            result = await explainer.explain(query)
+            return plain, before, engine.sessions(), result
+        finally:
+            await engine.close()
+
+    plain, before, after, result = asyncio.run(main())
+    assert before == 2 and after == before  # the original's prediction and gradient sessions only
+    (outcome,) = result.evaluation
+    assert outcome.metric == "mprt" and outcome.parameters["layers"] == 3
+    assert sorted(outcome.value.curves) == ["hog", "node", "spearman", "ssim"]
+    assert len(outcome.value.curves["spearman"]) == 3 and outcome.stats.model_evaluations == 6
+    np.testing.assert_array_equal(result.attribution, plain.attribution)  # the explanation itself unchanged
+    assert -1 <= outcome.value.value < 0.99  # re-drawing the top three layers moves a saliency map
