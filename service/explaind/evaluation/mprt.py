@@ -37,7 +37,10 @@ one-dimensional one; explaind compares the [H, W] maps as Adebayo did (the refer
 Quantus's ssim on the 2-D maps). Quantus re-initialises every module with reset_parameters,
 including ones the ONNX graph folds away; explaind re-draws the graph's initializers. Quantus also
 scores the original model's re-explanation ("original"); explaind compares with the explanation
-judged (the given attribution, if any) and spends no extra explanation on it.
+judged (the given attribution, if any) and spends no extra explanation on it. On a model exported
+from torch, each torch module with parameters is one ONNX node, so the layers are Quantus's (its
+order is the modules' registration order reversed, explaind's the graph's); the new weights follow
+the same distributions, not the same numbers (Quantus seeds torch, explaind its own generator).
 
 Each step is one explanation by the request's method on a randomised copy served for that step
 alone (its sessions closed when it ends): planned rows = steps x (the method's rows + 1, the copy's
@@ -86,7 +89,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two [H, W] maps, the data range taken over both; NaN on maps smaller than the window."""
+    """SSIM of two [H, W] maps, the data range taken over both (Quantus's ssim); NaN on maps smaller
+    than the window; 1 for two maps of one constant value (where the formula divides 0 by 0)."""
     if min(a.shape) < SSIM_WINDOW:
         return float("nan")
     data_range = float(max(a.max(), b.max()) - min(a.min(), b.min()))
@@ -122,7 +126,8 @@ def similarities(original: np.ndarray, randomised: np.ndarray, absolute: bool, i
 
 def randomised_graphs(graph: Any, params: dict[str, Any], weights_rng: np.random.Generator) -> Iterator[tuple[int, Any]]:
     """Each step's randomised copy of `graph` (an onnx.ModelProto), with the graph index of the step's
-    deepest re-drawn layer; made one at a time (one copy of the weights alive besides the model's)."""
+    deepest re-drawn layer. The new weights are drawn first (top layer first, so both orders share
+    them); the copies are made one at a time, as the steps ask for them."""
     layers = parametrised_layers(graph)
     steps = randomisation_steps(layers, params["layers"], params["order"])
     # Each layer drawn once, top first (the deepest layer of each step): both orders share the draws.
