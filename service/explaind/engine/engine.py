@@ -7,7 +7,9 @@ row is reduced. Sessions live in a cache bounded by count and by bytes (`max_ses
 job queued or running) are closed. The graph itself is not kept once its session exists, so a
 model's weights are held by the repository's ModelProto and by the sessions, nothing else.
 Schedulers are per version of a model (a reloaded model gets new ones while jobs of the old one
-finish); a retired version's sessions close as soon as they are idle. Metrics are labelled by the
+finish); a retired version's sessions close as soon as they are idle. A temporary copy of a model
+with other weights (`temporary`, MPRT's randomised models) has a negative version of its own and its
+sessions close when its block ends. Metrics are labelled by the
 model's name and the variant's kind, never by version or parameters.
 
 Admission (engine/admission.py) costs what is asked against what is already admitted and the
@@ -196,7 +198,8 @@ class Engine:
         self._close_retired()
 
     def _is_retired(self, key: Key) -> bool:
-        return key[1] < self._retired.get(key[0], 0)
+        # Temporary copies (negative versions) are closed by their own block, not by retirement.
+        return 0 <= key[1] < self._retired.get(key[0], 0)
 
     def _close_retired(self) -> None:
         self._sweep = None
