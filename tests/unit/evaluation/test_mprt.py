@@ -240,3 +240,14 @@ def test_a_whole_request_through_the_explainer_releases_its_copies():
     assert len(outcome.value.curves["spearman"]) == 3 and outcome.stats.model_evaluations == 6
     np.testing.assert_array_equal(result.attribution, plain.attribution)  # the explanation itself unchanged
     assert -1 <= outcome.value.value < 0.99  # re-drawing the top three layers moves a saliency map
+
+
+def test_the_proto_message_reaches_the_metric():
+    from explaind_client.v1 import explaind_pb2 as pb
+
+    from explaind.api.convert import metric_queries
+
+    (query,) = metric_queries([pb.Metric(mprt=pb.MPRT(layers=1, abs=False, order="independent"))])
+    served, _ = served_mlp()
+    params = MPRT().parameters(query.params, view_of(served, kind="tabular", white_box=WHITE), settings())
+    assert query.name == "mprt" and params == {"order": "independent", "layers": 1, "init": "uniform", "abs": False}
