@@ -132,8 +132,15 @@ async def run_metric(engine: Engine, served: ServedModel, metric: Any, given: di
     if method is not None:
         used = method.parameters(method_params or {}, view, engine.settings, score)
 
-        async def rerun(x2: np.ndarray, target2: int, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
-            ctx2 = MethodContext(engine=engine, served=served, model=view, x=np.asarray(x2, np.float32), score=score,
+        async def rerun(x2: np.ndarray, target2: int, rng: np.random.Generator, graph: Any = None) -> tuple[np.ndarray, Any]:
+            if graph is not None:  # another model of the same signature, served for this call (as the Explainer)
+                with engine.temporary(served, graph) as copy:
+                    return await on(copy, dataclasses.replace(view, graph=graph), x2, target2, rng)
+            return await on(served, view, x2, target2, rng)
+
+        async def on(served2: ServedModel, view2: ModelView, x2: np.ndarray, target2: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+            ctx2 = MethodContext(engine=engine, served=served2, model=view2, x=np.asarray(x2, np.float32), score=score,
                                  rng=rng, settings=engine.settings, choose_target=lambda _: int(target2))
             run = await method.explain(used, ctx2)
             return run.result.attribution, run.stats

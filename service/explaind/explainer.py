@@ -354,12 +354,22 @@ class Explainer:
             return None
         method = self.methods[query.method]
 
-        async def reexplain(x: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
-            ctx = MethodContext(engine=self.engine, served=p.served, model=p.view, x=np.asarray(x, np.float32),
+        async def on(served: ServedModel, view: ModelView, x: np.ndarray, target: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, RunStats]:
+            ctx = MethodContext(engine=self.engine, served=served, model=view, x=np.asarray(x, np.float32),
                                 score=p.score, rng=rng, settings=self.settings, choose_target=lambda _: target,
                                 deadline=deadline, tenant=tenant)
             run = await method.explain(p.params, ctx)
             return run.result.attribution, run.stats
+
+        async def reexplain(x: np.ndarray, target: int, rng: np.random.Generator,
+                            graph: Any = None) -> tuple[np.ndarray, RunStats]:
+            if graph is None:
+                return await on(p.served, p.view, x, target, rng)
+            # Another model of the same signature (MPRT's randomised copies): served for this call only,
+            # its sessions closed when it ends (the engine's session cache does not grow with copies).
+            with self.engine.temporary(p.served, graph) as served:
+                return await on(served, dataclasses.replace(p.view, graph=graph), x, target, rng)
 
         return reexplain
 

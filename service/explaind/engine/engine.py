@@ -7,7 +7,9 @@ row is reduced. Sessions live in a cache bounded by count and by bytes (`max_ses
 job queued or running) are closed. The graph itself is not kept once its session exists, so a
 model's weights are held by the repository's ModelProto and by the sessions, nothing else.
 Schedulers are per version of a model (a reloaded model gets new ones while jobs of the old one
-finish); a retired version's sessions close as soon as they are idle. Metrics are labelled by the
+finish); a retired version's sessions close as soon as they are idle. A temporary copy of a model
+with other weights (`temporary`, MPRT's randomised models) has a negative version of its own and its
+sessions close when its block ends. Metrics are labelled by the
 model's name and the variant's kind, never by version or parameters.
 
 Admission (engine/admission.py) costs what is asked against what is already admitted and the
@@ -88,6 +90,7 @@ class Engine:
         self._retired: dict[str, int] = {}  # model name -> versions below this are out of service
         self._last_busy: dict[Key, float] = {}  # retired versions' schedulers: when last seen in use
         self._sweep: asyncio.TimerHandle | None = None
+        self._temporaries = 0  # temporary model copies made (their versions: -1, -2, ...)
         self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
         self.health = ModelHealth()  # fed by the runners, read by GetModel
 
@@ -130,6 +133,23 @@ class Engine:
         self._schedulers[key] = scheduler
         self._evict()
         return scheduler
+
+    @contextlib.contextmanager
+    def temporary(self, served: ServedModel, model: object) -> Iterator[ServedModel]:
+        """`served` with another graph of the same signature (MPRT's randomised copies), for one block:
+        its sessions are keyed by a version of its own (negative, never a repository's) and closed when
+        the block ends, so copies never accumulate in the session cache."""
+        self._temporaries += 1
+        copy = ServedModel(served.name, model, served.signature, served.max_batch_rows, served.max_delay_ms,
+                           served.spin, version=-self._temporaries)
+        try:
+            yield copy
+        finally:
+            for key in [k for k in self._schedulers if k[0] == copy.name and k[1] == copy.version]:
+                self._close(key, "session of a temporary model copy closed")
+            if self.metrics:
+                self.metrics.sessions.set(len(self._schedulers))
+                self.metrics.session_bytes.set(self.session_bytes())
 
     def session_bytes(self) -> int:
         return sum(s.runner_bytes for s in self._schedulers.values())
@@ -178,7 +198,8 @@ class Engine:
         self._close_retired()
 
     def _is_retired(self, key: Key) -> bool:
-        return key[1] < self._retired.get(key[0], 0)
+        # Temporary copies (negative versions) are closed by their own block, not by retirement.
+        return 0 <= key[1] < self._retired.get(key[0], 0)
 
     def _close_retired(self) -> None:
         self._sweep = None

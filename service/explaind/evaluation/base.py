@@ -41,9 +41,11 @@ COMPLEXITY = "complexity"
 AXIOMATIC = "axiomatic"
 
 
-# reexplain(x, target, rng) -> (attribution, stats): the request's method (same parameters) on input
-# x for class `target`, drawing from rng; awaited on the event loop.
-Reexplain = Callable[[np.ndarray, int, np.random.Generator], Awaitable[tuple[np.ndarray, RunStats]]]
+# reexplain(x, target, rng[, graph]) -> (attribution, stats): the request's method (same parameters)
+# on input x for class `target`, drawing from rng; awaited on the event loop. `graph` (an
+# onnx.ModelProto of the same signature, MPRT's randomised copies): explain on that model instead,
+# served for this call only (its sessions closed after).
+Reexplain = Callable[..., Awaitable[tuple[np.ndarray, RunStats]]]
 
 # reexplain_all runs at most this many re-explanations at once: enough for their rows to share
 # batches, few enough that one metric's jobs leave room in the engine's queue (max_queued_jobs).
@@ -113,6 +115,21 @@ class MetricContext:
         self.spent.merge(stats)
         if self.on_reexplained is not None:
             self.on_reexplained()
+
+    def reexplain_on(self, graph: Any, rng: np.random.Generator) -> Await:
+        """A step to yield from `stages`: the method's attribution of the explanation's input and
+        target on another model, `graph` (an onnx.ModelProto with the model's signature), drawing
+        from `rng`; its cost counts in this metric's stats."""
+        if self.reexplain_with is None:
+            raise RuntimeError("reexplain without a method: Metric.reexplains is checked before the run")
+        reexplain = self.reexplain_with
+
+        async def run() -> np.ndarray:
+            attribution, stats = await reexplain(self.x, self.target, rng, graph)
+            self._spend(stats)
+            return attribution
+
+        return Await(run)
 
     @property
     def x(self) -> np.ndarray:

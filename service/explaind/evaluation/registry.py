@@ -30,6 +30,7 @@ from .relevance_rank import RelevanceRank
 from .top_k_intersection import TopKIntersection
 
 # @imports-randomisation
+from .mprt import MPRT
 
 # @imports-complexity
 from .completeness import Completeness
@@ -52,6 +53,7 @@ METRICS: tuple[type[Metric], ...] = (
     EnergyPointingGame, RelevanceMass, RelevanceRank, TopKIntersection, Iou,
 
     # randomisation
+    MPRT,
     # @randomisation
 
     # complexity and axiomatic

@@ -790,6 +790,18 @@ class RandomLogit(_message.Message):
     normalise: bool
     def __init__(self, normalise: _Optional[bool] = ...) -> None: ...
 
+class MPRT(_message.Message):
+    __slots__ = ("order", "layers", "init", "abs")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    ABS_FIELD_NUMBER: _ClassVar[int]
+    order: str
+    layers: int
+    init: str
+    abs: bool
+    def __init__(self, order: _Optional[str] = ..., layers: _Optional[int] = ..., init: _Optional[str] = ..., abs: _Optional[bool] = ...) -> None: ...
+
 class Sparseness(_message.Message):
     __slots__ = ("abs",)
     ABS_FIELD_NUMBER: _ClassVar[int]
@@ -851,7 +863,7 @@ class PointingGame(_message.Message):
     def __init__(self, tolerance: _Optional[int] = ...) -> None: ...
 
 class Metric(_message.Message):
-    __slots__ = ("deletion", "insertion", "pixel_flipping", "irof", "road", "faithfulness_correlation", "sensitivity_n", "infidelity", "max_sensitivity", "avg_sensitivity", "local_lipschitz", "adversarial_stability", "random_logit", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "sparseness", "complexity", "completeness")
+    __slots__ = ("deletion", "insertion", "pixel_flipping", "irof", "road", "faithfulness_correlation", "sensitivity_n", "infidelity", "max_sensitivity", "avg_sensitivity", "local_lipschitz", "adversarial_stability", "random_logit", "pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "top_k_intersection", "iou", "mprt", "sparseness", "complexity", "completeness")
     DELETION_FIELD_NUMBER: _ClassVar[int]
     INSERTION_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FLIPPING_FIELD_NUMBER: _ClassVar[int]
@@ -871,6 +883,7 @@ class Metric(_message.Message):
     RELEVANCE_RANK_FIELD_NUMBER: _ClassVar[int]
     TOP_K_INTERSECTION_FIELD_NUMBER: _ClassVar[int]
     IOU_FIELD_NUMBER: _ClassVar[int]
+    MPRT_FIELD_NUMBER: _ClassVar[int]
     SPARSENESS_FIELD_NUMBER: _ClassVar[int]
     COMPLEXITY_FIELD_NUMBER: _ClassVar[int]
     COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
@@ -893,10 +906,11 @@ class Metric(_message.Message):
     relevance_rank: RelevanceRank
     top_k_intersection: TopKIntersection
     iou: Iou
+    mprt: MPRT
     sparseness: Sparseness
     complexity: Complexity
     completeness: Completeness
-    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pixel_flipping: _Optional[_Union[PixelFlipping, _Mapping]] = ..., irof: _Optional[_Union[Irof, _Mapping]] = ..., road: _Optional[_Union[Road, _Mapping]] = ..., faithfulness_correlation: _Optional[_Union[FaithfulnessCorrelation, _Mapping]] = ..., sensitivity_n: _Optional[_Union[SensitivityN, _Mapping]] = ..., infidelity: _Optional[_Union[Infidelity, _Mapping]] = ..., max_sensitivity: _Optional[_Union[MaxSensitivity, _Mapping]] = ..., avg_sensitivity: _Optional[_Union[AvgSensitivity, _Mapping]] = ..., local_lipschitz: _Optional[_Union[LocalLipschitz, _Mapping]] = ..., adversarial_stability: _Optional[_Union[AdversarialStability, _Mapping]] = ..., random_logit: _Optional[_Union[RandomLogit, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
+    def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., insertion: _Optional[_Union[Insertion, _Mapping]] = ..., pixel_flipping: _Optional[_Union[PixelFlipping, _Mapping]] = ..., irof: _Optional[_Union[Irof, _Mapping]] = ..., road: _Optional[_Union[Road, _Mapping]] = ..., faithfulness_correlation: _Optional[_Union[FaithfulnessCorrelation, _Mapping]] = ..., sensitivity_n: _Optional[_Union[SensitivityN, _Mapping]] = ..., infidelity: _Optional[_Union[Infidelity, _Mapping]] = ..., max_sensitivity: _Optional[_Union[MaxSensitivity, _Mapping]] = ..., avg_sensitivity: _Optional[_Union[AvgSensitivity, _Mapping]] = ..., local_lipschitz: _Optional[_Union[LocalLipschitz, _Mapping]] = ..., adversarial_stability: _Optional[_Union[AdversarialStability, _Mapping]] = ..., random_logit: _Optional[_Union[RandomLogit, _Mapping]] = ..., pointing_game: _Optional[_Union[PointingGame, _Mapping]] = ..., energy_pointing_game: _Optional[_Union[EnergyPointingGame, _Mapping]] = ..., relevance_mass: _Optional[_Union[RelevanceMass, _Mapping]] = ..., relevance_rank: _Optional[_Union[RelevanceRank, _Mapping]] = ..., top_k_intersection: _Optional[_Union[TopKIntersection, _Mapping]] = ..., iou: _Optional[_Union[Iou, _Mapping]] = ..., mprt: _Optional[_Union[MPRT, _Mapping]] = ..., sparseness: _Optional[_Union[Sparseness, _Mapping]] = ..., complexity: _Optional[_Union[Complexity, _Mapping]] = ..., completeness: _Optional[_Union[Completeness, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
     __slots__ = ("metric", "value", "curves", "figures", "stats")
