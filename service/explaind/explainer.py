@@ -331,6 +331,13 @@ class Explainer:
         with self.engine.admit(p.served, p.method.name, tenant, deadline, planned, partial):
             run = await p.method.explain(p.params, ctx)
             evaluation = []
+            if p.metrics and p.given is None and query.method and p.method.planned_rows(p.params, ctx) is None:
+                # A method that cannot say its rows in advance (occlusion, LIME, Kernel SHAP, Score-CAM):
+                # re-explaining metrics are costed again with what its explanation took, before they run.
+                method_rows = run.stats.model_evaluations - 1
+                for m in p.metrics:
+                    m.rows = m.metric.planned_rows(m.params, p.view, method_rows)
+                check_budget(run.stats.model_evaluations, p.metrics, self.settings)
             if p.metrics:
                 # Metrics score probabilities (Quantus's softmax=True) unless the request asked for logits,
                 # whatever score the method explained.

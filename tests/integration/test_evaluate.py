@@ -237,3 +237,13 @@ def test_deadline_and_cancellation_stop_the_metrics(server, client, image):
     stream.cancel()
     assert wait_until(lambda: queued_rows(server) == 0, 30), "the cancelled metrics' rows stayed queued"
     assert server.health() == "SERVING"
+
+
+def test_metric_stats_say_the_score_the_metric_used(client, image):
+    """Metrics score probabilities unless the request asks for logits, whatever the method used."""
+    result = client.evaluate("shapes", method="saliency", image=image, metrics=[("deletion", {"steps": 8})])
+    assert result.explanation.stats["score"] == "LOGIT" and result["deletion"].stats["score"] == "PROBABILITY"
+    assert 0 <= min(result["deletion"].curves["scores"]) and max(result["deletion"].curves["scores"]) <= 1
+    logits = client.evaluate("shapes", method="saliency", image=image, score="logit",
+                             metrics=[("deletion", {"steps": 8})])
+    assert logits["deletion"].stats["score"] == "LOGIT" and max(logits["deletion"].curves["scores"]) > 1

@@ -139,7 +139,7 @@ def metric_result(outcome: MetricOutcome, explanation: Explanation) -> pb.Metric
         metric=outcome.metric, value=value.value, figures=value.figures,
         curves={name: to_proto(np.ascontiguousarray(c, dtype=np.float32)) for name, c in value.curves.items()},
         stats=stats_message(outcome.stats, seed=s.seed, model_sha256=s.model_sha256, method=outcome.metric,
-                            parameters=outcome.parameters, score=s.score, tenant=s.tenant))
+                            parameters=outcome.parameters, score=outcome.score, tenant=s.tenant))
 
 
 def evaluate_response(result: Explanation) -> pb.EvaluateResponse:

@@ -168,6 +168,7 @@ class MetricOutcome:
     parameters: dict[str, Any]
     value: MetricValue
     stats: RunStats
+    score: str = "probability"  # the score the metric's model evaluations used
 
 
 MetricSteps = Generator[Any, Any, MetricValue]
@@ -234,7 +235,7 @@ class Metric(ABC):
         stats = runner.stats
         stats.merge(run.spent)
         value.value = float(value.value)
-        return MetricOutcome(self.name, params, value, stats)
+        return MetricOutcome(self.name, params, value, stats, ctx.explain.score)
 
 
 __all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "REEXPLAIN_CONCURRENCY",

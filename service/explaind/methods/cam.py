@@ -103,6 +103,9 @@ class Cam(Method):
         upsample_param(),
     )
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        return 0  # the prediction stage reads the layer: nothing more
+
     def unavailable(self, model: ModelView) -> str:
         reason = super().unavailable(model)
         if reason or model.graph is None:

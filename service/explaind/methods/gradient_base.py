@@ -129,3 +129,7 @@ class GradientMethod(Method):
     needs = INPUT_GRADIENTS
     default_score = LOGIT
     kinds = frozenset({"image", "tabular"})
+
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        """One gradient row; methods on a path of many rows say how many."""
+        return 1

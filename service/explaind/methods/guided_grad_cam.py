@@ -25,6 +25,9 @@ class GuidedGradCam(GradCam):
     # No "none": the map multiplies the input-sized guided gradient, so it is always upsampled.
     params = (layer_param(), upsample_param("nearest", ("nearest", "bilinear")), channel_reduction("none"))
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        return 2  # Grad-CAM's layer gradient and guided backprop's input gradient
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         cam_grads, guided = yield [gradient_stage(ctx, layer=params["layer"]), gradient_stage(ctx, rule="guided")]
         cam = np.tensordot(self.layer_weights(cam_grads.layer, cam_grads.layer_grad), cam_grads.layer, axes=1)

@@ -61,6 +61,9 @@ class IntegratedGradients(GradientMethod):
         channel_reduction("none"),
     )
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        return params["n_steps"] + 2  # the path, then the baseline and the input for completeness
+
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         quadrature(params["method"], params["n_steps"])  # refuse what cannot be built, now
         return params

@@ -40,6 +40,9 @@ class SmoothGrad(GradientMethod):
         channel_reduction("none"),
     )
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        return params["num_samples"]
+
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         if "stdev" in params and "noise_level" in params:
             raise InvalidArgument(f"{self.name}.stdev", "either stdev (absolute) or noise_level (relative to the "
