@@ -9,7 +9,8 @@ For each image method of the `shapes` demo (ListMethods) and each of `--images` 
 make_dataset(seed=3) (the model was trained on seed 1 and validated on seed 2), one Evaluate call
 explains the image for its true class and asks for the pointing game and energy pointing game (the
 box), deletion and insertion AUC, MPRT (rank correlation at full randomisation), max-sensitivity and
-infidelity, whichever of these the server offers (ListMetrics; the rest print "-"). Printed per method:
+infidelity, whichever of these the server offers (MPRT: the Spearman correlation at full
+randomisation and its mean over the cascade, top layer first) (ListMetrics; the rest print "-"). Printed per method:
 the mean of each metric over the images, and the cost (model evaluations and seconds of the
 explanation alone, and of the whole Evaluate call). Written beside: the JSON of every figure and a PNG
 of the mean deletion and insertion curves per method. The server runs in its own process; the machine's
@@ -51,7 +52,8 @@ METRICS: dict[str, dict] = {
 }
 COLUMNS = [("pointing_game", "pointing", "higher"), ("energy_pointing_game", "energy", "higher"),
            ("deletion", "deletion", "lower"), ("insertion", "insertion", "higher"),
-           ("mprt", "MPRT rho", "lower"), ("max_sensitivity", "max-sens", "lower"),
+           ("mprt", "MPRT rho", "lower"), ("mprt_mean", "MPRT mean rho", "lower"),
+           ("max_sensitivity", "max-sens", "lower"),
            ("infidelity", "infidelity", "lower")]
 
 
@@ -92,7 +94,9 @@ def run(args: argparse.Namespace, address: str) -> dict:
                     "explain_evaluations": int(e.stats.get("model_evaluations", 0)),
                     "evaluations": int(e.stats.get("model_evaluations", 0)) + sum(
                         int(r.stats.get("model_evaluations", 0)) for r in result.results),
-                    "values": {r.metric: r.value for r in result.results},
+                    "values": {**{r.metric: r.value for r in result.results},
+                               **{"mprt_mean": float(np.mean(r.curves["spearman"])) for r in result.results
+                                  if r.metric == "mprt" and "spearman" in r.curves}},
                     "curves": {r.metric: r.curves["scores"].tolist() for r in result.results
                                if r.metric in ("deletion", "insertion")},
                 })

@@ -59,6 +59,19 @@ def kinds_text(kinds: frozenset[str]) -> str:
     return "images and tabular" if len(kinds) == 2 else ("images" if "image" in kinds else "tabular")
 
 
+def parameters_and_definition(params: tuple[Param, ...], cls: type) -> list[str]:
+    """The parameter table of a method or metric, then its module docstring (definition, defaults)."""
+    lines = ["", "| parameter | type | default | accepted | applies to | description |", "|---|---|---|---|---|---|"]
+    for p in params:
+        lines.append(f"| `{p.name}` | {p.type} | {p.default_text} | {accepted(p)} | {kinds_text(p.kinds)} | "
+                     f"{p.description} |")
+    if not params:
+        lines.append("| (none) | | | | | |")
+    doc = inspect.getmodule(cls).__doc__ or ""
+    return lines + ["", "<details><summary>Definition and defaults</summary>", "", "```text", doc.strip(), "```", "",
+                    "</details>", ""]
+
+
 def method_section(cls: type) -> str:
     m = cls()
     lines = [f"## `{m.name}`: {m.title}", "", f"{m.description}", "",
@@ -70,16 +83,7 @@ def method_section(cls: type) -> str:
         lines.append("- Figures in the response: " + ", ".join(f"`{f}`" for f in m.figures))
     lines.append("- Partial answer at the deadline (`allow_partial`): "
                  + (m.partial_results if m.partial_results else "none; the request ends with DEADLINE_EXCEEDED"))
-    lines += ["", "| parameter | type | default | accepted | applies to | description |", "|---|---|---|---|---|---|"]
-    for p in m.params:
-        lines.append(f"| `{p.name}` | {p.type} | {p.default_text} | {accepted(p)} | {kinds_text(p.kinds)} | "
-                     f"{p.description} |")
-    if not m.params:
-        lines.append("| (none) | | | | | |")
-    doc = inspect.getmodule(cls).__doc__ or ""
-    lines += ["", "<details><summary>Definition and defaults</summary>", "", "```text", doc.strip(), "```", "",
-              "</details>", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + parameters_and_definition(m.params, cls))
 
 
 def render() -> str:
@@ -111,16 +115,7 @@ def metric_section(cls: type) -> str:
         lines.append("- Curves in the result: " + ", ".join(f"`{c}`" for c in m.curves))
     if m.figures:
         lines.append("- Figures in the result: " + ", ".join(f"`{f}`" for f in m.figures))
-    lines += ["", "| parameter | type | default | accepted | applies to | description |", "|---|---|---|---|---|---|"]
-    for p in m.params:
-        lines.append(f"| `{p.name}` | {p.type} | {p.default_text} | {accepted(p)} | {kinds_text(p.kinds)} | "
-                     f"{p.description} |")
-    if not m.params:
-        lines.append("| (none) | | | | | |")
-    doc = inspect.getmodule(cls).__doc__ or ""
-    lines += ["", "<details><summary>Definition and defaults</summary>", "", "```text", doc.strip(), "```", "",
-              "</details>", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + parameters_and_definition(m.params, cls))
 
 
 def render_metrics() -> str:
