@@ -21,7 +21,7 @@ from .engine.engine import Engine, ServedModel
 from .errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .evaluation.base import MetricOutcome, Reexplain
 from .evaluation.run import (GivenAttribution, MetricQuery, PreparedMetric, RegionQuery, check_attribution, check_budget,
-                             prepare_metrics, region_mask, run_metrics)
+                             per_pixel, prepare_metrics, region_mask, run_metrics)
 from .methods.base import LOGIT, PROBABILITY, Method, MethodContext, ModelView, Prediction, RunStats
 from .methods.registry import all_methods
 from .models.inputs import check_tensor, decode_image, display_image, preprocess_image
@@ -367,7 +367,7 @@ class Explainer:
                                 score=p.score, rng=rng, settings=self.settings, choose_target=lambda _: target,
                                 deadline=deadline, tenant=tenant)
             run = await method.explain(p.params, ctx)
-            return run.result.attribution, run.stats
+            return per_pixel(run.result.attribution, p.view), run.stats  # as the judged map
 
         async def reexplain(x: np.ndarray, target: int, rng: np.random.Generator,
                             graph: Any = None) -> tuple[np.ndarray, RunStats]:

@@ -247,3 +247,16 @@ def test_metric_stats_say_the_score_the_metric_used(client, image):
     logits = client.evaluate("shapes", method="saliency", image=image, score="logit",
                              metrics=[("deletion", {"steps": 8})])
     assert logits["deletion"].stats["score"] == "LOGIT" and max(logits["deletion"].curves["scores"]) > 1
+
+
+def test_a_map_with_channels_is_judged_summed_over_them(client, image):
+    """input_x_gradient keeps the channels ([3, 64, 64]); the metrics judge their sum per pixel."""
+    box = BOXES[EXAMPLE]["box"]
+    metrics = [("deletion", {"steps": 16}), "pointing_game", ("max_sensitivity", {"nr_samples": 2})]
+    result = client.evaluate("shapes", method="input_x_gradient", image=image, box=box, metrics=metrics, seed=3)
+    assert result.explanation.attribution.shape == (3, 64, 64)
+    summed = result.explanation.attribution.sum(axis=0)
+    given = client.evaluate("shapes", image=image, attribution=summed, box=box, metrics=metrics[:2], seed=3)
+    assert result["deletion"].value == pytest.approx(given["deletion"].value, rel=1e-6)
+    assert result["pointing_game"].value == given["pointing_game"].value
+    assert result["max_sensitivity"].value >= 0

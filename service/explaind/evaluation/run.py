@@ -83,6 +83,14 @@ def check_attribution(attribution: np.ndarray, view: ModelView, field: str = "at
     return values
 
 
+def per_pixel(attribution: np.ndarray, view: ModelView) -> np.ndarray:
+    """The attribution the metrics judge: an image method's map with channels ([C, H, W] or [H, W, C],
+    e.g. saliency with channel_reduction none) summed over them to [H, W]; others as they are."""
+    if view.kind == "image" and attribution.ndim == 3:
+        return attribution.sum(axis=0 if view.signature.layout == "NCHW" else 2)
+    return attribution
+
+
 def region_mask(region: RegionQuery | None, view: ModelView, field: str = "region") -> np.ndarray | None:
     """The region as a boolean [H, W] mask (None when not given)."""
     if region is None:
@@ -172,7 +180,8 @@ async def run_metrics(prepared: list[PreparedMetric], ctx: MethodContext, attrib
             on_progress(sum(done), max(total, sum(done)))
         return report
 
-    runs = [p.metric.evaluate(p.params, MetricContext(ctx, attribution.astype(np.float64), metric_rng(seed, i, p.metric.name),
+    attribution = per_pixel(np.asarray(attribution, np.float64), ctx.model)
+    runs = [p.metric.evaluate(p.params, MetricContext(ctx, attribution, metric_rng(seed, i, p.metric.name),
                                                       region, reexplain), progress(i))
             for i, p in enumerate(prepared)]
     return list(await asyncio.gather(*runs))
@@ -183,4 +192,5 @@ def applicable(view: ModelView) -> list[Metric]:
 
 
 __all__ = ["GivenAttribution", "MetricQuery", "PreparedMetric", "RegionQuery", "applicable", "attribution_shape",
-           "check_attribution", "check_budget", "metric_rng", "prepare_metrics", "region_mask", "run_metrics"]
+           "check_attribution", "check_budget", "metric_rng", "per_pixel", "prepare_metrics", "region_mask",
+           "run_metrics"]
