@@ -44,8 +44,8 @@ from ..methods.base import INPUT_GRADIENTS, PROBABILITY, ModelView, prediction_s
 from ..methods.gradient_base import gradient_stage
 from ..methods.params import ANY_KIND, Float, Int
 from ..onnxgraph.variants import PROBABILITIES_OUTPUT
-from .base import ROBUSTNESS, Metric, MetricContext, MetricSteps, MetricValue
-from .reexplained import explanation_rows, flat, positions
+from .base import ROBUSTNESS, Metric, MetricContext, MetricSteps, MetricValue, positions
+from .reexplained import explanation_rows, flat
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -52,6 +52,12 @@ Reexplain = Callable[..., Awaitable[tuple[np.ndarray, RunStats]]]
 REEXPLAIN_CONCURRENCY = 16
 
 
+def positions(model: ModelView) -> int:
+    """Entries of an attribution: pixels of an image model, features of a tabular one."""
+    shape = model.signature.spatial_shape if model.kind == "image" else model.signature.example_shape
+    return int(np.prod(shape))
+
+
 @dataclass
 class MetricContext:
     """Everything a metric needs: the explanation's context (engine, served model, input x, target,
@@ -240,4 +246,4 @@ class Metric(ABC):
 
 __all__ = ["AXIOMATIC", "COMPLEXITY", "FAITHFULNESS", "LOCALISATION", "RANDOMISATION", "REEXPLAIN_CONCURRENCY",
            "ROBUSTNESS", "Metric",
-           "MetricContext", "MetricOutcome", "MetricSteps", "MetricValue", "Reexplain"]
+           "MetricContext", "MetricOutcome", "MetricSteps", "MetricValue", "Reexplain", "positions"]

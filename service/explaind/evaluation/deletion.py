@@ -18,19 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Choice, Int
-from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
+from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue, positions
 from .curves import BLUR, LERF, MEAN, MORF, ZERO, auc, curve_rows, curve_stage, order, ranks_of, substrate
-
-
-def positions(model: ModelView) -> int:
-    """Pixels of an image model's input, features of a tabular one."""
-    if model.kind == "image":
-        return int(np.prod(model.signature.spatial_shape))
-    return int(np.prod(model.signature.example_shape))
 
 
 def step_size(params: dict[str, Any], model: ModelView) -> int:

@@ -28,8 +28,7 @@ import numpy as np
 
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Choice, Int
-from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
-from .deletion import positions
+from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue, positions
 from .perturbation import (BASELINE_TEXT, BASELINES, BLACK, baseline_value, channels_pixels, model_input, pearson,
                            subset_stage)
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from ..methods.params import Choice, Int
 from .curves import BLUR, LERF, MEAN, MORF, ZERO
-from .deletion import Deletion, positions
+from .base import positions
+from .deletion import Deletion
 
 
 class Insertion(Deletion):

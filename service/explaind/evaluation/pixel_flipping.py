@@ -31,9 +31,8 @@ import numpy as np
 
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Choice, Int
-from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
+from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue, positions
 from .curves import MORF, curve_stage, order, ranks_of
-from .deletion import positions
 from .perturbation import BASELINE_TEXT, BASELINES, BLACK, channels_pixels, cumulative_fill, model_input
 
 

@@ -33,8 +33,8 @@ from scipy import ndimage
 from ..errors import FailedPrecondition
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Bool
-from .base import RANDOMISATION, Metric, MetricContext, MetricSteps, MetricValue
-from .reexplained import explanation_rows, flat, normalise_by_max, positions
+from .base import RANDOMISATION, Metric, MetricContext, MetricSteps, MetricValue, positions
+from .reexplained import explanation_rows, flat, normalise_by_max
 
 WINDOW, K1, K2 = 7, 0.01, 0.03
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..methods.base import ModelView
 
 UNIFORM, GAUSSIAN = "uniform", "gaussian"
 
@@ -54,7 +53,3 @@ def norm_ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator)
 
 
-def positions(model: ModelView) -> int:
-    """Entries of an attribution: pixels of an image model, features of a tabular one."""
-    shape = model.signature.spatial_shape if model.kind == "image" else model.signature.example_shape
-    return int(np.prod(shape))
