@@ -85,6 +85,11 @@ class Settings:
         "help": "one onnxruntime CPU memory arena for all sessions instead of one each: batches run one at a "
                 "time, so the arena is the largest batch's working memory, however many sessions are kept "
                 "(measured: 36 sessions +131 MB instead of +807 MB, speed unchanged)"})
+    arena_release_s: float = field(default=10.0, metadata={
+        "help": "give the shared CPU arena's free regions back to the system on the first run after this many "
+                "seconds (and after every session eviction): the arena otherwise stays at the largest batch "
+                "mix it ever met, which a long mixed load keeps raising (soak: +25% RSS after warm-up without, "
+                "flat with 10 s); one re-allocation per interval; 0: only after evictions"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
@@ -116,6 +121,8 @@ class Settings:
         if self.max_session_memory_bytes < -1:
             raise ValueError(f"max_session_memory_bytes must be -1 (no cap), 0 (auto) or a byte count, "
                              f"got {self.max_session_memory_bytes}")
+        if self.arena_release_s < 0:
+            raise ValueError(f"arena_release_s must be 0 (only after evictions) or a number of seconds, got {self.arena_release_s}")
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")
         if not (self.repository_poll_s == 0 or 0.05 <= self.repository_poll_s <= 86400):

@@ -52,8 +52,9 @@ class BurstLog:
     not one per event. Thread-safe (the device thread and the event loop may both report)."""
 
     def __init__(self, logger: logging.Logger, interval_s: float = BURST_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, level: int = logging.WARNING) -> None:
         self._logger = logger
+        self._level = level
         self._interval_s = interval_s
         self._clock = clock
         self._last: float | None = None
@@ -68,6 +69,6 @@ class BurstLog:
                 self._suppressed += 1
                 return False
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        self._logger.warning(message, extra={**extra, "suppressed": suppressed,
-                                             "suppressed_seconds": self._interval_s})
+        self._logger.log(self._level, message, extra={**extra, "suppressed": suppressed,
+                                                      "suppressed_seconds": self._interval_s})
         return True

@@ -79,3 +79,21 @@ def test_refusals_name_the_deadline_or_the_quota_and_carry_a_retry_hint(quota_se
             break
         time.sleep(0.1)
     assert metric(quota_server, "explaind_tenant_rows_in_flight", tenant="anonymous") == 0
+
+
+def test_a_flood_of_refusals_is_logged_once_per_burst_with_the_count(quota_server):
+    before = quota_server.log()
+    with grpc.insecure_channel(quota_server.address) as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        for _ in range(30):
+            with pytest.raises(grpc.RpcError) as late:
+                stub.Explain(rise(50_000), timeout=0.3)
+            assert late.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stub.Explain(rise(64), timeout=60)  # other outcomes keep their line each
+    log = quota_server.log()
+    new = log[len(before):].splitlines()
+    # 30 refusals in well under the 10 s burst interval: at most one line (none if the last logged
+    # refusal was less than 10 s ago), which counts the ones held back; the OK call has its own line.
+    assert len([line for line in new if "RESOURCE_EXHAUSTED" in line]) <= 1
+    assert len([line for line in new if "code=OK" in line or '"code": "OK"' in line]) == 1, new
+    assert metric(quota_server, "explaind_requests_total", model="shapes", method="rise", code="RESOURCE_EXHAUSTED") == 32

@@ -14,7 +14,7 @@ import pytest
 from explaind.config import Settings
 from explaind.engine.engine import Engine
 from explaind.engine.job import Job
-from explaind.engine.runner import Runner
+from explaind.engine.runner import ArenaRelease, Runner
 from explaind.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from explaind.metrics import Metrics
 from explaind.onnxgraph.variants.predict import Predict
@@ -352,3 +352,33 @@ def test_session_cache_bounded_by_bytes_keeps_only_the_session_in_use():
 
 def test_shared_arena_off_builds_no_release():
     assert Engine(settings(shared_arena=False)).arena is None
+
+
+def test_arena_release_after_eviction_and_after_interval():
+    now = [100.0]
+    release = ArenaRelease(10.0, clock=lambda: now[0])
+    assert release.run_options() is None  # nothing evicted, interval not over
+    release.request()
+    assert release.run_options() is not None  # the run after an eviction shrinks, once
+    assert release.run_options() is None
+    now[0] += 9.9
+    assert release.run_options() is None
+    now[0] += 0.2
+    options = release.run_options()
+    assert options is not None and options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert release.run_options() is None  # the interval counts from that release
+
+
+def test_arena_release_interval_zero_releases_only_after_evictions():
+    now = [0.0]
+    release = ArenaRelease(0.0, clock=lambda: now[0])
+    now[0] += 1e6
+    assert release.run_options() is None
+    release.request()
+    assert release.run_options() is not None
+
+
+def test_arena_release_interval_is_a_setting():
+    assert Engine(settings(arena_release_s=3.5)).arena._interval_s == 3.5
+    with pytest.raises(ValueError, match="arena_release_s must be 0"):
+        settings(arena_release_s=-1).validate()

@@ -91,7 +91,7 @@ class Engine:
         self._last_busy: dict[Key, float] = {}  # retired versions' schedulers: when last seen in use
         self._sweep: asyncio.TimerHandle | None = None
         self._temporaries = 0  # temporary model copies made (their versions: -1, -2, ...)
-        self.arena = ArenaRelease() if settings.shared_arena and self.device.kind == "cpu" else None
+        self.arena = ArenaRelease(settings.arena_release_s) if settings.shared_arena and self.device.kind == "cpu" else None
         self.health = ModelHealth()  # fed by the runners, read by GetModel
 
     # Sessions -----------------------------------------------------------------------------------
