@@ -88,7 +88,7 @@ class Settings:
     arena_release_s: float = field(default=10.0, metadata={
         "help": "give the shared CPU arena's free regions back to the system on the first run after this many "
                 "seconds (and after every session eviction): the arena otherwise stays at the largest batch "
-                "mix it ever met, which a long mixed load keeps raising (soak: +25% RSS after warm-up without, "
+                "mix it ever met, which a long mixed load keeps raising (soak RSS after warm-up: +25 percent without, "
                 "flat with 10 s); one re-allocation per interval; 0: only after evictions"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})

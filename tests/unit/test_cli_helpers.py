@@ -4,6 +4,8 @@ subcommands themselves run against a real server in tests/integration/test_cli.p
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 
@@ -128,3 +130,11 @@ def test_parameter_bounds_in_interval_notation(fields, text):
     from explaind.cli_text import bounds
 
     assert bounds(pb.ParameterInfo(name="x", **fields)) == text
+
+
+@pytest.mark.parametrize("command", ["serve", "explain", "evaluate", "models", "methods", "model", "load", "unload"])
+def test_every_subcommand_prints_its_help(command):
+    """argparse formats help strings with %: a literal % in a setting's help broke `serve --help`."""
+    result = subprocess.run([sys.executable, "-m", "explaind", command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: explaind " + command)
