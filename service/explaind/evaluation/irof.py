@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from skimage.util import regular_grid
 
 from ..methods.base import ModelView
 from ..methods.lime_core import segment
@@ -45,6 +44,7 @@ def most_segments(model: ModelView) -> int:
     slic starts from a regular grid of centres and, enforcing connectivity, merges every segment
     smaller than min_size = int(0.5 * P / centres) pixels, so at most P / min_size remain."""
     height, width = model.signature.spatial_shape
+    from skimage.util import regular_grid  # lazy: skimage loads when IROF is asked for
     centres = int(np.prod([len(range(*s.indices(n))) for s, n in
                            zip(regular_grid((1, height, width), SLIC_SEGMENTS), (1, height, width))]))
     min_size = max(1, int(SLIC_MIN_SIZE_FACTOR * height * width / centres))

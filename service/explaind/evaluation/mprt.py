@@ -63,9 +63,6 @@ import warnings
 from typing import Any, Iterator
 
 import numpy as np
-from scipy import stats
-from skimage.feature import hog
-from skimage.metrics import structural_similarity
 
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Bool, Choice, Int
@@ -101,6 +98,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     give NaN there: see the module's docstring) 1 when both are equal, else 0."""
     if constant(a) or constant(b):
         return 1.0 if np.array_equal(a, b) else 0.0
+    from scipy import stats  # lazy: scipy is not imported by the server until a request needs it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         return float(stats.spearmanr(a.reshape(-1), b.reshape(-1))[0])
@@ -114,11 +112,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     data_range = float(max(a.max(), b.max()) - min(a.min(), b.min()))
     if data_range == 0:
         return 1.0
+    from skimage.metrics import structural_similarity  # lazy: skimage loads when MPRT runs
     return float(structural_similarity(a, b, win_size=SSIM_WINDOW, data_range=data_range))
 
 
 def hog_features(a: np.ndarray) -> np.ndarray:
     cell = max(1, min(a.shape) // 8)
+    from skimage.feature import hog  # lazy: skimage loads when MPRT runs
     return hog(a, orientations=HOG_ORIENTATIONS, pixels_per_cell=(cell, cell), cells_per_block=(HOG_BLOCK, HOG_BLOCK),
                block_norm="L2-Hys", feature_vector=True)
 
