@@ -10,9 +10,12 @@ make_dataset(seed=3) (the model was trained on seed 1 and validated on seed 2), 
 explains the image for its true class and asks for the pointing game and energy pointing game (the
 box), deletion and insertion AUC, MPRT (rank correlation at full randomisation), max-sensitivity and
 infidelity, whichever of these the server offers (MPRT: the Spearman correlation at full
-randomisation and its mean over the cascade, top layer first) (ListMetrics; the rest print "-"). Printed per method:
+randomisation and its mean over the cascade, top layer first, and "MPRT const" the mean number of
+steps whose map was constant, where the correlation is defined as 0, or 1 for equal maps)
+(ListMetrics; the rest print "-"). Printed per method:
 the mean of each metric over the images, and the cost (model evaluations and seconds of the
-explanation alone, and of the whole Evaluate call). Written beside: the JSON of every figure and a PNG
+explanation alone, a plain Explain call with the same seed before the Evaluate, and of the whole
+Evaluate call, at the client). Written beside: the JSON of every figure and a PNG
 of the mean deletion and insertion curves per method. The server runs in its own process; the machine's
 other load is reported.
 """
@@ -83,6 +86,11 @@ def run(args: argparse.Namespace, address: str) -> dict:
         for method in methods:
             rows = []
             for i in range(args.images):
+                # The explanation alone first (same seed: the same map), for its own cost.
+                started = time.monotonic()
+                alone = client.explain("shapes", method=method, image=png(images[i]), target=int(labels[i]),
+                                       seed=1000 + i)
+                explain_seconds = time.monotonic() - started
                 started = time.monotonic()
                 result = client.evaluate("shapes", method=method, image=png(images[i]), target=int(labels[i]),
                                          box=[int(v) for v in boxes[i]], seed=1000 + i,
@@ -90,8 +98,8 @@ def run(args: argparse.Namespace, address: str) -> dict:
                 e = result.explanation
                 rows.append({
                     "seconds": time.monotonic() - started,
-                    "explain_seconds": float(e.stats.get("total_seconds", 0.0)),
-                    "explain_evaluations": int(e.stats.get("model_evaluations", 0)),
+                    "explain_seconds": explain_seconds,
+                    "explain_evaluations": int(alone.stats.get("model_evaluations", 0)),
                     "evaluations": int(e.stats.get("model_evaluations", 0)) + sum(
                         int(r.stats.get("model_evaluations", 0)) for r in result.results),
                     "values": {**{r.metric: r.value for r in result.results},
@@ -99,6 +107,9 @@ def run(args: argparse.Namespace, address: str) -> dict:
                                   if r.metric == "mprt" and "spearman" in r.curves}},
                     "curves": {r.metric: r.curves["scores"].tolist() for r in result.results
                                if r.metric in ("deletion", "insertion")},
+                    "mprt_spearman": [r.curves["spearman"].tolist() for r in result.results if r.metric == "mprt"],
+                    "mprt_constant_steps": [r.figures.get("constant_steps") for r in result.results
+                                            if r.metric == "mprt"],
                 })
             report["methods"][method] = rows
             print(f"  {method}: {len(rows)} images, {np.mean([r['seconds'] for r in rows]):.2f} s each", flush=True)
@@ -110,6 +121,8 @@ def summary(report: dict) -> list[dict]:
     for method, rows in report["methods"].items():
         line = {"method": method,
                 "explain_evaluations": float(np.mean([r["explain_evaluations"] for r in rows])),
+                "evaluations": float(np.mean([r["evaluations"] for r in rows])),
+                "mprt_constant_steps": float(np.mean([c for r in rows for c in r.get("mprt_constant_steps", [])] or [0])),
                 "explain_seconds": float(np.median([r["explain_seconds"] for r in rows])),
                 "evaluate_seconds": float(np.median([r["seconds"] for r in rows]))}
         for metric, _, _ in COLUMNS:
@@ -120,11 +133,13 @@ def summary(report: dict) -> list[dict]:
 
 
 def print_table(table: list[dict]) -> str:
-    head = ["method"] + [f"{label} ({better[0]})" for _, label, better in COLUMNS] + ["evals", "explain s", "evaluate s"]
+    head = ["method"] + [f"{label} ({better[0]})" for _, label, better in COLUMNS] + [
+        "MPRT const", "evals", "explain s", "evaluate evals", "evaluate s"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for row in table:
         cells = [row["method"]] + ["-" if row[m] is None else f"{row[m]:.3f}" for m, _, _ in COLUMNS]
-        cells += [f"{row['explain_evaluations']:.0f}", f"{row['explain_seconds']:.3f}", f"{row['evaluate_seconds']:.2f}"]
+        cells += [f"{row['mprt_constant_steps']:.1f}", f"{row['explain_evaluations']:.0f}", f"{row['explain_seconds']:.3f}", f"{row['evaluations']:.0f}",
+                  f"{row['evaluate_seconds']:.2f}"]
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 

@@ -123,6 +123,14 @@ class ModelRunError(ExplaindError):
     code = grpc.StatusCode.INTERNAL
 
 
+class ExplaindBug(ExplaindError):
+    """explaind's own work failed: a node explaind added around the user's model (a variant's prefix
+    or suffix, a derived gradient), or its feed of that graph, was refused by onnxruntime. INTERNAL,
+    said to be a bug of explaind (to be reported), and the model is not blamed (its health stays)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class Unavailable(ExplaindError):
     """Shutting down, or the model failed to load."""
 

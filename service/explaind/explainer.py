@@ -114,6 +114,7 @@ class Prepared:
     region: np.ndarray | None = None       # bool [H, W]
     given: np.ndarray | None = None        # the attribution to evaluate instead of computing one
     planned_rows: int | None = None        # the explanation's and the metrics' model evaluations
+    memo: dict[str, Any] = field(default_factory=dict)  # MethodContext.memo: planning and the run share it
 
 
 class Explainer:
@@ -279,7 +280,7 @@ class Explainer:
             return 0
         method = self.methods[query.method]
         ctx = MethodContext(engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
-                            rng=np.random.default_rng(0), settings=self.settings)
+                            rng=np.random.default_rng(0), settings=self.settings, memo=p.memo)
         return method.planned_rows(p.params, ctx) or 0
 
     def _input(self, query: ExplainQuery, entry: LoadedModel, sig: ModelSignature) -> tuple[np.ndarray, np.ndarray | None]:
@@ -309,7 +310,8 @@ class Explainer:
             engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
             rng=np.random.default_rng(seed), settings=self.settings,
             choose_target=lambda prediction: self._target(query, entry, prediction.probabilities),
-            deadline=deadline, tenant=tenant, allow_partial=query.allow_partial, on_progress=on_progress)
+            deadline=deadline, tenant=tenant, allow_partial=query.allow_partial, on_progress=on_progress,
+            memo=p.memo)
 
         def stats(run: RunStats) -> Stats:
             return Stats(seed=seed, model_sha256=entry.sha256, method=p.method.name, parameters=p.params,
@@ -332,8 +334,9 @@ class Explainer:
             run = await p.method.explain(p.params, ctx)
             evaluation = []
             if p.metrics and p.given is None and query.method and p.method.planned_rows(p.params, ctx) is None:
-                # A method that cannot say its rows in advance (occlusion, LIME, Kernel SHAP, Score-CAM):
-                # re-explaining metrics are costed again with what its explanation took, before they run.
+                # A method that cannot say its rows in advance (every method does, except Score-CAM on a
+                # layer whose channel count the graph leaves symbolic): re-explaining metrics are costed
+                # again with what its explanation took, before they run.
                 method_rows = run.stats.model_evaluations - 1
                 for m in p.metrics:
                     m.rows = m.metric.planned_rows(m.params, p.view, method_rows)

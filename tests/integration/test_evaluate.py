@@ -184,6 +184,54 @@ def test_metrics_over_the_row_budget_are_refused_before_any_work(repository, tmp
         assert stop_server(server) == 0
 
 
+def rows_evaluated(server) -> float:
+    """The server's explaind_rows counter summed over models and variants: every row the model ran."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^explaind_rows_total\{[^}]*\} (\S+)$', text, re.M))
+
+
+# Each method's own parameters kept small, so the explanation alone fits the budget and the metric does not.
+LIGHT = {"rise": {"num_masks": 40}, "smooth_grad": {"num_samples": 7}, "integrated_gradients": {"n_steps": 9},
+         "extremal_perturbation": {"iterations": 3, "areas": [0.1]}, "lime": {"num_samples": 40},
+         "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]}}
+
+
+def test_a_re_explaining_metric_over_the_budget_is_refused_before_any_row_for_every_method(repository, tmp_path,
+                                                                                          image):
+    """max_sensitivity with 1500 re-explanations, over a budget of 3000 rows for every method costing a
+    row or more (2 rows each at least) though not if its rows were taken as unknown (1 row each, the
+    prediction): refused with RESOURCE_EXHAUSTED naming the metric, and not one row run (the prediction
+    included). CAM costs nothing beyond the prediction: 3000 re-explanations are over too."""
+    server = start_server(repository, tmp_path / "server.log", max_rows_per_request=3000)
+    row = np.load(DEMO / "repository" / "tabular" / "background.npy")[0].astype(np.float32)
+    try:
+        with server.client() as client:
+            cases = [("shapes", m.name, {"image": image, "params": LIGHT.get(m.name, {})})
+                     for m in client.list_methods("shapes")]
+            cases += [("tabular", m, {"tensor": row, "params": p}) for m, p in
+                      (("occlusion", {}), ("lime", {"num_samples": 50}),
+                       ("kernel_shap", {"nsamples": 30, "background_kmeans": 3}))]
+            assert len(cases) >= 19
+            for model, method, given in cases:
+                heavy = [("max_sensitivity", {"nr_samples": 3000 if method == "cam" else 1500})]
+                before = rows_evaluated(server)
+                code, details = code_and_details(lambda: client.evaluate(
+                    model, method=method, metrics=heavy, **given))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, details)
+                assert "max_sensitivity" in details and "max_rows_per_request of 3000" in details, details
+                assert rows_evaluated(server) == before, f"{model} {method}: rows ran before the refusal"
+            before = rows_evaluated(server)  # the counter does count: an allowed request moves it
+            ok = client.evaluate("shapes", method="occlusion", image=image, params=LIGHT["occlusion"],
+                                 metrics=[("max_sensitivity", {"nr_samples": 2})])
+            assert int(ok["max_sensitivity"].stats["model_evaluations"]) == 2 * (17 + 1)
+            assert rows_evaluated(server) == before + 1 + 17 + 2 * 18
+    finally:
+        assert stop_server(server) == 0
+
+
 def test_cli_evaluate(server, image, tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(image)

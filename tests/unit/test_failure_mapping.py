@@ -18,7 +18,7 @@ from PIL import Image
 from explaind.api.decoding import SERVICE, Undecodable, method_handlers, tolerant_deserializer
 from explaind.engine.health import ModelHealth
 from explaind.engine.runner import run_error, strip_source_paths
-from explaind.errors import InvalidArgument, ModelConfigError, ModelRunError, ResourceExhausted, echo
+from explaind.errors import ExplaindBug, InvalidArgument, ModelConfigError, ModelRunError, ResourceExhausted, echo
 from explaind.logs import BurstLog
 from explaind.metrics import Metrics
 from explaind.models.config import safe_yaml_load
@@ -71,7 +71,63 @@ def test_other_run_failures_are_model_run_errors_naming_the_node():
     assert error.message == (
         "model 'm' (occlusion_image graph) failed at run time in onnxruntime (Reshape node '/model/Reshape': "
         "input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape. Input "
-        "shape:{3,4}, requested shape:{5}); this is a fault of the model on this input, not a bug of explaind")
+        "shape:{3,4}, requested shape:{5}); the model's own node failed: this is a fault of the model on this "
+        "input, not a bug of explaind")
+
+
+def test_a_failure_in_a_node_explaind_added_is_explaind_bug_not_the_model_s():
+    message = ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather "
+               "node. Name:'explaind::deletion/Gather_3' Status Message: indices element out of data bounds, "
+               "idx=9 must be within the inclusive range [-4,3]")
+    error = run_error(RuntimeError(message), "m", "deletion")
+    assert isinstance(error, ExplaindBug) and error.code == grpc.StatusCode.INTERNAL
+    assert error.message == (
+        "explaind's deletion graph of model 'm' failed at run time in onnxruntime (Gather node "
+        "'explaind::deletion/Gather_3': indices element out of data bounds, idx=9 must be within the inclusive "
+        "range [-4,3]): a node explaind added to the model's graph failed, so this is a bug of explaind, not a "
+        "fault of the model; please report it with the model and the request")
+    # A model node without a name is still the model's.
+    unnamed = message.replace("Name:'explaind::deletion/Gather_3'", "Name:''")
+    assert isinstance(run_error(RuntimeError(unnamed), "m", "deletion"), ModelRunError)
+
+
+def one_node_graph(node_name: str, shape: list[int]) -> bytes:
+    """explaind::x [N, 3] -> Reshape(shape) named node_name -> explaind::y."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["explaind::x", "shape"], ["explaind::y"], name=node_name)], "g",
+        [helper.make_tensor_value_info("explaind::x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("explaind::y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(shape, np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("node_name, feed_shape, fault", [
+    ("explaind::occlusion/Reshape_0", (2, 3), "explaind"),   # explaind's own node
+    ("model_reshape", (2, 3), "model"),                       # the user's model's node
+    ("model_reshape", (2, 5), "explaind"),                    # explaind's feed of the wrong shape: no node named
+])
+def test_real_onnxruntime_failures_blame_whoever_built_the_failing_part(node_name, feed_shape, fault):
+    from explaind.config import Settings
+    from explaind.engine.runner import Device, Runner
+
+    health = ModelHealth()
+    runner = Runner(one_node_graph(node_name, [7]), ("y",), (), Device("cpu", None), Settings(intra_op_threads=1),
+                    model="m", variant="occlusion_image", health=health)  # type: ignore[arg-type]
+    with pytest.raises((ExplaindBug, ModelRunError)) as raised:
+        runner.run({"x": np.zeros(feed_shape, np.float32)}, ())
+    error = raised.value
+    assert error.code == grpc.StatusCode.INTERNAL and "onnxruntime_src" not in error.message
+    if fault == "explaind":
+        assert isinstance(error, ExplaindBug) and "this is a bug of explaind, not a fault of the model" in error.message
+        assert health.of("m").run_failures == 0  # the model's health does not pay for explaind's bug
+    else:
+        assert isinstance(error, ModelRunError) and "Reshape node 'model_reshape'" in error.message
+        assert "fault of the model" in error.message and health.of("m").run_failures == 1
 
 
 def test_source_paths_are_stripped_but_the_message_kept():

@@ -6,11 +6,15 @@ over cores, and onnxruntime (which releases the GIL) leaves the event loop free 
 With CUDA the runner binds inputs and outputs through IOBinding and keeps per-job constants
 resident on the device while the same jobs keep sharing batches.
 
-A run that fails in onnxruntime is the model's failure on that batch, not a bug of explaind: an
-allocation failure (over `max_session_memory_bytes`, or over what the machine has) becomes
-RESOURCE_EXHAUSTED and any other failure a ModelRunError (INTERNAL), both naming the model, the
-variant and the node, without onnxruntime's C++ source paths; every run feeds the model's health
-(`engine.health`), which GetModel reports.
+A run that fails in onnxruntime is told apart by where it failed: an allocation failure (over
+`max_session_memory_bytes`, or over what the machine has) becomes RESOURCE_EXHAUSTED; a failure in
+one of the user's model's own nodes is the model's fault on that input, a ModelRunError (INTERNAL);
+a failure in a node explaind added (every one is named under its namespace, "explaind::": the
+variant's prefix and suffix, derived gradients) or one onnxruntime traces to no node (the feed:
+shapes and types explaind gave its own graph) is explaind's bug, an ExplaindBug (INTERNAL, said to
+be explaind's). Each names the model, the variant and the node, without onnxruntime's C++ source
+paths. Every run feeds the model's health (`engine.health`), which GetModel reports; explaind's own
+bugs do not count against the model.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import Settings
-from ..errors import ModelRunError, ResourceExhausted
+from ..errors import ExplaindBug, ModelRunError, ResourceExhausted
 from ..logs import BurstLog
 from ..onnxgraph.builder import NAMESPACE
 from .device import DeviceQueue, in_lowered_thread
@@ -202,7 +206,7 @@ class Runner:
             error = run_error(exc, self.model, self.variant, self.memory_cap)
             self._failures_log.event("model run failed", model=self.model, variant=self.variant,
                                      code=error.code.name, reason=error.message)
-            if self.health is not None:
+            if self.health is not None and not isinstance(error, ExplaindBug):
                 self.health.failed(self.model, error.message)
             raise error from None
         if self.health is not None:
@@ -280,6 +284,12 @@ def strip_source_paths(text: str) -> str:
     return " ".join("".join(out).split())
 
 
+def failed_node(exc: BaseException) -> str | None:
+    """The name of the node onnxruntime says failed (possibly ""), None when it names none."""
+    node = _NODE.search(str(exc))
+    return None if node is None else node.group(2)
+
+
 def describe_ort_error(exc: BaseException) -> str:
     """One line: "ConstantOfShape node 'hungry': Failed to allocate ..." without source paths."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -290,8 +300,11 @@ def describe_ort_error(exc: BaseException) -> str:
     return strip_source_paths(text)[:400]
 
 
-def run_error(exc: BaseException, model: str, variant: str, memory_cap: int = 0) -> ResourceExhausted | ModelRunError:
-    """The ExplaindError for a failed run: allocation failures are RESOURCE_EXHAUSTED, the rest INTERNAL."""
+def run_error(exc: BaseException, model: str, variant: str,
+              memory_cap: int = 0) -> ResourceExhausted | ModelRunError | ExplaindBug:
+    """The ExplaindError for a failed run: allocation failures are RESOURCE_EXHAUSTED; the rest INTERNAL,
+    the model's fault when one of its own nodes failed, explaind's when one of explaind's nodes did or
+    onnxruntime names no node (the feed explaind made for its own graph)."""
     detail = describe_ort_error(exc)
     where = f"model '{model}' ({variant} graph)"
     if isinstance(exc, MemoryError) or _ALLOCATION.search(str(exc)):
@@ -300,5 +313,12 @@ def run_error(exc: BaseException, model: str, variant: str, memory_cap: int = 0)
                else "no max_session_memory_bytes cap is set")
         return ResourceExhausted(f"{where} needed more memory than it could get at run time ({detail}); {cap}: "
                                  "ask for fewer rows per request or a smaller input, or raise the cap")
-    return ModelRunError(f"{where} failed at run time in onnxruntime ({detail}); this is a fault of the model "
-                         "on this input, not a bug of explaind")
+    node = failed_node(exc)
+    if node is None or node.startswith(NAMESPACE):
+        part = ("a node explaind added to the model's graph" if node is not None
+                else "explaind's input to its own graph (onnxruntime names no node of the model)")
+        return ExplaindBug(f"explaind's {variant} graph of model '{model}' failed at run time in onnxruntime "
+                           f"({detail}): {part} failed, so this is a bug of explaind, not a fault of the model; "
+                           "please report it with the model and the request")
+    return ModelRunError(f"{where} failed at run time in onnxruntime ({detail}); the model's own node failed: "
+                         "this is a fault of the model on this input, not a bug of explaind")

@@ -38,7 +38,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ..methods.base import INPUT_GRADIENTS, PROBABILITY, ModelView, prediction_stage
 from ..methods.gradient_base import gradient_stage
@@ -55,6 +54,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     if np.all(a == a[0]) or np.all(b == b[0]):
         return 0.0
+    from scipy import stats  # lazy: scipy is not imported by the server until a request needs it
     return float(stats.spearmanr(a, b)[0])
 
 

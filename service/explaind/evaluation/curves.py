@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import FailedPrecondition
 from ..methods.base import Reducer, Stage, row_chunks
@@ -43,6 +42,7 @@ def ranks_of(positions: np.ndarray) -> np.ndarray:
 def blur_kernel() -> np.ndarray:
     delta = np.zeros((BLUR_KERNEL, BLUR_KERNEL))
     delta[BLUR_KERNEL // 2, BLUR_KERNEL // 2] = 1.0
+    from scipy import ndimage  # lazy: scipy is not imported by the server until a request needs it
     return ndimage.gaussian_filter(delta, BLUR_SIGMA)
 
 
@@ -60,6 +60,7 @@ def substrate(ctx: MetricContext, kind: str, metric: str) -> np.ndarray:
         kernel = blur_kernel()
         channel_axis = 0 if ctx.model.signature.layout == "NCHW" else 2
         channels = np.moveaxis(x, channel_axis, 0)
+        from scipy import ndimage  # lazy: scipy is not imported by the server until a request needs it
         blurred = np.stack([ndimage.convolve(c.astype(np.float64), kernel, mode="constant", cval=0.0) for c in channels])
         return np.moveaxis(blurred, 0, channel_axis).astype(np.float32)
     if image:

@@ -12,17 +12,27 @@ weights. `layers` limits the steps to that many layers from the top (default: al
 
 Each step's map a_k is compared with the explanation's map a, both first divided by their largest
 absolute value and, with `abs` (default true, Quantus's default), taken in absolute value:
-- `spearman`: Spearman's rank correlation of the two maps (scipy.stats.spearmanr; NaN when a map is
-  constant), for images and tabular models;
+- `spearman`: Spearman's rank correlation of the two maps (scipy.stats.spearmanr), for images and
+  tabular models; 0 when either map is constant (see below);
 - `ssim` (images): the structural similarity of the two [H, W] maps (skimage.metrics.
   structural_similarity, 7 x 7 uniform window, data_range the range of both maps together);
 - `hog` (images): Adebayo's HOG similarity, the Pearson correlation of the maps' histograms of
   oriented gradients (skimage.feature.hog: 9 orientations, cells of a eighth of the shorter side
   (8 pixels at 64 x 64), blocks of 3 x 3 cells, L2-Hys); 1 - hog is the HOG distance.
-Curves [steps], top layer first: `spearman`, `ssim`, `hog` (images), and `node`, each step's
-deepest re-drawn layer as its node's index in the graph. The value is the Spearman correlation at
-the last step: with cascading, the fully randomised model (Quantus's return_last_correlation).
-Lower is better: an explanation that stays the same on a random model does not explain the model.
+Curves [steps], top layer first: `spearman`, `ssim`, `hog` (images), `constant` (1 where the
+randomised model's map, or the judged one, is constant, else 0), and `node`, each step's deepest
+re-drawn layer as its node's index in the graph. The value is the Spearman correlation at the last
+step: with cascading, the fully randomised model (Quantus's return_last_correlation). Figure
+`constant_steps`: how many steps had a constant map. Lower is better: an explanation that stays the
+same on a random model does not explain the model.
+
+A constant map (Grad-CAM's and guided Grad-CAM's are often all zero on a randomised model: the
+ReLU of a weighted sum whose weights turned negative) has no ranks, and Spearman's coefficient
+divides by its zero spread: scipy, and so Quantus, return NaN there (and Quantus's last-step value is
+then NaN). explaind defines it, as adversarial_stability does: two equal maps correlate 1 (the map did
+not change), a constant map and a different one 0 (a map that ranks nothing keeps none of the other's
+ranking), so `value` and the curve stay defined and comparable across methods; the `constant` curve
+and the `constant_steps` figure say where such a 0 or 1 comes from.
 
 Re-drawing (onnxgraph/randomise.py): `init: uniform` (default) draws weights and biases of dense
 and convolutional layers from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and resets normalisations (scale
@@ -53,9 +63,6 @@ import warnings
 from typing import Any, Iterator
 
 import numpy as np
-from scipy import stats
-from skimage.feature import hog
-from skimage.metrics import structural_similarity
 
 from ..methods.base import ModelView
 from ..methods.params import ANY_KIND, Bool, Choice, Int
@@ -81,8 +88,17 @@ def prepared(attribution: np.ndarray, absolute: bool) -> np.ndarray:
     return np.abs(a) if absolute else a
 
 
+def constant(a: np.ndarray) -> bool:
+    """A map with a single value (no ranks; Spearman's coefficient is 0 / 0 there)."""
+    return bool(a.size == 0 or np.all(a == a.reshape(-1)[0]))
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of the flattened maps; NaN when one is constant."""
+    """Spearman's rank correlation of the flattened maps; with a constant map (scipy, and so Quantus,
+    give NaN there: see the module's docstring) 1 when both are equal, else 0."""
+    if constant(a) or constant(b):
+        return 1.0 if np.array_equal(a, b) else 0.0
+    from scipy import stats  # lazy: scipy is not imported by the server until a request needs it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         return float(stats.spearmanr(a.reshape(-1), b.reshape(-1))[0])
@@ -96,11 +112,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     data_range = float(max(a.max(), b.max()) - min(a.min(), b.min()))
     if data_range == 0:
         return 1.0
+    from skimage.metrics import structural_similarity  # lazy: skimage loads when MPRT runs
     return float(structural_similarity(a, b, win_size=SSIM_WINDOW, data_range=data_range))
 
 
 def hog_features(a: np.ndarray) -> np.ndarray:
     cell = max(1, min(a.shape) // 8)
+    from skimage.feature import hog  # lazy: skimage loads when MPRT runs
     return hog(a, orientations=HOG_ORIENTATIONS, pixels_per_cell=(cell, cell), cells_per_block=(HOG_BLOCK, HOG_BLOCK),
                block_norm="L2-Hys", feature_vector=True)
 
@@ -117,7 +135,7 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 def similarities(original: np.ndarray, randomised: np.ndarray, absolute: bool, image: bool) -> dict[str, float]:
     a, b = prepared(original, absolute), prepared(randomised, absolute)
-    out = {"spearman": spearman(a, b)}
+    out = {"spearman": spearman(a, b), "constant": float(constant(a) or constant(b))}
     if image:
         out["ssim"] = ssim(a, b)
         out["hog"] = hog_similarity(a, b)
@@ -146,7 +164,8 @@ class MPRT(Metric):
     kinds = ANY_KIND
     reexplains = True
     higher_is_better = False
-    curves = ("spearman", "ssim", "hog", "node")
+    curves = ("spearman", "ssim", "hog", "constant", "node")
+    figures = ("constant_steps",)
     params = (
         Choice("order", CASCADING, (CASCADING, INDEPENDENT),
                "cascading: the top k layers re-drawn together; independent: one layer at a time"),
@@ -174,14 +193,15 @@ class MPRT(Metric):
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps:
         weights_rng, method_rng = ctx.rng.spawn(2)
         image = ctx.model.kind == "image"
-        curves: dict[str, list[float]] = {"spearman": [], "ssim": [], "hog": [], "node": []}
+        curves: dict[str, list[float]] = {"spearman": [], "ssim": [], "hog": [], "constant": [], "node": []}
         for node, graph in randomised_graphs(ctx.model.graph, params, weights_rng):
             randomised = yield ctx.reexplain_on(graph, method_rng)
             for name, value in similarities(ctx.attribution, randomised, params["abs"], image).items():
                 curves[name].append(value)
             curves["node"].append(node)
         result = {name: np.asarray(v, np.float64) for name, v in curves.items() if v}
-        return MetricValue(float(result["spearman"][-1]), curves=result)
+        return MetricValue(float(result["spearman"][-1]), curves=result,
+                           figures={"constant_steps": float(result["constant"].sum())})
 
 
-__all__ = ["MPRT", "randomised_graphs", "prepared", "similarities", "ssim", "spearman", "hog_similarity"]
+__all__ = ["MPRT", "constant", "randomised_graphs", "prepared", "similarities", "ssim", "spearman", "hog_similarity"]

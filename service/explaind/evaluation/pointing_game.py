@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from scipy import ndimage
 
 from ..methods.params import IMAGE, Int
 from .base import LOCALISATION, Metric, MetricContext, MetricValue
@@ -35,5 +34,6 @@ class PointingGame(Metric):
         region = ctx.region
         maxima = ctx.attribution == ctx.attribution.max()
         # Distance from the nearest maximum to the nearest region pixel (0 inside it).
+        from scipy import ndimage  # lazy: scipy is not imported by the server until a request needs it
         distance = float(ndimage.distance_transform_edt(~region)[maxima].min()) if region.any() else float("inf")
         return MetricValue(float(distance <= params["tolerance"]), figures={"distance": distance})

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import FailedPrecondition
 from ..methods.base import ModelView
@@ -49,6 +48,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     if data_range == 0:
         return 1.0  # two equal constant maps (0 / 0 in the formula)
     def mean(v: np.ndarray) -> np.ndarray:
+        from scipy import ndimage  # lazy: scipy is not imported by the server until a request needs it
         return ndimage.uniform_filter(v, size=window)
     cov_norm = window / (window - 1)
     ua, ub = mean(a), mean(b)

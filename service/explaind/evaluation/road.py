@@ -29,8 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
 
 from ..errors import DeadlineExceeded
 from ..methods.base import ModelView, Reducer, Stage, row_chunks
@@ -72,6 +70,8 @@ def impute(cp: np.ndarray, shape: tuple[int, int], removed: np.ndarray) -> np.nd
         entries_i.append(ids[~known])
         entries_j.append(unknown[neighbour[~known]])
         entries_w.append(np.full(int((~known).sum()), weight))
+    from scipy import sparse  # lazy: scipy is not imported by the server until a request needs it
+    from scipy.sparse.linalg import spsolve
     system = sparse.coo_matrix((np.concatenate(entries_w + [-diagonal]),
                                 (np.concatenate(entries_i + [np.arange(n)]), np.concatenate(entries_j + [np.arange(n)]))),
                                shape=(n, n)).tocsc()

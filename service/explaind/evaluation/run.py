@@ -132,8 +132,9 @@ def prepare_metrics(queries: list[MetricQuery], view: ModelView, settings: Setti
         if metric is None:
             raise InvalidArgument(where, f"one of {', '.join(metrics)}", repr(query.name) if query.name else "no metric set")
         if view.kind not in metric.kinds:
+            what = metric.description[0].lower() + metric.description[1:].rstrip(".")
             raise FailedPrecondition(f"metric {metric.name!r} does not apply to {view.kind} models "
-                                     f"({metric.description[0].lower() + metric.description[1:]}); metrics for "
+                                     f"({what}); metrics for "
                                      f"this model: {', '.join(m.name for m in metrics.values() if view.kind in m.kinds)}")
         why = metric.unavailable(view)
         if why:

@@ -95,6 +95,9 @@ class MethodContext:
     allow_partial: bool = False    # at the deadline, answer from the rows so far (partial stages only)
     on_progress: Callable[[int, int], None] | None = None
     on_partial: Callable[[np.ndarray, "RunStats"], None] | None = None  # a partial map and the stats so far
+    # What a method works out once per input and needs both to plan its rows and to run (the superpixels
+    # of LIME and Kernel SHAP): shared by the contexts of one request's explanation, never across inputs.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def target_constants(self) -> dict[str, np.ndarray]:
         """The constants nearly every scoring stage has: the input and the target class."""

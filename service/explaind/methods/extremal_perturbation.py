@@ -67,7 +67,6 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from scipy.ndimage import correlate1d
 
 from ..config import Settings
 from ..engine.job import RowChunk
@@ -109,6 +108,7 @@ def gaussian_smooth(x: np.ndarray, sigma: float, axes: tuple[int, ...]) -> np.nd
     width = math.ceil(4 * sigma)
     taps = np.exp(-(np.arange(-width, width + 1) / (math.sqrt(2.0) * sigma + 1.1920929e-07)) ** 2)
     taps /= taps.sum()
+    from scipy.ndimage import correlate1d  # lazy: scipy is not imported by the server until a request needs it
     y = x.astype(np.float64)
     for axis in axes:
         y = correlate1d(y, taps, axis=axis, mode="constant", cval=0.0)

@@ -135,6 +135,20 @@ def check_memory(nsamples: int, num_players: int, l1_reg: str, budget: int, play
                           f"memory must fit the server's max_request_memory_bytes of {budget})", nsamples)
 
 
+def coalition_rows(num_players: int, nsamples: int) -> int:
+    """The coalitions CoalitionStream hands out for these players and nsamples (its `total`, fixed by
+    the enumeration alone: no draw is made to know it)."""
+    return CoalitionStream(num_players, nsamples, np.random.default_rng(0)).total
+
+
+def image_nsamples(nsamples: int, count: int, settings: Settings) -> int:
+    """nsamples as used on an image of `count` superpixels: shap's auto (2M + 2048, capped at
+    2^M - 2) within the row budget when unset, else as given."""
+    if nsamples == AUTO_NSAMPLES:
+        return min(default_nsamples(count), settings.max_rows_per_request - 2)
+    return nsamples
+
+
 def parse_l1(value: str, num_features: int | None) -> str | None:
     """num_features None: not known before the request's image is segmented (images)."""
     if value in ("", "default"):
@@ -237,6 +251,16 @@ class KernelShap(Method):
                      f"model's {num_features} features")
         return {name: params[name] for name in ("nsamples", "l1_reg", "link", "background_kmeans") if name in params}
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        """f(x), the base value and the stream's coalitions, times the background rows (tabular); on
+        images the superpixel count settles shap's auto nsamples and the enumeration (the
+        segmentation runs here once and the stage reuses it)."""
+        if ctx.model.kind == "image":
+            count = superpixels(ctx, params["segmentation"]).count
+            return coalition_rows(count, image_nsamples(params["nsamples"], count, ctx.settings)) + 2
+        background = params.get("background_kmeans", len(ctx.model.background))
+        return (coalition_rows(int(ctx.model.signature.example_shape[0]), params["nsamples"]) + 2) * background
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "image":
             return (yield from self._image(params, ctx))
@@ -260,8 +284,7 @@ class KernelShap(Method):
 
     def _image(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         sp = superpixels(ctx, params["segmentation"])
-        if params["nsamples"] == AUTO_NSAMPLES:  # reported as used
-            params["nsamples"] = min(default_nsamples(sp.count), ctx.settings.max_rows_per_request - 2)
+        params["nsamples"] = image_nsamples(params["nsamples"], sp.count, ctx.settings)  # reported as used
         if params["nsamples"] < min_nsamples(sp.count):
             raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(sp.count)} for the {sp.count} "
                                   f"superpixels {params['segmentation']} made of this image (the regression has "

@@ -128,6 +128,10 @@ class Lime(Method):
                                   f"the server's max_request_memory_bytes of {budget})", params["num_samples"])
         return params
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        """One row per perturbed sample (the first is the input itself), whatever the segmentation."""
+        return int(params["num_samples"])
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "tabular":
             discretizer = QuartileDiscretizer(np.asarray(ctx.model.background, np.float64))

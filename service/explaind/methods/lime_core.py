@@ -31,7 +31,6 @@ import math
 from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
-from scipy import special
 
 Rng = np.random.Generator | np.random.RandomState
 
@@ -157,6 +156,7 @@ def truncnorm_masses(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     is never a difference from 1.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    from scipy import special  # lazy: scipy is not imported by the server until a request needs it
     ta, tb = special.ndtr(-np.abs(a)), special.ndtr(-np.abs(b))
     mass = np.where(b <= 0, tb - ta, np.where(a >= 0, ta - tb, 1.0 - ta - tb))
     return np.where(a < 0, ta, 1.0 - ta), np.where(b > 0, tb, 1.0 - tb), mass
@@ -178,6 +178,7 @@ def truncnorm_ppf(q: np.ndarray, a: np.ndarray, b: np.ndarray,
     Against 60-digit values: <= 3e-15 relative for |x| >= 0.1, <= 4e-16 absolute near x = 0 (where
     Phi(x) ~ 1/2 holds x to that; scipy alike), also for q -> 1 where scipy's logs lose up to 1e-2.
     """
+    from scipy import special  # lazy: scipy is not imported by the server until a request needs it
     q, a, b = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (q, a, b)))
     pa, pnb, mass = truncnorm_masses(a, b) if masses is None else masses
     lower = pa + q * mass  # P = Phi(x)

@@ -140,6 +140,14 @@ class Occlusion(Method):
                                   f"windows (the server's max_rows_per_request)", f"{list(stride)} ({rows} windows)")
         return {"window": list(window), "stride": list(stride), "baseline": params.get("baseline", 0.0)}
 
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+        """The unoccluded input and one row per window (images) or per feature (tabular)."""
+        if ctx.model.kind == "tabular":
+            return 1 + int(ctx.model.signature.example_shape[0])
+        height, width = ctx.model.signature.spatial_shape
+        (wh, ww), (sy, sx) = params["window"], params["stride"]
+        return 1 + len(window_positions(height, wh, sy)) * len(window_positions(width, ww, sx))
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         constants = ctx.target_constants()
         if ctx.model.kind == "tabular":

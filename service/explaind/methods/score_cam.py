@@ -9,7 +9,9 @@ host sends one integer per row. w = softmax over channels of the target scores o
 inputs; map = ReLU(sum_k w_k A_k) (relu true, as pytorch-grad-cam), upsampled bilinearly with
 half-pixel centres as the other CAMs (or left at the layer's size). Unlike pytorch-grad-cam the map
 is not min-max scaled (the renderer normalises for display). Score: the logit by default (its
-ClassifierOutputTarget). Cost: K model evaluations besides the prediction (which reads the layer). Forward passes only.
+ClassifierOutputTarget). Cost: K model evaluations besides the prediction (which reads the layer),
+known before the input is seen from the layer's inferred shape (planned_rows; None when the graph
+leaves K symbolic). Forward passes only.
 The response's `arrays` holds channel_weights [K].
 """
 
@@ -60,6 +62,11 @@ class ScoreCam(Method):
 
     def prediction_layer(self, params: dict[str, Any]) -> str:
         return str(params["layer"])
+
+    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        """One masked input per channel of the layer, when the graph's shapes say how many."""
+        white_box = ctx.model.white_box
+        return white_box.channels_of(str(params["layer"])) if white_box is not None else None
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         activation = np.asarray(ctx.layer_activation, np.float32)                     # [K, h, w]

@@ -65,6 +65,15 @@ class Superpixels:
 
 
 def superpixels(ctx: MethodContext, algorithm: str) -> Superpixels:
+    """The input's superpixels by `algorithm`, segmented once per request (ctx.memo): Kernel SHAP's
+    planned rows need their count before the stage that uses them."""
+    key = f"superpixels:{algorithm}"
+    if key not in ctx.memo:
+        ctx.memo[key] = _segmented(ctx, algorithm)
+    return ctx.memo[key]
+
+
+def _segmented(ctx: MethodContext, algorithm: str) -> Superpixels:
     sig = ctx.model.signature
     labels = segment(display_image(ctx.x, ctx.model.preprocess, sig.layout), algorithm)
     hwc = ctx.x.transpose(1, 2, 0) if sig.layout == "NCHW" else ctx.x

@@ -26,6 +26,11 @@ class WhiteBox:
     default_layer: str = ""            # model.yaml layers.cam, else the last 4-D input of a global pooling
     rules: tuple[str, ...] = ("plain", "guided", "deconvnet")  # backward rules the model offers
     exported: tuple[str, str] | None = None  # gradients: exported: (seed input, gradient output)
+    channels: tuple[tuple[str, int], ...] = ()  # (layer, its channel count) where shape inference knows it
+
+    def channels_of(self, layer: str) -> int | None:
+        """The layer's channel count (dimension 1 of its [N, K, h, w] activation), None when unknown."""
+        return dict(self.channels).get(layer)
 
     def offers(self, needs: str, rules_needed: tuple[str, ...]) -> bool:
         """Whether this model can serve a white-box method needing `needs` ("INPUT_GRADIENTS" or
@@ -62,26 +67,35 @@ def inspect_white_box(entry: LoadedModel) -> WhiteBox:
         op, node = blocked[0]
         more = f" (and {len(blocked) - 1} more operators)" if len(blocked) > 1 else ""
         return WhiteBox(False, f"operator {op} (node {node!r}) has no gradient rule{more}")
-    layers = four_d_activations(model) if config.kind == "image" else ()
+    found = activations_with_channels(model) if config.kind == "image" else []
+    layers = [name for name, _ in found]
     default = config.layers.get("cam", "") or last_pooled_activation(model, set(layers))
-    return WhiteBox(True, "", tuple(layers), default)
+    return WhiteBox(True, "", tuple(layers), default,
+                    channels=tuple((name, k) for name, k in found if k is not None))
 
 
 def four_d_activations(model: onnx.ModelProto) -> list[str]:
     """Node outputs of rank 4 and float type with a spatial extent (not 1 x 1), in graph order."""
+    return [name for name, _ in activations_with_channels(model)]
+
+
+def activations_with_channels(model: onnx.ModelProto) -> list[tuple[str, int | None]]:
+    """four_d_activations with each one's channel count (dimension 1; None when not a fixed number):
+    Score-CAM's rows, one per channel, known before the input is seen."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
         inferred = model
-    usable = set()
+    usable: dict[str, int | None] = {}
     for v in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = v.type.tensor_type
         if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.HasField("shape") or len(tensor.shape.dim) != 4:
             continue
         spatial = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim[2:]]
         if spatial != [1, 1]:
-            usable.add(v.name)
-    return [out for node in inferred.graph.node for out in node.output if out in usable]
+            channels = tensor.shape.dim[1]
+            usable[v.name] = channels.dim_value if channels.HasField("dim_value") and channels.dim_value > 0 else None
+    return [(out, usable[out]) for node in inferred.graph.node for out in node.output if out in usable]
 
 
 def last_pooled_activation(model: onnx.ModelProto, layers: set[str]) -> str:

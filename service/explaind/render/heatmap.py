@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
-from skimage.transform import resize
 
 from explaind.errors import InvalidArgument
 from explaind.render.colormaps import (
@@ -213,6 +212,7 @@ def _resize_map(values: NDArray[np.float64], shape: tuple[int, int]) -> NDArray[
     """Bilinear resize; bilinear weights are convex, so the value range is preserved."""
     if values.shape == shape:
         return values
+    from skimage.transform import resize  # lazy: skimage (and scipy) load at the first resize
     return resize(values, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
 
 

@@ -117,7 +117,7 @@ def test_top_layer_randomised_changes_the_map_as_computed_by_hand(order):
     assert outcome.value.value == pytest.approx(expected, abs=1e-9)
     np.testing.assert_allclose(outcome.value.curves["spearman"], [expected], atol=1e-9)
     np.testing.assert_array_equal(outcome.value.curves["node"], [2])
-    assert set(outcome.value.curves) == {"spearman", "node"}  # tabular: no SSIM or HOG
+    assert set(outcome.value.curves) == {"spearman", "constant", "node"}  # tabular: no SSIM or HOG
     assert outcome.stats.model_evaluations == 2  # the copy's prediction and its gradient row
 
 
@@ -236,7 +236,7 @@ def test_a_whole_request_through_the_explainer_releases_its_copies():
     assert before == 2 and after == before  # the original's prediction and gradient sessions only
     (outcome,) = result.evaluation
     assert outcome.metric == "mprt" and outcome.parameters["layers"] == 3
-    assert sorted(outcome.value.curves) == ["hog", "node", "spearman", "ssim"]
+    assert sorted(outcome.value.curves) == ["constant", "hog", "node", "spearman", "ssim"]
     assert len(outcome.value.curves["spearman"]) == 3 and outcome.stats.model_evaluations == 6
     np.testing.assert_array_equal(result.attribution, plain.attribution)  # the explanation itself unchanged
     assert -1 <= outcome.value.value < 0.99  # re-drawing the top three layers moves a saliency map
@@ -251,3 +251,57 @@ def test_the_proto_message_reaches_the_metric():
     served, _ = served_mlp()
     params = MPRT().parameters(query.params, view_of(served, kind="tabular", white_box=WHITE), settings())
     assert query.name == "mprt" and params == {"order": "independent", "layers": 1, "init": "uniform", "abs": False}
+
+
+def test_a_constant_map_correlates_0_with_another_and_1_with_itself_where_scipy_gives_nan():
+    """Spearman's rho of a constant map is 0 / 0: scipy (and so Quantus's correlation_spearman) give NaN;
+    explaind defines 0 against a different map and 1 against an equal one, and flags the step."""
+    from explaind.evaluation.mprt import similarities, spearman
+
+    varied = np.arange(12, dtype=np.float64).reshape(3, 4)
+    zeros = np.zeros((3, 4))
+    with np.errstate(all="ignore"), pytest.warns(stats.ConstantInputWarning):
+        assert np.isnan(stats.spearmanr(varied.ravel(), zeros.ravel())[0])
+    assert spearman(varied, zeros) == 0.0 and spearman(zeros, varied) == 0.0
+    assert spearman(zeros, zeros) == 1.0 and spearman(np.full((3, 4), 0.5), zeros) == 0.0
+    assert spearman(varied, varied[::-1, ::-1]) == pytest.approx(-1.0)
+    assert similarities(varied, zeros, True, False) == {"spearman": 0.0, "constant": 1.0}
+    assert similarities(varied, varied * 2, True, False) == {"spearman": 1.0, "constant": 0.0}
+
+
+def test_a_constant_judged_map_gives_a_defined_value_and_counts_its_steps():
+    """The judged map all zero (as Grad-CAM's can be): every step's randomised saliency map varies, so
+    every step correlates 0, is flagged constant, and the value is 0 (Quantus: NaN)."""
+    outcome, params, w, x, _ = run_mprt({}, attribution=np.zeros(F))
+    np.testing.assert_array_equal(outcome.value.curves["spearman"], [0.0, 0.0])
+    np.testing.assert_array_equal(outcome.value.curves["constant"], [1.0, 1.0])
+    assert outcome.value.value == 0.0 and outcome.value.figures == {"constant_steps": 2.0}
+    varied, _, _, _, _ = run_mprt({})
+    assert varied.value.figures == {"constant_steps": 0.0} and np.isfinite(varied.value.value)
+
+
+def test_grad_cam_on_the_shapes_model_stays_defined_under_randomisation():
+    """The case found by benchmarks/evaluation.py (NaN in the README's table before): Grad-CAM's map of a
+    held-out shapes image on the fully randomised model is all zero (ReLU of a negative weighted sum)
+    with this seed; the value is 0, the step flagged, and the other steps are ordinary correlations."""
+    import io
+
+    from PIL import Image
+
+    from explaind.demo.shapes_data import make_dataset
+    from explaind.evaluation.run import MetricQuery
+    from explaind.explainer import ExplainQuery
+
+    from inprocess import serve_requests
+
+    images, labels, _ = make_dataset(1, seed=3)
+    encoded = io.BytesIO()
+    Image.fromarray(images[0]).save(encoded, format="PNG")
+    (result,) = serve_requests(ExplainQuery("shapes", "grad_cam", image=encoded.getvalue(), seed=1,
+                                            target_index=int(labels[0]), metrics=[MetricQuery("mprt", {})]))
+    (outcome,) = result.evaluation
+    curves = outcome.value.curves
+    assert curves["constant"][-1] == 1 and outcome.value.value == 0.0
+    assert np.isfinite(curves["spearman"]).all() and outcome.value.figures["constant_steps"] == curves["constant"].sum()
+    varied = curves["constant"] == 0
+    assert varied.any() and (np.abs(curves["spearman"][varied]) > 0).all()
