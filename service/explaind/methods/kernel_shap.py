@@ -256,8 +256,8 @@ class KernelShap(Method):
         images the superpixel count settles shap's auto nsamples and the enumeration (the
         segmentation runs here once and the stage reuses it)."""
         if ctx.model.kind == "image":
-            count = superpixels(ctx, params["segmentation"]).count
-            return coalition_rows(count, image_nsamples(params["nsamples"], count, ctx.settings)) + 2
+            sp, nsamples = self._image_plan(params, ctx)
+            return coalition_rows(sp.count, nsamples) + 2
         background = params.get("background_kmeans", len(ctx.model.background))
         return (coalition_rows(int(ctx.model.signature.example_shape[0]), params["nsamples"]) + 2) * background
 
@@ -282,21 +282,28 @@ class KernelShap(Method):
                               evaluations_per_row=len(background), partial=True)
         return Result(reducer.attribution(), reducer.figures())
 
-    def _image(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+    def _image_plan(self, params: dict[str, Any], ctx: MethodContext) -> tuple[Any, int]:
+        """The superpixels and the coalition count for an image, checked against the regression's
+        needs and the memory budget (at planning, so a bad parameter is INVALID_ARGUMENT before
+        admission weighs its rows)."""
         sp = superpixels(ctx, params["segmentation"])
-        params["nsamples"] = image_nsamples(params["nsamples"], sp.count, ctx.settings)  # reported as used
-        if params["nsamples"] < min_nsamples(sp.count):
+        nsamples = image_nsamples(params["nsamples"], sp.count, ctx.settings)
+        if nsamples < min_nsamples(sp.count):
             raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(sp.count)} for the {sp.count} "
                                   f"superpixels {params['segmentation']} made of this image (the regression has "
-                                  "one unknown per superpixel but one)", params["nsamples"])
+                                  "one unknown per superpixel but one)", nsamples)
         budget = ctx.settings.max_request_memory_bytes
         if stream_bytes(sp.count, min_nsamples(sp.count), params["l1_reg"] != "none") > budget:
             raise InvalidArgument(f"{self.name}.segmentation", f"a segmentation with fewer superpixels than the "
                                   f"{sp.count} {params['segmentation']} made of this image (their {sp.count} x "
                                   f"{sp.count} regression statistics must fit the server's max_request_memory_bytes "
                                   f"of {budget})", params["segmentation"])
-        check_memory(params["nsamples"], sp.count, params["l1_reg"], budget,
+        check_memory(nsamples, sp.count, params["l1_reg"], budget,
                      f"{sp.count} superpixels {params['segmentation']} made of this image")
+        return sp, nsamples
+
+    def _image(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
+        sp, params["nsamples"] = self._image_plan(params, ctx)  # reported as used
         if params["fill"] == "value":
             absent = np.full_like(sp.hwc, params["fill_value"])
         elif params["fill"] == "blur":
