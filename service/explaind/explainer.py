@@ -325,7 +325,9 @@ class Explainer:
                 on_partial(Explanation(attribution, ctx.target, entry.labels[ctx.target], top, b"",
                                        stats(so_far), complete=False))
             ctx.on_partial = partial
-        planned = p.method.planned_rows(p.params, ctx)
+        # Admission prices engine rows (a tabular Kernel SHAP coalition is one row the graph expands over
+        # the background); with metrics, the budget's plan (model evaluations: an upper bound).
+        planned = p.method.planned_engine_rows(p.params, ctx)
         planned = p.planned_rows if p.planned_rows is not None else None if planned is None else planned + 1
         # Admitted (or refused at once) as a whole before the first stage: the prediction row and the rest.
         # A request that takes a partial answer at its deadline is not refused for lack of time.

@@ -264,6 +264,11 @@ class Method(ABC):
         """All rows the stages will take, when known in advance (progress); None: per stage."""
         return None
 
+    def planned_engine_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        """The engine rows behind planned_rows' model evaluations, for admission's cost (rows times the
+        variant's measured seconds per row): the same unless a row expands inside the graph."""
+        return self.planned_rows(params, ctx)
+
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         runner = StageRunner(ctx, self.planned_rows(params, ctx), allow_partial=ctx.allow_partial and
                               bool(self.partial_results))

@@ -261,6 +261,12 @@ class KernelShap(Method):
         background = params.get("background_kmeans", len(ctx.model.background))
         return (coalition_rows(int(ctx.model.signature.example_shape[0]), params["nsamples"]) + 2) * background
 
+    def planned_engine_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        """Tabular: each coalition is one engine row that the graph expands over the background."""
+        if ctx.model.kind == "image":
+            return self.planned_rows(params, ctx)
+        return coalition_rows(int(ctx.model.signature.example_shape[0]), params["nsamples"]) + 2
+
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "image":
             return (yield from self._image(params, ctx))

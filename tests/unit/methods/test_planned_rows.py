@@ -72,3 +72,23 @@ def test_every_tabular_method_plans_the_rows_it_runs():
     for (name, params), (planned, evaluations) in zip(cases, results):
         assert planned is not None and evaluations == planned + 1, (name, params, evaluations, planned)
     assert {n for n, _ in cases} == {"occlusion", "lime", "kernel_shap"}
+
+
+def test_tabular_kernel_shap_is_priced_by_its_coalition_rows_not_its_evaluations():
+    """Admission multiplies rows by the variant's seconds per engine row: a coalition row expands over
+    the background inside the graph, so pricing evaluations would overstate the cost ~background-fold
+    (a 300-coalition request was refused as needing 275 s)."""
+    from explaind.methods.registry import all_methods
+
+    repo = ModelRepository(Settings().repository_path)
+    repo.scan()
+    engine = Engine(Settings(intra_op_threads=1))
+    explainer = Explainer(engine.settings, repo, engine)
+    x = np.load(Settings().repository_path / "tabular" / "background.npy")[4].astype(np.float32)
+    p = explainer.prepare(ExplainQuery(model="tabular", method="kernel_shap", tensor=x, params={"nsamples": 30}))
+    ctx = MethodContext(engine, p.served, p.view, p.x, p.score, np.random.default_rng(0), engine.settings)
+    method = all_methods()["kernel_shap"]
+    evaluations, rows = method.planned_rows(dict(p.params), ctx), method.planned_engine_rows(dict(p.params), ctx)
+    background = len(p.view.background)
+    assert background > 1 and evaluations == rows * background
+    asyncio.run(engine.close())
