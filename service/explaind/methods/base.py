@@ -270,7 +270,7 @@ class Method(ABC):
         return self.planned_rows(params, ctx)
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
-        runner = StageRunner(ctx, self.planned_rows(params, ctx), allow_partial=ctx.allow_partial and
+        runner = StageRunner(ctx, self.planned_engine_rows(params, ctx), allow_partial=ctx.allow_partial and
                               bool(self.partial_results))
         layer = self.prediction_layer(params)
         predicted = await runner.run([prediction_stage(ctx.x, layer)], counted=False)
