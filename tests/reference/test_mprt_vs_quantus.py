@@ -162,3 +162,16 @@ def test_adebayo_guided_backprop_survives_randomisation_that_saliency_does_not(x
     # At full randomisation its structure (HOG) still resembles the original map; saliency's does not.
     assert gb[2, -1] - sal[2, -1] > 0.1
     assert sal[0, -1] < 0.3  # saliency changes a lot
+
+
+def test_a_constant_map_is_nan_in_quantus_and_defined_in_explaind():
+    """The one documented difference on a constant map (a randomised Grad-CAM's all-zero map): Quantus's
+    correlation_spearman gives NaN; explaind's gives 0 (1 for two equal maps); elsewhere they agree."""
+    from explaind.evaluation.mprt import spearman
+
+    rng = np.random.default_rng(0)
+    varied, other, zeros = rng.normal(size=(8, 8)), rng.normal(size=(8, 8)), np.zeros((8, 8))
+    with np.errstate(all="ignore"), pytest.warns(Warning):
+        assert np.isnan(correlation_spearman(varied.ravel(), zeros.ravel()))
+    assert spearman(varied, zeros) == 0.0 and spearman(zeros, zeros.copy()) == 1.0
+    assert spearman(varied, other) == pytest.approx(float(correlation_spearman(varied.ravel(), other.ravel())), abs=1e-12)
