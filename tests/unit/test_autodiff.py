@@ -162,6 +162,12 @@ def linear_cases() -> list[Case]:
         # the reference evaluator's ConvTranspose mishandles groups of several channels: float32 only
         conv("groups2", x, C(away(r, 4, 2, 3, 2)), {"group": 2, "strides": [1, 2]}, ref_grad=False),
         conv("depthwise", x, C(away(r, 4, 1, 3, 3)), {"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        # stride 1: the adjoint is a Conv with the flipped, transposed kernel (no ConvTranspose)
+        conv("groups2-stride1", x, C(away(r, 4, 2, 3, 2)), {"group": 2, "pads": [1, 0, 2, 1]}),
+        conv("depthwise-stride1-dilation2", x, C(away(r, 4, 1, 3, 3)), {"group": 4, "pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+        conv("same-upper-stride1", x, C(away(r, 3, 4, 2, 3)), {"auto_pad": "SAME_UPPER"}),
+        conv("same-lower-stride1", x, C(away(r, 3, 4, 2, 3)), {"auto_pad": "SAME_LOWER"}),
+        conv("pads-beyond-kernel-stride1", x, w, {"pads": [3, 1, 0, 2]}),  # a negative adjoint pad: ConvTranspose
         conv("same-upper-stride2", x, w, {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
         conv("same-lower-stride2", x, w, {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
         conv("valid-stride2", x, w, {"auto_pad": "VALID", "strides": [2, 2]}),
@@ -427,6 +433,24 @@ def test_rule_matches_finite_differences(case: Case) -> None:
 def test_every_rule_has_a_finite_difference_case() -> None:
     tested = {op for case in ALL_CASES for (op, *_rest) in case.nodes}
     assert set(supported_operators()) <= tested, set(supported_operators()) - tested
+
+
+def _backward_ops(case_id: str) -> list[str]:
+    case = next(c for c in ALL_CASES if c.id == case_id)
+    model = case.model(np.float32)
+    forward = len(model.graph.node)
+    return [n.op_type for n in differentiate(model, case.output, case.differentiated()).graph.node[forward:]]
+
+
+@pytest.mark.parametrize(("case_id", "adjoint"), [
+    ("Conv-plain", "Conv"), ("Conv-groups2-stride1", "Conv"), ("Conv-same-lower-stride1", "Conv"),
+    ("Conv-depthwise-stride1-dilation2", "Conv"), ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
+    ("Conv-stride2-remainder", "ConvTranspose"), ("Conv-dynamic-hw-stride2", "ConvTranspose"),
+])
+def test_conv_adjoint_form(case_id: str, adjoint: str) -> None:
+    """Stride 1 with pads <= the kernel's extent - 1: a Conv (faster on CPU); otherwise ConvTranspose."""
+    ops = _backward_ops(case_id)
+    assert adjoint in ops and ({"Conv", "ConvTranspose"} - {adjoint}).isdisjoint(ops), ops
 
 
 def test_intermediate_gradient_is_exact() -> None:
