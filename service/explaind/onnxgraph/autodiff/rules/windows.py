@@ -111,7 +111,9 @@ def flipped_conv_adjoint(ctx: RuleContext, g: str, kernel: list[int], nd: int, g
     W'[ci, co] = W[co, ci] flipped along every spatial axis (per group), e = d (k - 1) + 1 the
     kernel's extent, so it is a Conv with begin pads e - 1 - p0 and end pads e - 1 - p1. It runs as
     onnxruntime's blocked (NCHWc) convolution, several times faster on CPU than its ConvTranspose.
-    Needs the weight as a constant, the pads known before run time and no negative pad.
+    Needs the weight as a constant, the pads known before run time and no negative pad. Strided
+    convolutions keep ConvTranspose: the same Conv over g with zeros inserted (Pad + Reshape) ran
+    at 0.44-0.70x the ConvTranspose graph's rows/s on the zoo's resnet, mobilenetv2, senet and densenet.
     """
     strides, dilations, auto_pad, pads = geometry(ctx, nd)
     w = ctx.constant(1)
