@@ -110,7 +110,8 @@ def measure(name: str, model: onnx.ModelProto, sig: ModelSignature, args: argpar
     grad_model = Gradient(score="logit", rule="plain", path="input").build(model, sig)
     fwd, grad = session(model, args.threads), session(grad_model, args.threads)
     result: dict = {"forward": {}, "gradient": {}}
-    for rows in args.batch_sizes:
+    sizes = args.batch_sizes or ([64, 256, 1024, 4096] if sig.layout == "tabular" else [16, 32, 64, 128])
+    for rows in sizes:
         f_feed, g_feed = forward_feed(sig, x, rows), gradient_feed(x, rows)
         pairs = [(rate(fwd, f_feed, rows, args.seconds), rate(grad, g_feed, rows, args.seconds))
                  for _ in range(args.repeats)]
@@ -131,7 +132,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["shapes", "resnet", "vgg", "mobilenetv2", "senet", "densenet", "mlp"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="rows per run to try (default: 16 32 64 128 for images, 64 256 1024 4096 for the MLP)")
     parser.add_argument("--seconds", type=float, default=0.4, help="per timed loop")
     parser.add_argument("--repeats", type=int, default=3, help="alternating forward/gradient pairs per batch")
     parser.add_argument("--profile", action="store_true", help="per-operator shares of the gradient graph")
