@@ -160,7 +160,7 @@ def global_average_pool(ctx: RuleContext) -> list:
     e = ctx.e
     x = ctx.x()
     count = e.op("Cast", [e.op("Div", [e.op("Size", [x]), e.op("Size", [ctx.y()])])], to=ctx.dtype(x))
-    return [e.op("Div", [e.op("Expand", [ctx.g, e.shape(x)]), count])]
+    return [e.op("Expand", [e.op("Div", [ctx.g, count]), e.shape(x)])]  # divided at y's size, then spread
 
 
 @register("AveragePool")
