@@ -61,7 +61,8 @@ class Settings:
     batch_tuning_s: float = field(default=0.0, metadata={
         "help": "seconds of measurement per candidate batch size when a variant's session is built "
                 "(candidates: max_batch_rows and its halvings down to an eighth); the variant then batches "
-                "at the fastest measured; 0: off, every variant batches at max_batch_rows"})
+                "at the fastest measured (max_batch_rows unless another is over 5% faster); 0: off, every variant "
+                "batches at max_batch_rows"})
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})

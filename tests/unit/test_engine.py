@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from explaind.config import Settings
-from explaind.engine.batch_tuning import candidates
+from explaind.engine.batch_tuning import KEEP_CONFIGURED, candidates
 from explaind.engine.engine import Engine
 from explaind.engine.job import Job
 from explaind.engine.runner import Runner
@@ -179,8 +179,9 @@ def test_a_cancelled_request_drops_its_pending_rows():
 
 
 def test_batch_size_is_picked_from_measurement_and_results_do_not_change():
-    """batch_tuning_s > 0: the variant's batch size is the fastest of the measured candidates
-    (max_batch_rows and its halvings), and the rows' results are those of the untuned engine."""
+    """batch_tuning_s > 0: the variant's batch size is one of the measured candidates (max_batch_rows
+    and its halvings), the fastest unless max_batch_rows is within 5% of it, and the rows' results
+    are those of the untuned engine."""
     x = np.random.default_rng(3).normal(size=(2, 3, 3)).astype(np.float32)
 
     async def main(tuning: float):
@@ -195,7 +196,10 @@ def test_batch_size_is_picked_from_measurement_and_results_do_not_change():
 
     chosen, measured, tuned = run(main(0.02))
     assert sorted(measured) == candidates(64) == [8, 16, 32, 64]
-    assert chosen in measured and measured[chosen] == max(measured.values())
+    best = max(measured.values())
+    assert chosen in measured and (measured[chosen] == best or (chosen == 64 and measured[64] >= KEEP_CONFIGURED * best))
+    if chosen != 64:
+        assert measured[64] < KEEP_CONFIGURED * best
     assert all(rate > 0 for rate in measured.values())
     untuned_rows, untuned_measured, untuned = run(main(0.0))
     assert (untuned_rows, untuned_measured) == (64, {})
