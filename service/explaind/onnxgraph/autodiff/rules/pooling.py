@@ -104,12 +104,8 @@ def _blocked_max_pool(ctx: RuleContext, k: int, out: list[int], rest: list[int],
         x = e.slice(x, [0, 0], [o * k for o in out], [2, 3])
     blocks = e.op("SpaceToDepth", [x], blocksize=k)
     count = k * k
-    if e.opset >= 18:
-        pieces = e.op("Split", [blocks], outputs=count, axis=1, num_outputs=count)
-    else:
-        pieces = e.op("Split", [blocks], outputs=count, axis=1)
-    names = list(e.nodes[-1].output)
-    del pieces
+    e.op("Split", [blocks], outputs=count, axis=1, num_outputs=count if e.opset >= 18 else None)
+    names = list(e.nodes[-1].output)  # the Split's `count` outputs
     h, parts = ctx.g, []
     for index, x_j in enumerate(names):
         part = e.op("Mul", [h, e.op("Cast", [e.op("Equal", [x_j, ctx.y()])], to=dtype)])
