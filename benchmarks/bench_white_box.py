@@ -301,6 +301,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=12, help="sequential requests of 1 client per measurement")
     parser.add_argument("--per-client", type=int, default=2, help="requests of each of the 8 clients")
     parser.add_argument("--captum-repeats", type=int, default=3, help="alternating Captum/explaind pairs")
+    parser.add_argument("--batch-tuning-s", type=float, default=0.2,
+                        help="the server's batch_tuning_s (each variant's batch size measured; 0: max_batch_rows)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +311,7 @@ def main() -> int:
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                f"{platform.processor() or platform.platform()}",
                     "onnxruntime": ort.__version__, "torch": torch.__version__, "threads": args.threads,
-                    "steps": args.steps}
+                    "steps": args.steps, "batch_tuning_s": args.batch_tuning_s}
     began = time.perf_counter()
     cpu_start = cpu_snapshot()
 
@@ -339,7 +341,7 @@ def main() -> int:
     report["limit"] = {"by_batch": by_batch, "best_batch": best_batch, "rows_per_s": by_batch[best_batch]}
 
     server = start_server(MODEL_DIR, args.out / "white-box-server.log", metrics_port=-1,
-                          intra_op_threads=args.threads)
+                          intra_op_threads=args.threads, batch_tuning_s=args.batch_tuning_s)
     try:
         with ExplaindClient(server.address) as client:
             for method in METHODS:  # sessions built, first-call costs paid

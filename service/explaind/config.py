@@ -58,6 +58,11 @@ class Settings:
         "help": "threads of numpy's BLAS in the server process (its idle workers busy-wait and take the cores "
                 "onnxruntime needs; the server's own numpy work is small); 0: the library's default"})
     max_batch_rows: int = field(default=64, metadata={"help": "rows per engine batch (model.yaml may override)"})
+    batch_tuning_s: float = field(default=0.0, metadata={
+        "help": "seconds of measurement per candidate batch size when a variant's session is built "
+                "(candidates: max_batch_rows and its halvings down to an eighth); the variant then batches "
+                "at the fastest measured (max_batch_rows unless another is over 5% faster); 0: off, every variant "
+                "batches at max_batch_rows"})
     max_delay_ms: float = field(default=2.0, metadata={"help": "longest wait for a batch to fill"})
     max_queued_rows: int = field(default=2_000_000, metadata={"help": "rows queued in the engine before refusing"})
     max_queued_jobs: int = field(default=512, metadata={"help": "jobs queued in the engine before refusing"})
@@ -123,6 +128,8 @@ class Settings:
                              f"got {self.max_session_memory_bytes}")
         if self.arena_release_s < 0:
             raise ValueError(f"arena_release_s must be 0 (only after evictions) or a number of seconds, got {self.arena_release_s}")
+        if not 0 <= self.batch_tuning_s <= 10:
+            raise ValueError(f"batch_tuning_s must be in [0, 10] seconds, got {self.batch_tuning_s}")
         if self.max_delay_ms < 0 or self.grace_period_s < 0 or self.intra_op_threads < 0 or self.blas_threads < 0:
             raise ValueError("max_delay_ms, grace_period_s, intra_op_threads and blas_threads must be >= 0")
         if not (self.repository_poll_s == 0 or 0.05 <= self.repository_poll_s <= 86400):

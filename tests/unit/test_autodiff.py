@@ -162,6 +162,12 @@ def linear_cases() -> list[Case]:
         # the reference evaluator's ConvTranspose mishandles groups of several channels: float32 only
         conv("groups2", x, C(away(r, 4, 2, 3, 2)), {"group": 2, "strides": [1, 2]}, ref_grad=False),
         conv("depthwise", x, C(away(r, 4, 1, 3, 3)), {"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        # stride 1: the adjoint is a Conv with the flipped, transposed kernel (no ConvTranspose)
+        conv("groups2-stride1", x, C(away(r, 4, 2, 3, 2)), {"group": 2, "pads": [1, 0, 2, 1]}),
+        conv("depthwise-stride1-dilation2", x, C(away(r, 4, 1, 3, 3)), {"group": 4, "pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+        conv("same-upper-stride1", x, C(away(r, 3, 4, 2, 3)), {"auto_pad": "SAME_UPPER"}),
+        conv("same-lower-stride1", x, C(away(r, 3, 4, 2, 3)), {"auto_pad": "SAME_LOWER"}),
+        conv("pads-beyond-kernel-stride1", x, w, {"pads": [3, 1, 0, 2]}),  # a negative adjoint pad: ConvTranspose
         conv("same-upper-stride2", x, w, {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
         conv("same-lower-stride2", x, w, {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
         conv("valid-stride2", x, w, {"auto_pad": "VALID", "strides": [2, 2]}),
@@ -200,6 +206,10 @@ def pooling_cases() -> list[Case]:
     for id, attrs in maxpool:
         cases.append(single(f"MaxPool-{id}", "MaxPool", [x], attrs))
     cases += [
+        # non-overlapping windows: compared per window offset, no Indices (square 2-D: SpaceToDepth)
+        single("MaxPool-k2x3-tiled", "MaxPool", [x], {"kernel_shape": [2, 3], "strides": [2, 3]}),
+        single("MaxPool-k3-tiled-remainder", "MaxPool", [x], {"kernel_shape": [3, 3], "strides": [3, 3]}),
+        single("MaxPool-1d-tiled", "MaxPool", [distinct(r, 2, 3, 8)], {"kernel_shape": [3], "strides": [3]}),
         single("MaxPool-k3s2-op11", "MaxPool", [x], {"kernel_shape": [3, 3], "strides": [2, 2]}, opset=11),
         single("MaxPool-1d", "MaxPool", [distinct(r, 2, 3, 9)], {"kernel_shape": [3], "strides": [2]}),
         Case(
@@ -404,6 +414,36 @@ def composite_cases() -> list[Case]:
             opset=13,
             output_rank=2,  # inference loses the rank at the Reshape: broadcasting is undone at run time
         ),
+        Case(  # batch norm folded into the Conv before differentiating; Relu moved after the MaxPool
+            "Conv-BatchNormalization-Relu-MaxPool",
+            [
+                ("Conv", ["x", "w", "b"], ["c"], {"pads": [1, 1, 1, 1]}),
+                ("BatchNormalization", ["c", "scale", "offset", "mean", "var"], ["n"], {"epsilon": 1e-3}),
+                ("Relu", ["n"], ["r"], {}),
+                ("MaxPool", ["r"], ["p"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                ("Conv", ["p", "w2"], ["y"], {}),
+            ],
+            {
+                "x": away(r, 2, 2, 6, 5), "w": C(away(r, 3, 2, 3, 3)), "b": C(away(r, 3)), "scale": C(away(r, 3)),
+                "offset": C(away(r, 3)), "mean": C(away(r, 3)), "var": C(positive(r, 3)), "w2": C(away(r, 2, 3, 1, 1)),
+            },
+            ort64=False,
+        ),
+        Case(  # the same with the tensors the rewrites would remove asked for: nothing is rewritten
+            "Conv-BatchNormalization-Relu-MaxPool-kept",
+            [
+                ("Conv", ["x", "w"], ["c"], {}),
+                ("BatchNormalization", ["c", "scale", "offset", "mean", "var"], ["n"], {}),
+                ("Relu", ["n"], ["r"], {}),
+                ("MaxPool", ["r"], ["y"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+            ],
+            {
+                "x": away(r, 2, 2, 6, 5), "w": C(away(r, 3, 2, 3, 3)), "scale": C(away(r, 3)),
+                "offset": C(away(r, 3)), "mean": C(away(r, 3)), "var": C(positive(r, 3)),
+            },
+            ort64=False,
+            wrt=["x", "c", "r"],
+        ),
         Case(  # gradients at an intermediate tensor and at the input of the same graph
             "Intermediate-and-input",
             [("Tanh", ["x"], ["h"], {}), ("Mul", ["h", "h"], ["h2"], {}), ("ReduceSum", ["h2"], ["y"], {"axes": [2]})],
@@ -429,9 +469,57 @@ def test_every_rule_has_a_finite_difference_case() -> None:
     assert set(supported_operators()) <= tested, set(supported_operators()) - tested
 
 
+def _backward_ops(case_id: str) -> list[str]:
+    case = next(c for c in ALL_CASES if c.id == case_id)
+    model = case.model(np.float32)
+    forward = len(model.graph.node)
+    return [n.op_type for n in differentiate(model, case.output, case.differentiated()).graph.node[forward:]]
+
+
+@pytest.mark.parametrize(("case_id", "adjoint"), [
+    ("Conv-plain", "Conv"), ("Conv-groups2-stride1", "Conv"), ("Conv-same-lower-stride1", "Conv"),
+    ("Conv-depthwise-stride1-dilation2", "Conv"), ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
+    ("Conv-stride2-remainder", "ConvTranspose"), ("Conv-dynamic-hw-stride2", "ConvTranspose"),
+])
+def test_conv_adjoint_form(case_id: str, adjoint: str) -> None:
+    """Stride 1 with pads <= the kernel's extent - 1: a Conv (faster on CPU); otherwise ConvTranspose."""
+    ops = _backward_ops(case_id)
+    assert adjoint in ops and ({"Conv", "ConvTranspose"} - {adjoint}).isdisjoint(ops), ops
+
+
+def test_forward_rewrites_apply_only_where_nothing_asked_for_is_removed() -> None:
+    """Batch norm is folded and the Relu moved after the MaxPool, unless the removed tensor is wanted."""
+    folded = {n.op_type for n in differentiate(next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
+                                               .model(np.float32), "y", ["x"]).graph.node}
+    assert "BatchNormalization" not in folded and "ScatterElements" not in folded, folded
+    case = next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
+    deconvnet = differentiate(case.model(np.float32), "y", ["x"], rule="deconvnet")  # relu(g) at x <= 0 too: no move
+    assert [n.op_type for n in deconvnet.graph.node[:4]] == ["Conv", "Relu", "MaxPool", "Conv"]
+    kept_case = next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool-kept")
+    kept = differentiate(kept_case.model(np.float32), "y", ["x", "c", "r"])
+    assert [n.op_type for n in kept.graph.node[:4]] == ["Conv", "BatchNormalization", "Relu", "MaxPool"]
+
+
+@pytest.mark.parametrize(("kernel", "shape"), [([2, 2], (1, 2, 5, 4)), ([2, 3], (1, 1, 4, 7)), ([3], (2, 1, 7))])
+def test_non_overlapping_max_pool_gives_ties_to_the_first_maximum(kernel: list[int], shape: tuple) -> None:
+    """Flat windows (all values equal, as on an image's flat background): the whole gradient of each
+    window goes to its first element in row-major order, as with MaxPool's Indices and in torch;
+    rows and columns no window covers get 0."""
+    x = np.ones(shape, np.float32)
+    x[..., 0] = 2.0  # one window per row of windows has a strict maximum at its first column
+    model = Case("ties", [("MaxPool", ["x"], ["y"], {"kernel_shape": kernel, "strides": kernel})], {"x": x}).model(np.float32)
+    grad_model = differentiate(model, "y", ["x"])
+    out = [size // k for size, k in zip(shape[2:], kernel)]
+    seed = _r("ties").uniform(1.0, 2.0, size=(*shape[:2], *out)).astype(np.float32)
+    got = session(grad_model).run([GRAD + "x"], {"x": x, SEED: seed})[0]
+    want = np.zeros(shape, np.float32)
+    want[(..., *[slice(0, o * k, k) for o, k in zip(out, kernel)])] = seed  # first of each window
+    np.testing.assert_array_equal(got, want)
+
+
 def test_intermediate_gradient_is_exact() -> None:
     """The gradient at h (intermediate) is the total derivative through every consumer of h."""
-    case = composite_cases()[2]
+    case = next(c for c in composite_cases() if c.id == "Intermediate-and-input")
     model = case.model(np.float64)
     grad_model = differentiate(model, "y", ["h"])
     x = case.feeds(np.float64)["x"]

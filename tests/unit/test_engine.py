@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from explaind.config import Settings
+from explaind.engine.batch_tuning import KEEP_CONFIGURED, candidates
 from explaind.engine.engine import Engine
 from explaind.engine.job import Job
 from explaind.engine.runner import ArenaRelease, Runner
@@ -175,6 +176,39 @@ def test_a_cancelled_request_drops_its_pending_rows():
         await engine.close()
 
     run(main())
+
+
+def test_batch_size_is_picked_from_measurement_and_results_do_not_change():
+    """batch_tuning_s > 0: the variant's batch size is one of the measured candidates (max_batch_rows
+    and its halvings), the fastest unless max_batch_rows is within 5% of it, and the rows' results
+    are those of the untuned engine."""
+    x = np.random.default_rng(3).normal(size=(2, 3, 3)).astype(np.float32)
+
+    async def main(tuning: float):
+        engine = Engine(settings(batch_tuning_s=tuning))
+        served, _ = served_linear("lin", (2, 3, 3), 4, max_batch_rows=64, max_delay_ms=1)
+        seen: list = []
+        await engine.run(served, PREDICT_SPEC, predict_job(x, 150, seen))
+        scheduler = next(iter(engine._schedulers.values()))
+        await engine.close()
+        rows = np.concatenate([r for r, _ in seen])
+        return scheduler.max_batch_rows, scheduler.measured_batch_rows, np.concatenate([p for _, p in seen])[np.argsort(rows)]
+
+    chosen, measured, tuned = run(main(0.02))
+    assert sorted(measured) == candidates(64) == [8, 16, 32, 64]
+    best = max(measured.values())
+    assert chosen in measured and (measured[chosen] == best or (chosen == 64 and measured[64] >= KEEP_CONFIGURED * best))
+    if chosen != 64:
+        assert measured[64] < KEEP_CONFIGURED * best
+    assert all(rate > 0 for rate in measured.values())
+    untuned_rows, untuned_measured, untuned = run(main(0.0))
+    assert (untuned_rows, untuned_measured) == (64, {})
+    np.testing.assert_array_equal(tuned, untuned)
+
+
+def test_batch_tuning_setting_is_checked():
+    with pytest.raises(ValueError, match="batch_tuning_s must be in"):
+        Settings(batch_tuning_s=-1).validate()
 
 
 def test_io_binding_path_gives_the_same_results_as_plain_run():

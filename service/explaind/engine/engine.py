@@ -38,6 +38,7 @@ from ..onnxgraph.signature import ModelSignature
 from ..onnxgraph.variants import VariantSpec
 from ..tenants import BATCH, INTERACTIVE, TenantPolicies, load_policies
 from .admission import Admission, Ticket
+from .batch_tuning import tune_batch_rows
 from .device import ClassShare
 from .health import ModelHealth
 from .job import Job
@@ -118,6 +119,8 @@ class Engine:
             # Graph construction (autodiff included) and session creation can take seconds on a
             # large model: off the event loop.
             runner = await asyncio.get_running_loop().run_in_executor(None, build)
+            if self.settings.batch_tuning_s > 0:
+                await self._tune(scheduler, runner, served, spec)
             log.info("session ready", extra={"model": served.name, "version": served.version, "variant": spec.describe(),
                                              "device": self.device.kind, "bytes": runner.size_bytes})
             self._evict(building=runner.size_bytes)  # counted before the scheduler holds it
@@ -133,6 +136,17 @@ class Engine:
         self._schedulers[key] = scheduler
         self._evict()
         return scheduler
+
+    async def _tune(self, scheduler: Scheduler, runner: Runner, served: ServedModel, spec: VariantSpec) -> None:
+        """The scheduler's batch size from measurement (engine.batch_tuning), timed on the device's
+        thread so that it does not share the cores with other variants' batches."""
+        configured = scheduler.max_batch_rows
+        chosen, measured = await asyncio.wrap_future(self.device.queue.submit(
+            0, tune_batch_rows, runner.session, configured, self.settings.batch_tuning_s))
+        scheduler.max_batch_rows = chosen
+        scheduler.measured_batch_rows = measured
+        log.info("batch size measured", extra={"model": served.name, "variant": spec.describe(), "batch_rows": chosen,
+                                               "rows_per_s": {k: round(v, 1) for k, v in measured.items()}})
 
     @contextlib.contextmanager
     def temporary(self, served: ServedModel, model: object) -> Iterator[ServedModel]:

@@ -79,6 +79,7 @@ class Scheduler:
         self.interface = interface
         self.device = device
         self.max_batch_rows = max_batch_rows
+        self.measured_batch_rows: dict[int, float] = {}  # rows/s per candidate batch (engine.batch_tuning_s)
         self.max_delay_s = max_delay_s
         self._account = account
         self._runner_factory = runner_factory

@@ -11,7 +11,9 @@ additionally outputs d<s, y>/dt for every t in wrt, shaped like t:
    gradients of its outputs into gradients of its inputs. A tensor read by several nodes gets the
    sum of their contributions, complete before its producer is visited.
 
-Everything off the path stays as it is and needs no rule. onnxruntime alone runs the result.
+Before that, `simplify` rewrites the forward graph where that keeps every tensor asked for and makes
+the backward cheaper (batch norm folded into its Conv, a Relu moved after its MaxPool). Everything
+off the path stays as it is and needs no rule. onnxruntime alone runs the result.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .emitter import Emitter
 from .errors import UnsupportedOperator
 from .info import GraphInfo
 from .registry import RuleContext, is_non_differentiable, known_variants, lookup
+from .simplify import simplify
 
 del _rules  # (the rule table is all that was wanted of it)
 
@@ -110,6 +113,9 @@ def _walk(
     if seed_name in known:
         raise ValueError(f"seed_name {seed_name!r} is already a tensor of the graph")
 
+    simplify(model, keep={output, *wrt}, variant=variant)
+    graph = model.graph
+    nodes = list(graph.node)
     info = GraphInfo(model)
 
     # 1. forward activity

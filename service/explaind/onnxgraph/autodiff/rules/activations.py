@@ -34,14 +34,17 @@ def _positive(ctx: RuleContext, x: str) -> str:
 
 @register("Relu")
 def relu(ctx: RuleContext) -> list:
-    """y = max(x, 0): dx = g * [x > 0]."""
-    return [_where(ctx, _positive(ctx, ctx.x()), ctx.g)]
+    """y = max(x, 0): dx = g * [x > 0] = g * [y > 0].
+
+    The mask is read off the output y, not x: x is then read by the Relu alone, so onnxruntime can
+    fuse Conv + Relu in the forward pass as it does for the model itself."""
+    return [_where(ctx, _positive(ctx, ctx.y()), ctx.g)]
 
 
 @register("Relu", variant="guided")
 def relu_guided(ctx: RuleContext) -> list:
-    """Guided backpropagation: dx = relu(g) * [x > 0]."""
-    return [_where(ctx, _positive(ctx, ctx.x()), ctx.e.op("Relu", [ctx.g]))]
+    """Guided backpropagation: dx = relu(g) * [x > 0] = relu(g) * [y > 0]."""
+    return [_where(ctx, _positive(ctx, ctx.y()), ctx.e.op("Relu", [ctx.g]))]
 
 
 @register("Relu", variant="deconvnet")

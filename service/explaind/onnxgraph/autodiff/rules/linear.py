@@ -7,7 +7,7 @@ Gradients flow to the data inputs only: explanations never differentiate with re
 from __future__ import annotations
 
 from ..registry import RuleContext, register
-from .windows import transposed_window
+from .windows import flipped_conv_adjoint, transposed_window
 
 
 @register("Gemm", grad_inputs=(0, 1, 2))
@@ -84,7 +84,8 @@ def matmul(ctx: RuleContext) -> list:
 
 @register("Conv", grad_inputs=(0,))
 def conv(ctx: RuleContext) -> list:
-    """Y = conv(X, W) + B: dX = conv_transpose(g, W) with the same strides, dilations and groups.
+    """Y = conv(X, W) + B: dX = conv_transpose(g, W) with the same strides, dilations and groups
+    (stride 1 with a constant W: the equal Conv of g with W flipped and transposed, which is faster).
 
     The transposed convolution is cut (pads, or a Slice) and zero-extended (output_padding) so its
     output matches X exactly: input positions no window reaches (a strided conv's remainder) get 0.
@@ -95,7 +96,9 @@ def conv(ctx: RuleContext) -> list:
     kernel = ctx.attr("kernel_shape") or (w_shape[2:] if w_shape else None)
     if kernel is None:
         ctx.fail("the kernel shape is unknown")
-    return [transposed_window(ctx, ctx.g, w, list(kernel), nd, group=int(ctx.attr("group", 1)))]
+    group = int(ctx.attr("group", 1))
+    fast = flipped_conv_adjoint(ctx, ctx.g, [int(k) for k in kernel], nd, group)
+    return [fast or transposed_window(ctx, ctx.g, w, list(kernel), nd, group=group)]
 
 
 @register("BatchNormalization", grad_inputs=(0,), outputs=(0,))

@@ -1,6 +1,7 @@
 """Pooling: the max routes the gradient to its argmax, the average spreads it over its window.
 
-MaxPool uses its own Indices output (flat positions in X, padding ignored), so strides, pads,
+MaxPool with non-overlapping windows compares x with y per window offset (no Indices, no scatter);
+otherwise it uses its own Indices output (flat positions in X, padding ignored), so strides, pads,
 dilations and ceil_mode are exactly onnxruntime's. Overlapping windows can share an argmax, and a
 plain ScatterElements keeps one of the duplicates: the output positions are therefore split into
 groups whose windows cannot overlap (position mod ceil(extent / stride) per axis), each group
@@ -28,6 +29,9 @@ def max_pool(ctx: RuleContext) -> list:
     nd = ctx.rank(x) - 2
     kernel = [int(k) for k in ctx.attr("kernel_shape")]
     strides, dilations, _, _ = geometry(ctx, nd)
+    tiled = _tiled_max_pool(ctx, kernel, nd)
+    if tiled is not None:
+        return [tiled]
     indices = _indices(ctx)
     flat = e.flatten(ctx.zeros_like(x))
     g = ctx.g
@@ -43,6 +47,76 @@ def max_pool(ctx: RuleContext) -> list:
             updated = e.op("Add", [current, e.flatten(part_g)])
             flat = e.op("ScatterElements", [flat, part_i, updated], axis=0)
     return [e.reshape_like(flat, x)]
+
+
+def _tiled_max_pool(ctx: RuleContext, kernel: list[int], nd: int) -> str | None:
+    """Non-overlapping windows (stride = kernel, no pads or dilation), sizes known: no Indices.
+
+    Each window offset j (row-major) is a strided slice x_j of x at y's size; the gradient left to
+    route starts as h = g and at each offset dx_j = h * [x_j == y], h -= dx_j, so a window's gradient
+    goes to its first maximum exactly as with Indices (h * 0 or 1 is exact). The offsets' parts are
+    interleaved back by Concat + Reshape; rows and columns past the last window get 0. Everything
+    but the Concat runs at y's size, a k-th of x's.
+    """
+    strides, dilations, auto_pad, pads = geometry(ctx, nd)
+    x = ctx.x()
+    n = ctx.dims(x)[2:]
+    if (strides != kernel or any(d != 1 for d in dilations) or any(pads) or auto_pad not in ("NOTSET", "VALID")
+            or int(ctx.attr("ceil_mode", 0)) or not all(isinstance(v, int) for v in n)):
+        return None
+    e = ctx.e
+    out = [size // k for size, k in zip(n, kernel)]
+    if min(out) < 1:
+        return None
+    axes = list(range(2, 2 + nd))
+    dtype = ctx.dtype(x)
+    rest = [size - o * k for size, o, k in zip(n, out, kernel)]
+    if nd == 2 and kernel[0] == kernel[1]:
+        return _blocked_max_pool(ctx, kernel[0], out, rest, dtype)
+    h, parts = ctx.g, {}
+    offsets = list(itertools.product(*[range(k) for k in kernel]))
+    for index, offset in enumerate(offsets):
+        x_j = e.slice(x, list(offset), [o + k * m for o, k, m in zip(offset, kernel, out)], axes, kernel)
+        part = e.op("Mul", [h, e.op("Cast", [e.op("Equal", [x_j, ctx.y()])], to=dtype)])
+        if index < len(offsets) - 1:
+            h = e.op("Sub", [h, part])
+        parts[offset] = e.unsqueeze(part, [3 + 2 * a for a in range(nd)])  # [N, C, o1, 1, o2, 1, ...]
+
+    def interleave(prefix: tuple[int, ...]) -> str:
+        level = len(prefix)
+        if level == nd:
+            return parts[prefix]
+        return e.op("Concat", [interleave((*prefix, j)) for j in range(kernel[level])], axis=3 + 2 * level)
+
+    tiles = e.op("Reshape", [interleave(()), e.ints([0, 0, *[o * k for o, k in zip(out, kernel)]])])
+    if any(rest):
+        tiles = e.op("Pad", [tiles, e.ints([0] * (nd + 2) + [0, 0, *rest])])
+    return tiles
+
+
+def _blocked_max_pool(ctx: RuleContext, k: int, out: list[int], rest: list[int], dtype: int) -> str:
+    """The same for square 2-D windows, with whole-tensor moves: SpaceToDepth puts window offset j
+    of every window in channel block j, Split along channels makes contiguous copies (cheaper than
+    strided slices on onnxruntime's CPU); Concat interleaves the parts back (cheaper than DepthToSpace)."""
+    e = ctx.e
+    x = ctx.x()
+    if any(rest):
+        x = e.slice(x, [0, 0], [o * k for o in out], [2, 3])
+    blocks = e.op("SpaceToDepth", [x], blocksize=k)
+    count = k * k
+    e.op("Split", [blocks], outputs=count, axis=1, num_outputs=count if e.opset >= 18 else None)
+    names = list(e.nodes[-1].output)  # the Split's `count` outputs
+    h, parts = ctx.g, []
+    for index, x_j in enumerate(names):
+        part = e.op("Mul", [h, e.op("Cast", [e.op("Equal", [x_j, ctx.y()])], to=dtype)])
+        if index < count - 1:
+            h = e.op("Sub", [h, part])
+        parts.append(part)
+    rows = [e.op("Concat", [e.unsqueeze(parts[r * k + c], [3, 5]) for c in range(k)], axis=5) for r in range(k)]
+    tiles = e.op("Reshape", [e.op("Concat", rows, axis=3), e.ints([0, 0, out[0] * k, out[1] * k])])
+    if any(rest):
+        tiles = e.op("Pad", [tiles, e.ints([0, 0, 0, 0, 0, 0, *rest])])
+    return tiles
 
 
 def _indices(ctx: RuleContext) -> str:
@@ -82,7 +156,7 @@ def global_average_pool(ctx: RuleContext) -> list:
     e = ctx.e
     x = ctx.x()
     count = e.op("Cast", [e.op("Div", [e.op("Size", [x]), e.op("Size", [ctx.y()])])], to=ctx.dtype(x))
-    return [e.op("Div", [e.op("Expand", [ctx.g, e.shape(x)]), count])]
+    return [e.op("Expand", [e.op("Div", [ctx.g, count]), e.shape(x)])]  # divided at y's size, then spread
 
 
 @register("AveragePool")

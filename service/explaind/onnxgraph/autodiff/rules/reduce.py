@@ -44,14 +44,12 @@ def reduce_sum(ctx: RuleContext) -> list:
 
 @register("ReduceMean", constant_inputs=(1,))
 def reduce_mean(ctx: RuleContext) -> list:
-    """y = mean over axes of x: dx = broadcast(g) / (|x| / |y|)."""
+    """y = mean over axes of x: dx = broadcast(g / (|x| / |y|))."""
     e = ctx.e
     x = ctx.x()
-    spread = _spread(ctx, 18)
-    if spread == ctx.g:
-        return [spread]
     count = e.op("Cast", [e.op("Div", [e.op("Size", [x]), e.op("Size", [ctx.y()])])], to=ctx.dtype(x))
-    return [e.op("Div", [spread, count])]
+    # divided at y's size, then spread (an identity ReduceMean has count 1)
+    return [_spread(ctx, 18, e.op("Div", [ctx.g, count]))]
 
 
 @register(("ReduceMax", "ReduceMin"), constant_inputs=(1,))

@@ -9,6 +9,8 @@ transposed output by s - 1 so the slice never runs past its end).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..registry import RuleContext
 
 
@@ -99,3 +101,35 @@ def transposed_window(
         starts = runtime_begin_pads(ctx, x, kernel, strides, dilations, auto_pad)
     ends = e.op("Add", [starts, e.dims_slice(e.shape(x), 2, 2 + nd)])
     return e.slice(full, starts, ends, list(range(2, 2 + nd)))
+
+
+def flipped_conv_adjoint(ctx: RuleContext, g: str, kernel: list[int], nd: int, group: int) -> str | None:
+    """dX of a stride-1 Conv as a Conv of g with the flipped, transposed kernel; None where not applicable.
+
+    For stride 1 the adjoint of a correlation is a correlation (Dumoulin & Visin 2016, "A guide to
+    convolution arithmetic", section 4.1): dx[i] = sum_t W'[t] g[i + t d - (e - 1 - p0)] with
+    W'[ci, co] = W[co, ci] flipped along every spatial axis (per group), e = d (k - 1) + 1 the
+    kernel's extent, so it is a Conv with begin pads e - 1 - p0 and end pads e - 1 - p1. It runs as
+    onnxruntime's blocked (NCHWc) convolution, several times faster on CPU than its ConvTranspose.
+    Needs the weight as a constant, the pads known before run time and no negative pad. Strided
+    convolutions keep ConvTranspose: the same Conv over g with zeros inserted (Pad + Reshape) ran
+    at 0.44-0.70x the ConvTranspose graph's rows/s on the zoo's resnet, mobilenetv2, senet and densenet.
+    """
+    strides, dilations, auto_pad, pads = geometry(ctx, nd)
+    w = ctx.constant(1)
+    n = ctx.dims(ctx.x(0))[2:]
+    if w is None or any(s != 1 for s in strides) or not all(isinstance(v, int) for v in n):
+        return None
+    known = static_pads(n, kernel, strides, dilations, auto_pad, pads)
+    if known is None:
+        return None
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    new_pads = [e - 1 - p for e, p in zip(extents, known[0])] + [e - 1 - p for e, p in zip(extents, known[1])]
+    if min(new_pads) < 0:
+        return None
+    c_out, c_in_per_group = w.shape[0], w.shape[1]
+    per_group = w.reshape(group, c_out // group, c_in_per_group, *w.shape[2:])
+    transposed = np.swapaxes(per_group, 1, 2).reshape(group * c_in_per_group, c_out // group, *w.shape[2:])
+    flipped = np.ascontiguousarray(np.flip(transposed, axis=tuple(range(2, 2 + nd))))
+    return ctx.e.op("Conv", [g, ctx.e.const(flipped, "adjoint_kernel")], kernel_shape=list(kernel),
+                    dilations=dilations, group=group, pads=new_pads)
