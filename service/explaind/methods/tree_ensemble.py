@@ -183,6 +183,7 @@ def find_tree_node(model: onnx.ModelProto, input_name: str, output_name: str) ->
     graph's input (through Identity/Cast), and the input's element type; FailedPrecondition naming
     what is there instead."""
     producer = {out: node for node in model.graph.node for out in node.output}
+    ones = {t.name for t in model.graph.initializer if np.all(numpy_helper.to_array(t) == 1)}
     tensor = output_name
     while True:
         node = producer.get(tensor)
@@ -192,9 +193,12 @@ def find_tree_node(model: onnx.ModelProto, input_name: str, output_name: str) ->
         if node.op_type in PASS_THROUGH:
             tensor = node.input[0]
             continue
+        if node.op_type == "Mul" and len(node.input) == 2 and any(i in ones for i in node.input):
+            tensor = next((i for i in node.input if i not in ones), node.input[0])  # onnxmltools' LightGBM: x 1
+            continue
         if node.op_type not in TREE_OPS or node.domain != "ai.onnx.ml":
             raise FailedPrecondition(f"tree_shap needs a model whose output {output_name!r} is a tree ensemble's "
-                                     f"scores (ai.onnx.ml {', '.join(TREE_OPS)}, through Identity or Cast only); "
+                                     f"scores (ai.onnx.ml {', '.join(TREE_OPS)}, through Identity, Cast or x 1 only); "
                                      f"it comes from a {node.op_type} node ({node.name!r})")
         wanted = 1 if node.op_type == "TreeEnsembleClassifier" else 0
         if list(node.output).index(tensor) != wanted:
@@ -270,14 +274,15 @@ class _Node:
     hit: float
 
 
-def _emit(b: _Builder, key: Any, nodes: dict[Any, _Node], leaves: dict[Any, np.ndarray], dtype: str,
+def _emit(b: _Builder, key: Any, nodes: dict[Any, _Node], leaves: dict[Any, tuple[np.ndarray, float]], dtype: str,
           margins: int, depth: int, where: str) -> int:
-    """Write the subtree at `key` into b; returns its root's index."""
+    """Write the subtree at `key` into b (leaves: their values and hit rates); returns its root's index."""
     if depth > 256:
         raise FailedPrecondition(f"{where}: a tree deeper than 256 levels (or a cycle in its node ids)")
     if key in leaves:
-        i = b.new(1.0, margins)
-        b.value[i] = leaves[key]
+        value, hit = leaves[key]
+        i = b.new(hit, margins)
+        b.value[i] = value
         return i
     n = nodes[key]
     i = b.new(n.hit, margins)
@@ -373,12 +378,12 @@ def _read_v3(node: onnx.NodeProto, attrs: dict[str, Any], dtype: str, num_featur
     for t, n, k, v in zip(w_trees.tolist(), w_nodes.tolist(), w_ids.tolist(), w_values.tolist()):
         leaf_values.setdefault((t, n), np.zeros(margins))[k] += v
     nodes: dict[Any, _Node] = {}
-    leaves: dict[Any, np.ndarray] = {}
+    leaves: dict[Any, tuple[np.ndarray, float]] = {}
     children: dict[int, set[int]] = {}
     for i in range(count):
         key = (int(tree_ids[i]), int(node_ids[i]))
         if modes[i] == "LEAF":
-            leaves[key] = leaf_values.get(key, np.zeros(margins))
+            leaves[key] = (leaf_values.get(key, np.zeros(margins)), float(hits[i]))
             continue
         _check_feature(int(features[i]), num_features, where)
         nodes[key] = _Node(modes[i], int(features[i]), float(values[i]), (key[0], int(true_ids[i])),
@@ -432,11 +437,11 @@ def _read_v5(node: onnx.NodeProto, attrs: dict[str, Any], dtype: str, num_featur
     if len(targets) != len(weights) or (len(targets) and not 0 <= targets.min() <= targets.max() < outputs):
         raise FailedPrecondition(f"{where}: its leaf_* attributes disagree with each other or with n_targets")
     nodes: dict[Any, _Node] = {}
-    leaves: dict[Any, np.ndarray] = {}
-    for leaf in range(len(weights)):
+    leaves: dict[Any, tuple[np.ndarray, float]] = {}
+    for leaf in range(len(weights)):  # opset 5 has no leaf hit rates: a leaf's cover is 1
         value = np.zeros(outputs)
         value[targets[leaf]] = weights[leaf]
-        leaves[("leaf", leaf)] = value
+        leaves[("leaf", leaf)] = (value, 1.0)
     for i in range(len(features)):
         mode = V5_MODES.get(int(modes[i]), f"mode {int(modes[i])}")
         if mode == "BRANCH_MEMBER":

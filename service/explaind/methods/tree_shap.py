@@ -100,6 +100,9 @@ def background_covers(trees: TreeModel, background: np.ndarray) -> list[np.ndarr
 
 
 def hitrate_covers(trees: TreeModel) -> list[np.ndarray]:
+    if trees.op == "TreeEnsemble":
+        raise FailedPrecondition("tree_shap.covers hitrates: an opset-5 TreeEnsemble has no hit rates for its "
+                                 "leaves; use covers background")
     covers = [t.hitrates for t in trees.trees]
     if all(np.all(c == 1.0) for c in covers):
         raise FailedPrecondition("tree_shap.covers hitrates: the graph's nodes_hitrates are all 1 (the exporters' "
