@@ -128,6 +128,7 @@ class Explainer:
         self._served: dict[tuple[str, int], ServedModel] = {}
         self._white_box: dict[tuple[str, int], WhiteBox] = {}
         self._offered: dict[tuple[str, int], dict[str, str]] = {}  # method -> why not ("" offered)
+        self._derived: dict[tuple[str, int], dict[str, Any]] = {}  # ModelView.derived per version
         self.control = ModelControl(repository, settings.repository_poll_s, retire=self.retire, prepare=self.warm)
 
     # Models -------------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class Explainer:
         self._served.pop(key, None)
         self._white_box.pop(key, None)
         self._offered.pop(key, None)
+        self._derived.pop(key, None)
         self.engine.retire(entry.name, entry.version + 1)
         self.engine.health.forget(entry.name)  # a new version starts with a clean record
 
@@ -188,7 +190,8 @@ class Explainer:
     def view(self, entry: LoadedModel) -> ModelView:
         served = self.served(entry)
         return ModelView(entry.config.kind, served.signature, entry.background, self.white_box(entry),
-                         entry.preprocess, entry.model)
+                         entry.preprocess, entry.model,
+                         derived=self._derived.setdefault((entry.name, entry.version), {}))
 
     def unavailable(self, entry: LoadedModel) -> dict[str, str]:
         """For each method: why this model cannot serve it, "" when it can (computed once per version)."""
@@ -229,9 +232,12 @@ class Explainer:
         view = self.view(entry)
         x, image = self._input(query, entry, served.signature)
         score = query.score or method.default_score
-        if score == LOGIT and entry.config.scores != "logits":
+        # Metrics score rows through the model's output, which holds no logit of a probabilities model.
+        if score == LOGIT and entry.config.scores != "logits" and (not method.margin_logit or query.metrics):
+            also = (" (tree_shap and linear_shap read a margin from the graph, but not with evaluation metrics)"
+                    if method.margin_logit else "")
             raise FailedPrecondition(f"score: LOGIT needs a model that outputs logits; model {entry.name!r} "
-                                     f"outputs {entry.config.scores}")
+                                     f"outputs {entry.config.scores}{also}")
         params = method.parameters(query.params, view, self.settings, score)
         if query.render is not None:
             if kind != "image":

@@ -46,6 +46,8 @@ from ..onnxgraph.variants import PROBABILITIES_OUTPUT, RAW_OUTPUT, VariantSpec
 from ..onnxgraph.variants.predict import LAYER_OUTPUT, Predict
 from .params import Limits, Param, resolve_all
 
+T = TypeVar("T")
+
 FORWARD = "FORWARD"
 INPUT_GRADIENTS = "INPUT_GRADIENTS"
 LAYER_GRADIENTS = "LAYER_GRADIENTS"
@@ -64,6 +66,17 @@ class ModelView:
     white_box: Any = None     # models.white_box.WhiteBox: gradients and the layers layer methods may use
     preprocess: Any = None    # models.config.Preprocess of image models (to see the input as pixels)
     graph: Any = None         # the model's onnx.ModelProto (CAM reads its head's weights)
+    # What methods derive from the graph once per model version (tree_shap's trees), by method name;
+    # the explainer keeps one dict per version and drops it when the version retires.
+    derived: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def derive(self, key: str, make: Callable[[], T]) -> T:
+        """make(), remembered per model version when the view carries the version's dict."""
+        if self.derived is None:
+            return make()
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,6 @@ class Reducer(ABC):
 
 
 R = TypeVar("R", bound=Reducer)
-T = TypeVar("T")
 
 
 @dataclass
@@ -227,6 +239,9 @@ class Method(ABC):
     # How the answer is formed from the rows so far when the deadline comes with allow_partial (its
     # stages marked `partial`); "": no partial form, the request ends with DEADLINE_EXCEEDED (documented).
     partial_results: ClassVar[str] = ""
+    # The method reads the margin before the model's output transform from the graph itself (tree or
+    # linear models), so it explains a LOGIT score of a model that outputs probabilities.
+    margin_logit: ClassVar[bool] = False
 
     def unavailable(self, model: ModelView) -> str:
         """Why this model cannot serve the method ("" when it can), from what the method needs."""

@@ -14,14 +14,16 @@ from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
 from .lime import Lime
+from .linear_shap import LinearShap
 from .occlusion import Occlusion
 from .rise import Rise
 from .saliency import Saliency
 from .score_cam import ScoreCam
 from .smooth_grad import SmoothGrad
+from .tree_shap import TreeShap
 
 METHODS: tuple[type[Method], ...] = (
-    Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation,
+    Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
 )

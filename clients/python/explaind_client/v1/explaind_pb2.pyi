@@ -226,6 +226,18 @@ class ExtremalPerturbation(_message.Message):
     smooth: float
     def __init__(self, areas: _Optional[_Iterable[float]] = ..., iterations: _Optional[int] = ..., step: _Optional[int] = ..., sigma: _Optional[float] = ..., num_levels: _Optional[int] = ..., max_blur: _Optional[float] = ..., perturbation: _Optional[str] = ..., variant: _Optional[str] = ..., jitter: _Optional[bool] = ..., gradient: _Optional[str] = ..., gradient_samples: _Optional[int] = ..., gradient_sigma: _Optional[float] = ..., area_reference: _Optional[str] = ..., area_projection: _Optional[bool] = ..., smooth: _Optional[float] = ...) -> None: ...
 
+class TreeShap(_message.Message):
+    __slots__ = ("feature_perturbation", "covers")
+    FEATURE_PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    COVERS_FIELD_NUMBER: _ClassVar[int]
+    feature_perturbation: str
+    covers: str
+    def __init__(self, feature_perturbation: _Optional[str] = ..., covers: _Optional[str] = ...) -> None: ...
+
+class LinearShap(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Saliency(_message.Message):
     __slots__ = ("postprocess", "channel_reduction")
     POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
@@ -345,7 +357,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +371,8 @@ class ExplainRequest(_message.Message):
     LIME_FIELD_NUMBER: _ClassVar[int]
     KERNEL_SHAP_FIELD_NUMBER: _ClassVar[int]
     EXTREMAL_PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    TREE_SHAP_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_SHAP_FIELD_NUMBER: _ClassVar[int]
     SALIENCY_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_GRAD_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +399,8 @@ class ExplainRequest(_message.Message):
     lime: Lime
     kernel_shap: KernelShap
     extremal_perturbation: ExtremalPerturbation
+    tree_shap: TreeShap
+    linear_shap: LinearShap
     saliency: Saliency
     smooth_grad: SmoothGrad
     integrated_gradients: IntegratedGradients
@@ -398,7 +414,7 @@ class ExplainRequest(_message.Message):
     cam: Cam
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
