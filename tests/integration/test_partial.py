@@ -171,7 +171,7 @@ def test_kernel_shap_partial_answer_is_the_regression_over_the_coalitions_used(s
     # All 2^13 - 2 coalitions of the 13 features, in shap's order (size 1 and 12, 2 and 11, ...), each
     # over the 100 background rows: a prefix of them has the same weights in the reference.
     params = {"nsamples": 8190}
-    response = partial_answer(stub, request("kernel_shap", params, model="tabular", tensor=TABULAR_X), nsamples=20)
+    response = partial_answer(stub, request("kernel_shap", params, model="tabular", tensor=TABULAR_X), nsamples=26)
     rows = assert_partial_stats(response, planned=1 + (8190 + 2) * 100, per_row=100)
     reference = in_process("kernel_shap", params, rows, model="tabular", tensor=TABULAR_X)
     got = attribution(response)
