@@ -16,6 +16,7 @@ explaining the same class; explaind kernel_shap through gRPC (a real server in i
 bench.py) with estimator leverage (the default) and with estimator shap. A side's best setting is the
 smallest n of the grid whose error is <= the target; time-to-error is its mean seconds per explanation
 there. Timings of the best settings are remeasured in alternating pairs (3 by default, medians).
+Then each side at its default nsamples (shap "auto", explaind unset), one seed per row.
 """
 
 from __future__ import annotations
@@ -182,6 +183,25 @@ def main() -> int:
                     timed[name].append((time.perf_counter() - start) / len(rows))
             report["time_to_error_s"] = {name: statistics.median(t) for name, t in timed.items()}
             report["time_to_error_runs_s"] = timed
+            # Each side at its default (shap: nsamples "auto" = 2M + 2048; explaind: nothing set), one seed.
+            def shap_default(i: int, seed: int) -> np.ndarray:
+                np.random.seed(seed)
+                values = np.asarray(kernel.shap_values(rows[i:i + 1], l1_reg=False, silent=True))
+                return values[0, :, classes[i]]
+
+            def ours_default(i: int, seed: int) -> np.ndarray:
+                result = client.explain("tabular", method="kernel_shap", tensor=rows[i], seed=seed,
+                                        target=int(classes[i]))
+                return np.asarray(result.attribution)
+
+            defaults: dict = {}
+            for name, fn in (("shap KernelExplainer", shap_default), ("explaind leverage", ours_default)):
+                errors, start = [], time.perf_counter()
+                for i in range(len(rows)):
+                    errors.append(float(np.abs(fn(i, 2000 + i) - exact[i, :, classes[i]]).max()))
+                defaults[name] = {"seconds": (time.perf_counter() - start) / len(rows),
+                                  "error_mean": float(np.mean(errors)), "error_max": float(np.max(errors))}
+            report["defaults"] = defaults
     finally:
         stop_server(server)
     report["seconds"] = time.perf_counter() - began
@@ -193,6 +213,10 @@ def main() -> int:
     for name, seconds in tte.items():
         ratio = f"x{ref / seconds:.2f} vs shap" if ref else ""
         print(f"  {name:22s} nsamples {best[name]:4d}  {1e3 * seconds:7.1f} ms/explanation  {ratio}")
+    print("at each side's default nsamples (shap: 2M + 2048 = 2074; explaind: 8M = 104):")
+    for name, d in report["defaults"].items():
+        print(f"  {name:22s} {1e3 * d['seconds']:7.1f} ms/explanation  error mean {d['error_mean']:.4f} "
+              f"max {d['error_max']:.4f}")
     load = report["other_load"]
     print(f"other load during the run: {100 * load['other_processes']:.1f}% of the cores used by other processes, "
           f"{100 * load['steal']:.1f}% stolen")

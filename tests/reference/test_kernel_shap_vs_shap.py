@@ -186,3 +186,4 @@ def test_shap_estimator_reports_no_standard_errors(background):
     assert "standard_errors" not in result.arrays and "standard_error_max" not in result.figures
     with pytest.raises(InvalidArgument, match="at least 26"):
         explain(tensor=background[3].astype(np.float32), params={"nsamples": 20})
+

@@ -131,3 +131,23 @@ def test_partial_prefix_scales_the_sampled_pairs_to_the_plan():
     whole = reg.solve(f_x, base)
     assert np.abs(part - whole).max() < 0.25 * np.abs(whole).max()
     assert np.abs(part - exact_shapley(v, m)).max() < 0.25 * np.abs(whole).max()
+
+
+
+def test_normal_equations_singular_to_working_precision_get_the_minimum_norm_answer():
+    """A coalition design that leaves the normal equations singular up to rounding (two features never
+    separated, with Gram sums rounded differently) made the plain solve answer ~1e14 on the tabular demo
+    at 26 coalitions; the fallback gives the minimum-norm solution, and regular systems are unchanged."""
+    from explaind.methods.kernel_shap_core import solve_or_least_squares
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    a = q @ np.diag([3.0, 2.0, 1.0, 0.5, 1e-17]) @ q.T  # one direction singular to rounding
+    b = a @ np.arange(1.0, 6.0) + 1e-3 * q[:, 4]  # with a component along it, as rounding leaves one
+    assert np.abs(np.linalg.solve(a, b)).max() > 1e10  # what the plain solve gives
+    got = solve_or_least_squares(a, b)
+    expected = np.linalg.pinv(a, rcond=1e-10) @ b
+    np.testing.assert_allclose(got, expected, atol=1e-8)
+    assert np.abs(got).max() < 10
+    regular = q @ np.diag([3.0, 2.0, 1.0, 0.5, 0.1]) @ q.T
+    np.testing.assert_allclose(solve_or_least_squares(regular, b), np.linalg.solve(regular, b), rtol=1e-12)
