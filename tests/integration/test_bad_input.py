@@ -165,7 +165,7 @@ CASES = [
      ["kernel_shap.link", "identity, logit", "probit"]),
     ("kernel_shap logit link of a logit score", lambda: request("kernel_shap", {"link": "logit"}, score="logit"),
      grpc.StatusCode.INVALID_ARGUMENT, ["kernel_shap.link", "LOGIT", "got logit"]),
-    ("kernel_shap logit link of a probability 0", lambda: tabular("kernel_shap", {"link": "logit", "nsamples": 13},
+    ("kernel_shap logit link of a probability 0", lambda: tabular("kernel_shap", {"link": "logit", "nsamples": 26},
                                                                   target=0),
      grpc.StatusCode.INVALID_ARGUMENT, ["kernel_shap.link", "(0, 1)", "probability of 0"]),
     ("kernel_shap k-means over the background rows", lambda: tabular("kernel_shap", {"background_kmeans": 101}),

@@ -119,7 +119,7 @@ def test_methods_of_a_model_show_bounds_and_choices(server, client, capsys):
     assert lime["segmentation"][-1] == "quickshift|slic|felzenszwalb"
     shap = {row[0]: row for row in rows_of("\n".join(blocks["kernel_shap"][1:10]))}
     assert shap["fill_value"][-1] == "[-1e+06, 1e+06]"
-    assert "  arrays: segments, segment_weights" in blocks["lime"]
+    assert "  arrays: segments, segment_weights, standard_errors" in blocks["lime"]
 
 
 def test_methods_json_is_the_list_methods_response(server, client, capsys):

@@ -158,12 +158,17 @@ def test_occlusion_partial_answer_is_occlusion_over_the_windows_used(stub, image
 
 
 def test_lime_partial_answer_is_the_surrogate_of_the_samples_used(stub, image):
-    params = {"num_samples": 50_000}
+    # slic: ~100 superpixels, so samples do not repeat (quickshift's 3-5 would leave at most 32 distinct images)
+    params = {"num_samples": 50_000, "segmentation": "slic"}
     response = partial_answer(stub, request("lime", params, image=image), num_samples=50)
     samples = assert_partial_stats(response, planned=50_001)
     reference = in_process("lime", params, samples, image=image)
     np.testing.assert_allclose(attribution(response), reference.attribution, rtol=1e-4, atol=1e-7)
-    assert response.figures["weighted_r2"] == pytest.approx(reference.figures["weighted_r2"], rel=1e-4, abs=1e-7)
+    # R^2 = 1 - SSres / Cyy from the sufficient statistics: with ~100 superpixels and a few hundred samples
+    # SSres is a small difference of large sums, so the float32 scores' rounding in other batch compositions
+    # moves it by up to ~3e-3 (measured 2.4e-3 before the distinct-image change too).
+    assert response.figures["weighted_r2"] == pytest.approx(reference.figures["weighted_r2"], abs=1e-2)
+    assert response.figures["samples"] == samples
     assert samples > response.figures["num_features"]  # one per superpixel and the intercept at least
 
 
@@ -171,7 +176,7 @@ def test_kernel_shap_partial_answer_is_the_regression_over_the_coalitions_used(s
     # All 2^13 - 2 coalitions of the 13 features, in shap's order (size 1 and 12, 2 and 11, ...), each
     # over the 100 background rows: a prefix of them has the same weights in the reference.
     params = {"nsamples": 8190}
-    response = partial_answer(stub, request("kernel_shap", params, model="tabular", tensor=TABULAR_X), nsamples=20)
+    response = partial_answer(stub, request("kernel_shap", params, model="tabular", tensor=TABULAR_X), nsamples=26)
     rows = assert_partial_stats(response, planned=1 + (8190 + 2) * 100, per_row=100)
     reference = in_process("kernel_shap", params, rows, model="tabular", tensor=TABULAR_X)
     got = attribution(response)

@@ -245,3 +245,31 @@ def test_lime_image_weights_agree_with_lime_on_a_photo_at_default_quickshift(pho
     assert ours_vs_lime >= 0.9
     np.testing.assert_allclose(result.attribution, ours[labels], rtol=1e-6)
     assert 0 < result.figures["weighted_r2"] <= 1
+
+
+def test_few_superpixels_evaluate_each_distinct_image_once_with_the_same_surrogate():
+    """quickshift finds 3-5 superpixels on the demo images: of 1000 samples at most 2^S images differ. Each
+    is evaluated once and counted; the surrogate equals the fit over all 1000 samples (the seed's draws,
+    every perturbed image evaluated) to float rounding, and its standard errors are reported."""
+    from explaind.methods import lime_core as lc
+    from oracles.lime import fit_surrogate
+
+    png = (EXAMPLES / "star_0.png").read_bytes()
+    result = explain(model="shapes", image=png, seed=5, params={"num_samples": 1000})
+    labels = result.arrays["segments"]
+    s = int(labels.max()) + 1
+    assert s <= 8 and result.stats.model_evaluations <= 2**s + 1  # + the prediction row
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    x = ((pixels.astype(np.float32) / 255 - 0.5) / 0.25)  # [H, W, C] model input space
+    z = sample_image_coalitions(s, 1000, np.random.default_rng(5))
+    images = fill_images(x, hide_image(x, labels, None), labels, z).transpose(0, 3, 1, 2)
+    session = ort.InferenceSession(str(REPOSITORY / "shapes" / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = softmax(session.run(None, {"input": np.ascontiguousarray(images, np.float32)})[0])[:, result.target_class]
+    coef, intercept, r2 = fit_surrogate(z, y, lc.image_kernel_weights(z))
+    np.testing.assert_allclose(result.arrays["segment_weights"], coef, atol=1e-5)
+    assert result.figures["intercept"] == pytest.approx(intercept, abs=1e-5)
+    assert result.figures["weighted_r2"] == pytest.approx(r2, abs=1e-4)
+    assert result.figures["samples"] == 1000
+    errors = result.arrays["standard_errors"]
+    assert errors.shape == (s,) and np.all(errors > 0) and result.figures["standard_error_max"] == pytest.approx(
+        float(errors.max()), rel=1e-6)

@@ -1,27 +1,38 @@
-"""Kernel SHAP for tabular models (Lundberg & Lee 2017; shap's `KernelExplainer` semantics).
+"""Kernel SHAP for tabular models (Lundberg & Lee 2017) and images (shap's `KernelExplainer` semantics).
 
 Players are the features; a coalition z keeps x on z and takes the other features from each
 background row (the model's background rows, or their k-means summary as `shap.kmeans`), and its
-value is the weighted mean of f_c over them. Coalitions come from shap's scheme (exact enumeration
-when 2^M - 2 <= nsamples, else complete subset sizes then paired samples; default nsamples
-2M + 2048), Shapley kernel weights, and weighted least squares under the efficiency constraint
-sum(phi) = g(f(x)) - g(E[f(background)]) with link g identity (default) or logit; l1 feature selection
-"num_features(k)", "aic" or "bic" (default: off for M <= 10, num_features(10) above, as METHODS.md).
-Each coalition is one row (its mask); the graph expands it over the background, so a request costs
-nsamples * B model evaluations. Coalitions are drawn chunk by chunk as the engine takes rows (the
-same rows as shap's scheme drawn at once) and folded into the regression's statistics as results
-come; what stays per coalition (its dedup key, and with l1_reg its row) is bounded by
-max_request_memory_bytes, checked before the request starts. Score: the probability by default.
-The response's figures hold base_value and f_x.
+value is the weighted mean of f_c over them. The Shapley values solve the Shapley-kernel weighted
+least squares under the efficiency constraint sum(phi) = g(f(x)) - g(E[f(background)]) with link g
+identity (default) or logit. Two coalition designs (`estimator`, tabular):
+- leverage (default): stratified by size, leverage-score allocation (Musco & Witter 2024, "Provably
+  Accurate Shapley Value Estimation via Leverage Score Sampling": equal weight per size), paired
+  (Covert & Lee 2021, "Improving KernelSHAP"), sizes enumerated exactly where the allocation covers
+  them, without replacement, Horvitz-Thompson weights (kernel_shap_core.LeverageCoalitions). Default
+  nsamples 8M (capped at 2^M - 2, exact), chosen to meet 1% of the score range on the tabular demo;
+  the response reports its standard errors (the array `standard_errors` per feature, the figures
+  standard_error_max and standard_error_mean; a linearisation of the constrained regression over the
+  sampled pairs, 0 when exact; absent with l1_reg).
+- shap: shap's scheme (exact enumeration when 2^M - 2 <= nsamples, else complete subset sizes then
+  paired samples with repeats counted; default nsamples 2M + 2048), bit for bit in distribution
+  what shap's KernelExplainer does; images always use it.
+l1 feature selection "num_features(k)", "aic" or "bic" (default: off for the leverage estimator and for
+M <= 10, else num_features(10), as METHODS.md). Each coalition is one row (its mask); the graph expands it over the
+background, so a request costs nsamples * B model evaluations. Coalitions are drawn chunk by chunk
+as the engine takes rows and folded into the regression's statistics as results come; what stays
+per coalition (its dedup key, the leverage estimator's packed mask and value for its errors, and
+with l1_reg its row) is bounded by max_request_memory_bytes, checked before the request starts.
+Score: the probability by default. The response's figures hold base_value and f_x.
 Images: superpixels (quickshift by default, as LIME) are the players; an absent superpixel shows
 the blurred image (default, Gaussian sigma 5 px), its mean colour, or a value; coalitions travel as
 bit-vector rows through the same superpixel prefix as LIME; base_value is f of the all-absent image.
 The response holds the per-pixel map, the segment map and phi per segment.
 Partial answer at the deadline (allow_partial): the regression over the coalitions evaluated so far
-(shap's order: complete subset sizes first, then the sampled ones), the sampled ones' weights
-renormalised to their sizes' kernel mass over the draws of those evaluated; f(x) and the base value
-are the first two rows. It needs the coalitions to determine the M - 1 free Shapley values (the
-constrained normal equations of full rank), else DEADLINE_EXCEEDED.
+(shap's order: complete subset sizes first, then the sampled ones, their weights renormalised to
+their sizes' kernel mass over the draws of those evaluated; leverage: enumerated sizes first, then
+the interleaved pairs, their weights scaled to the pairs planned); f(x) and the base value are the
+first two rows. It needs the coalitions to determine the M - 1 free Shapley values (the constrained
+normal equations of full rank), else DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -37,8 +48,8 @@ from ..errors import FailedPrecondition, InvalidArgument, echo
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.coalition import TabularCoalition
 from .base import PROBABILITY, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages
-from .kernel_shap_core import (CoalitionStream, StreamingKernelShap, default_nsamples, max_stream_nsamples,
-                               stream_bytes)
+from .kernel_shap_core import (CoalitionStream, LeverageCoalitions, LeverageKernelShap, StreamingKernelShap,
+                               default_nsamples, leverage_nsamples, max_stream_nsamples, stream_bytes)
 from .params import IMAGE, TABULAR, Choice, Float, Int, Text
 from .superpixels import SEGMENTATIONS, segment_means, superpixels
 
@@ -49,13 +60,17 @@ class KernelShapReducer(Reducer):
     """Rows 0 and 1 are the full and the empty coalition (f(x), the base value); then the stream's rows,
     whose masks come back with their results (the `code` codes, the first M columns)."""
 
-    def __init__(self, stream: CoalitionStream, link: str, l1_reg: str | None, code: str,
+    def __init__(self, stream: CoalitionStream | LeverageCoalitions, link: str, l1_reg: str | None, code: str,
                  segments: np.ndarray | None = None) -> None:
         self.segments = segments
         self.link = link
         self.code = code
         self.num_players = stream.m
-        self.regression = StreamingKernelShap(stream, link, l1_reg)  # type: ignore[arg-type]
+        self.regression: StreamingKernelShap | LeverageKernelShap
+        if isinstance(stream, LeverageCoalitions):
+            self.regression = LeverageKernelShap(stream, link, l1_reg)  # type: ignore[arg-type]
+        else:
+            self.regression = StreamingKernelShap(stream, link, l1_reg)  # type: ignore[arg-type]
         self.f_x: float | None = None
         self.base: float | None = None
         self.seen = 0
@@ -99,7 +114,20 @@ class KernelShapReducer(Reducer):
         return phi if self.segments is None else phi[self.segments]
 
     def figures(self) -> dict[str, float]:
-        return {"base_value": float(self.base), "f_x": float(self.f_x)}  # type: ignore[arg-type]
+        figures = {"base_value": float(self.base), "f_x": float(self.f_x)}  # type: ignore[arg-type]
+        errors = self.standard_errors()
+        if errors is not None:
+            figures["standard_error_max"] = float(errors.max()) if errors.size else 0.0
+            figures["standard_error_mean"] = float(errors.mean()) if errors.size else 0.0
+        return figures
+
+    def standard_errors(self) -> np.ndarray | None:
+        """The leverage estimator's per-feature standard errors (None for shap's scheme, or with l1_reg)."""
+        if not isinstance(self.regression, LeverageKernelShap) or self.f_x is None or self.base is None:
+            return None
+        if not hasattr(self, "_errors"):
+            self._errors = self.regression.standard_errors(self.f_x, self.base, self.phi(select=False))
+        return self._errors
 
     def preview(self) -> np.ndarray:
         """Partial maps skip the l1 selection: they are computed on the event loop, between batches."""
@@ -107,7 +135,7 @@ class KernelShapReducer(Reducer):
         return phi if self.segments is None else phi[self.segments]
 
 
-def coalition_chunks(stream: CoalitionStream) -> Iterator[np.ndarray]:
+def coalition_chunks(stream: CoalitionStream | LeverageCoalitions) -> Iterator[np.ndarray]:
     """The full and the empty coalition, then the stream's rows drawn chunk by chunk as the engine takes them."""
     yield np.stack([np.ones(stream.m, bool), np.zeros(stream.m, bool)])
     yield from stream.chunks(CHUNK_ROWS)
@@ -172,7 +200,7 @@ AUTO_NSAMPLES = 0  # images: nsamples not given, shap's default once the superpi
 
 def nsamples_low(limits: Any) -> int:
     """Tabular: the regression's minimum for the model's features; images: settled once segmented."""
-    if limits.model.kind == "tabular":
+    if limits.model.kind == "tabular":  # the smaller of the two estimators' minimums; resolve checks its own
         return min_nsamples(limits.model.signature.example_shape[0])
     return 1
 
@@ -181,9 +209,12 @@ def nsamples_high(limits: Any) -> int:
     return 10_000_000 if limits.model.kind == "tabular" else limits.settings.max_rows_per_request - 2
 
 
-def min_nsamples(num_players: int) -> int:
+def min_nsamples(num_players: int, estimator: str = "shap") -> int:
     """Coalitions the regression needs: M - 1 unknowns after the efficiency constraint, so M (one to
-    spare), or all 2^M - 2 when that is fewer (M <= 2)."""
+    spare), or all 2^M - 2 when that is fewer (M <= 2). The leverage estimator draws units of two
+    (a coalition and its complement), one per size pair at least: 2M, or all 2^M - 2 when fewer."""
+    if estimator == "leverage":
+        return min(2 * num_players, 2 ** num_players - 2) if num_players > 1 else 0
     return min(num_players, 2 ** num_players - 2)
 
 
@@ -193,14 +224,18 @@ class KernelShap(Method):
     reference = "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions; shap KernelExplainer"
     description = "Shapley values from a kernel-weighted regression over coalitions of features or superpixels."
     kinds = frozenset({"tabular", "image"})
-    arrays = ("segments", "segment_weights")
-    figures = ("base_value", "f_x")
+    arrays = ("segments", "segment_weights", "standard_errors")
+    figures = ("base_value", "f_x", "standard_error_max", "standard_error_mean")
     partial_results = ("the regression over the coalitions evaluated so far (shap's order), their weights "
                        "renormalised; they must determine the Shapley values (full rank)")
     params = (
-        Int("nsamples", None, "coalitions to evaluate, at least min(M, 2^M - 2)", nsamples_low, nsamples_high,
-            shown="2M + 2048, capped at 2^M - 2 (exact)"),
-        Text("l1_reg", None, "none | num_features(k) | aic | bic", shown="none for M <= 10, else num_features(10)"),
+        Int("nsamples", None, "coalitions to evaluate, at least min(M, 2^M - 2) (estimator leverage: "
+            "min(2M, 2^M - 2))", nsamples_low, nsamples_high,
+            shown="8M (leverage) or 2M + 2048 (shap, images)"),
+        Choice("estimator", "leverage", ("leverage", "shap"), "tabular: leverage (stratified leverage-score "
+               "sampling, paired, exact small sizes; reports standard errors) | shap (KernelExplainer's scheme)",
+               kinds=TABULAR),
+        Text("l1_reg", None, "none | num_features(k) | aic | bic", shown="none for estimator leverage or M <= 10, else num_features(10)"),
         Choice("link", "identity", ("identity", "logit"), "identity | logit"),
         Int("background_kmeans", None, "tabular: summarise the background with k-means to this many weighted rows "
             "(shap.kmeans)", 1, lambda lim: len(lim.model.background) if lim.model.background is not None else 1,
@@ -237,8 +272,16 @@ class KernelShap(Method):
         if model.background is None:
             raise FailedPrecondition("kernel_shap needs background rows: add `background:` to the model's model.yaml")
         num_features = model.signature.example_shape[0]
-        params.setdefault("nsamples", default_nsamples(num_features))
-        params["l1_reg"] = parse_l1(str(params.get("l1_reg", "")).lower(), num_features) or "none"
+        leverage = params["estimator"] == "leverage"
+        params.setdefault("nsamples", leverage_nsamples(num_features) if leverage else default_nsamples(num_features))
+        if params["nsamples"] < min_nsamples(num_features, params["estimator"]):
+            raise InvalidArgument(f"{self.name}.nsamples", f"at least {min_nsamples(num_features, params['estimator'])} for "
+                                  f"the {params['estimator']} estimator and the model's {num_features} features "
+                                  "(coalitions come in pairs, one per size pair at least)", params["nsamples"])
+        # shap's default selection (num_features(10) above 10 features) belongs to its scheme; the leverage
+        # estimator estimates every Shapley value (and its error) unless a selection is asked for.
+        l1_default = "none" if leverage else ""
+        params["l1_reg"] = parse_l1(str(params.get("l1_reg", l1_default)).lower(), num_features) or "none"
         if num_features <= 30:  # every coalition is enumerated at 2^M - 2 (shap's cap): report what is used
             params["nsamples"] = min(params["nsamples"], 2 ** num_features - 2)
         background = params.get("background_kmeans", len(model.background))
@@ -249,7 +292,8 @@ class KernelShap(Method):
                                   f"{params['nsamples']} x {background} = {evaluations}")
         check_memory(params["nsamples"], num_features, params["l1_reg"], settings.max_request_memory_bytes,
                      f"model's {num_features} features")
-        return {name: params[name] for name in ("nsamples", "l1_reg", "link", "background_kmeans") if name in params}
+        return {name: params[name] for name in ("nsamples", "estimator", "l1_reg", "link", "background_kmeans")
+                if name in params}
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
         """f(x), the base value and the stream's coalitions, times the background rows (tabular); on
@@ -278,7 +322,11 @@ class KernelShap(Method):
             summary = shap.kmeans(background, params["background_kmeans"])
             background = np.asarray(summary.data, np.float32)
             weights = np.asarray(summary.weights, np.float64) / np.sum(summary.weights)
-        stream = CoalitionStream(ctx.x.shape[0], params["nsamples"], ctx.rng)
+        stream: CoalitionStream | LeverageCoalitions
+        if params["estimator"] == "leverage":
+            stream = LeverageCoalitions(ctx.x.shape[0], params["nsamples"], ctx.rng)
+        else:
+            stream = CoalitionStream(ctx.x.shape[0], params["nsamples"], ctx.rng)
         constants = {**ctx.target_constants(), "background": background,
                      "background_weights": weights.astype(np.float32)}
         l1 = None if params["l1_reg"] == "none" else params["l1_reg"]
@@ -286,7 +334,9 @@ class KernelShap(Method):
                               mask_rows(coalition_chunks(stream)), stream.total + 2,
                               KernelShapReducer(stream, params["link"], l1, "mask"), partial_maps=True,
                               evaluations_per_row=len(background), partial=True)
-        return Result(reducer.attribution(), reducer.figures())
+        errors = reducer.standard_errors()
+        arrays = {} if errors is None else {"standard_errors": errors.astype(np.float32)}
+        return Result(reducer.attribution(), reducer.figures(), arrays)
 
     def _image_plan(self, params: dict[str, Any], ctx: MethodContext) -> tuple[Any, int]:
         """The superpixels and the coalition count for an image, checked against the regression's

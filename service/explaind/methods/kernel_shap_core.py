@@ -28,9 +28,10 @@ Deviations from shap (documented on purpose):
 - Features that never differ from the background are not dropped beforehand (shap removes them and
   gives them phi = 0); with exact enumeration they get phi = 0 anyway (null players).
 - shap rounds |phi_i| < 1e-10 to 0 after solving; that would break exact efficiency, so it is not done.
-- The unconstrained-rank fallback (singular X^T W X) uses least squares on the normal equations
-  (minimum-norm solution) instead of shap's least squares on the weighted rows; both coincide when
-  the system is regular.
+- The rank-deficient fallback (X^T W X singular to working precision, see
+  ``solve_or_least_squares``) uses least squares on the normal equations (minimum-norm solution)
+  instead of shap's solve, which returns values of order 1 / eps there; both coincide when the
+  system is regular.
 - ``l1_reg`` is explicit: None/False (off), "num_features(k)", "aic", "bic", or a float (Lasso alpha);
   shap's deprecated "auto" is not offered.
 """
@@ -421,15 +422,31 @@ class KernelShapAccumulator:
             gram = self._gram
             a = gram[np.ix_(r, r)] - gram[r, j][:, None] - gram[j, r][None, :] + gram[j, j]
             b = (p[r] - p[j]) - base * (self._g[r] - self._g[j]) - diff * (gram[r, j] - gram[j, j])
-            try:
-                w = np.linalg.solve(a, b)
-            except np.linalg.LinAlgError:
-                w = np.linalg.lstsq(a, b, rcond=None)[0]
+            w = solve_or_least_squares(a, b)
             phi[r] = w
             phi[j] = diff - np.sum(w)
         else:
             phi[j] = diff
         return phi
+
+
+def solve_or_least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^-1 b for the symmetric normal equations; when a is singular to working precision (LAPACK's
+    reciprocal condition number below machine epsilon: e.g. two features present together in every
+    coalition drawn, which few coalitions allow), the minimum-norm least-squares solution, which splits
+    what the coalitions cannot tell apart equally, instead of values of order 1 / eps that depend on
+    rounding (measured on the tabular demo at 26-32 coalitions: errors of 1e13; shap's KernelExplainer
+    gives the same there)."""
+    import warnings
+
+    import scipy.linalg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+        try:
+            return scipy.linalg.solve(a, b, assume_a="sym")
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
+            return np.linalg.lstsq(a, b, rcond=1e-10)[0]
 
 
 class StreamingKernelShap:
@@ -568,3 +585,302 @@ def max_stream_nsamples(m: int, l1_reg: bool, budget: int, outputs: int = 1) -> 
     fixed = stream_bytes(m, 0, l1_reg, outputs)
     per_row = stream_bytes(m, 1, l1_reg, outputs) - fixed if m > 1 else 1
     return max(0, (budget - fixed) // per_row) if budget >= fixed else 0
+
+
+# --- The leverage estimator (explaind's default for tabular models) --------------------------------------------
+
+
+def kernel_mass(m: int) -> np.ndarray:
+    """mass[s]: the Shapley kernel's total weight of the coalitions of size s (s = 0..M, 0 at both ends),
+    normalised to sum 1: (M - 1) / (s (M - s)), the same weights as shap's for every size."""
+    mass = np.zeros(m + 1)
+    sizes = np.arange(1, m)
+    mass[1:m] = (m - 1.0) / (sizes * (m - sizes))
+    return mass / mass.sum() if m > 1 else mass
+
+
+class LeverageCoalitions:
+    """Coalitions for the leverage estimator: stratified by size, leverage-score allocation, paired, exact
+    where the allocation covers a whole size, drawn without replacement.
+
+    Why: Kernel SHAP's regression is a leverage-score problem. Musco & Witter (2024, "Provably Accurate
+    Shapley Value Estimation via Leverage Score Sampling", ICLR 2025) show that the leverage score of a
+    coalition z in the Shapley regression is proportional to 1 / C(M, |z|): every size carries the same
+    share, whereas shap samples sizes by kernel mass (most draws on sizes 1 and M - 1, often repeats,
+    the middle sizes starved). Paired sampling (each z with its complement) is Covert & Lee's (2021,
+    "Improving KernelSHAP: Practical Shapley Value Estimation via Linear Regression", AISTATS): it
+    cancels the even-order part of the game's error, and the pair is the unit of the variance estimate.
+
+    Strata: the size pairs {s, M - s} for s < M / 2 (a unit is a subset of size s and its complement),
+    and for even M the middle size (a unit is the unordered pair {z, not z}). Each size has one share
+    of the leverage mass, so a size pair has two and the middle one. The budget (nsamples coalitions)
+    is water-filled over the strata by share: a stratum whose share covers all of its coalitions is
+    enumerated (sizes 1 and M - 1 first: they have the fewest), and what it leaves goes to the others;
+    every other stratum gets at least one unit and its share of the rest, drawn uniformly without
+    replacement. Horvitz-Thompson weights make every size's total weight its kernel mass:
+
+        enumerated:  w(z) = mass(|z|) / C(M, |z|);   sampled:  w(z) = mass(|z|) / n_k
+
+    with n_k the subsets of that size drawn (the middle stratum: 2 n_k coalitions of its size), so
+    E[sum w z z^T] and E[sum w z v(z)] are exactly the enumerated sums: the regression is consistent,
+    and exact when the budget covers every coalition (2^M - 2). The sampled units are interleaved
+    across strata, so any prefix holds about the same fraction of each (partial answers).
+
+    Rows: ``fixed`` enumerated rows first, then the units' rows (z then its complement), ``total`` in
+    all (nsamples, less one when the sampled part would end with half a unit). ``stratum_of(rows)``
+    and ``weights(rows)`` are known when a row is drawn; memory per sampled row: its unit's dedup key
+    (packed bits) and stratum index.
+    """
+
+    def __init__(self, m: int, nsamples: int, rng: np.random.Generator) -> None:
+        if m < 1:
+            raise ValueError("need at least one feature")
+        if nsamples < 0:
+            raise ValueError("nsamples must be >= 0")
+        self.m = m
+        self.rng = rng
+        self._started = False
+        half = (m - 1) // 2
+        mass = kernel_mass(m)
+        # strata: (size s, units N_k, coalitions per unit, share of the leverage mass: one per size)
+        strata = [(s, math.comb(m, s), 2, 2.0) for s in range(1, half + 1)]
+        if m % 2 == 0 and m >= 2:
+            strata.append((m // 2, math.comb(m, m // 2) // 2, 2, 1.0))
+        self.strata = strata
+        self.mass = mass
+        if m <= 30:
+            nsamples = min(nsamples, 2**m - 2)
+        enumerated: list[int] = []
+        open_ = list(range(len(strata)))
+        budget = float(nsamples)
+        changed = True
+        while changed and open_:
+            changed = False
+            shares = sum(strata[k][3] for k in open_)
+            for k in list(open_):
+                cost = strata[k][1] * strata[k][2]
+                if budget * strata[k][3] / shares >= cost - 1e-9 and cost <= budget:
+                    enumerated.append(k)
+                    open_.remove(k)
+                    budget -= cost
+                    changed = True
+                    break  # shares changed: recompute
+        units = np.zeros(len(strata), np.int64)
+        spare = int(budget) // 2
+        if open_ and spare >= len(open_):
+            shares = np.array([strata[k][3] for k in open_])
+            units_open = np.ones(len(open_), np.int64)
+            quota = (spare - len(open_)) * shares / shares.sum()
+            units_open += np.floor(quota).astype(np.int64)
+            rest = spare - int(units_open.sum())
+            for j in np.argsort(-(quota - np.floor(quota)), kind="stable")[:rest]:
+                units_open[j] += 1
+            for j, k in enumerate(open_):
+                units[k] = min(int(units_open[j]), strata[k][1])
+        elif open_:  # fewer units than open strata: the largest shares first (sizes 1 and M - 1)
+            for k in sorted(open_, key=lambda k: -strata[k][3])[:spare]:
+                units[k] = 1
+        for k in enumerated:
+            units[k] = strata[k][1]
+        self.enumerated = sorted(enumerated)
+        self.units = units  # per stratum: units drawn (all of them when enumerated)
+        self.sampled_strata = [k for k in range(len(strata)) if k not in enumerated and units[k] > 0]
+        # rows
+        self._fixed_blocks: list[tuple[int, int, float]] = []  # (size, rows, weight per row)
+        for k in self.enumerated:
+            s = strata[k][0]
+            if m - s != s:
+                self._fixed_blocks.append((s, math.comb(m, s), mass[s] / math.comb(m, s)))
+                self._fixed_blocks.append((m - s, math.comb(m, s), mass[m - s] / math.comb(m, s)))
+            else:
+                self._fixed_blocks.append((s, math.comb(m, s), mass[s] / math.comb(m, s)))
+        self.fixed = sum(rows for _, rows, _ in self._fixed_blocks)
+        self._fixed_ends = np.cumsum([rows for _, rows, _ in self._fixed_blocks])
+        self._fixed_w = np.array([w for _, _, w in self._fixed_blocks])
+        # sampled units interleaved by their stratum's pace: unit j of stratum k at position (j + 0.5) / n_k
+        keys = [np.full(int(units[k]), k, np.int16) for k in self.sampled_strata]
+        pos = [(np.arange(int(units[k])) + 0.5) / units[k] for k in self.sampled_strata]
+        if keys:
+            order = np.argsort(np.concatenate(pos), kind="stable")
+            self.unit_stratum = np.concatenate(keys)[order]
+        else:
+            self.unit_stratum = np.zeros(0, np.int16)
+        self.sampled_units = len(self.unit_stratum)
+        self.total = self.fixed + 2 * self.sampled_units
+        # weight per sampled row, by stratum: mass(s) / n_k (the middle: mass / (2 n_k))
+        self.stratum_weight = np.zeros(len(strata))
+        for k in self.sampled_strata:
+            s = strata[k][0]
+            self.stratum_weight[k] = mass[s] / (units[k] * (2 if 2 * s == m else 1))
+
+    @property
+    def real_rows(self) -> int:
+        return self.total
+
+    def fixed_weights(self, rows: np.ndarray) -> np.ndarray:
+        return self._fixed_w[np.searchsorted(self._fixed_ends, np.asarray(rows), side="right")]
+
+    def stratum_of(self, rows: np.ndarray) -> np.ndarray:
+        """Stratum index of sampled rows (row numbers >= fixed)."""
+        return self.unit_stratum[(np.asarray(rows, np.int64) - self.fixed) // 2]
+
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros(rows.shape)
+        fixed = rows < self.fixed
+        out[fixed] = self.fixed_weights(rows[fixed])
+        out[~fixed] = self.stratum_weight[self.stratum_of(rows[~fixed])]
+        return out
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """All ``total`` rows in order, ``size`` at a time (bool [n, M]); can be iterated once."""
+        if self._started:
+            raise RuntimeError("a coalition stream is drawn once")
+        self._started = True
+        source = itertools.chain(self._enumerated(), self._sampled())
+        for start in range(0, self.total, size):
+            n = min(size, self.total - start)
+            chunk = np.empty((n, self.m), bool)
+            for i, mask in zip(range(n), source):
+                chunk[i] = mask
+            yield chunk
+
+    def _enumerated(self) -> Iterator[np.ndarray]:
+        for size, _, _ in self._fixed_blocks:
+            for inds in itertools.combinations(range(self.m), size):
+                mask = np.zeros(self.m, dtype=bool)
+                mask[list(inds)] = True
+                yield mask
+
+    def _sampled(self) -> Iterator[np.ndarray]:
+        m = self.m
+        seen: list[set[bytes]] = [set() for _ in self.strata]
+        for k in self.unit_stratum.tolist():
+            s = self.strata[k][0]
+            while True:  # uniform without replacement: n_k < N_k units, so a new one always exists
+                mask = np.zeros(m, dtype=bool)
+                mask[self.rng.permutation(m)[:s]] = True
+                if 2 * s == m and not mask[0]:
+                    mask = ~mask  # the unordered pair {z, not z}: the member holding player 0
+                key = np.packbits(mask).tobytes()
+                if key not in seen[k]:
+                    seen[k].add(key)
+                    break
+            yield mask
+            yield ~mask
+
+
+class LeverageKernelShap:
+    """Kernel SHAP over :class:`LeverageCoalitions`: the constrained weighted regression of shap (same
+    solve, :class:`KernelShapAccumulator`) with the stratified weights, and its standard errors.
+
+    Standard errors (Covert & Lee 2021 estimate the estimator's variance from paired samples; here the
+    design's own form): phi solves A phi + lambda 1 = b, 1^T phi = diff (A = sum w z z^T, b = sum w z y),
+    so to first order d phi = H dU with U = sum w z (y - z . phi) and H = A^-1 - A^-1 1 1^T A^-1 /
+    (1^T A^-1 1). Only the sampled units vary: per stratum k, n_k units drawn without replacement
+    from N_k, Var(U_k) = n_k (1 - n_k / N_k) Cov(u) with u a unit's w z r summed over its two rows
+    (the sample covariance; a stratum with one unit uses its second moment), and
+    Cov(phi) = H (sum_k Var(U_k)) H^T. The estimate is per feature (``standard_errors``); enumerated
+    strata contribute nothing, so it is 0 when every coalition is enumerated (exact).
+    The sampled rows are kept for it (packed masks and values) while their count times M^2 stays
+    under ``se_work`` operations; beyond, the errors are not estimated (None).
+    """
+
+    def __init__(self, stream: LeverageCoalitions, link: Link = "identity", l1_reg: L1Reg | bool = None,
+                 se_work: float = 2e9) -> None:
+        self.stream = stream
+        self.m = stream.m
+        self.link: Link = link
+        self.l1_reg = _parse_l1(l1_reg)
+        self.fixed = KernelShapAccumulator(self.m, link, self.l1_reg)
+        self.sampled = KernelShapAccumulator(self.m, link, self.l1_reg)
+        self.count = 0
+        self.sampled_in = 0
+        self.keep = stream.sampled_units * 2 * self.m * self.m <= se_work
+        self._rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (row numbers, packed masks, values)
+
+    def add(self, rows: np.ndarray, masks: np.ndarray, values: np.ndarray) -> None:
+        ids = np.asarray(rows, np.int64).ravel()
+        z = np.asarray(masks, bool)
+        v = np.asarray(values, np.float64)
+        if z.ndim != 2 or z.shape != (ids.size, self.m) or v.shape != (ids.size,):
+            raise ValueError("expected rows [n], masks [n, M], values [n]")
+        fixed = ids < self.stream.fixed
+        if fixed.any():
+            self.fixed.add(z[fixed], self.stream.fixed_weights(ids[fixed]), v[fixed])
+        sampled = ~fixed
+        if sampled.any():
+            self.sampled.add(z[sampled], self.stream.weights(ids[sampled]), v[sampled])
+            self.sampled_in += int(sampled.sum())
+            if self.keep:
+                self._rows.append((ids[sampled], np.packbits(z[sampled], axis=1), v[sampled]))
+        self.count += int(ids.size)
+
+    def _merged(self, select: bool) -> KernelShapAccumulator:
+        acc = KernelShapAccumulator(self.m, self.link, self.l1_reg if select else None)
+        acc.merge(self.fixed)
+        # A prefix of the interleaved units holds about the same fraction of each stratum: scale it up to
+        # the whole sampled part (1 once every row is in).
+        planned = 2 * self.stream.sampled_units
+        scale = planned / self.sampled_in if self.sampled_in else 0.0
+        acc.merge(self.sampled, scale)
+        if select and self.l1_reg is not None:
+            parts = [(z, w, g) for z, w, g in self.fixed._rows]
+            parts += [(z, w * scale, g) for z, w, g in self.sampled._rows]
+            acc._rows = parts
+        return acc
+
+    def solve(self, f_x: float, base_value: float, *, select: bool = True) -> np.ndarray:
+        return self._merged(select).solve(f_x, base_value)
+
+    def rank(self) -> int:
+        return self._merged(False).constrained_rank()
+
+    def standard_errors(self, f_x: float, base_value: float, phi: np.ndarray) -> np.ndarray | None:
+        """Estimated standard error of each phi_i (see the class docstring); None when not kept, or l1_reg
+        selected features (the selection is not part of the linearisation)."""
+        if self.m == 1 or not self.stream.sampled_units:
+            return np.zeros(self.m)
+        if not self.keep or self.l1_reg is not None or not self._rows:
+            return None
+        ids = np.concatenate([r[0] for r in self._rows])
+        z = np.unpackbits(np.concatenate([r[1] for r in self._rows]), axis=1, count=self.m).astype(np.float64)
+        v = np.concatenate([r[2] for r in self._rows])
+        order = np.argsort(ids, kind="stable")
+        ids, z, v = ids[order], z[order], v[order]
+        base = float(_apply_link(self.link, base_value))
+        y = _apply_link(self.link, v) - base
+        scale = 2 * self.stream.sampled_units / self.sampled_in
+        w = self.stream.weights(ids) * scale
+        u = (w * (y - z @ phi))[:, None] * z  # [rows, M]
+        unit = (ids - self.stream.fixed) // 2
+        units, first = np.unique(unit, return_index=True)
+        per_unit = np.add.reduceat(u, first, axis=0) if len(first) else np.zeros((0, self.m))
+        strata = self.stream.unit_stratum[units]
+        var_u = np.zeros((self.m, self.m))
+        for k in np.unique(strata):
+            block = per_unit[strata == k]
+            n = len(block)
+            total = self.stream.strata[k][1]
+            fpc = max(0.0, 1.0 - n / total)
+            cov = np.cov(block, rowvar=False, ddof=1) if n >= 2 else block.T @ block
+            var_u += n * fpc * np.atleast_2d(cov)
+        acc = self._merged(False)
+        gram = acc._gram
+        ainv = np.linalg.pinv(gram)
+        one = np.ones(self.m)
+        a1 = ainv @ one
+        h = ainv - np.outer(a1, a1) / float(one @ a1)
+        cov_phi = h @ var_u @ h.T
+        return np.sqrt(np.clip(np.diag(cov_phi), 0.0, None))
+
+
+LEVERAGE_SAMPLES_PER_PLAYER = 8
+
+
+def leverage_nsamples(m: int) -> int:
+    """The leverage estimator's default nsamples: 8 M, capped at 2^M - 2 (exact). Chosen to meet 1% of the
+    score range: on the tabular demo (M = 13, 104 coalitions) the largest error over 20 held-out rows and
+    8 seeds was 0.6% (mean 0.23%), against exact Shapley values (benchmarks/estimators.py)."""
+    n = LEVERAGE_SAMPLES_PER_PLAYER * m
+    return min(n, 2**m - 2) if m <= 30 else n

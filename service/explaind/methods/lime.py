@@ -10,7 +10,13 @@ statistics. 1000 samples by default. The samples are drawn chunk by chunk as the
 and folded in as results come, so a request's memory does not grow with num_samples (only with the
 superpixels' S x S statistics, checked against max_request_memory_bytes). The response holds the
 per-pixel map (each pixel gets its superpixel's weight), the segment map, the per-segment weights
-and the weighted R^2 (`figures`).
+and the weighted R^2 (`figures`). With few superpixels (2^S <= 4 num_samples, S <= 16) most samples
+repeat an image already drawn: the same samples are drawn, counted, and each distinct image is
+evaluated once with its kernel weight times its count (the same surrogate; quickshift finds 3-5
+superpixels on the 64 x 64 demo images, so 1000 samples cost at most 32 model rows, not 1000).
+Estimated error: the surrogate coefficients' standard errors (weighted least squares,
+sigma^2 = SSres / (n - S - 1)), per feature or superpixel in the array `standard_errors`, their max
+and mean in the figures standard_error_max / standard_error_mean; `samples` counts the samples fitted.
 Tabular (lime_tabular): quartile discretisation from the model's background rows, 5000 samples,
 kernel width sqrt(F) * 0.75 on the euclidean distance of the binary representation; weights per
 feature ("x_i stays in its quartile"), all features kept (lime's default keeps 10). lime_tabular draws
@@ -18,7 +24,8 @@ feature by feature over all samples, so they are drawn up front: num_samples is 
 max_request_memory_bytes for the model's number of features.
 Score: the probability by default.
 Partial answer at the deadline (allow_partial): the surrogate fitted on the samples evaluated so far
-(the first ones drawn from the seed, the first of them all on), its figures from them too; it needs at
+(the first ones drawn from the seed, the first of them all on; with few superpixels the distinct
+images evaluated so far with all their samples), its figures from them too; it needs at
 least one sample per feature or superpixel and one for the intercept, else DEADLINE_EXCEEDED.
 """
 
@@ -34,7 +41,8 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.rows import TabularRows
 from .base import Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, row_chunks
-from .lime_core import (IMAGE_KERNEL_WIDTH, QuartileDiscretizer, RidgeAccumulator, image_coalition_chunks,
+from .lime_core import (DEDUP_MAX_SEGMENTS, IMAGE_KERNEL_WIDTH, QuartileDiscretizer, RidgeAccumulator,
+                        distinct_coalitions, image_coalition_chunks,
                         image_kernel_weights, max_ridge_features, max_tabular_samples, ridge_bytes,
                         tabular_kernel_weights, tabular_sample_bytes)
 from .params import IMAGE, Choice, Float, Int
@@ -53,7 +61,8 @@ class LimeReducer(Reducer):
 
     def __init__(self, binary: np.ndarray | None, weights: np.ndarray | None, alpha: float,
                  segments: np.ndarray | None = None, num_features: int | None = None,
-                 kernel_width: float = IMAGE_KERNEL_WIDTH) -> None:
+                 kernel_width: float = IMAGE_KERNEL_WIDTH, counts: np.ndarray | None = None) -> None:
+        self.counts = counts  # images, distinct coalitions: the samples each row stands for
         self.binary = binary
         self.weights = weights
         self.segments = segments
@@ -66,7 +75,12 @@ class LimeReducer(Reducer):
         targets = rows[SCORE_OUTPUT].astype(np.float64)
         if self.binary is None:
             bits = codes["coalition"][:, :self.num_features]
-            self.accumulator.add(bits, targets, image_kernel_weights(bits, self.kernel_width))
+            weights = image_kernel_weights(bits, self.kernel_width)
+            if self.counts is None:
+                self.accumulator.add(bits, targets, weights)
+            else:
+                counts = self.counts[codes["row"]]
+                self.accumulator.add(bits, targets, weights * counts, counts)
         else:
             ids = codes["row"]
             self.accumulator.add(self.binary[ids], targets, self.weights[ids])  # type: ignore[index]
@@ -98,8 +112,8 @@ class Lime(Method):
     reference = "Ribeiro, Singh & Guestrin 2016, Why Should I Trust You?; the lime package"
     description = "A weighted linear surrogate fitted on random on/off perturbations of superpixels or features."
     kinds = frozenset({"image", "tabular"})
-    arrays = ("segments", "segment_weights")
-    figures = ("weighted_r2", "intercept", "num_features")
+    arrays = ("segments", "segment_weights", "standard_errors")
+    figures = ("weighted_r2", "intercept", "num_features", "standard_error_max", "standard_error_mean", "samples")
     partial_results = ("the surrogate fitted on the samples evaluated so far (the first ones drawn from the "
                        "seed); at least one more than the features or superpixels")
     params = (
@@ -129,8 +143,16 @@ class Lime(Method):
         return params
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
-        """One row per perturbed sample (the first is the input itself), whatever the segmentation."""
-        return int(params["num_samples"])
+        """One row per perturbed sample (the first is the input itself); on images with few superpixels
+        S, at most one per distinct perturbed image: min(num_samples, 2^S), an upper bound, since the
+        distinct draws depend on the request's seed and the plan does not (the stage counts them exactly
+        for progress). The segmentation runs here once (ctx.memo) and the stage reuses it."""
+        num_samples = int(params["num_samples"])
+        if ctx.model.kind == "image":
+            count = superpixels(ctx, params["segmentation"]).count
+            if deduplicated(count, num_samples):
+                return min(num_samples, 2 ** count)
+        return num_samples
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         if ctx.model.kind == "tabular":
@@ -140,7 +162,8 @@ class Lime(Method):
             rows = row_chunks({"row_input": samples.astype(np.float32)}, CHUNK_ROWS)
             tabular = yield Stage(TabularRows(score=ctx.score), ctx.target_constants(), rows, len(samples),
                                   LimeReducer(binary, weights, 1.0), partial_maps=True, partial=True)
-            return Result(tabular.attribution(), self._figures(tabular))
+            arrays = {"standard_errors": tabular.accumulator.standard_errors().astype(np.float32)}
+            return Result(tabular.attribution(), self._figures(tabular), arrays)
         sp = superpixels(ctx, params["segmentation"])
         budget = ctx.settings.max_request_memory_bytes
         if ridge_bytes(sp.count) > budget:
@@ -151,15 +174,34 @@ class Lime(Method):
         hidden = np.full_like(sp.hwc, params["hide_value"]) if "hide_value" in params else segment_means(sp.hwc, sp.labels)
         # Coalitions are drawn chunk by chunk as the engine takes rows, and each chunk's bits come back with
         # its results: working memory independent of num_samples.
-        coalitions = image_coalition_chunks(sp.count, params["num_samples"], ctx.rng, CHUNK_ROWS)
-        reducer = LimeReducer(None, None, 1.0, sp.labels, num_features=sp.count,
-                              kernel_width=params.get("kernel_width", IMAGE_KERNEL_WIDTH))
+        width = params.get("kernel_width", IMAGE_KERNEL_WIDTH)
+        num_samples = params["num_samples"]
+        if deduplicated(sp.count, num_samples):
+            # Few superpixels: many samples repeat an image already drawn; each distinct one is evaluated once.
+            distinct, counts = distinct_coalitions(sp.count, num_samples, ctx.rng, CHUNK_ROWS)
+            coalitions = (distinct[i:i + CHUNK_ROWS] for i in range(0, len(distinct), CHUNK_ROWS))
+            reducer = LimeReducer(None, None, 1.0, sp.labels, num_features=sp.count, kernel_width=width,
+                                  counts=counts)
+            planned = len(distinct)
+        else:
+            coalitions = image_coalition_chunks(sp.count, num_samples, ctx.rng, CHUNK_ROWS)
+            reducer = LimeReducer(None, None, 1.0, sp.labels, num_features=sp.count, kernel_width=width)
+            planned = num_samples
         image = yield Stage(sp.variant(ctx.score), sp.constants(ctx, hidden), sp.rows(coalitions),
-                            params["num_samples"], reducer, partial_maps=True, partial=True)
-        arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": image.solve()[0].astype(np.float32)}
+                            planned, reducer, partial_maps=True, partial=True)
+        arrays = {"segments": sp.labels.astype(np.int32), "segment_weights": image.solve()[0].astype(np.float32),
+                  "standard_errors": image.accumulator.standard_errors().astype(np.float32)}
         return Result(image.attribution(), self._figures(image), arrays)
 
     @staticmethod
     def _figures(reducer: LimeReducer) -> dict[str, float]:
         coefficients, intercept, r2 = reducer.solve()
-        return {"weighted_r2": float(r2), "intercept": float(intercept), "num_features": float(len(coefficients))}
+        errors = reducer.accumulator.standard_errors()
+        return {"weighted_r2": float(r2), "intercept": float(intercept), "num_features": float(len(coefficients)),
+                "standard_error_max": float(np.max(errors)), "standard_error_mean": float(np.mean(errors)),
+                "samples": float(reducer.accumulator.samples)}
+
+
+def deduplicated(num_segments: int, num_samples: int) -> bool:
+    """Whether repeats are likely enough (2^S <= 4 num_samples) to evaluate each distinct image once."""
+    return num_segments <= DEDUP_MAX_SEGMENTS and 2 ** num_segments <= 4 * num_samples

@@ -476,9 +476,11 @@ def test_tabular_nsamples_over_the_memory_budget_is_refused():
     view = ModelView("tabular", ModelSignature("x", "y", (40,), "tabular", "probabilities"), np.zeros((5, 40)))
     settings = Settings()
     most = max_stream_nsamples(40, True, settings.max_request_memory_bytes)  # l1_reg num_features(10) by default
-    assert KernelShap().parameters({"nsamples": most}, view, settings, "probability")["l1_reg"] == "num_features(10)"
+    shap_scheme = {"estimator": "shap"}  # its default l1_reg keeps the rows; the leverage estimator's is none
+    assert KernelShap().parameters({"nsamples": most, **shap_scheme}, view, settings, "probability")["l1_reg"] == \
+        "num_features(10)"
     with pytest.raises(InvalidArgument) as err:
-        KernelShap().parameters({"nsamples": most + 1}, view, settings, "probability")
+        KernelShap().parameters({"nsamples": most + 1, **shap_scheme}, view, settings, "probability")
     assert err.value.field == "kernel_shap.nsamples"
     for words in (f"at most {most} for the model's 40 features", "l1_reg num_features(10)",
                   "max_request_memory_bytes of 1073741824", f"got {most + 1}"):

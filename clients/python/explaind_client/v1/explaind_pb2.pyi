@@ -173,7 +173,7 @@ class Lime(_message.Message):
     def __init__(self, num_samples: _Optional[int] = ..., segmentation: _Optional[str] = ..., hide_value: _Optional[float] = ..., kernel_width: _Optional[float] = ...) -> None: ...
 
 class KernelShap(_message.Message):
-    __slots__ = ("nsamples", "l1_reg", "link", "background_kmeans", "segmentation", "fill", "fill_value", "blur_sigma")
+    __slots__ = ("nsamples", "l1_reg", "link", "background_kmeans", "segmentation", "fill", "fill_value", "blur_sigma", "estimator")
     NSAMPLES_FIELD_NUMBER: _ClassVar[int]
     L1_REG_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class KernelShap(_message.Message):
     FILL_FIELD_NUMBER: _ClassVar[int]
     FILL_VALUE_FIELD_NUMBER: _ClassVar[int]
     BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     nsamples: int
     l1_reg: str
     link: str
@@ -190,7 +191,8 @@ class KernelShap(_message.Message):
     fill: str
     fill_value: float
     blur_sigma: float
-    def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ..., segmentation: _Optional[str] = ..., fill: _Optional[str] = ..., fill_value: _Optional[float] = ..., blur_sigma: _Optional[float] = ...) -> None: ...
+    estimator: str
+    def __init__(self, nsamples: _Optional[int] = ..., l1_reg: _Optional[str] = ..., link: _Optional[str] = ..., background_kmeans: _Optional[int] = ..., segmentation: _Optional[str] = ..., fill: _Optional[str] = ..., fill_value: _Optional[float] = ..., blur_sigma: _Optional[float] = ..., estimator: _Optional[str] = ...) -> None: ...
 
 class ExtremalPerturbation(_message.Message):
     __slots__ = ("areas", "iterations", "step", "sigma", "num_levels", "max_blur", "perturbation", "variant", "jitter", "gradient", "gradient_samples", "gradient_sigma", "area_reference", "area_projection", "smooth")
