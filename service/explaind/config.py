@@ -217,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = type(f.default)
         convert = functools.partial(parse_setting, kind)
         convert.__name__ = kind.__name__  # type: ignore[attr-defined]  (argparse names it in errors)
-        parser.add_argument(flag, type=convert, default=None, help=f"{f.metadata['help']} "
+        parser.add_argument(flag, type=convert, default=None, help=f"{f.metadata['help'].replace('%', '%%')} "
                             f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})")
 
 
