@@ -111,7 +111,7 @@ def test_methods_of_a_model_show_bounds_and_choices(server, client, capsys):
     code, out, _ = cli(capsys, "methods", "--model", "tabular", "--server", server.address)
     assert code == 0
     blocks = method_blocks(out)
-    assert list(blocks) == [m.name for m in client.list_methods("tabular")] == ["occlusion", "lime", "kernel_shap"]
+    assert list(blocks) == [m.name for m in client.list_methods("tabular")] == ["occlusion", "lime", "kernel_shap", "tree_shap"]
     assert blocks["occlusion"][0] == "occlusion (Occlusion): needs forward; kinds image, tabular"
     lime = {row[0]: row for row in rows_of("\n".join(blocks["lime"][1:6]))}
     assert lime["kernel_width"][-1] == "(0, 1e+06)"      # both ends exclusive
