@@ -66,7 +66,7 @@ def test_get_model_reports_the_contract(client):
     assert info.scores == "logits" and info.num_classes == 5
     assert list(info.preprocess.size) == [64, 64] and list(info.preprocess.mean) == [0.5, 0.5, 0.5]
     tabular = client.get_model("tabular")
-    assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion", "lime", "kernel_shap"]
+    assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion", "lime", "kernel_shap", "tree_shap"]
     assert tabular.num_features == 13
     assert not tabular.white_box and "TreeEnsembleClassifier" in tabular.white_box_reason
 
@@ -80,7 +80,7 @@ def test_list_methods_shows_parameters_and_defaults(client):
     assert methods["integrated_gradients"].default_score == pb.LOGIT
     ig = {p.name: p.default_value for p in methods["integrated_gradients"].parameters}
     assert ig["n_steps"] == "50" and ig["method"] == "gausslegendre"
-    assert [m.name for m in client.list_methods(model="tabular")] == ["occlusion", "lime", "kernel_shap"]
+    assert [m.name for m in client.list_methods(model="tabular")] == ["occlusion", "lime", "kernel_shap", "tree_shap"]
 
 
 # Occlusion and RISE against independent computations ---------------------------------------------
