@@ -19,6 +19,8 @@ rule clamps the weights only, which is z+ for the non-negative inputs those laye
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -279,3 +281,62 @@ def test_matches_captum_lrp(exported, name, rule):
     err = rel_err(ours, theirs)
     print(f"captum {name} {rule}: rel err {err:.2e}")
     assert err <= TOL
+
+
+# Through the engine: method `lrp` ----------------------------------------------------------------
+
+
+def _served(ex):
+    from explaind.models.config import Preprocess
+
+    served, view = ex.in_process
+    if _image(ex):
+        view = dataclasses.replace(view, preprocess=Preprocess(size=None, scale=255.0, mean=tuple(MEAN), std=tuple(STD)))
+    return served, view
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_plus_flat", "deep_taylor"])
+@pytest.mark.parametrize("name", ["resnet", "densenet", "mlp"])
+def test_method_matches_zennit(exported, xp, name, composite):
+    """Method lrp through the engine: the target's logit as the seed, bounds from the preprocessing."""
+    from explaind.methods.lrp import Lrp
+
+    ex = exported(name)
+    x, seed = _inputs(ex, 1)
+    target = int(seed.argmax())
+    out, _ = xp.explain(Lrp(), {"composite": composite, "epsilon": 1e-6}, _served(ex), x[0], target, score="logit")
+    with torch.no_grad():
+        logit = float(ex.torch_model(torch.from_numpy(x))[0, target])
+    theirs = zennit_lrp(ex, composite, x, seed * logit)[0]
+    assert rel_err(out.attribution, theirs) <= TOL
+    total = float(out.attribution.sum())
+    assert out.figures["relevance_sum"] == pytest.approx(total, rel=1e-5, abs=1e-6)
+    assert out.figures["target_relevance"] == pytest.approx(logit, rel=1e-5)
+    assert out.figures["conservation_error"] == pytest.approx(abs(total - logit) / abs(logit), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("contrast", ["clrp", "sglrp"])
+def test_contrastive_variants_match_zennit(exported, xp, contrast):
+    """CLRP = max(0, R_t - R_dual), R_dual seeded z_t / (K - 1) on every other class; SGLRP = R_t - R_dual
+    with the softmax gradient's parts as seeds: both from Zennit relevances with those seeds."""
+    from explaind.methods.lrp import Lrp
+
+    ex = exported("vgg")
+    x, seed = _inputs(ex, 1)
+    target = int(seed.argmax())
+    out, _ = xp.explain(Lrp(), {"composite": "epsilon_plus", "contrast": contrast}, _served(ex), x[0], target,
+                        score="logit")
+    with torch.no_grad():
+        z = ex.torch_model(torch.from_numpy(x))[0].double().numpy()
+    k = len(z)
+    one_hot = np.eye(k)[target]
+    if contrast == "clrp":
+        seeds = [z[target] * one_hot, z[target] / (k - 1) * (1 - one_hot)]
+    else:
+        y = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        seeds = [y[target] * (1 - y[target]) * one_hot, y[target] * y * (1 - one_hot)]
+    r_t, r_d = (zennit_lrp(ex, "epsilon_plus", x, s[None].astype(np.float32))[0] for s in seeds)
+    expected = np.maximum(r_t - r_d, 0) if contrast == "clrp" else r_t - r_d
+    assert np.abs(expected).max() > 0
+    assert rel_err(out.attribution, expected) <= TOL
+    assert out.model_evaluations == 3  # the prediction, the target row, the dual row

@@ -15,6 +15,7 @@ from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
 from .lime import Lime
 from .linear_shap import LinearShap
+from .lrp import Lrp
 from .occlusion import Occlusion
 from .rise import Rise
 from .saliency import Saliency
@@ -26,6 +27,7 @@ METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+    Lrp,
 )
 
 

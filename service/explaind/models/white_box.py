@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..onnxgraph.autodiff import unsupported_operators
+from ..onnxgraph.autodiff.lrp import operators_without_rule
 from .repository import LoadedModel
 
 
@@ -27,6 +28,7 @@ class WhiteBox:
     rules: tuple[str, ...] = ("plain", "guided", "deconvnet")  # backward rules the model offers
     exported: tuple[str, str] | None = None  # gradients: exported: (seed input, gradient output)
     channels: tuple[tuple[str, int], ...] = ()  # (layer, its channel count) where shape inference knows it
+    lrp_reason: str = ""  # why the model has no "lrp" rules (the operator and node without a relevance rule)
 
     def channels_of(self, layer: str) -> int | None:
         """The layer's channel count (dimension 1 of its [N, K, h, w] activation), None when unknown."""
@@ -70,8 +72,23 @@ def inspect_white_box(entry: LoadedModel) -> WhiteBox:
     found = activations_with_channels(model) if config.kind == "image" else []
     layers = [name for name, _ in found]
     default = config.layers.get("cam", "") or last_pooled_activation(model, set(layers))
-    return WhiteBox(True, "", tuple(layers), default,
-                    channels=tuple((name, k) for name, k in found if k is not None))
+    lrp_reason = lrp_unavailable(model, entry.output_spec.name, entry.input_spec.name)
+    rules = ("plain", "guided", "deconvnet") + (() if lrp_reason else ("lrp",))
+    return WhiteBox(True, "", tuple(layers), default, rules=rules,
+                    channels=tuple((name, k) for name, k in found if k is not None), lrp_reason=lrp_reason)
+
+
+def lrp_unavailable(model: onnx.ModelProto, output: str, source: str) -> str:
+    """Why LRP cannot run on the model ("" when it can): the first operator without a relevance rule."""
+    try:
+        blocked = operators_without_rule(model, output, source)
+    except Exception as exc:  # noqa: BLE001  (gradients work; LRP alone is refused, with the reason)
+        return f"relevance rules cannot be derived: {exc}"
+    if not blocked:
+        return ""
+    op, node = blocked[0]
+    more = f" (and {len(blocked) - 1} more operators)" if len(blocked) > 1 else ""
+    return f"operator {op} (node {node!r}) has no relevance rule (LRP){more}"
 
 
 def four_d_activations(model: onnx.ModelProto) -> list[str]:
