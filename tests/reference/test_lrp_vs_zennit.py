@@ -340,3 +340,38 @@ def test_contrastive_variants_match_zennit(exported, xp, contrast):
     assert np.abs(expected).max() > 0
     assert rel_err(out.attribution, expected) <= TOL
     assert out.model_evaluations == 3  # the prediction, the target row, the dual row
+
+
+def test_batch_norm_after_a_linear_layer_is_merged_like_zennit(exported):
+    """Linear -> BatchNorm1d -> ReLU -> Linear: the batch norm folded into the Gemm (simplify.py), as
+    Zennit's SequentialMergeBatchNorm merges it; unmerged it would pass relevance unchanged."""
+    from torch import nn
+
+    import_zennit()
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.copy_(0.3 * torch.randn(8))
+        bn.running_var.copy_(0.5 + torch.rand(8))
+        bn.weight.copy_(0.5 + torch.rand(8))
+        bn.bias.copy_(0.2 * torch.randn(8))
+    model.input_shape = (6,)
+    model.eval()
+    proto = zoo.export(model, None)
+    assert "BatchNormalization" in {n.op_type for n in proto.graph.node}
+    x = np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32)
+    seed = np.eye(3, dtype=np.float32)[[0, 2]]
+    derived = relevance_graph(proto, "logits", "input", Composite("epsilon_plus_flat"), seed_name=SEED, grad_prefix=GRAD)
+    assert "BatchNormalization" not in {n.op_type for n in derived.graph.node}
+    ours = ort.InferenceSession(derived.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [GRAD + "input"], {"input": x, SEED: seed})[0]
+    from zennit import composites as zc
+
+    composite = zc.EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    with composite.context(model) as modified:
+        inp = torch.from_numpy(x).requires_grad_(True)
+        (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
+    assert rel_err(ours, theirs.numpy()) <= TOL

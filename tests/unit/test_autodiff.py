@@ -429,6 +429,19 @@ def composite_cases() -> list[Case]:
             },
             ort64=False,
         ),
+        *[Case(  # batch norm folded into the Gemm (a Linear then a BatchNorm1d), either weight layout
+            f"Gemm-BatchNormalization-transB{t}",
+            [
+                ("Gemm", ["x", "w", "b"], ["c"], {"transB": t}),
+                ("BatchNormalization", ["c", "scale", "offset", "mean", "var"], ["n"], {"epsilon": 1e-3}),
+                ("Tanh", ["n"], ["y"], {}),
+            ],
+            {
+                "x": away(r, 2, 4), "w": C(away(r, *((3, 4) if t else (4, 3)))), "b": C(away(r, 3)),
+                "scale": C(away(r, 3)), "offset": C(away(r, 3)), "mean": C(away(r, 3)), "var": C(positive(r, 3)),
+            },
+            ort64=False,
+        ) for t in (0, 1)],
         Case(  # the same with the tensors the rewrites would remove asked for: nothing is rewritten
             "Conv-BatchNormalization-Relu-MaxPool-kept",
             [
@@ -492,6 +505,9 @@ def test_forward_rewrites_apply_only_where_nothing_asked_for_is_removed() -> Non
     folded = {n.op_type for n in differentiate(next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
                                                .model(np.float32), "y", ["x"]).graph.node}
     assert "BatchNormalization" not in folded and "ScatterElements" not in folded, folded
+    for t in (0, 1):
+        gemm = next(c for c in ALL_CASES if c.id == f"Gemm-BatchNormalization-transB{t}")
+        assert "BatchNormalization" not in {n.op_type for n in differentiate(gemm.model(np.float32), "y", ["x"]).graph.node}
     case = next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
     deconvnet = differentiate(case.model(np.float32), "y", ["x"], rule="deconvnet")  # relu(g) at x <= 0 too: no move
     assert [n.op_type for n in deconvnet.graph.node[:4]] == ["Conv", "Relu", "MaxPool", "Conv"]
