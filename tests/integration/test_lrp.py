@@ -12,7 +12,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from explaind.onnxgraph.autodiff.lrp import Composite, relevance_graph
 from explaind_client import build_request
-from explaind_client.v1 import explaind_pb2 as pb
 
 from _server import DEMO
 

@@ -93,7 +93,8 @@ class Lrp(Method):
     rules_needed = ("lrp",)
     figures = ("relevance_sum", "target_relevance", "conservation_error")
     params = (
-        Choice("composite", DEFAULT_COMPOSITE, COMPOSITES, " | ".join(COMPOSITES) + " (rules per layer: docs/lrp.md)"),
+        Choice("composite", DEFAULT_COMPOSITE, COMPOSITES, "the rule of each linear layer by type and position "
+               "(Zennit's composites, deep_taylor: docs/lrp.md)"),
         Float("epsilon", DEFAULT_EPSILON, "the epsilon rule's stabiliser (dense layers); 0 gives LRP-0", low=0.0),
         Float("gamma", DEFAULT_GAMMA, "the gamma rule's boost of positive weights", low=0.0),
         Text("layer_rules", "", "comma-separated layer=rule pairs overriding the composite (layer: a Conv/Gemm/MatMul "

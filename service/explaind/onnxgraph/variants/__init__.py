@@ -12,5 +12,5 @@ from .base import (PROBABILITIES_OUTPUT, RAW_OUTPUT, REGISTRY, SCORE_OUTPUT, Var
 __all__ = ["PROBABILITIES_OUTPUT", "RAW_OUTPUT", "REGISTRY", "SCORE_OUTPUT", "VariantInterface", "VariantSpec",
            "create", "register",
            # the variant modules, imported for their registration
-           "channel_masks", "coalition", "extremal", "gradient", "occlusion", "predict", "ranked", "relevance", "rise", "rows",
-           "segments"]
+           "channel_masks", "coalition", "extremal", "gradient", "occlusion", "predict", "ranked", "relevance", "rise",
+           "rows", "segments"]

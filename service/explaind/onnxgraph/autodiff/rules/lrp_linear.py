@@ -100,7 +100,9 @@ class Layer:
         sub = dataclasses.replace(ctx, node=node, gy=[s], need=[True, False])
         rule: Callable[[RuleContext], list] = {"Conv": linear.conv, "Gemm": linear.gemm, "MatMul": linear.matmul}[
             node.op_type]
-        return rule(sub)[0]
+        out = rule(sub)[0]
+        self.ctx.e.discard_if_unused(node.input[1])  # a stride-1 Conv's adjoint holds its own flipped kernel
+        return out
 
 
 def _layer(ctx: RuleContext) -> Layer:
