@@ -375,3 +375,36 @@ def test_batch_norm_after_a_linear_layer_is_merged_like_zennit(exported):
         inp = torch.from_numpy(x).requires_grad_(True)
         (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
     assert rel_err(ours, theirs.numpy()) <= TOL
+
+
+def test_linear_layers_exported_as_matmul_and_add_match_zennit():
+    """nn.Linear on a [N, T, F] input exports as MatMul + Add: the bias belongs in the rule's z."""
+    from torch import nn
+
+    import_zennit()
+    from zennit import composites as zc
+
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 4), nn.Flatten(), nn.Linear(12, 3))
+    model.input_shape = (3, 5)
+    model.eval()
+    proto = zoo.export(model, None)
+    assert "MatMul" in {n.op_type for n in proto.graph.node}
+    x = np.random.default_rng(8).standard_normal((2, 3, 5)).astype(np.float32)
+    seed = np.eye(3, dtype=np.float32)[[1, 2]]
+    for name in ("epsilon_plus_flat", "epsilon_alpha2_beta1", "deep_taylor"):
+        derived = relevance_graph(proto, "logits", "input", Composite(name), seed_name=SEED, grad_prefix=GRAD)
+        ours = ort.InferenceSession(derived.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            [GRAD + "input"], {"input": x, SEED: seed})[0]
+        if name == "deep_taylor":
+            from zennit import rules as zr
+            from zennit.types import Linear
+
+            composite = zc.SpecialFirstLayerMapComposite(layer_map=zc.layer_map_base() + [(Linear, zr.ZPlus())],
+                                                         first_map=[(Linear, zr.WSquare())])
+        else:
+            composite = zc.COMPOSITES[name]()
+        with composite.context(model) as modified:
+            inp = torch.from_numpy(x).requires_grad_(True)
+            (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
+        assert rel_err(ours, theirs.numpy()) <= TOL, name

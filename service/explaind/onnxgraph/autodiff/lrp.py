@@ -27,6 +27,7 @@ from typing import Any
 
 import copy
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -136,12 +137,37 @@ def assign(model: onnx.ModelProto, source: str, composite: Composite) -> dict[in
     return rules
 
 
+def matmul_bias(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray | None:
+    """The bias of a MatMul whose output only an Add with a constant vector reads (a Linear layer
+    exported as MatMul + Add), else None."""
+    if node.op_type != "MatMul":
+        return None
+    readers = [n for n in model.graph.node if node.output[0] in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Add" or any(o.name == node.output[0] for o in model.graph.output):
+        return None
+    other = [i for i in readers[0].input if i != node.output[0]]
+    inits = {t.name: t for t in model.graph.initializer}
+    if len(other) != 1 or other[0] not in inits:
+        return None
+    bias = numpy_helper.to_array(inits[other[0]])
+    weight = inits.get(node.input[1])
+    if weight is None or bias.size != weight.dims[-1] or any(d != 1 for d in bias.shape[:-1]) or bias.ndim < 1:
+        return None
+    return bias.reshape(-1)
+
+
 def chooser(composite: Composite, source: str) -> NodeRuleChooser:
     """The NodeRuleChooser for `differentiate(..., rule="lrp", node_rules=...)`."""
 
     def choose(model: onnx.ModelProto, names: list[str]) -> dict[str, NodeRule]:
-        return {names[index]: NodeRule(LRP, composite.rule_params(rule))
-                for index, rule in assign(model, source, composite).items()}
+        chosen = {}
+        for index, rule in assign(model, source, composite).items():
+            params = composite.rule_params(rule)
+            bias = matmul_bias(model, model.graph.node[index])
+            if bias is not None:
+                params["bias"] = bias
+            chosen[names[index]] = NodeRule(LRP, params)
+        return chosen
 
     return choose
 
@@ -155,16 +181,26 @@ def unknown_layers(model: onnx.ModelProto, source: str, layers: list[str]) -> li
 
 
 def canonise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` in the form the rules read: parameters reached through Identity nodes (torch's
-    exporter shares equal initializers that way) become initializers of their own. (Batch norm is
-    merged into the Conv before it by simplify, for every variant.)"""
+    """A copy of `model` in the form the rules read: parameters reached through Identity or Transpose
+    nodes (torch's exporter shares equal initializers through an Identity, and without constant
+    folding writes a Linear on a 3-D input as MatMul(x, Transpose(W)) + b) become initializers of
+    their own. (Batch norm is merged into the Conv or Gemm before it by simplify, for every variant.)"""
     model = copy.deepcopy(model)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
     kept = []
     for node in graph.node:
-        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
-            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0]))
+        folded = None
+        if node.domain in ("", "ai.onnx") and node.input and node.input[0] in inits and node.output[0] not in outputs:
+            value = numpy_helper.to_array(inits[node.input[0]])
+            if node.op_type == "Identity":
+                folded = value
+            elif node.op_type == "Transpose" and len(node.input) == 1:
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                folded = np.transpose(value, perm)
+        if folded is not None:
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(folded), node.output[0]))
             inits[node.output[0]] = graph.initializer[-1]
             continue
         kept.append(node)

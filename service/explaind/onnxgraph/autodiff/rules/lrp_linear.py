@@ -21,7 +21,8 @@ stab(z) = z + eps * sign(z) (sign(0) = +1). As in Zennit (Anders et al. 2021) an
 
 Parameters come from the node's NodeRule: rule (default epsilon), epsilon and gamma (names of [rows]
 tensors of the graph, or floats), stabilizer (float, default 1e-6), low and high (arrays that
-broadcast to the input, zbox only).
+broadcast to the input, zbox only), bias (MatMul: the constant of the Add that reads it alone, a
+Linear layer exported as MatMul + Add: z includes it as Zennit's Linear does; the Add passes R).
 """
 
 from __future__ import annotations
@@ -84,10 +85,13 @@ class Layer:
         """The node itself on input `x` with weight `w` and bias `b` (None: none)."""
         e, node = self.ctx.e, self.ctx.node
         inputs = [x, self._const(w, "lrp_weight")]
-        if b is not None:
+        matmul = node.op_type == "MatMul"
+        if b is not None and not matmul:
             inputs.append(self._const(b, "lrp_bias"))
         out = e.op(node.op_type, inputs)
         e.nodes[-1].attribute.extend(node.attribute)
+        if b is not None and matmul:  # the bias of the Add after it (params["bias"])
+            out = e.op("Add", [out, self._const(b, "lrp_bias")])
         return out
 
     def adjoint(self, s: str, w: np.ndarray) -> str:
@@ -115,6 +119,8 @@ def _layer(ctx: RuleContext) -> Layer:
     b = ctx.constant(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else None
     if len(ctx.node.input) > 2 and ctx.node.input[2] and b is None:
         ctx.fail("LRP needs the bias (input 2) as a constant")
+    if op == "MatMul" and ctx.params.get("bias") is not None:
+        b = np.asarray(ctx.params["bias"], w.dtype)
     if op == "Gemm" and float(ctx.attr("beta", 1.0)) < 0:
         ctx.fail("LRP needs Gemm's beta >= 0")
     return Layer(ctx, np.asarray(w), None if b is None else np.asarray(b))
