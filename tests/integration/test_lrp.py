@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from explaind.onnxgraph.autodiff.lrp import Composite, relevance_graph
 from explaind_client import build_request
 
-from _server import DEMO
+from _server import DEMO, start_server, stop_server
 
 SHAPES = DEMO / "repository" / "shapes"
 # shapes' preprocessing: pixels / 255, then (p - 0.5) / 0.25: the input lies in [-2, 2]
@@ -104,13 +104,15 @@ def test_get_model_reports_rule_families(client):
 
 
 def _gated_model() -> onnx.ModelProto:
-    """Conv -> Relu -> x * sigmoid(x) (gating: a product of two activations) -> pool -> Gemm."""
+    """Conv -> Relu -> r * sigmoid(mean(r)) (squeeze-and-excitation-style gating: a product of two
+    activations, the gate not element-wise in r) -> pool -> Gemm."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "fc")]
     nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Sigmoid", ["r"], ["s"], name="gate"),
+             helper.make_node("GlobalAveragePool", ["r"], ["squeezed"], name="squeeze"),
+             helper.make_node("Sigmoid", ["squeezed"], ["s"], name="gate"),
              helper.make_node("Mul", ["r", "s"], ["m"], name="gating"),
              helper.make_node("GlobalAveragePool", ["m"], ["p"], name="pool"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
@@ -122,14 +124,28 @@ def _gated_model() -> onnx.ModelProto:
     return model
 
 
-def test_a_model_without_a_relevance_rule_refuses_lrp_but_serves_gradients(client, repository):
-    folder = repository / "gated"
-    folder.mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def gated_client(tmp_path_factory):
+    """A server of its own on a repository holding the gated model alone (the session's repository
+    keeps the demo's model list)."""
+    repo = tmp_path_factory.mktemp("gated") / "models"
+    folder = repo / "gated"
+    folder.mkdir(parents=True)
     onnx.save(_gated_model(), folder / "model.onnx")
     (folder / "model.yaml").write_text("kind: image\ninput: {name: input, layout: NCHW}\n"
                                        "output: {name: logits, scores: logits}\n"
                                        "preprocess: {size: [16, 16], scale: 255, mean: [0, 0, 0], std: [1, 1, 1]}\n")
-    info = client.load_model("gated")
+    server = start_server(repo, tmp_path_factory.mktemp("gated-logs") / "server.log")
+    try:
+        with server.client() as c:
+            yield c
+    finally:
+        assert stop_server(server) == 0, server.log()
+
+
+def test_a_model_without_a_relevance_rule_refuses_lrp_but_serves_gradients(gated_client):
+    client = gated_client
+    info = client.get_model("gated")
     assert info.white_box and "lrp" not in info.rule_families and "plain" in info.rule_families
     assert "Mul" in info.lrp_reason and "gating" in info.lrp_reason
     assert "saliency" in info.methods and "lrp" not in info.methods

@@ -408,3 +408,32 @@ def test_linear_layers_exported_as_matmul_and_add_match_zennit():
             inp = torch.from_numpy(x).requires_grad_(True)
             (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
         assert rel_err(ours, theirs.numpy()) <= TOL, name
+
+
+@pytest.mark.parametrize("activation", ["SiLU", "GELU"])
+def test_activations_written_out_as_products_pass_like_zennit(activation):
+    """SiLU (x * sigmoid(x)) and GELU (x * (1 + erf(x / sqrt 2)) * 0.5) export as a Mul of x and a
+    function of x: an activation, passed through as Zennit's Pass does. (Mish, x * tanh(softplus(x)),
+    passes too in explaind; Zennit's Activation type does not list it and takes its gradient.)"""
+    from torch import nn
+
+    import_zennit()
+    from zennit import composites as zc
+
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), getattr(nn, activation)(), nn.Conv2d(6, 4, 3),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model.input_shape = (3, 8, 8)
+    model.eval()
+    proto = zoo.export(model, None)
+    assert "Mul" in {n.op_type for n in proto.graph.node}
+    x = np.random.default_rng(10).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    seed = np.eye(3, dtype=np.float32)[[0, 1]]
+    derived = relevance_graph(proto, "logits", "input", Composite("epsilon_plus_flat"), seed_name=SEED,
+                              grad_prefix=GRAD)
+    ours = ort.InferenceSession(derived.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [GRAD + "input"], {"input": x, SEED: seed})[0]
+    with zc.EpsilonPlusFlat().context(model) as modified:
+        inp = torch.from_numpy(x).requires_grad_(True)
+        (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
+    assert rel_err(ours, theirs.numpy()) <= TOL

@@ -109,7 +109,9 @@ def test_average_pool_normalises_and_max_pool_routes_to_the_winner():
 
 
 def _gated() -> onnx.ModelProto:
-    return _model([helper.make_node("Sigmoid", ["x"], ["s"], name="gate"),
+    """x * sigmoid(x W): a gate computed from x by a dense layer (not element-wise: gating)."""
+    return _model([helper.make_node("MatMul", ["x", "W"], ["h"], name="gate_dense"),
+                   helper.make_node("Sigmoid", ["h"], ["s"], name="gate"),
                    helper.make_node("Mul", ["x", "s"], ["m"], name="gating"),
                    helper.make_node("Gemm", ["m", "W", "b"], ["y"], name="dense")],
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
@@ -189,3 +191,15 @@ def test_unknown_composite_and_rule_are_refused():
         Composite("bogus")
     with pytest.raises(ValueError, match="layer_rules: rule for 'dense'"):
         Composite(layer_rules=(("dense", "bogus"),))
+
+
+def test_an_activation_written_out_as_a_product_passes_relevance():
+    """y = x * sigmoid(x) (SiLU as exported) then a constant factor 0.5 (GELU's tail): an activation,
+    so the seed [1, 2] reaches x whole; x * sigmoid(W x) would be gating (refused above)."""
+    model = _model([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["m"]),
+                    helper.make_node("Mul", ["m", "half"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                   [("half", np.array(0.5, np.float32))])
+    out = _relevance(model, Composite(), X, np.array([[1.0, 2.0]], np.float32))
+    np.testing.assert_allclose(out, [[1.0, 2.0]], rtol=1e-6)

@@ -156,6 +156,52 @@ def matmul_bias(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray | No
     return bias.reshape(-1)
 
 
+# Element-wise operators an activation written out may apply to its input (unary, or with a constant).
+_ELEMENTWISE = frozenset({"Sigmoid", "Tanh", "Erf", "Softplus", "Relu", "HardSigmoid", "Exp", "Neg", "Abs", "Clip",
+                          "Add", "Sub", "Mul", "Div", "Pow", "Identity", "Cast"})
+
+
+def _function_of(producers: dict[str, onnx.NodeProto], constants: set[str], tensor: str, x: str, depth: int = 8) -> bool:
+    """Whether `tensor` is an element-wise function of `x` alone (constants aside)."""
+    if tensor == x:
+        return True
+    node = producers.get(tensor)
+    if depth == 0 or node is None or node.op_type not in _ELEMENTWISE or node.domain not in ("", "ai.onnx"):
+        return False
+    data = [i for i in node.input if i and i not in constants]
+    return bool(data) and all(_function_of(producers, constants, i, x, depth - 1) for i in data)
+
+
+def written_out_activations(model: onnx.ModelProto) -> dict[int, int]:
+    """node index -> the input holding x, for each Mul x * g(x) with g element-wise in x (SiLU, GELU, Mish),
+    and for a constant Mul right after one (GELU's x * (1 + erf(x / sqrt 2)) * 0.5): the activation's
+    relevance passes to x whole."""
+    nodes = list(model.graph.node)
+    producers = {o: n for n in nodes for o in n.output}
+    constants = _constants(model)
+    found: dict[int, int] = {}
+    for index, node in enumerate(nodes):
+        if node.op_type != "Mul" or len(node.input) != 2 or any(i in constants for i in node.input):
+            continue
+        for signal in (0, 1):
+            x, gate = node.input[signal], node.input[1 - signal]
+            if gate in producers and _function_of(producers, constants, gate, x):
+                found[index] = signal
+                break
+    products = {nodes[i].output[0] for i in found}
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    for index, node in enumerate(nodes):
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            continue
+        data = 0 if node.input[1] in constants else 1 if node.op_type == "Mul" and node.input[0] in constants else None
+        if data is not None and node.input[data] in products and readers.get(node.input[data]) == 1:
+            found[index] = data
+    return found
+
+
 def chooser(composite: Composite, source: str) -> NodeRuleChooser:
     """The NodeRuleChooser for `differentiate(..., rule="lrp", node_rules=...)`."""
 
@@ -167,6 +213,8 @@ def chooser(composite: Composite, source: str) -> NodeRuleChooser:
             if bias is not None:
                 params["bias"] = bias
             chosen[names[index]] = NodeRule(LRP, params)
+        for index, signal in written_out_activations(model).items():
+            chosen[names[index]] = NodeRule(LRP, {"signal": signal})
         return chosen
 
     return choose

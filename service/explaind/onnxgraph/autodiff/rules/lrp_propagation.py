@@ -10,6 +10,8 @@
   the gradient would be): reshapes, Concat, Split, Slice, Pad, Transpose, MaxPool (the window's
   relevance to its argmax, winner takes all), and arithmetic with a constant operand (a bias Add,
   a scaling Mul), ReduceMean/ReduceSum: the gradient, as Zennit gives functional operations;
+- an activation written out as a product x * g(x), g element-wise in x alone (SiLU, GELU with Erf,
+  Mish: what the exporter writes for torch's modules): pass, all of it to x;
 - a product or quotient of two activations (gating, attention), a MatMul of two activations and
   non-linear functions that are not activations (Exp, Log, Pow, Sqrt, Reciprocal, Erf, Softmax,
   LogSoftmax) have no relevance rule: the model refuses LRP (FAILED_PRECONDITION, operator and node).
@@ -101,7 +103,12 @@ def _one_active(ctx: RuleContext) -> None:
 
 @register("Mul", variant=LRP, grad_inputs=(0, 1))
 def lrp_mul(ctx: RuleContext) -> list:
-    """A constant factor: the gradient (as Zennit); two activations: no rule."""
+    """A constant factor: the gradient (as Zennit). x * g(x) with g element-wise in x alone (an
+    activation written out: SiLU x * sigmoid(x), GELU, Mish; params["signal"] names x's input):
+    pass, all to x. Two activations otherwise (gating): no rule."""
+    signal = ctx.params.get("signal")
+    if signal is not None:
+        return [ctx.g if i == signal else None for i in range(len(ctx.need))]
     _one_active(ctx)
     return elementwise.mul(ctx)
 
