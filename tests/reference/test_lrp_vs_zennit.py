@@ -437,3 +437,60 @@ def test_activations_written_out_as_products_pass_like_zennit(activation):
         inp = torch.from_numpy(x).requires_grad_(True)
         (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
     assert rel_err(ours, theirs.numpy()) <= TOL
+
+
+def _inception_twin():
+    """An inception-style net: a strided stem (Conv, BatchNorm, ReLU, overlapping padded MaxPool), a
+    block of three concatenated branches (1x1; 1x1 then 3x3; a stride-1 max pool then 1x1), a
+    grouped convolution, average pooling and a Linear head."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.b1 = nn.Sequential(nn.Conv2d(c, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+            self.b2 = nn.Sequential(nn.Conv2d(c, 6, 1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+            self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, 4, 1), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+            self.block = Block(12)
+            self.head = nn.Sequential(nn.Conv2d(20, 16, 3, groups=4, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten(), nn.Linear(16, 5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.block(self.stem(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    model.input_shape = (3, 32, 32)
+    zoo._randomize_batchnorm(model, 3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("composite", [c for c in COMPOSITES if c != "deep_taylor"])
+def test_an_inception_style_net_matches_zennit(composite):
+    import_zennit()
+    from zennit import composites as zc
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    model = _inception_twin()
+    proto = zoo.export(model, None)
+    pixels = np.random.default_rng(0).random((2, 3, 32, 32))
+    x = ((pixels - MEAN.reshape(3, 1, 1)) / STD.reshape(3, 1, 1)).astype(np.float32)
+    seed = np.eye(5, dtype=np.float32)[[1, 3]]
+    derived = relevance_graph(proto, "logits", "input", Composite(composite, low=LOW, high=HIGH), seed_name=SEED,
+                              grad_prefix=GRAD)
+    ours = ort.InferenceSession(derived.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [GRAD + "input"], {"input": x, SEED: seed})[0]
+    bounds = {"low": torch.from_numpy(LOW), "high": torch.from_numpy(HIGH)} if composite == "epsilon_gamma_box" else {}
+    with zc.COMPOSITES[composite](canonizers=[SequentialMergeBatchNorm()], **bounds).context(model) as modified:
+        inp = torch.from_numpy(x).requires_grad_(True)
+        (theirs,) = torch.autograd.grad(modified(inp), inp, grad_outputs=torch.from_numpy(seed))
+    assert rel_err(ours, theirs.numpy()) <= TOL
