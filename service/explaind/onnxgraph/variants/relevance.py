@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -61,10 +62,6 @@ def build_relevance_model(model: onnx.ModelProto, sig: ModelSignature, composite
     return derived
 
 
-def _nested(values: tuple | None) -> list | None:
-    return None if values is None else [list(v) if isinstance(v, tuple) else v for v in values]
-
-
 @register
 @dataclass(frozen=True)
 class Relevance(VariantSpec):
@@ -84,8 +81,6 @@ class Relevance(VariantSpec):
         """low/high shaped [1, C, 1, ...] (channels first) or [1, 1, ..., C] (channels last), or None."""
         if not self.low:
             return None, None
-        import numpy as np
-
         rank = len(sig.example_shape)
         shape = [1] * (rank + 1)
         shape[sig.channel_axis] = len(self.low)

@@ -56,13 +56,18 @@ def lrp_pass_batch_norm(ctx: RuleContext) -> list:
     return [ctx.g]
 
 
+def _to_operand(ctx: RuleContext, g: str, i: int) -> str:
+    """A relevance shaped like the output, summed back to the shape of input i (broadcasting)."""
+    return ctx.unbroadcast(g, ctx.info.dims(ctx.y()), ctx.x(i))
+
+
 def _share(ctx: RuleContext, signs: list[float]) -> list:
     """R_i = sign_i * x_i * R / stab(y) for the needed operands, summed back over broadcasting.
 
     With one operand needed (the others constants: a bias) the relevance moves as the gradient."""
     needed = [i for i, n in enumerate(ctx.need) if n]
     if len(needed) < 2:
-        return [elementwise._to_operand(ctx, ctx.g if signs[i] > 0 else ctx.e.op("Neg", [ctx.g]), i)
+        return [_to_operand(ctx, ctx.g if signs[i] > 0 else ctx.e.op("Neg", [ctx.g]), i)
                 if ctx.need[i] else None for i in range(len(ctx.need))]
     e = ctx.e
     s = e.op("Div", [ctx.g, stabilise(ctx, ctx.y(), float(ctx.params.get("stabilizer", STABILIZER)))])
@@ -74,7 +79,7 @@ def _share(ctx: RuleContext, signs: list[float]) -> list:
         part = e.op("Mul", [s, ctx.x(i)])
         if signs[i] < 0:
             part = e.op("Neg", [part])
-        grads.append(elementwise._to_operand(ctx, part, i))
+        grads.append(_to_operand(ctx, part, i))
     return grads
 
 
