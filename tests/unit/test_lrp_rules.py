@@ -203,3 +203,35 @@ def test_an_activation_written_out_as_a_product_passes_relevance():
                    [("half", np.array(0.5, np.float32))])
     out = _relevance(model, Composite(), X, np.array([[1.0, 2.0]], np.float32))
     np.testing.assert_allclose(out, [[1.0, 2.0]], rtol=1e-6)
+
+
+def test_deep_taylor_is_montavons_decomposition():
+    """Deep Taylor decomposition (Montavon et al. 2017) of a ReLU net with non-positive biases, written
+    from the paper in numpy: the z+ rule (root points on the positive orthant) in the hidden layer,
+    z^B (root points in the box [l, h]) at the input. The `deep_taylor` composite gives it."""
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
+    b1, b2 = -np.abs(rng.standard_normal(5)), -np.abs(rng.standard_normal(3))
+    model = _model([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="dense1"),
+                    helper.make_node("Relu", ["h"], ["a"]),
+                    helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="dense2")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                   [(k, v.astype(np.float32)) for k, v in {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()])
+    x = rng.random((1, 4))
+    low, high = np.zeros(4), np.ones(4)
+    a = np.maximum(x[0] @ w1 + b1, 0)
+    y = a @ w2 + b2
+    target = int(np.argmax(y))
+    r2 = np.zeros(3)
+    r2[target] = y[target]
+    # z+: R_j = sum_k a_j w_jk+ / sum_j a_j w_jk+ R_k
+    zp = a[:, None] * np.maximum(w2, 0)
+    r1 = zp @ (r2 / np.where(zp.sum(0) == 0, 1, zp.sum(0)))  # (a class no unit feeds positively gets none)
+    # z^B: R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j
+    zb = x[0][:, None] * w1 - low[:, None] * np.maximum(w1, 0) - high[:, None] * np.minimum(w1, 0)
+    r0 = zb @ (r1 / zb.sum(0))
+    seed = r2[None].astype(np.float32)
+    ours = _relevance(model, Composite("deep_taylor", low=low[None].astype(np.float32),
+                                       high=high[None].astype(np.float32)), x.astype(np.float32), seed)
+    np.testing.assert_allclose(ours[0], r0, rtol=1e-4, atol=1e-6)
