@@ -154,24 +154,37 @@ def _torchvision_stub(reason: str) -> None:
     functional.resize = unavailable("transforms.functional.resize")
     ops.box_iou = unavailable("ops.box_iou")
     transforms.functional = functional
-    tv.transforms, tv.ops = transforms, ops
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+    for name in ("Bottleneck", "BasicBlock"):  # zennit's torchvision canonizers match these classes
+        setattr(resnet, name, type(name, (torch.nn.Module,), {"__init__": unavailable(f"models.resnet.{name}")}))
+    models.resnet = resnet
+    tv.transforms, tv.ops, tv.models = transforms, ops, models
     tv.__version__ = "0+stub"
     sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional, "torchvision.ops": ops})
+                        "torchvision.transforms.functional": functional, "torchvision.ops": ops,
+                        "torchvision.models": models, "torchvision.models.resnet": resnet})
+
+
+def stub_torchvision_if_broken() -> None:
+    """Install the torchvision stub when the real one cannot be imported: pytorch-grad-cam needs it, and
+    Quantus imports Zennit when it is installed, which imports torchvision.models.resnet."""
+    global TORCHVISION_STUBBED
+    if TORCHVISION_STUBBED or "torchvision" in sys.modules:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except Exception as exc:  # noqa: BLE001  (a broken binary raises RuntimeError/OSError)
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        TORCHVISION_STUBBED = f"torchvision cannot be imported here: {type(exc).__name__}: {exc}"
+        _torchvision_stub(TORCHVISION_STUBBED)
 
 
 def import_pytorch_grad_cam() -> types.SimpleNamespace:
     """GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
     real package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
-    global TORCHVISION_STUBBED
-    if "pytorch_grad_cam" not in sys.modules and not TORCHVISION_STUBBED:
-        try:
-            importlib.import_module("torchvision")
-        except Exception as exc:  # noqa: BLE001  (a broken binary raises RuntimeError/OSError)
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
-            TORCHVISION_STUBBED = f"torchvision cannot be imported here: {type(exc).__name__}: {exc}"
-            _torchvision_stub(TORCHVISION_STUBBED)
+    stub_torchvision_if_broken()
     from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
