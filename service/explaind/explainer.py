@@ -342,9 +342,9 @@ class Explainer:
             run = await p.method.explain(p.params, ctx)
             evaluation = []
             if p.metrics and p.given is None and query.method and p.method.planned_rows(p.params, ctx) is None:
-                # A method that cannot say its rows in advance (every method does, except Score-CAM on a
-                # layer whose channel count the graph leaves symbolic): re-explaining metrics are costed
-                # again with what its explanation took, before they run.
+                # A method that cannot say its rows in advance (every method does, Score-CAM too unless
+                # shape inference on the concrete input shape cannot say its layer's channels):
+                # re-explaining metrics are costed again with what its explanation took, before they run.
                 method_rows = run.stats.model_evaluations - 1
                 for m in p.metrics:
                     m.rows = m.metric.planned_rows(m.params, p.view, method_rows)
