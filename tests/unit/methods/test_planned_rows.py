@@ -163,3 +163,53 @@ def test_score_cam_on_a_layer_whose_channels_the_graph_leaves_symbolic_is_planne
             await engine.close()
 
     asyncio.run(main())
+
+
+def test_a_tabular_kernel_shap_request_with_metrics_is_admitted_by_its_engine_rows():
+    """Admission weighs engine rows: a Kernel SHAP coalition is one row the graph expands over the 100
+    background rows, and a re-explaining metric's Kernel SHAP runs are too. A request of 1 + E + 10 (E + 1)
+    engine rows (E the explanation's) fits a queue bound of 600 rows though its model evaluations are
+    ~100 times more (it was refused, priced in evaluations); 20 re-explanations, 1 + E + 20 (E + 1), do not:
+    refused before any row runs. The stats agree with both plans."""
+    from explaind.errors import ResourceExhausted
+    from explaind.evaluation.run import MetricQuery
+    from explaind.methods.registry import all_methods
+
+    x = np.load(Settings().repository_path / "tabular" / "background.npy")[4].astype(np.float32)
+    params = {"nsamples": 30}
+
+    def query(samples: int) -> ExplainQuery:
+        return ExplainQuery(model="tabular", method="kernel_shap", tensor=x, seed=3, params=dict(params),
+                            metrics=[MetricQuery("max_sensitivity", {"nr_samples": samples})])
+
+    async def main() -> None:
+        repo = ModelRepository(Settings().repository_path)
+        repo.scan()
+        engine = Engine(Settings(intra_op_threads=1, max_queued_rows=600))
+        explainer = Explainer(engine.settings, repo, engine)
+        rows = submitted_rows(engine)
+        try:
+            p = explainer.prepare(query(10))
+            ctx = MethodContext(engine, p.served, p.view, p.x, p.score, np.random.default_rng(0), engine.settings)
+            method = all_methods()["kernel_shap"]
+            engine_rows, evaluations = method.planned_engine_rows(p.params, ctx), method.planned_rows(p.params, ctx)
+            background = len(p.view.background)
+            assert background == 100 and evaluations == engine_rows * background and engine_rows > 10
+            assert p.engine_rows == 1 + engine_rows + 10 * (engine_rows + 1) <= 600 < p.planned_rows
+            assert p.planned_rows == 1 + evaluations + 10 * (evaluations + 1)
+            result = await explainer.explain(query(10), prepared=p)
+            assert sum(rows) == p.engine_rows  # every engine row planned ran, no more
+            (metric,) = result.evaluation
+            assert result.stats.model_evaluations == 1 + evaluations
+            assert metric.stats.model_evaluations == p.metrics[0].rows == 10 * (evaluations + 1)
+            assert result.stats.model_evaluations + metric.stats.model_evaluations == p.planned_rows
+            rows.clear()
+            over = explainer.prepare(query(20))
+            assert over.engine_rows == 1 + engine_rows + 20 * (engine_rows + 1) > 600
+            with pytest.raises(ResourceExhausted):
+                await explainer.explain(query(20), prepared=over)
+            assert rows == [], "rows ran before the refusal"
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
