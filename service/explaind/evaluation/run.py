@@ -11,8 +11,8 @@ each with its own seeded generator.
 from __future__ import annotations
 
 import asyncio
-import zlib
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,7 +49,7 @@ class PreparedMetric:
     params: dict[str, Any]
     rows: int              # model evaluations (the request's row budget)
     engine_rows: int = 0   # engine rows (admission): rows, with re-explanations in the method's engine rows
-    memo: dict[str, Any] = dataclasses.field(default_factory=dict)  # what planning worked out for the input (MetricContext.memo)
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)  # planning's work for the run (MetricContext.memo)
 
 
 class GivenAttribution(Method):

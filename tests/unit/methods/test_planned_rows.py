@@ -157,7 +157,8 @@ def test_score_cam_on_a_layer_whose_channels_the_graph_leaves_symbolic_is_planne
             rows.clear()
             with pytest.raises(ResourceExhausted) as refused:
                 await explainer.explain(ExplainQuery(**heavy))
-            assert "need 55 model evaluations" in refused.value.message and "max_sensitivity 50" in refused.value.message
+            message = refused.value.message
+            assert "need 55 model evaluations" in message and "max_sensitivity 50" in message, message
             assert rows == [], "rows ran before the refusal"
         finally:
             await engine.close()
