@@ -4,12 +4,17 @@ Gradients are derived from the graph by onnxgraph.autodiff; a model whose path f
 holds an operator without a gradient rule (a tree ensemble, say) stays fully usable black-box, and
 this says which operator and node block the rest. Layers are the graph's 4-D float activations; the
 default layer is model.yaml's `layers.cam`, else the last 4-D activation feeding a global pooling.
+Each layer's channel count (Score-CAM's rows, planned before any work) comes from ONNX shape
+inference; where the graph leaves it symbolic (a `view(n, -1, h, w)` exported with dynamic axes),
+inference runs again, with data propagation, on a weightless copy whose input has the model's
+concrete example shape (batch 1): once per model version, with the rest of the white box.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from ..onnxgraph.autodiff import unsupported_operators
@@ -67,7 +72,8 @@ def inspect_white_box(entry: LoadedModel) -> WhiteBox:
         op, node = blocked[0]
         more = f" (and {len(blocked) - 1} more operators)" if len(blocked) > 1 else ""
         return WhiteBox(False, f"operator {op} (node {node!r}) has no gradient rule{more}")
-    found = activations_with_channels(model) if config.kind == "image" else []
+    found = activations_with_channels(model, entry.input_spec.name, tuple(entry.example_shape)) \
+        if config.kind == "image" else []
     layers = [name for name, _ in found]
     default = config.layers.get("cam", "") or last_pooled_activation(model, set(layers))
     return WhiteBox(True, "", tuple(layers), default,
@@ -79,13 +85,28 @@ def four_d_activations(model: onnx.ModelProto) -> list[str]:
     return [name for name, _ in activations_with_channels(model)]
 
 
-def activations_with_channels(model: onnx.ModelProto) -> list[tuple[str, int | None]]:
+def activations_with_channels(model: onnx.ModelProto, input_name: str = "",
+                              example_shape: tuple[int, ...] = ()) -> list[tuple[str, int | None]]:
     """four_d_activations with each one's channel count (dimension 1; None when not a fixed number):
-    Score-CAM's rows, one per channel, known before the input is seen."""
+    Score-CAM's rows, one per channel, known before the input is seen. A count the graph leaves
+    symbolic is inferred again with the input `input_name` fixed at [1, *example_shape] (when given)."""
+    inferred = _inferred(model)
+    usable = _four_d(inferred)
+    if input_name and example_shape and any(k is None for k in usable.values()):
+        fixed = _four_d(_inferred(fixed_input_copy(model, input_name, (1, *example_shape)), data_prop=True))
+        usable = {name: k if k is not None else fixed.get(name) for name, k in usable.items()}
+    return [(out, usable[out]) for node in inferred.graph.node for out in node.output if out in usable]
+
+
+def _inferred(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
     except Exception:
-        inferred = model
+        return model
+
+
+def _four_d(inferred: onnx.ModelProto) -> dict[str, int | None]:
+    """Rank-4 float values with a spatial extent (not 1 x 1) and their channel counts (None: unknown)."""
     usable: dict[str, int | None] = {}
     for v in [*inferred.graph.value_info, *inferred.graph.output]:
         tensor = v.type.tensor_type
@@ -95,7 +116,43 @@ def activations_with_channels(model: onnx.ModelProto) -> list[tuple[str, int | N
         if spatial != [1, 1]:
             channels = tensor.shape.dim[1]
             usable[v.name] = channels.dim_value if channels.HasField("dim_value") and channels.dim_value > 0 else None
-    return [(out, usable[out]) for node in inferred.graph.node for out in node.output if out in usable]
+    return usable
+
+
+# Initializers up to this many elements keep their values in the copy shape inference reads (shape
+# constants that data propagation folds); larger ones (weights) become inputs of the same type.
+SHAPE_CONSTANT_ELEMENTS = 64
+
+
+def fixed_input_copy(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The graph with input `input_name` of a concrete `shape` and its large initializers (weights)
+    replaced by inputs of their type and shape: what static shape inference needs, without a copy of
+    the weights."""
+    graph = model.graph
+    copy = onnx.ModelProto()
+    copy.ir_version = max(model.ir_version, 4)  # initializers need not be inputs (IR 4)
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    g = copy.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    names = {v.name for v in graph.input}
+    for value in graph.input:
+        added = g.input.add()
+        added.CopyFrom(value)
+        if value.name == input_name:
+            dims = added.type.tensor_type.shape.dim
+            del dims[:]
+            for size in shape:
+                dims.add().dim_value = int(size)
+    for tensor in graph.initializer:
+        if int(np.prod(tensor.dims)) <= SHAPE_CONSTANT_ELEMENTS:
+            g.initializer.add().CopyFrom(tensor)
+        elif tensor.name not in names:
+            g.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return copy
 
 
 def last_pooled_activation(model: onnx.ModelProto, layers: set[str]) -> str:
