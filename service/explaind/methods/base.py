@@ -254,7 +254,7 @@ class Method(ABC):
             return "" if white_box.layers else "the model has no 4-D activation to use as a layer"
         if white_box.offers(self.needs, self.rules_needed):
             return ""
-        return white_box.why_not()
+        return white_box.why_not(self.rules_needed)
 
     def parameters(self, given: Mapping[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         """The request's parameters validated by the declarations, then by `resolve`; as used."""
