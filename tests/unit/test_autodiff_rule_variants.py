@@ -252,3 +252,21 @@ def test_an_operator_without_an_excitation_rule_is_named_and_the_gradient_still_
     numeric = [(session.run(None, {"x": x + eps * np.eye(2, dtype=np.float32)[i]})[0][0, 0]
                 - session.run(None, {"x": x - eps * np.eye(2, dtype=np.float32)[i]})[0][0, 0]) / (2 * eps) for i in range(2)]
     np.testing.assert_allclose(g[0], numeric, rtol=1e-2, atol=1e-4)
+
+
+def test_deep_lift_softmax_rule_subtracts_the_mean_multiplier_per_row():
+    """y = softmax(x @ W): with g = one-hot(t), m_j = [j = t] dp_t / dz_t, minus its mean over the classes."""
+    w = np.array([[1.0, -0.5, 0.25], [0.5, 2.0, -1.0]])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)]
+    model = graph_model(nodes, [("x", ["N", 2])], ("y", ["N", 3]), {"W": w})
+    x, x0 = np.array([1.0, -1.0]), np.array([0.2, 0.4])
+    soft = lambda v: np.exp(v) / np.exp(v).sum()  # noqa: E731
+    z, z0 = x @ w, x0 @ w
+    t = 1
+    m = np.zeros(3)
+    m[t] = (soft(z)[t] - soft(z0)[t]) / (z[t] - z0[t])
+    m -= m.mean()
+    seed = np.zeros((2, 3))
+    seed[:, t] = 1
+    (g,) = backward(model, "deep_lift", {"x": np.stack([x, x0]).astype(np.float32)}, seed)
+    np.testing.assert_allclose(g[0], w @ m, rtol=1e-5)

@@ -84,7 +84,7 @@ def _is_classifier(ctx: RuleContext) -> bool:
 
 
 def _linear(ctx: RuleContext, weight_index: int) -> list:
-    if ctx.need[weight_index] if weight_index < len(ctx.need) else False:
+    if weight_index < len(ctx.need) and ctx.need[weight_index]:
         ctx.fail("excitation backprop needs a constant weight (this one depends on the input)")
     w = ctx.constant(weight_index)
     if w is None:
