@@ -12,15 +12,13 @@ layer (the zoo's layer, and upsampled bilinearly to the input as TorchRay's resi
 contrastive map at an earlier layer, with TorchRay's contrast layer at the zoo's layer.
 resnet, vgg, densenet, senet, mobilenetv2.
 
-TorchRay imports torchvision at module level for its ResNet patch; torchvision's wheel is broken
-against the CPU torch here (see _methods._torchvision_stub), so when it cannot be imported the three
-class names TorchRay imports are stood in for (only update_resnet, unused here, reads them).
+TorchRay imports torchvision.models.resnet at module level for its ResNet patch; where torchvision's
+wheel is broken, conftest's stub (_methods.stub_torchvision_if_broken) stands in for those names
+(only update_resnet, unused here, reads them).
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 from contextlib import contextmanager
 
@@ -38,22 +36,7 @@ EARLIER = {"resnet": "block1.relu2", "vgg": "features.3", "densenet": "transitio
            "mobilenetv2": "blocks.1.project.1"}
 
 
-def import_torchray_excitation() -> types.ModuleType:
-    try:
-        importlib.import_module("torchvision")
-    except Exception:  # noqa: BLE001  (a broken binary raises RuntimeError/OSError)
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        tv, models, resnet = (types.ModuleType(n) for n in ("torchvision", "torchvision.models",
-                                                             "torchvision.models.resnet"))
-        for name in ("ResNet", "Bottleneck", "BasicBlock"):
-            setattr(resnet, name, type(name, (), {}))
-        tv.models, models.resnet = models, resnet
-        sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
-    return importlib.import_module("torchray.attribution.excitation_backprop")
-
-
-ebp = import_torchray_excitation()
+ebp = pytest.importorskip("torchray.attribution.excitation_backprop")
 
 
 def _basic_block(self, x):
