@@ -106,3 +106,43 @@ def test_excitation_backprop_of_a_positive_linear_model_is_the_normalised_contri
     w_plus = np.maximum(weights[:, 1], 0)
     np.testing.assert_allclose(result.attribution, x * w_plus / (x @ w_plus), rtol=1e-5)
     assert result.attribution.sum() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_deep_lift_of_the_probability_takes_the_softmax_rule():
+    served, weights = served_linear("lin", SHAPE, 3)
+    x0 = np.zeros(SHAPE, np.float32)
+    result, _ = explain(DeepLift(), {}, served, X, 1, "probability", white_box=WB)
+    z, z0 = X.reshape(-1).astype(np.float64) @ weights, x0.reshape(-1) @ weights
+    p, p0 = np.exp(z) / np.exp(z).sum(), np.exp(z0) / np.exp(z0).sum()
+    m = np.zeros(3)
+    m[1] = (p[1] - p0[1]) / (z[1] - z0[1])
+    m -= m.mean()                                        # the rescaled softmax, mean removed per row
+    np.testing.assert_allclose(result.attribution, X * (weights @ m).reshape(SHAPE), rtol=1e-4, atol=1e-7)
+    assert result.figures["f_input"] == pytest.approx(p[1], rel=1e-5)
+
+
+def test_concurrent_rect_grad_requests_with_different_q_get_their_own_answers():
+    """q is a per-job input of one graph: two concurrent requests, q 0 and q 100 (the model waits 200 ms
+    for company, so their rows are batched together), each get the answer of their own q."""
+    import asyncio
+
+    from explaind.config import Settings
+    from explaind.engine.engine import Engine
+    from inprocess import run_method, view_of
+
+    served = relu_mlp(np.eye(3, dtype=np.float32), np.array([[1.0], [2.0], [3.0]], np.float32))
+    served = ServedModel(served.name, served.model, served.signature, 16, 200.0)  # wait 200 ms for company
+    view = view_of(served, kind="tabular", white_box=WB)
+    x = np.ones(3, np.float32)
+
+    async def main():
+        engine = Engine(Settings(intra_op_threads=1))
+        try:
+            return await asyncio.gather(*[run_method(engine, served, RectGrad(), {"q": q}, x, 0, "logit", view=view)
+                                          for q in (0.0, 100.0)])
+        finally:
+            await engine.close()
+
+    (low, _), (high, _) = asyncio.run(main())
+    np.testing.assert_allclose(low.attribution, [0.0, 2.0, 3.0])
+    np.testing.assert_allclose(high.attribution, [0.0, 0.0, 0.0])
