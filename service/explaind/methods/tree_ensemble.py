@@ -18,6 +18,9 @@ The model's output column c is a function of the margins m (the trees' sums plus
 T(a m_j + b), with T identity or logistic. onnxruntime's binary case (two class labels, one class
 scored) writes [1 - s, s] (weights all positive, no transform), [-s, s] or [sigma(-s), sigma(s)].
 A post transform other than NONE and LOGISTIC (SOFTMAX, SOFTMAX_ZERO, PROBIT) leaves only the margin.
+The transforms are read as onnxruntime applies them (measured, 1.32): a single-target
+TreeEnsembleRegressor or TreeEnsemble outputs its sum untransformed (PROBIT aside), and opset 5's
+post_transform 1 is the logistic, 2 the softmax (the spec numbers them the other way round).
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")
 PASS_THROUGH = {"Identity", "Cast"}
 V5_MODES = {0: "BRANCH_LEQ", 1: "BRANCH_LT", 2: "BRANCH_GTE", 3: "BRANCH_GT", 4: "BRANCH_EQ", 5: "BRANCH_NEQ",
             6: "BRANCH_MEMBER"}
-V5_TRANSFORMS = {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
+# The opset-5 spec numbers post_transform NONE 0, SOFTMAX 1, LOGISTIC 2, SOFTMAX_ZERO 3, PROBIT 4;
+# onnxruntime (measured on 1.32) applies 1 as the logistic and 2 as the softmax. The model's output is
+# what onnxruntime computes, so its reading is used (the reproduction check refuses a model whose
+# runtime reads them otherwise).
+V5_TRANSFORMS = {0: "NONE", 1: "LOGISTIC", 2: "SOFTMAX", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
+# onnxruntime writes a single-target regressor's (and opset-5 ensemble's) sum untransformed unless PROBIT.
+UNTRANSFORMED_SINGLE = {"TreeEnsembleRegressor", "TreeEnsemble"}
 V5_AGGREGATES = {0: "AVERAGE", 1: "SUM", 2: "MIN", 3: "MAX"}
 IDENTITY = "identity"
 LOGISTIC = "logistic"
@@ -477,6 +486,8 @@ def _aggregate(op: str, where: str, trees: list[Tree], base: np.ndarray, transfo
     elif aggregate != "SUM":
         raise FailedPrecondition(f"{where}: aggregate_function {aggregate} is not a sum over trees (Tree SHAP "
                                  "needs an additive ensemble)")
+    if op in UNTRANSFORMED_SINGLE and layout == "margins" and len(base) == 1 and transform != "PROBIT":
+        transform = "NONE"
     return TreeModel(op, trees, base, transform, layout, outputs, num_features)
 
 
