@@ -25,7 +25,10 @@ Score: PROBABILITY (default) is the model's output column (NONE or LOGISTIC post
 is the ensemble's margin before the post transform, read from the graph even when the model outputs
 probabilities (SOFTMAX models: LOGIT only). Figures: base_value (E[g]), f_x, trees, leaves,
 background_rows. Work runs in chunks off the event loop, the deadline and cancellation honoured
-between chunks.
+between chunks. The first request for a column and mode prepares its TreeExplainers (shap's arrays,
+the background or covers set); they are kept per model version, within tree_shap_cache_bytes (least
+recently used dropped), so later requests run only shap's algorithm on the input (tabular demo,
+through gRPC, warm: ~3 ms per request).
 """
 
 from __future__ import annotations
