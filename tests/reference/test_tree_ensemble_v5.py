@@ -184,9 +184,9 @@ def test_logistic_booster_margin_equals_shap(runner, data):
         for target, sign in ((0, -1.0), (1, 1.0)):
             got = ours(runner, model, row, target)
             # The probability's interventional values are shap's rescaling of the margin's (not the exact
-            # Shapley values of the sigmoid) and depend on the order of the trees in shap's algorithm
-            # (feature 0, first row: -0.366 here, -0.266 for shap on the stages in the other order, -0.261
-            # for shap on the estimator, exact -0.282). Checked here: efficiency, f(x) and the base value.
+            # Shapley values of the sigmoid) and shap's depend on the layout of the trees (feature 0, first
+            # row: -0.366 here; shap on the stages as a custom model -0.266, on the same stages reversed
+            # -0.366, on the estimator -0.261; exact -0.282). Checked here: efficiency, f(x), base value.
             assert float(got.attribution.sum()) == pytest.approx(got.figures["f_x"] - got.figures["base_value"], abs=1e-5)
             assert got.figures["f_x"] == pytest.approx(float(est.predict_proba(row[None])[0, target]), abs=1e-5)
             assert got.figures["base_value"] == pytest.approx(float(est.predict_proba(background)[:, target].mean()), abs=1e-5)
