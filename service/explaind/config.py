@@ -99,6 +99,10 @@ class Settings:
         "help": "bytes of shap TreeExplainers tree_shap keeps prepared per model version (one per explained "
                 "column and mode, the arrays they hold measured); beyond it the least recently used are dropped; "
                 "0: none kept (each request prepares its own)"})
+    tree_shap_preload: bool = field(default=False, metadata={
+        "help": "prepare tree_shap's interventional explainers of every output column (both scores) when a "
+                "tree model's version loads, before it serves (shap imported then): its first requests skip "
+                "the ~1.5 s of shap's import and the preparation; within tree_shap_cache_bytes"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})

@@ -6,6 +6,7 @@ why), repeated requests (the prepared explainers cached per model version) and E
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import grpc
@@ -68,7 +69,9 @@ def exact_server(tmp_path_factory, linear) -> Iterator[Server]:
     (folder / "model.onnx").write_bytes(onx.SerializeToString())
     np.save(folder / "background.npy", background)
     (folder / "model.yaml").write_text(LINEAR_YAML)
-    server = start_server(repo, tmp_path_factory.mktemp("exact-logs") / "server.log")
+    # tree_shap_preload: the interventional explainers prepared at start (the values below check them);
+    # the path-dependent ones are prepared by the first request.
+    server = start_server(repo, tmp_path_factory.mktemp("exact-logs") / "server.log", tree_shap_preload="true")
     yield server
     assert stop_server(server) == 0, server.log()
 
@@ -92,6 +95,11 @@ def error_of(client: ExplaindClient, model: str, method: str, tensor: np.ndarray
         else:
             client.stub.Explain(request, timeout=60)
     return err.value
+
+
+def test_the_models_were_warmed_at_start(exact_server, client):
+    warmed = [json.loads(line) for line in exact_server.log().splitlines() if '"model warmed"' in line]
+    assert {"tabular", "linear"} <= {w["model"] for w in warmed}, exact_server.log()[-2000:]
 
 
 def test_the_methods_are_offered_where_they_apply(client):

@@ -192,16 +192,21 @@ class PreparedCache:
             self.entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: Hashable, prepared: Prepared) -> None:
+    def put(self, key: Hashable, prepared: Prepared) -> int:
+        """Keep `prepared` (unless over the whole budget or already there); returns how many entries
+        were dropped to make room, -1 when it was not kept."""
         size = held_bytes(prepared)
+        dropped = 0
         with self.lock:
             if size > self.budget or key in self.entries:
-                return
+                return -1
             self.entries[key] = (prepared, size)
             self.used += size
             while self.used > self.budget:
-                _, (_, dropped) = self.entries.popitem(last=False)
-                self.used -= dropped
+                _, (_, freed) = self.entries.popitem(last=False)
+                self.used -= freed
+                dropped += 1
+        return dropped
 
 
 def prepared_cache(model: ModelView, settings: Settings) -> PreparedCache:
@@ -236,6 +241,27 @@ class TreeShap(Method):
         except FailedPrecondition as why:
             return str(why)
         return ""
+
+    def preload(self, model: ModelView, settings: Settings) -> None:
+        """tree_shap_preload: the interventional explainers of every output column, PROBABILITY and LOGIT
+        where the model has them, prepared into the version's cache (the key a request looks up);
+        stops once the cache is full (an entry not kept or one dropped)."""
+        if not settings.tree_shap_preload or model.background is None:
+            return
+        trees = tree_model(model)
+        cache = prepared_cache(model, settings)
+        background = np.asarray(model.background, np.float32)
+        for c in range(max(trees.outputs, 1)):
+            for score in (PROBABILITY, LOGIT):
+                try:
+                    column = explained_column(trees, c, score, model.signature.scores)
+                except FailedPrecondition:
+                    continue
+                key = ("interventional", "background", column)
+                if cache.get(key) is not None:
+                    continue
+                if cache.put(key, [build() for build in interventional_builds(trees, column, background)]) != 0:
+                    return  # full: what is there now serves the requests
 
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         interventional = params["feature_perturbation"] == "interventional"

@@ -126,3 +126,20 @@ def test_repeated_requests_reuse_the_prepared_explainers():
     derived.clear()
     explain(TreeShap(), {}, (served, view), x, 0, settings=Settings(intra_op_threads=1, tree_shap_cache_bytes=0))
     assert len(derived["tree_shap.prepared"].entries) == 0
+
+
+def test_preload_prepares_what_a_request_looks_up():
+    onx = two_trees()
+    served, view = model(onx)
+    derived: dict = {}
+    view = dataclasses.replace(view, derived=derived)
+    TreeShap().preload(view, Settings(intra_op_threads=1))
+    assert derived == {}  # off by default
+    settings = Settings(intra_op_threads=1, tree_shap_preload=True)
+    TreeShap().preload(view, settings)
+    cache = derived["tree_shap.prepared"]
+    assert [key[:2] for key in cache.entries] == [("interventional", "background")]  # NONE: no LOGIT column
+    prepared = next(iter(cache.entries.values()))[0]
+    outcome, _ = explain(TreeShap(), {}, (served, view), np.array([1.0, 2.0], np.float32), 0, settings=settings)
+    assert len(cache.entries) == 1 and next(iter(cache.entries.values()))[0] is prepared
+    np.testing.assert_allclose(outcome.attribution, [1.0, 5.0], atol=1e-6)
