@@ -28,7 +28,8 @@ background_rows. Work runs in chunks off the event loop, the deadline and cancel
 between chunks. The first request for a column and mode prepares its TreeExplainers (shap's arrays,
 the background or covers set); they are kept per model version, within tree_shap_cache_bytes (least
 recently used dropped), so later requests run only shap's algorithm on the input (tabular demo,
-through gRPC, warm: ~3 ms per request).
+through gRPC, warm: ~3 ms per request); tree_shap_preload prepares the interventional ones of
+every column when the version loads.
 """
 
 from __future__ import annotations
