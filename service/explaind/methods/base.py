@@ -275,6 +275,10 @@ class Method(ABC):
         needing only the forward activation (CAM, Score-CAM) spends no pass of its own on it."""
         return ""
 
+    def preload(self, model: ModelView, settings: Settings) -> None:
+        """Work done once per model version before it serves (Explainer.warm, off the event loop), for
+        a method the model offers: nothing by default."""
+
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
         """All rows the stages will take, when known in advance (progress); None: per stage."""
         return None
