@@ -113,7 +113,8 @@ class Prepared:
     metrics: list[PreparedMetric] = field(default_factory=list)
     region: np.ndarray | None = None       # bool [H, W]
     given: np.ndarray | None = None        # the attribution to evaluate instead of computing one
-    planned_rows: int | None = None        # the explanation's and the metrics' model evaluations
+    planned_rows: int | None = None        # the explanation's and the metrics' model evaluations (the budget)
+    engine_rows: int | None = None         # the same in engine rows (admission), with metrics
     memo: dict[str, Any] = field(default_factory=dict)  # MethodContext.memo: planning and the run share it
 
 
@@ -151,8 +152,13 @@ class Explainer:
 
     def warm(self, entry: LoadedModel) -> None:
         """Fill a new version's caches before it serves (the model control runs this off the event
-        loop: inspecting a big model's graph must not stall requests)."""
-        self.unavailable(entry)
+        loop: inspecting a big model's graph must not stall requests), then let each method the model
+        offers preload what it prepares once per version (tree_shap with tree_shap_preload)."""
+        offered = self.unavailable(entry)
+        view = self.view(entry)
+        for name, why in offered.items():
+            if not why:
+                self.methods[name].preload(view, self.settings)
 
     def retire(self, entry: LoadedModel) -> None:
         """A version out of service (replaced, unloaded, removed): forget its caches and let the engine
@@ -272,22 +278,26 @@ class Explainer:
         if not query.metrics and query.region is None:
             return p
         region = region_mask(query.region, p.view)
-        method_rows = self._method_rows(query, p)
+        method_rows, method_engine_rows = self._method_rows(query, p)
         p.metrics = prepare_metrics(query.metrics, p.view, self.settings, method_rows=method_rows,
-                                    has_method=bool(query.method), region=region, field=query.metrics_field)
+                                    has_method=bool(query.method), region=region, field=query.metrics_field,
+                                    x=p.x, method_engine_rows=method_engine_rows)
         p.region = region
-        explanation_rows = 1 + (0 if p.given is not None else method_rows)
-        p.planned_rows = check_budget(explanation_rows, p.metrics, self.settings)
+        explained = p.given is None
+        p.planned_rows = check_budget(1 + (method_rows if explained else 0), p.metrics, self.settings)
+        p.engine_rows = 1 + (method_engine_rows if explained else 0) + sum(m.engine_rows for m in p.metrics)
         return p
 
-    def _method_rows(self, query: ExplainQuery, p: Prepared) -> int:
-        """What one explanation by the request's method costs (0 when none is named), when known."""
+    def _method_rows(self, query: ExplainQuery, p: Prepared) -> tuple[int, int]:
+        """What one explanation by the request's method costs (0 when none is named or not known):
+        model evaluations (the budget) and engine rows (admission; fewer where a row expands in the
+        graph, a tabular Kernel SHAP coalition over the background)."""
         if not query.method:
-            return 0
+            return 0, 0
         method = self.methods[query.method]
         ctx = MethodContext(engine=self.engine, served=p.served, model=p.view, x=p.x, score=p.score,
                             rng=np.random.default_rng(0), settings=self.settings, memo=p.memo)
-        return method.planned_rows(p.params, ctx) or 0
+        return method.planned_rows(p.params, ctx) or 0, method.planned_engine_rows(p.params, ctx) or 0
 
     def _input(self, query: ExplainQuery, entry: LoadedModel, sig: ModelSignature) -> tuple[np.ndarray, np.ndarray | None]:
         if query.tensor is not None:
@@ -332,9 +342,9 @@ class Explainer:
                                        stats(so_far), complete=False))
             ctx.on_partial = partial
         # Admission prices engine rows (a tabular Kernel SHAP coalition is one row the graph expands over
-        # the background); with metrics, the budget's plan (model evaluations: an upper bound).
+        # the background), the metrics' included.
         planned = p.method.planned_engine_rows(p.params, ctx)
-        planned = p.planned_rows if p.planned_rows is not None else None if planned is None else planned + 1
+        planned = p.engine_rows if p.engine_rows is not None else None if planned is None else planned + 1
         # Admitted (or refused at once) as a whole before the first stage: the prediction row and the rest.
         # A request that takes a partial answer at its deadline is not refused for lack of time.
         partial = query.allow_partial and bool(p.method.partial_results) and not p.metrics
@@ -342,12 +352,12 @@ class Explainer:
             run = await p.method.explain(p.params, ctx)
             evaluation = []
             if p.metrics and p.given is None and query.method and p.method.planned_rows(p.params, ctx) is None:
-                # A method that cannot say its rows in advance (every method does, except Score-CAM on a
-                # layer whose channel count the graph leaves symbolic): re-explaining metrics are costed
-                # again with what its explanation took, before they run.
+                # A method that cannot say its rows in advance (every method does, Score-CAM too unless
+                # shape inference on the concrete input shape cannot say its layer's channels):
+                # re-explaining metrics are costed again with what its explanation took, before they run.
                 method_rows = run.stats.model_evaluations - 1
                 for m in p.metrics:
-                    m.rows = m.metric.planned_rows(m.params, p.view, method_rows)
+                    m.rows = m.metric.planned_rows_for(m.params, p.view, method_rows, p.x, m.memo)
                 check_budget(run.stats.model_evaluations, p.metrics, self.settings)
             if p.metrics:
                 # Metrics score probabilities (Quantus's softmax=True) unless the request asked for logits,

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from explaind_client import Evaluation, Progress
 
 from test_evaluate import EXAMPLE, SHAPES, preprocess, softmax
 from _server import DEMO
@@ -46,6 +47,19 @@ def test_every_faithfulness_metric_through_the_server(client, image):
     again = client.evaluate("shapes", method="saliency", image=image, seed=3, metrics=METRICS)  # same positions
     assert again["faithfulness_correlation"].value == result["faithfulness_correlation"].value
     assert again["sensitivity_n"].value == result["sensitivity_n"].value
+
+
+def test_irof_plans_the_rows_it_runs_so_its_progress_reaches_one(client, image):
+    """IROF segments the input at planning: the streamed progress ends at fraction 1, its total the
+    segment count, which is what the metric ran."""
+    updates = list(client.evaluate_stream("shapes", method="saliency", image=image, metrics=["irof"]))
+    assert isinstance(updates[-1], Evaluation)
+    evaluating = [u for u in updates if isinstance(u, Progress) and u.stage == "evaluating"]
+    irof = updates[-1]["irof"]
+    count = int(irof.figures["segment_count"])
+    assert count > 5 and int(irof.stats["model_evaluations"]) == count
+    assert {p.rows_total for p in evaluating} == {count}
+    assert evaluating[-1].rows_done == count and evaluating[-1].fraction == 1.0
 
 
 def test_tabular_metrics_and_the_image_only_ones_refused(client):

@@ -129,7 +129,7 @@ TORCHVISION_STUBBED = ""  # why, when the stub below was installed
 
 
 def _torchvision_stub(reason: str) -> None:
-    """A stand-in for torchvision holding only the names pytorch-grad-cam and Zennit import at module level.
+    """A stand-in for torchvision holding only the names pytorch-grad-cam imports at module level.
 
     pytorch-grad-cam (package `grad-cam`) requires torchvision, but the torchvision wheels the
     registries offer for torch 2.13.0 are CUDA builds: their `_C.so` needs libc10_cuda.so, and
@@ -138,8 +138,6 @@ def _torchvision_stub(reason: str) -> None:
     utils/image.py (Compose, Normalize, ToTensor: preprocessing helpers), utils/model_targets.py
     (torchvision.ops.box_iou: detection targets) and sess.py (resize: the SESS method). Those names
     are given stubs that raise if called, so that the library's own GradCAMPlusPlus code runs as is.
-    Zennit's `zennit.torchvision` imports torchvision.models.resnet's Bottleneck and BasicBlock (its
-    ResNet canonizer tests isinstance against them): empty torch modules no model here is an instance of.
     """
 
     def unavailable(name: str):
@@ -158,10 +156,8 @@ def _torchvision_stub(reason: str) -> None:
     transforms.functional = functional
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
-    import torch
-
-    for name in ("Bottleneck", "BasicBlock"):
-        setattr(resnet, name, type(name, (torch.nn.Module,), {"__doc__": f"torchvision stub ({reason})"}))
+    for name in ("ResNet", "Bottleneck", "BasicBlock"):  # zennit's canonizers match these; TorchRay imports them
+        setattr(resnet, name, type(name, (torch.nn.Module,), {"__init__": unavailable(f"models.resnet.{name}")}))
     models.resnet = resnet
     tv.transforms, tv.ops, tv.models = transforms, ops, models
     tv.__version__ = "0+stub"
@@ -170,10 +166,11 @@ def _torchvision_stub(reason: str) -> None:
                         "torchvision.models": models, "torchvision.models.resnet": resnet})
 
 
-def _ensure_torchvision() -> None:
-    """Import torchvision, or install the stub when its binary cannot load (see _torchvision_stub)."""
+def stub_torchvision_if_broken() -> None:
+    """Install the torchvision stub when the real one cannot be imported: pytorch-grad-cam needs it, and
+    Quantus imports Zennit when it is installed, which imports torchvision.models.resnet."""
     global TORCHVISION_STUBBED
-    if "torchvision" in sys.modules or TORCHVISION_STUBBED:
+    if TORCHVISION_STUBBED or "torchvision" in sys.modules:
         return
     try:
         importlib.import_module("torchvision")
@@ -186,22 +183,14 @@ def _ensure_torchvision() -> None:
 
 def import_zennit() -> types.ModuleType:
     """The zennit package (the real one; torchvision stubbed only when it cannot be imported)."""
-    _ensure_torchvision()
+    stub_torchvision_if_broken()
     return importlib.import_module("zennit")
 
 
 def import_pytorch_grad_cam() -> types.SimpleNamespace:
     """GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
     real package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
-    global TORCHVISION_STUBBED
-    if "pytorch_grad_cam" not in sys.modules and not TORCHVISION_STUBBED:
-        try:
-            importlib.import_module("torchvision")
-        except Exception as exc:  # noqa: BLE001  (a broken binary raises RuntimeError/OSError)
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
-            TORCHVISION_STUBBED = f"torchvision cannot be imported here: {type(exc).__name__}: {exc}"
-            _torchvision_stub(TORCHVISION_STUBBED)
+    stub_torchvision_if_broken()
     from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -19,7 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import zoo  # noqa: E402
-from _methods import GRAD, SEED, TARGET, Summary  # noqa: E402
+from _methods import GRAD, SEED, TARGET, Summary, stub_torchvision_if_broken  # noqa: E402
+
+stub_torchvision_if_broken()  # before any test module imports Quantus (which imports Zennit, then torchvision)
 
 from explaind.config import Settings  # noqa: E402
 from explaind.onnxgraph.autodiff import differentiate  # noqa: E402

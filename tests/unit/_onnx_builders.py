@@ -181,3 +181,36 @@ def set_external_location(folder: Path, location: str) -> int:
                 changed += 1
     path.write_bytes(model.SerializeToString())
     return changed
+
+
+def dynamic_view_model(classes: int = 2) -> onnx.ModelProto:
+    """input [N,3,H,W] (symbolic N, H, W) -> Conv 3x3 (4 channels) -> Relu -> "layer", the Relu viewed as
+    [N, -1, H, W] with the shape read from the graph (Shape, Slice, Concat, Reshape: how torch exports
+    ``x.view(n, -1, h, w)`` with dynamic axes), so shape inference leaves its channel count symbolic
+    unless the input's dims are fixed -> Concat with itself ("layer2", 8 channels) -> GlobalAveragePool
+    -> Flatten -> Gemm -> logits [N, classes]."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv_w"),
+             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "conv_b"),
+             numpy_helper.from_array(np.array([0], np.int64), "at0"),
+             numpy_helper.from_array(np.array([1], np.int64), "at1"),
+             numpy_helper.from_array(np.array([2], np.int64), "at2"),
+             numpy_helper.from_array(np.array([4], np.int64), "at4"),
+             numpy_helper.from_array(np.array([-1], np.int64), "any"),
+             numpy_helper.from_array(rng.normal(size=(classes, 8)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(rng.normal(size=classes).astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("Shape", ["relu"], ["relu_shape"]),
+             helper.make_node("Slice", ["relu_shape", "at0", "at1"], ["batch"]),
+             helper.make_node("Slice", ["relu_shape", "at2", "at4"], ["spatial"]),
+             helper.make_node("Concat", ["batch", "any", "spatial"], ["view_shape"], axis=0),
+             helper.make_node("Reshape", ["relu", "view_shape"], ["layer"]),
+             helper.make_node("Concat", ["layer", "layer"], ["layer2"], axis=1),
+             helper.make_node("GlobalAveragePool", ["layer2"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "dynamic_view",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return _model(graph)

@@ -70,6 +70,7 @@ class MetricContext:
     reexplain_with: Reexplain | None = None  # set when the request names a method (re-explaining metrics)
     spent: RunStats = field(default_factory=RunStats)  # what re-explanations cost, in the metric's stats
     on_reexplained: Callable[[], None] | None = None   # after each re-explanation (progress)
+    memo: dict[str, Any] = field(default_factory=dict)  # what planned_rows_for worked out for this input
 
     def reexplain(self, x: np.ndarray, target: int | None = None) -> Await:
         """A step to yield from `stages`: the method's attribution of `x` (for `target`, default the
@@ -209,8 +210,17 @@ class Metric(ABC):
 
     def planned_rows(self, params: dict[str, Any], model: ModelView, method_rows: int) -> int:
         """Model evaluations the metric will ask for (the row budget is checked before any work);
-        `method_rows`: what one explanation by the request's method costs (re-explaining metrics)."""
+        `method_rows`: what one explanation by the request's method costs (re-explaining metrics).
+        The metric's own rows are one model evaluation each, so given the method's engine rows
+        instead, this is the metric's engine rows (admission's cost; a tabular Kernel SHAP coalition
+        is one engine row that the graph expands over the background)."""
         return 0
+
+    def planned_rows_for(self, params: dict[str, Any], model: ModelView, method_rows: int, x: np.ndarray,
+                         memo: dict[str, Any]) -> int:
+        """planned_rows for the input `x`: a metric whose rows depend on the input (IROF's segments)
+        works them out here, keeping in `memo` what its stages reuse (MetricContext.memo)."""
+        return self.planned_rows(params, model, method_rows)
 
     @abstractmethod
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps | MetricValue:
@@ -218,9 +228,12 @@ class Metric(ABC):
         no model evaluation returns its value directly."""
 
     async def evaluate(self, params: dict[str, Any], ctx: MetricContext,
-                       on_progress: Callable[[int, int], None] | None = None) -> MetricOutcome:
-        # Progress counts the metric's own stage rows and its re-explanations' rows together.
-        planned = self.planned_rows(params, ctx.model, 0)
+                       on_progress: Callable[[int, int], None] | None = None,
+                       planned: int | None = None) -> MetricOutcome:
+        """Run the metric; `planned`: its model evaluations as planned for the request (re-explanations
+        included), else its own rows. Progress counts its stage rows and its re-explanations' rows."""
+        if planned is None:
+            planned = self.planned_rows_for(params, ctx.model, 0, ctx.x, ctx.memo)
         stage_rows = [0]
         run = dataclasses.replace(ctx)
 

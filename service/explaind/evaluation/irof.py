@@ -13,12 +13,10 @@ area over that curve, the trapezoid rule with unit spacing:
 Higher is better (removing the relevant segments first kills the score early). It grows with S; the
 paper's normalised form is IROF / S (figure `normalised`). Defaults (Quantus's): SLIC; baseline mean
 (a removed segment shows the mean of the input as it stands before its removal, all channels
-together); black, white, zero also. One model evaluation per segment (SLIC gives about 100); the row budget is
-checked against an upper bound known from the input size (`most_segments`: 256 at 64 x 64, 200 at
-224 x 224), the one place where explaind's planned rows exceed the rows run: metrics are planned
-before the input is seen, and making it exact would segment the input at planning (a few ms at
-64 x 64, tens at 224 x 224) for a bound that only ever refuses a request a little early (progress
-then ends below its total; the stats report the rows run).
+together); black, white, zero also. One model evaluation per segment (SLIC gives about 100): the
+segmentation depends only on the input, so it runs at planning (a few ms at 64 x 64, tens at
+224 x 224) and the row budget is checked against the exact segment count, which the stage then
+reuses (planned rows == rows run; progress ends at its total).
 Curves: `scores` [S] (divided by s_0), `segments` [S] (the segment removed at each step).
 Images only.
 """
@@ -36,26 +34,21 @@ from .base import FAITHFULNESS, Metric, MetricContext, MetricSteps, MetricValue
 from .curves import curve_stage
 from .perturbation import BASELINE_TEXT, BASELINES, MEAN, channels_pixels, cumulative_fill, model_input
 
-SLIC_SEGMENTS, SLIC_MIN_SIZE_FACTOR = 100, 0.5  # scikit-image's slic defaults (n_segments, min_size_factor)
+SEGMENTS = "irof_segments"  # MetricContext.memo: the labels, from planning to the stage
 
 
-def most_segments(model: ModelView) -> int:
-    """An upper bound on SLIC's segment count for this input size, known before the input is seen:
-    slic starts from a regular grid of centres and, enforcing connectivity, merges every segment
-    smaller than min_size = int(0.5 * P / centres) pixels, so at most P / min_size remain."""
-    height, width = model.signature.spatial_shape
-    from skimage.util import regular_grid  # lazy: skimage loads when IROF is asked for
-    centres = int(np.prod([len(range(*s.indices(n))) for s, n in
-                           zip(regular_grid((1, height, width), SLIC_SEGMENTS), (1, height, width))]))
-    min_size = max(1, int(SLIC_MIN_SIZE_FACTOR * height * width / centres))
-    return (height * width) // min_size
-
-
-def slic_segments(ctx: MetricContext) -> np.ndarray:
+def slic_segments(model: ModelView, x: np.ndarray) -> np.ndarray:
     """SLIC labels [H, W] (0..S-1) of the input in model input space, channels last, float64."""
-    height, width = ctx.model.signature.spatial_shape
-    hwc = np.moveaxis(channels_pixels(ctx).reshape(-1, height, width), 0, -1)
-    return segment(np.ascontiguousarray(hwc, np.float64), "slic", start_label=0)
+    image = np.asarray(x, np.float64)
+    hwc = image if model.signature.layout == "NHWC" else np.moveaxis(image, 0, -1)
+    return segment(np.ascontiguousarray(hwc), "slic", start_label=0)
+
+
+def segments_of(model: ModelView, x: np.ndarray, memo: dict[str, Any]) -> np.ndarray:
+    """The input's SLIC labels, segmented once per request (at planning) and kept in `memo`."""
+    if SEGMENTS not in memo:
+        memo[SEGMENTS] = slic_segments(model, x)
+    return memo[SEGMENTS]
 
 
 class Irof(Metric):
@@ -72,13 +65,13 @@ class Irof(Metric):
         Choice("baseline", MEAN, BASELINES, f"what a removed segment shows: {BASELINE_TEXT}"),
     )
 
-    def planned_rows(self, params: dict[str, Any], model: ModelView, method_rows: int) -> int:
-        # The segment count is known only once the input is segmented: the budget is checked
-        # against its upper bound (SLIC gives about 100; the stage runs one row per segment).
-        return most_segments(model)
+    def planned_rows_for(self, params: dict[str, Any], model: ModelView, method_rows: int, x: np.ndarray,
+                         memo: dict[str, Any]) -> int:
+        """One row per segment of the input (segmented here; the stage reuses the labels)."""
+        return int(segments_of(model, x, memo).max()) + 1
 
     def stages(self, params: dict[str, Any], ctx: MetricContext) -> MetricSteps:
-        labels = slic_segments(ctx).reshape(-1)
+        labels = segments_of(ctx.model, ctx.x, ctx.memo).reshape(-1)
         count = int(labels.max()) + 1
         sizes = np.bincount(labels, minlength=count)
         means = np.bincount(labels, weights=ctx.attribution.reshape(-1), minlength=count) / np.maximum(sizes, 1)

@@ -11,6 +11,7 @@ each with its own seeded generator.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,7 +47,9 @@ class RegionQuery:
 class PreparedMetric:
     metric: Metric
     params: dict[str, Any]
-    rows: int
+    rows: int              # model evaluations (the request's row budget)
+    engine_rows: int = 0   # engine rows (admission): rows, with re-explanations in the method's engine rows
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)  # planning's work for the run (MetricContext.memo)
 
 
 class GivenAttribution(Method):
@@ -123,8 +126,12 @@ def region_mask(region: RegionQuery | None, view: ModelView, field: str = "regio
 
 
 def prepare_metrics(queries: list[MetricQuery], view: ModelView, settings: Settings, *, method_rows: int,
-                    has_method: bool, region: np.ndarray | None, field: str) -> list[PreparedMetric]:
+                    has_method: bool, region: np.ndarray | None, field: str, x: np.ndarray,
+                    method_engine_rows: int | None = None) -> list[PreparedMetric]:
+    """The metrics checked and planned for input `x`: `method_rows` (and `method_engine_rows`, the
+    same in engine rows; default method_rows) is what one explanation by the request's method costs."""
     metrics = all_metrics()
+    engine_method_rows = method_rows if method_engine_rows is None else method_engine_rows
     prepared = []
     for i, query in enumerate(queries):
         where = f"{field}[{i}]"
@@ -145,7 +152,9 @@ def prepare_metrics(queries: list[MetricQuery], view: ModelView, settings: Setti
             raise InvalidArgument("explain.method", f"a method: metric {metric.name!r} re-explains perturbed inputs "
                                   "with the method that made the attribution", "no method")
         params = metric.parameters(query.params, view, settings)
-        prepared.append(PreparedMetric(metric, params, metric.planned_rows(params, view, method_rows)))
+        memo: dict[str, Any] = {}
+        prepared.append(PreparedMetric(metric, params, metric.planned_rows_for(params, view, method_rows, x, memo),
+                                       metric.planned_rows_for(params, view, engine_method_rows, x, memo), memo))
     return prepared
 
 
@@ -183,7 +192,7 @@ async def run_metrics(prepared: list[PreparedMetric], ctx: MethodContext, attrib
 
     attribution = per_pixel(np.asarray(attribution, np.float64), ctx.model)
     runs = [p.metric.evaluate(p.params, MetricContext(ctx, attribution, metric_rng(seed, i, p.metric.name),
-                                                      region, reexplain), progress(i))
+                                                      region, reexplain, memo=p.memo), progress(i), p.rows)
             for i, p in enumerate(prepared)]
     return list(await asyncio.gather(*runs))
 

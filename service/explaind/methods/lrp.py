@@ -103,12 +103,6 @@ class Lrp(Method):
         channel_reduction("none"),
     )
 
-    def unavailable(self, model: ModelView) -> str:
-        white_box = model.white_box
-        if white_box is not None and white_box.available and "lrp" not in white_box.rules:
-            return white_box.lrp_reason or white_box.why_not() or "the model has no relevance rules"
-        return super().unavailable(model)
-
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         if score != LOGIT:
             raise InvalidArgument("score", "logit (LRP redistributes the target's logit)", echo(score))

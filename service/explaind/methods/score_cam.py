@@ -10,8 +10,9 @@ inputs; map = ReLU(sum_k w_k A_k) (relu true, as pytorch-grad-cam), upsampled bi
 half-pixel centres as the other CAMs (or left at the layer's size). Unlike pytorch-grad-cam the map
 is not min-max scaled (the renderer normalises for display). Score: the logit by default (its
 ClassifierOutputTarget). Cost: K model evaluations besides the prediction (which reads the layer),
-known before the input is seen from the layer's inferred shape (planned_rows; None when the graph
-leaves K symbolic). Forward passes only.
+known before the input is seen from the layer's inferred shape (planned_rows: shape inference on the
+model's concrete input shape where the graph leaves K symbolic, models/white_box.py; None only when
+even that cannot say). Forward passes only.
 The response's `arrays` holds channel_weights [K].
 """
 

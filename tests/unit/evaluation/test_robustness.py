@@ -205,10 +205,11 @@ def test_adversarial_stability_needs_gradients():
     without = view_of(served)
     query = [MetricQuery("adversarial_stability", {})]
     with pytest.raises(FailedPrecondition, match="adversarial_stability.*no gradients"):
-        prepare_metrics(query, without, settings(), method_rows=0, has_method=True, region=None, field="metrics")
+        prepare_metrics(query, without, settings(), method_rows=0, has_method=True, region=None, field="metrics",
+                        x=np.zeros(served.signature.example_shape, np.float32))
     with_gradients = view_of(served, white_box=WhiteBox(True, "", (), ""))
     prepared = prepare_metrics(query, with_gradients, settings(), method_rows=3, has_method=True, region=None,
-                               field="metrics")
+                               field="metrics", x=np.zeros(served.signature.example_shape, np.float32))
     assert prepared[0].rows == 2 * 10 + 4
     assert prepared[0].params["top_k"] == 1 and prepared[0].params["epsilon"] == pytest.approx(8 / 255)
 
@@ -225,14 +226,16 @@ def test_bad_parameters_name_the_field(name, given, field):
     view = view_of(served, white_box=WhiteBox(True, "", (), ""))
     with pytest.raises(InvalidArgument, match=field.replace(".", r"\.")):
         prepare_metrics([MetricQuery(name, given)], view, settings(), method_rows=0, has_method=True, region=None,
-                        field="metrics")
+                        field="metrics",
+                        x=np.zeros(served.signature.example_shape, np.float32))
 
 
 def test_reexplaining_metrics_need_a_method():
     served, _ = served_linear("lin", (1, 4, 4), CLASSES)
     with pytest.raises(InvalidArgument, match="explain.method"):
         prepare_metrics([MetricQuery("max_sensitivity", {})], view_of(served), settings(), method_rows=0,
-                        has_method=False, region=None, field="metrics")
+                        has_method=False, region=None, field="metrics",
+                        x=np.zeros(served.signature.example_shape, np.float32))
 
 
 def test_reexplain_all_runs_concurrently_in_order_with_its_own_generators():

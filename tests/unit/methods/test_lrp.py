@@ -92,7 +92,7 @@ def test_bounds_come_from_the_preprocessing():
 def test_a_model_without_relevance_rules_is_refused_with_the_reason():
     served, _ = served_linear("lin", SHAPE, 4)
     reason = "operator Mul (node 'gate') has no relevance rule (LRP)"
-    view = ModelView("image", served.signature, white_box=WhiteBox(True, lrp_reason=reason))
+    view = ModelView("image", served.signature, white_box=WhiteBox(True, blocked_rules=(("lrp", reason),)))
     assert Lrp().unavailable(view) == reason
     assert Lrp().unavailable(ModelView("image", served.signature, white_box=LRP_BOX)) == ""
     assert "no gradients" in Lrp().unavailable(ModelView("image", served.signature))

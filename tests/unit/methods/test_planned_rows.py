@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from explaind.config import Settings
 from explaind.engine.engine import Engine
@@ -98,3 +99,118 @@ def test_tabular_kernel_shap_is_priced_by_its_coalition_rows_not_its_evaluations
     background = len(p.view.background)
     assert background > 1 and evaluations == rows * background
     asyncio.run(engine.close())
+
+
+def submitted_rows(engine: Engine) -> list[int]:
+    """Every job's rows as the engine is asked to run them (a refusal before any work leaves it empty)."""
+    rows: list[int] = []
+    submit = engine.submit
+
+    def counting(served, spec, job):
+        rows.append(job.total_rows)
+        return submit(served, spec, job)
+
+    engine.submit = counting  # type: ignore[method-assign]
+    return rows
+
+
+def test_score_cam_on_a_layer_whose_channels_the_graph_leaves_symbolic_is_planned_before_any_work(tmp_path):
+    """A `view(n, -1, h, w)` exported with dynamic axes: plain shape inference cannot say the layer's
+    channels, inference on the input's concrete shape can (4, and 8 after the concatenation). So
+    Score-CAM plans its 4 rows, runs them, and a re-explaining metric over the budget with it is
+    refused before one row runs (it was refused only after the explanation had run: 11 rows planned)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _onnx_builders import dynamic_view_model, write_model_folder
+
+    from explaind.errors import ResourceExhausted
+    from explaind.evaluation.run import MetricQuery
+    from explaind.models.white_box import activations_with_channels, inspect_white_box
+
+    model = dynamic_view_model()
+    assert dict(activations_with_channels(model))["layer"] is None  # what the graph alone says
+    write_model_folder(tmp_path, "dynamic", model, {
+        "kind": "image", "input": {"name": "input", "layout": "NCHW"}, "output": {"name": "logits", "scores": "logits"},
+        "preprocess": {"size": [8, 8]}, "gradients": "auto"})
+    repo = ModelRepository(tmp_path)
+    repo.scan()
+    white_box = inspect_white_box(repo.get("dynamic"))
+    assert (white_box.channels_of("layer"), white_box.channels_of("layer2"), white_box.channels_of("relu")) == (4, 8, 4)
+
+    x = np.random.default_rng(2).normal(size=(3, 8, 8)).astype(np.float32)
+    explained = ExplainQuery(model="dynamic", method="score_cam", tensor=x, seed=3, params={"layer": "layer"})
+    # 5 rows (the prediction, 4 channels) and 10 re-explanations of 5 each: 55, over a budget of 50.
+    heavy = dict(explained.__dict__, metrics=[MetricQuery("max_sensitivity", {"nr_samples": 10})])
+
+    async def main() -> None:
+        engine = Engine(Settings(intra_op_threads=1, max_rows_per_request=50))
+        explainer = Explainer(engine.settings, repo, engine)
+        rows = submitted_rows(engine)
+        try:
+            p = explainer.prepare(explained)
+            ctx = MethodContext(engine, p.served, p.view, p.x, p.score, np.random.default_rng(0), engine.settings)
+            assert p.method.planned_rows(dict(p.params), ctx) == 4
+            result = await explainer.explain(explained, prepared=p)
+            assert result.stats.model_evaluations == 5 == sum(rows) and len(result.arrays["channel_weights"]) == 4
+            rows.clear()
+            with pytest.raises(ResourceExhausted) as refused:
+                await explainer.explain(ExplainQuery(**heavy))
+            message = refused.value.message
+            assert "need 55 model evaluations" in message and "max_sensitivity 50" in message, message
+            assert rows == [], "rows ran before the refusal"
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_tabular_kernel_shap_request_with_metrics_is_admitted_by_its_engine_rows():
+    """Admission weighs engine rows: a Kernel SHAP coalition is one row the graph expands over the 100
+    background rows, and a re-explaining metric's Kernel SHAP runs are too. A request of 1 + E + 10 (E + 1)
+    engine rows (E the explanation's) fits a queue bound of 600 rows though its model evaluations are
+    ~100 times more (it was refused, priced in evaluations); 20 re-explanations, 1 + E + 20 (E + 1), do not:
+    refused before any row runs. The stats agree with both plans."""
+    from explaind.errors import ResourceExhausted
+    from explaind.evaluation.run import MetricQuery
+    from explaind.methods.registry import all_methods
+
+    x = np.load(Settings().repository_path / "tabular" / "background.npy")[4].astype(np.float32)
+    params = {"nsamples": 30}
+
+    def query(samples: int) -> ExplainQuery:
+        return ExplainQuery(model="tabular", method="kernel_shap", tensor=x, seed=3, params=dict(params),
+                            metrics=[MetricQuery("max_sensitivity", {"nr_samples": samples})])
+
+    async def main() -> None:
+        repo = ModelRepository(Settings().repository_path)
+        repo.scan()
+        engine = Engine(Settings(intra_op_threads=1, max_queued_rows=600))
+        explainer = Explainer(engine.settings, repo, engine)
+        rows = submitted_rows(engine)
+        try:
+            p = explainer.prepare(query(10))
+            ctx = MethodContext(engine, p.served, p.view, p.x, p.score, np.random.default_rng(0), engine.settings)
+            method = all_methods()["kernel_shap"]
+            engine_rows, evaluations = method.planned_engine_rows(p.params, ctx), method.planned_rows(p.params, ctx)
+            background = len(p.view.background)
+            assert background == 100 and evaluations == engine_rows * background and engine_rows > 10
+            assert p.engine_rows == 1 + engine_rows + 10 * (engine_rows + 1) <= 600 < p.planned_rows
+            assert p.planned_rows == 1 + evaluations + 10 * (evaluations + 1)
+            result = await explainer.explain(query(10), prepared=p)
+            assert sum(rows) == p.engine_rows  # every engine row planned ran, no more
+            (metric,) = result.evaluation
+            assert result.stats.model_evaluations == 1 + evaluations
+            assert metric.stats.model_evaluations == p.metrics[0].rows == 10 * (evaluations + 1)
+            assert result.stats.model_evaluations + metric.stats.model_evaluations == p.planned_rows
+            rows.clear()
+            over = explainer.prepare(query(20))
+            assert over.engine_rows == 1 + engine_rows + 20 * (engine_rows + 1) > 600
+            with pytest.raises(ResourceExhausted):
+                await explainer.explain(query(20), prepared=over)
+            assert rows == [], "rows ran before the refusal"
+        finally:
+            await engine.close()
+
+    asyncio.run(main())
