@@ -96,7 +96,8 @@ def test_layer_rules_by_node_name_change_the_answer(client):
 
 def test_get_model_reports_rule_families(client):
     shapes = client.get_model("shapes")
-    assert list(shapes.rule_families) == ["plain", "guided", "deconvnet", "lrp"] and shapes.lrp_reason == ""
+    assert list(shapes.rule_families) == ["plain", "guided", "deconvnet", "deep_lift", "rect_grad", "excitation",
+                                          "excitation_contrastive", "lrp"] and shapes.lrp_reason == ""
     assert "lrp" in shapes.methods
     tabular = client.get_model("tabular")
     assert list(tabular.rule_families) == [] and "TreeEnsembleClassifier" in tabular.lrp_reason
