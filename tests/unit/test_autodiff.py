@@ -181,6 +181,14 @@ def linear_cases() -> list[Case]:
             shapes={"x0": ["N", 4, "H", "W"]},
         ),
     ]
+    # a dense stride-1 Conv with 16 input channels or more: the flipped-kernel Conv adjoint (fewer
+    # channels, as above, get ConvTranspose)
+    r16 = np.random.default_rng(16)
+    x16 = away(r16, 1, 16, 4, 5)
+    cases += [
+        conv("16-channels-stride1", x16, C(away(r16, 3, 16, 3, 3)), {"pads": [1, 0, 2, 1]}),
+        conv("16-channels-same-lower-stride1", x16, C(away(r16, 2, 16, 2, 3)), {"auto_pad": "SAME_LOWER"}),
+    ]
     for opset in (11, 15):
         bn = [C(away(r, 3)), C(away(r, 3)), C(away(r, 3)), C(positive(r, 3))]
         cases += [
@@ -477,12 +485,16 @@ def _backward_ops(case_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("case_id", "adjoint"), [
-    ("Conv-plain", "Conv"), ("Conv-groups2-stride1", "Conv"), ("Conv-same-lower-stride1", "Conv"),
-    ("Conv-depthwise-stride1-dilation2", "Conv"), ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
+    ("Conv-16-channels-stride1", "Conv"), ("Conv-16-channels-same-lower-stride1", "Conv"),
+    ("Conv-groups2-stride1", "Conv"), ("Conv-depthwise-stride1-dilation2", "Conv"),
+    ("Conv-plain", "ConvTranspose"), ("Conv-same-lower-stride1", "ConvTranspose"),
+    ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
     ("Conv-stride2-remainder", "ConvTranspose"), ("Conv-dynamic-hw-stride2", "ConvTranspose"),
 ])
 def test_conv_adjoint_form(case_id: str, adjoint: str) -> None:
-    """Stride 1 with pads <= the kernel's extent - 1: a Conv (faster on CPU); otherwise ConvTranspose."""
+    """Stride 1 with pads <= the kernel's extent - 1 and grouped or >= 16 input channels: a Conv
+    (faster on CPU); otherwise ConvTranspose (a dense conv over 4 input channels, as an image's
+    first layer, and every strided one)."""
     ops = _backward_ops(case_id)
     assert adjoint in ops and ({"Conv", "ConvTranspose"} - {adjoint}).isdisjoint(ops), ops
 
