@@ -101,22 +101,25 @@ def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: 
     keep += (rect_grad_rules.Q_TENSOR,) if rule == rect_grad_rules.VARIANT else ()  # read by the backward only
     composed = splice(model, sig.input_name, b, keep=keep)
     return with_gradients(composed, b, sig, scores, target, seed_index, score=score, rule=rule, layer=layer,
-                          exported=exported, first_rows=job_index if path == PATH_PAIR else "")
+                          exported=exported, first_rows=job_index if path == PATH_PAIR else "",
+                          classes=_class_count(model, sig.output_name))
 
 
 def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignature, scores: str, target: str,
                    job_index: str, *, score: str, rule: str, layer: str,
-                   exported: tuple[str, str] | None, first_rows: str = "") -> onnx.ModelProto:
+                   exported: tuple[str, str] | None, first_rows: str = "",
+                   classes: int | None = None) -> onnx.ModelProto:
     """`composed` (b's prefix, the model, b's suffix computing the class `scores`) plus the gradient of
     each row's target score with respect to the model input (and `layer`), exposed as `input_grad`;
     `first_rows`: a tensor of R elements, when the model ran on 2R rows of which only the first R's
-    gradients are answers (the pair path)."""
+    gradients are answers (the pair path); `classes`: the number of classes when known before run
+    time (a cheaper seed)."""
     first_node, first_init = len(b.nodes), len(b.initializers)
     if exported is not None:
         if layer or rule != "plain":
             raise ValueError("exported gradients give the plain input gradient only")
         seed_input, gradient_output = exported
-        one_hot = _one_hot_seed(b, scores, target, job_index, b.name("one_hot"))
+        one_hot = _one_hot_seed(b, scores, target, job_index, b.name("one_hot"), classes)
         if score == "probability" and sig.scores == "logits":
             # The exported gradient is of sum(seed * logits): seed = dp_t/dlogits = p_t (e_t - p).
             p_t = b.op("GatherElements", [scores, b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])],
@@ -130,13 +133,32 @@ def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignatu
         return _finish(composed, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, "", seed_input)
     wrt = [sig.input_name] + ([layer] if layer else [])
     derived = differentiate(composed, scores, wrt, rule=rule, seed_name=_AUTODIFF_SEED, grad_prefix=_GRAD_PREFIX)
-    _one_hot_seed(b, scores, target, job_index, _AUTODIFF_SEED)
+    _one_hot_seed(b, scores, target, job_index, _AUTODIFF_SEED, classes)
     return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer, _AUTODIFF_SEED,
                    first_rows)
 
 
-def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out: str) -> str:
-    """Nodes making the backward seed: one-hot of each row's target over the score's classes."""
+def _class_count(model: onnx.ModelProto, output: str) -> int | None:
+    """The model output's number of classes (axis 1) when the graph declares it, else None."""
+    for vi in [*model.graph.output, *model.graph.value_info]:
+        if vi.name == output and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+                return int(dims[1].dim_value)
+    return None
+
+
+def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out: str,
+                  class_count: int | None = None) -> str:
+    """Nodes making the backward seed: one-hot of each row's target over the score's classes.
+
+    With the class count K known, the rows of the K x K identity gathered by target (one Gather;
+    the general form, an Equal of the targets against Range(K) broadcast to [R, K] then a Cast,
+    was ~15% of the MLP's gradient graph at 1024 rows). An out-of-range target fails here as it
+    does in the score's GatherElements."""
+    if class_count is not None:
+        eye = b.const(np.eye(class_count, dtype=np.float32), "one_hot_rows")
+        return b.op("Gather", [eye, b.op("Gather", [target, job_index], axis=0)], out=out, axis=0)
     classes = b.op("Range", [b.const(np.array(0, np.int64)),
                              b.squeeze(b.op("Slice", [b.op("Shape", [scores]), b.const(np.array([1], np.int64)),
                                                       b.const(np.array([2], np.int64))]), [0]),
