@@ -20,6 +20,7 @@ from explaind.engine.engine import ServedModel
 from explaind.errors import InvalidArgument
 from explaind.methods.ablation_cam import AblationCam
 from explaind.methods.base import ModelView
+from explaind.methods.cam import Cam
 from explaind.methods.cam_base import min_max
 from explaind.methods.eigen_cam import EigenCam
 from explaind.methods.eigen_grad_cam import EigenGradCam
@@ -138,6 +139,10 @@ def test_aug_smooth_averages_six_scaled_maps():
     got, _ = run(EigenCam(), {"aug_smooth": True})
     assert got.model_evaluations == 1 + 5
     np.testing.assert_allclose(got.attribution, min_max(min_max(np.maximum(first_component(ACT), 0))), atol=1e-5)
+    # CAM (relu false: its map keeps its sign until the scaling)
+    got, params = run(Cam(), {"aug_smooth": True})
+    assert params["relu"] is False and got.model_evaluations == 1 + 5
+    np.testing.assert_allclose(got.attribution, min_max(min_max(np.tensordot(HEAD[:, TARGET], ACT, axes=1))), atol=1e-5)
 
 
 def test_ablation_cam_on_a_relu_layer_ablates_with_zero():

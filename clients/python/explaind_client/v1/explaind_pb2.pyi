@@ -345,14 +345,18 @@ class ScoreCam(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class Cam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class XGradCam(_message.Message):
     __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
