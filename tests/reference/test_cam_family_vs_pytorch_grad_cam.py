@@ -26,9 +26,11 @@ from explaind.methods.ablation_cam import AblationCam
 from explaind.methods.eigen_cam import EigenCam
 from explaind.methods.eigen_grad_cam import EigenGradCam
 from explaind.methods.grad_cam import GradCam
+from explaind.methods.grad_cam_plus_plus import GradCamPlusPlus
 from explaind.methods.grad_cam_element_wise import GradCamElementWise
 from explaind.methods.hires_cam import HiResCam
 from explaind.methods.layer_cam import LayerCam
+from explaind.methods.score_cam import ScoreCam
 from explaind.methods.xgrad_cam import XGradCam
 
 PAIRS = {"XGradCAM": XGradCam, "LayerCAM": LayerCam, "HiResCAM": HiResCam, "GradCAMElementWise": GradCamElementWise,
@@ -50,9 +52,9 @@ def inputs(exported, summary, _module_time):
     return get
 
 
-def library_maps(gc, cls, ex, xt, target, **call):
+def library_maps(gc, cls, ex, xt, target, module: str = "", **call):
     """(the library's un-scaled map at the layer [h, w], its final output [H, W])."""
-    layer = ex.torch_model.get_submodule(ex.entry.layer_module)
+    layer = ex.torch_model.get_submodule(module or ex.entry.layer_module)
     targets = [gc.ClassifierOutputTarget(target)]
     with cls(model=ex.torch_model, target_layers=[layer]) as cam:
         final = cam(input_tensor=xt, targets=targets, **call)
@@ -90,7 +92,8 @@ def test_cam_family(inputs, xp, summary, name, library_name):
 
 
 @pytest.mark.parametrize("name", ["resnet", "vgg"])
-@pytest.mark.parametrize("library_name, ours", [("GradCAM", GradCam), ("LayerCAM", LayerCam), ("AblationCAM", AblationCam)])
+@pytest.mark.parametrize("library_name, ours", [("GradCAM", GradCam), ("LayerCAM", LayerCam), ("AblationCAM", AblationCam),
+                                                ("GradCAMPlusPlus", GradCamPlusPlus), ("ScoreCAM", ScoreCam)])
 def test_eigen_smooth(inputs, xp, summary, name, library_name, ours):
     gc = import_pytorch_grad_cam()
     ex, x, xt, target = inputs(name)
@@ -102,7 +105,7 @@ def test_eigen_smooth(inputs, xp, summary, name, library_name, ours):
 
 @pytest.mark.parametrize("name", ["resnet", "vgg"])
 @pytest.mark.parametrize("library_name, ours", [("GradCAM", GradCam), ("HiResCAM", HiResCam), ("EigenCAM", EigenCam),
-                                                ("AblationCAM", AblationCam)])
+                                                ("AblationCAM", AblationCam), ("ScoreCAM", ScoreCam)])
 def test_aug_smooth(inputs, xp, summary, name, library_name, ours):
     gc = import_pytorch_grad_cam()
     ex, x, xt, target = inputs(name)
@@ -111,3 +114,19 @@ def test_aug_smooth(inputs, xp, summary, name, library_name, ours):
     assert params["upsample"] == "bilinear"
     assert got.attribution.shape == final.shape
     check(summary, f"{library_name} aug_smooth", name, got.attribution, final)
+
+
+def test_ablation_cam_inside_a_residual_block(inputs, xp, summary):
+    """The layer block2.relu1 is bypassed by block2's shortcut: the ablated rows run the model's tail
+    from the layer and the shortcut from the input (pytorch-grad-cam swaps the module for its
+    AblationLayer and reruns the whole model)."""
+    import zoo
+
+    gc = import_pytorch_grad_cam()
+    ex, x, xt, target = inputs("resnet")
+    tensor = next(n.output[0] for n in ex.onnx_model.graph.node
+                  if n.op_type == "Relu" and zoo.module_of_node(n) == "block2.relu1")
+    unscaled, final = library_maps(gc, gc.AblationCAM, ex, xt, target, module="block2.relu1")
+    got, _ = xp.explain(AblationCam(), {"layer": tensor, "upsample": "none"}, ex.in_process, x, target)
+    check(summary, "AblationCAM inner layer (layer)", "resnet", got.attribution, unscaled)
+    check(summary, "AblationCAM inner layer (scaled)", "resnet", scaled(gc, got.attribution, x), final)
