@@ -12,7 +12,8 @@ Options of every CAM, as pytorch-grad-cam's `__call__(aug_smooth, eigen_smooth)`
   element-wise product) on their first principal component (centred over the h * w positions, SVD;
   pytorch-grad-cam `get_2d_projection`) instead of their sum over channels.
 - aug_smooth: the map is the mean over six augmented inputs (horizontal flip or not, times 0.9, 1
-  or 1.1: pytorch-grad-cam's default ttach transforms) of each input's map, ReLU'd, min-max scaled
+  or 1.1: pytorch-grad-cam's default ttach transforms) of each input's map, ReLU'd (unless relu is
+  false: CAM's default), min-max scaled
   ((m - min) / (max - min + 1e-7)), upsampled, scaled again and flipped back, as
   `forward_augmentation_smoothing`; so its values lie in [0, 1] (without it the map is not min-max
   scaled: the renderer normalises for display). Six times the rows (and, for the forward-only
