@@ -98,7 +98,8 @@ def test_eigen_smooth(inputs, xp, summary, name, library_name, ours):
     gc = import_pytorch_grad_cam()
     ex, x, xt, target = inputs(name)
     unscaled, final = library_maps(gc, getattr(gc, library_name), ex, xt, target, eigen_smooth=True)
-    got, _ = xp.explain(ours(), {"layer": ex.layer, "upsample": "none", "eigen_smooth": True}, ex.in_process, x, target)
+    given = {"layer": ex.layer, "upsample": "none", "eigen_smooth": True}
+    got, _ = xp.explain(ours(), given, ex.in_process, x, target)
     check(summary, f"{library_name} eigen_smooth (layer)", name, got.attribution, unscaled)
     check(summary, f"{library_name} eigen_smooth (scaled)", name, scaled(gc, got.attribution, x), final)
 

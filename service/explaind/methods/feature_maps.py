@@ -28,7 +28,8 @@ from ..onnxgraph.resample import upsample
 from ..onnxgraph.variants.predict import LAYER_OUTPUT
 from ..render import RenderOptions, render_rgb
 from ..render.heatmap import encode_png
-from .base import LAYER_ACTIVATIONS, LAYER_GRADIENTS, LOGIT, Method, MethodContext, ModelView, Result, Stages, prediction_stage
+from .base import (LAYER_ACTIVATIONS, LAYER_GRADIENTS, LOGIT, Method, MethodContext, ModelView, Result, Stages,
+                   prediction_stage)
 from .gradient_base import gradient_stage, layer_param, resolve_layer, upsample_param
 from .params import Choice, Int
 
@@ -51,7 +52,8 @@ def gate_tensors(model: onnx.ModelProto | None) -> tuple[str, ...]:
         for node in consumers.get(tensor, []):
             if node.op_type == "Mul":
                 return True
-            if node.op_type in PASS_THROUGH and depth < 4 and node.input[0] == tensor and multiplies(node.output[0], depth + 1):
+            reshaped = node.op_type in PASS_THROUGH and depth < 4 and node.input[0] == tensor
+            if reshaped and multiplies(node.output[0], depth + 1):
                 return True
         return False
 
@@ -82,7 +84,8 @@ def grid_shape(k: int) -> tuple[int, int]:
 class FeatureMaps(Method):
     name = "feature_maps"
     title = "Feature maps"
-    reference = "Zeiler & Fergus 2014 (feature visualisation); Hu et al. 2018 (squeeze-excitation gates); survey 2.1.5, 2.2.2"
+    reference = ("Zeiler & Fergus 2014 (feature visualisation); Hu et al. 2018 (squeeze-excitation gates); "
+                 "survey 2.1.5, 2.2.2")
     description = "A layer's strongest channels for the input (by activation or Grad-CAM weight) and the model's gates."
     needs = LAYER_ACTIVATIONS
     kinds = frozenset({"image"})
@@ -100,18 +103,23 @@ class FeatureMaps(Method):
         params["layer"] = resolve_layer(params, self.name, model)
         white_box = model.white_box
         if params["rank_by"] == "grad_cam" and not white_box.offers(LAYER_GRADIENTS, ("plain",)):
-            raise FailedPrecondition(f"feature_maps.rank_by grad_cam needs the model's gradients: {white_box.why_not()}")
+            raise FailedPrecondition(f"feature_maps.rank_by grad_cam needs the model's gradients: "
+                                     f"{white_box.why_not()}")
         return params
 
     def prediction_layer(self, params: dict[str, Any]) -> str:
         return str(params["layer"])
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
-        return (params["rank_by"] == "grad_cam") + len(ctx.model.derive("feature_maps.gates", lambda: gate_tensors(ctx.model.graph)))
+        return (params["rank_by"] == "grad_cam") + len(self.gates(ctx.model))
+
+    def gates(self, model: ModelView) -> tuple[str, ...]:
+        """The graph's gate tensors, found once per model version."""
+        return model.derive("feature_maps.gates", lambda: gate_tensors(model.graph))
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         activation = np.asarray(ctx.layer_activation, np.float64)                    # [K, h, w]
-        gates = ctx.model.derive("feature_maps.gates", lambda: gate_tensors(ctx.model.graph))
+        gates = self.gates(ctx.model)
         stages: list[Any] = [prediction_stage(ctx.x, gate) for gate in gates]
         if params["rank_by"] == "grad_cam":
             stages.append(gradient_stage(ctx, layer=params["layer"]))
@@ -124,7 +132,8 @@ class FeatureMaps(Method):
         arrays = {"feature_maps": activation[chosen].astype(np.float32), "channels": chosen.astype(np.int32),
                   "channel_scores": scores[chosen].astype(np.float32)}
         for gate, predicted in zip(gates, done):
-            arrays[f"gate:{gate}"] = gate_map(predicted.outputs[LAYER_OUTPUT], params["upsample"], ctx.model).astype(np.float32)
+            values = gate_map(predicted.outputs[LAYER_OUTPUT], params["upsample"], ctx.model)
+            arrays[f"gate:{gate}"] = values.astype(np.float32)
         mean = activation[chosen].mean(axis=0)
         return Result(upsample(mean, ctx.model.signature.spatial_shape, params["upsample"]), arrays=arrays)
 
