@@ -29,7 +29,7 @@ from .models.live import ModelControl
 from .models.repository import LoadedModel, ModelEntry, ModelRepository, UnloadedModel
 from .models.white_box import WhiteBox, inspect_white_box
 from .onnxgraph.signature import ModelSignature
-from .render import RenderOptions, render_heatmap
+from .render import RenderOptions
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class Explainer:
             options = query.render
             if options.clip_percentile_low is None and p.method.render_low_percentile is not None:
                 options = dataclasses.replace(options, clip_percentile_low=p.method.render_low_percentile)
-            heatmap = render_heatmap(run.result.attribution, options, image=image)
+            heatmap = p.method.render(run.result, options, image)
         return Explanation(run.result.attribution, run.target, entry.labels[run.target],
                            self._top_classes(entry, run.prediction), heatmap, stats(run.stats), run.result.figures,
                            run.result.arrays, complete=run.complete, evaluation=evaluation)

@@ -188,12 +188,14 @@ def import_zennit() -> types.ModuleType:
 
 
 def import_pytorch_grad_cam() -> types.SimpleNamespace:
-    """GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
+    """The CAM classes (GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM, ...), ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
     real package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
     stub_torchvision_if_broken()
-    from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
+    import pytorch_grad_cam as library
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    return types.SimpleNamespace(GradCAMPlusPlus=GradCAMPlusPlus, ScoreCAM=ScoreCAM,
+    cams = ("GradCAM", "GradCAMPlusPlus", "ScoreCAM", "XGradCAM", "LayerCAM", "HiResCAM", "GradCAMElementWise",
+            "EigenCAM", "EigenGradCAM", "AblationCAM")
+    return types.SimpleNamespace(**{name: getattr(library, name) for name in cams},
                                  ClassifierOutputTarget=ClassifierOutputTarget, scale_cam_image=scale_cam_image)

@@ -288,6 +288,11 @@ class Method(ABC):
         variant's measured seconds per row): the same unless a row expands inside the graph."""
         return self.planned_rows(params, ctx)
 
+    def render(self, result: Result, options: Any, image: np.ndarray | None) -> bytes:
+        """The response's PNG for `render` (render.RenderOptions): the attribution's heatmap."""
+        from ..render import render_heatmap  # the renderer loads only when a request renders
+        return render_heatmap(result.attribution, options, image=image)
+
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         runner = StageRunner(ctx, self.planned_engine_rows(params, ctx), allow_partial=ctx.allow_partial and
                               bool(self.partial_results))

@@ -309,24 +309,32 @@ class Lrp(_message.Message):
     def __init__(self, composite: _Optional[str] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ..., layer_rules: _Optional[str] = ..., contrast: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
 
 class GradCam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class GradCamPlusPlus(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class GuidedGradCam(_message.Message):
     __slots__ = ("layer", "upsample", "channel_reduction")
@@ -339,24 +347,32 @@ class GuidedGradCam(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., upsample: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
 
 class ScoreCam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class Cam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class DeepLift(_message.Message):
     __slots__ = ("baseline", "channel_reduction")
@@ -388,6 +404,132 @@ class ExcitationBackprop(_message.Message):
     upsample: str
     def __init__(self, layer: _Optional[str] = ..., contrastive: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
 
+class XGradCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class LayerCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class HiResCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class GradCamElementWise(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class EigenCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class EigenGradCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class AblationCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class SmoothGradCamPlusPlus(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth", "num_samples", "noise_level", "stdev")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    STDEV_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    num_samples: int
+    noise_level: float
+    stdev: float
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ..., num_samples: _Optional[int] = ..., noise_level: _Optional[float] = ..., stdev: _Optional[float] = ...) -> None: ...
+
+class FeatureMaps(_message.Message):
+    __slots__ = ("layer", "top_k", "rank_by", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RANK_BY_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    top_k: int
+    rank_by: str
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., top_k: _Optional[int] = ..., rank_by: _Optional[str] = ..., upsample: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -405,7 +547,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +579,15 @@ class ExplainRequest(_message.Message):
     DEEP_LIFT_SHAP_FIELD_NUMBER: _ClassVar[int]
     RECT_GRAD_FIELD_NUMBER: _ClassVar[int]
     EXCITATION_BACKPROP_FIELD_NUMBER: _ClassVar[int]
+    XGRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    LAYER_CAM_FIELD_NUMBER: _ClassVar[int]
+    HIRES_CAM_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAM_ELEMENT_WISE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_CAM_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    ABLATION_CAM_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_GRAD_CAM_PLUS_PLUS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -470,9 +621,18 @@ class ExplainRequest(_message.Message):
     deep_lift_shap: DeepLiftShap
     rect_grad: RectGrad
     excitation_backprop: ExcitationBackprop
+    xgrad_cam: XGradCam
+    layer_cam: LayerCam
+    hires_cam: HiResCam
+    grad_cam_element_wise: GradCamElementWise
+    eigen_cam: EigenCam
+    eigen_grad_cam: EigenGradCam
+    ablation_cam: AblationCam
+    smooth_grad_cam_plus_plus: SmoothGradCamPlusPlus
+    feature_maps: FeatureMaps
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
