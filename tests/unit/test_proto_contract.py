@@ -78,3 +78,15 @@ def test_lint_fails_on_a_violation(tmp_path):
     result = buf("lint", str(copy))
     assert result.returncode != 0
     assert 'Field name "fooBar" should be lower_snake_case' in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("protoc") is None, reason="needs protoc (Debian: protobuf-compiler)")
+def test_java_generation_command(tmp_path):
+    """The --java_out half of clients/README.md's Java command (grpc-java's plugin is not reachable here):
+    the messages land in the proto's java_package, one file each."""
+    result = subprocess.run(["protoc", "-I", "proto", f"--java_out={tmp_path}", "proto/explaind/v1/explaind.proto"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    package = tmp_path / "dev" / "explaind" / "v1"
+    assert (package / "ExplainRequest.java").exists() and (package / "ExplainResponse.java").exists()
+    assert "package dev.explaind.v1;" in (package / "Tensor.java").read_text()

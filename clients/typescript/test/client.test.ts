@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -329,5 +330,28 @@ describe("authentication and TLS", () => {
   it("refuses a token with spaces and a half client certificate", () => {
     assert.throws(() => new ExplaindClient("localhost:1", { token: "a b" }), /token: expected visible ASCII/);
     assert.throws(() => new ExplaindClient("localhost:1", { privateKey: Buffer.from("k") }), /privateKey and certificateChain go together/);
+  });
+});
+
+describe("the README's example script", () => {
+  const script = join(__dirname, "..", "examples", "explain.js");
+  const run = (...args: string[]) => spawnSync(process.execPath, [script, ...args], { encoding: "utf8", timeout: 120_000 });
+
+  it("writes the server's heatmap and prints the target and the cost", () => {
+    const out = join(mkdtempSync(join(tmpdir(), "explaind-ts-example-")), "heat.png");
+    const result = run("--server", plain.address, "--token", TOKEN, "--model", "shapes", "--image", CIRCLE, "--out", out,
+      "--method", "occlusion", "--param", "window=8,8", "--param", "stride=4,4");
+    assert.equal(result.status, 0, result.stderr);
+    assert.ok(existsSync(out));
+    assert.deepEqual(pngSize(readFileSync(out)), [64, 64]);
+    assert.match(result.stdout, /^target: circle \(class 0\)$/m);
+    assert.match(result.stdout, /method: occlusion, seed \d+, 227 model evaluations/);
+    assert.match(result.stderr, /100% \(226\/226 rows\)/);
+  });
+
+  it("a server error: exit 1 with the code and the message", () => {
+    const result = run("--server", plain.address, "--token", TOKEN, "--model", "nope", "--image", CIRCLE, "--out", "/dev/null");
+    assert.equal(result.status, 1);
+    assert.match(result.stderr, /^NOT_FOUND: .*nope/);
   });
 });
