@@ -11,7 +11,10 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
+
+#include <unistd.h>
 
 #include "explaind/client.h"
 
@@ -122,16 +125,21 @@ int main(int argc, char** argv) {
 
   try {
     const explaind::Client client(flags.server, options);
+    // a terminal gets a progress line redrawn in place; a pipe or file only the last one, at the end
+    const bool terminal = isatty(STDERR_FILENO);
     int last_percent = -1;
+    std::string last;
     const auto response = client.ExplainStream(request, [&](const explaind::v1::Progress& progress) {
       const int percent = static_cast<int>(progress.fraction() * 100);
-      if (!flags.quiet && percent != last_percent) {
-        std::cerr << "\r" << (progress.stage().empty() ? "explaining" : progress.stage()) << " " << std::setw(3)
-                  << percent << "% (" << progress.rows_done() << "/" << progress.rows_total() << " rows)" << std::flush;
-        last_percent = percent;
-      }
+      if (flags.quiet || percent == last_percent) return;
+      std::ostringstream line;
+      line << (progress.stage().empty() ? "explaining" : progress.stage()) << " " << std::setw(3) << percent << "% ("
+           << progress.rows_done() << "/" << progress.rows_total() << " rows)";
+      last = line.str();
+      last_percent = percent;
+      if (terminal) std::cerr << "\r" << last << std::flush;
     });
-    if (!flags.quiet && last_percent >= 0) std::cerr << "\n";
+    if (!last.empty()) std::cerr << (terminal ? "\n" : last + "\n");
     explaind::WriteFile(flags.out, response.heatmap_png());
     const auto attribution = explaind::FloatValues(response.attribution());
     std::cout << "target: " << response.target_label() << " (class " << response.target_class() << ")\n";

@@ -55,6 +55,7 @@ async function main(): Promise<number> {
     rootCertificates: values["tls-ca"] ? readFileSync(values["tls-ca"]) : undefined,
     timeoutMs: values.timeout ? Number(values.timeout) * 1000 : undefined,
   });
+  let last = "";
   try {
     const target = values.target === undefined ? undefined : /^\d+$/.test(values.target) ? Number(values.target) : values.target;
     const result = await client.explainStream(values.model, {
@@ -65,9 +66,13 @@ async function main(): Promise<number> {
       seed: BigInt(values.seed ?? "0"),
       render: true,
     }, {
-      onProgress: (p) => process.stderr.write(`\r${p.stage || "explaining"} ${Math.round(p.fraction * 100)}% (${p.rowsDone}/${p.rowsTotal} rows)`),
+      // a terminal gets a progress line redrawn in place; a pipe or file only the last one, at the end
+      onProgress: (p) => {
+        last = `${p.stage || "explaining"} ${Math.round(p.fraction * 100)}% (${p.rowsDone}/${p.rowsTotal} rows)`;
+        if (process.stderr.isTTY) process.stderr.write(`\r${last}`);
+      },
     });
-    process.stderr.write("\n");
+    if (last) process.stderr.write(process.stderr.isTTY ? "\n" : `${last}\n`);
     writeFileSync(values.out, result.heatmapPng);
     console.log(`target: ${result.targetLabel} (class ${result.targetClass})`);
     for (const c of result.topClasses) console.log(`  ${c.label.padEnd(12)}${c.probability.toFixed(4)}`);
