@@ -287,6 +287,15 @@ describe("errors", () => {
     assert.ok(["DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"].includes(error.codeName), error.message);
   });
 
+  it("model control needs an admin tenant: PERMISSION_DENIED", async () => {
+    for (const call of [client.unloadModel("shapes"), client.loadModel("shapes")]) {
+      const error = await rejection(call);
+      assert.equal(error.codeName, "PERMISSION_DENIED");
+      assert.match(error.details, /alice/);
+    }
+    assert.equal((await client.getModel("shapes")).status, pb.ModelStatus.READY);
+  });
+
   it("an AbortSignal cancels the call", async () => {
     const controller = new AbortController();
     const call = client.explain("shapes", { method: "rise", image: CIRCLE, params: { numMasks: 50_000 } }, { signal: controller.signal });
