@@ -156,7 +156,7 @@ def _torchvision_stub(reason: str) -> None:
     transforms.functional = functional
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
-    for name in ("Bottleneck", "BasicBlock"):  # zennit's torchvision canonizers match these classes
+    for name in ("ResNet", "Bottleneck", "BasicBlock"):  # zennit's canonizers match these; TorchRay imports them
         setattr(resnet, name, type(name, (torch.nn.Module,), {"__init__": unavailable(f"models.resnet.{name}")}))
     models.resnet = resnet
     tv.transforms, tv.ops, tv.models = transforms, ops, models
@@ -179,6 +179,12 @@ def stub_torchvision_if_broken() -> None:
             del sys.modules[name]
         TORCHVISION_STUBBED = f"torchvision cannot be imported here: {type(exc).__name__}: {exc}"
         _torchvision_stub(TORCHVISION_STUBBED)
+
+
+def import_zennit() -> types.ModuleType:
+    """The zennit package (the real one; torchvision stubbed only when it cannot be imported)."""
+    stub_torchvision_if_broken()
+    return importlib.import_module("zennit")
 
 
 def import_pytorch_grad_cam() -> types.SimpleNamespace:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from .base import Method
 from .cam import Cam
 from .deconvnet import Deconvnet
+from .deep_lift import DeepLift
+from .deep_lift_shap import DeepLiftShap
+from .excitation_backprop import ExcitationBackprop
 from .extremal_perturbation import ExtremalPerturbation
 from .grad_cam import GradCam
 from .grad_cam_plus_plus import GradCamPlusPlus
@@ -15,7 +18,9 @@ from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
 from .lime import Lime
 from .linear_shap import LinearShap
+from .lrp import Lrp
 from .occlusion import Occlusion
+from .rect_grad import RectGrad
 from .rise import Rise
 from .saliency import Saliency
 from .score_cam import ScoreCam
@@ -26,6 +31,7 @@ METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+    Lrp, DeepLift, DeepLiftShap, RectGrad, ExcitationBackprop,
 )
 
 

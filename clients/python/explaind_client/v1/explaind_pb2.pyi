@@ -292,6 +292,22 @@ class Deconvnet(_message.Message):
     channel_reduction: str
     def __init__(self, channel_reduction: _Optional[str] = ...) -> None: ...
 
+class Lrp(_message.Message):
+    __slots__ = ("composite", "epsilon", "gamma", "layer_rules", "contrast", "channel_reduction")
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    LAYER_RULES_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    composite: str
+    epsilon: float
+    gamma: float
+    layer_rules: str
+    contrast: str
+    channel_reduction: str
+    def __init__(self, composite: _Optional[str] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ..., layer_rules: _Optional[str] = ..., contrast: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
 class GradCam(_message.Message):
     __slots__ = ("layer", "relu", "upsample")
     LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +358,36 @@ class Cam(_message.Message):
     upsample: str
     def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
 
+class DeepLift(_message.Message):
+    __slots__ = ("baseline", "channel_reduction")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    baseline: float
+    channel_reduction: str
+    def __init__(self, baseline: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class DeepLiftShap(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RectGrad(_message.Message):
+    __slots__ = ("q", "channel_reduction")
+    Q_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    q: float
+    channel_reduction: str
+    def __init__(self, q: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class ExcitationBackprop(_message.Message):
+    __slots__ = ("layer", "contrastive", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CONTRASTIVE_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    contrastive: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., contrastive: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -359,7 +405,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -386,6 +432,11 @@ class ExplainRequest(_message.Message):
     GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
     SCORE_CAM_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
+    LRP_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_SHAP_FIELD_NUMBER: _ClassVar[int]
+    RECT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    EXCITATION_BACKPROP_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -414,9 +465,14 @@ class ExplainRequest(_message.Message):
     guided_grad_cam: GuidedGradCam
     score_cam: ScoreCam
     cam: Cam
+    lrp: Lrp
+    deep_lift: DeepLift
+    deep_lift_shap: DeepLiftShap
+    rect_grad: RectGrad
+    excitation_backprop: ExcitationBackprop
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -545,7 +601,7 @@ class Preprocess(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures")
+    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "rule_families", "lrp_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -568,6 +624,8 @@ class ModelInfo(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    LRP_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ModelStatus
     reason: str
@@ -590,7 +648,9 @@ class ModelInfo(_message.Message):
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     loaded_at: _timestamp_pb2.Timestamp
     run_failures: int
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ...) -> None: ...
+    rule_families: _containers.RepeatedScalarFieldContainer[str]
+    lrp_reason: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., rule_families: _Optional[_Iterable[str]] = ..., lrp_reason: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
