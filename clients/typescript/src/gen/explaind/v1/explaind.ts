@@ -762,6 +762,32 @@ export interface Deconvnet {
   channelReduction: string;
 }
 
+/**
+ * Layer-wise relevance propagation (Bach et al. 2015) with Zennit's composites; docs/lrp.md. Explains
+ * the target's logit; figures relevance_sum, target_relevance, conservation_error.
+ */
+export interface Lrp {
+  /** epsilon_plus_flat (default) | epsilon_gamma_box | epsilon_plus | */
+  composite: string;
+  /** epsilon_alpha2_beta1 | epsilon_alpha2_beta1_flat | deep_taylor */
+  epsilon?:
+    | number
+    | undefined;
+  /** default 0.25: the gamma rule's boost of positive weights */
+  gamma?:
+    | number
+    | undefined;
+  /** default none: "layer=rule,..." overriding the composite; layer: a */
+  layerRules: string;
+  /**
+   * Conv/Gemm/MatMul node name or its output tensor; rule: epsilon |
+   * gamma | alpha2_beta1 | alpha1_beta0 | zplus | zbox | wsquare | flat
+   */
+  contrast: string;
+  /** none (default) | max | sum | mean */
+  channelReduction: string;
+}
+
 /** Grad-CAM (Selvaraju et al. 2017; Captum LayerGradCam + bilinear upsampling). */
 export interface GradCam {
   /** tensor name; default model.yaml layers.cam, else the last 4-D */
@@ -830,6 +856,57 @@ export interface Cam {
   upsample: string;
 }
 
+/**
+ * DeepLIFT, rescale rule (Shrikumar et al. 2017; Captum DeepLift): (x - x0) times the multipliers
+ * (y - y0) / (x - x0) of every element-wise nonlinearity (the gradient where |x - x0| < 1e-10),
+ * Captum's max-pool rule, linear layers as gradients. Figures: convergence_delta, attribution_sum,
+ * f_input, f_baseline.
+ */
+export interface DeepLift {
+  /** default 0, in model input space */
+  baseline?:
+    | number
+    | undefined;
+  /** none (default) | max | sum | mean */
+  channelReduction: string;
+}
+
+/**
+ * DeepLIFT SHAP (Lundberg & Lee 2017; Captum DeepLiftShap): the mean of DeepLIFT over the model's
+ * background rows as baselines (tabular models with model.yaml background). Figures as DeepLift.
+ */
+export interface DeepLiftShap {
+}
+
+/**
+ * RectGrad (Kim et al. 2019): the gradient where each ReLU passes back only the units whose
+ * activation x gradient exceeds its q-th percentile over the layer.
+ */
+export interface RectGrad {
+  /** default 98 (the paper's), in [0, 100] */
+  q?:
+    | number
+    | undefined;
+  /** none (default) | max | sum | mean */
+  channelReduction: string;
+}
+
+/**
+ * Excitation backprop (Zhang et al. 2016; TorchRay excitation_backprop): winning probabilities
+ * through positive weights, summed over channels where the map is read. contrastive: minus the pass
+ * with the classifier negated, clamped at 0 (TorchRay contrastive_excitation_backprop).
+ */
+export interface ExcitationBackprop {
+  /** tensor name where the map is read; default the input */
+  layer: string;
+  /** default false */
+  contrastive?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none (for a layer) */
+  upsample: string;
+}
+
 /** Present in a request: the response carries `heatmap_png`, at the input image's size. */
 export interface Render {
   colormap: Colormap;
@@ -893,6 +970,11 @@ export interface ExplainRequest {
     | { $case: "guidedGradCam"; value: GuidedGradCam }
     | { $case: "scoreCam"; value: ScoreCam }
     | { $case: "cam"; value: Cam }
+    | { $case: "lrp"; value: Lrp }
+    | { $case: "deepLift"; value: DeepLift }
+    | { $case: "deepLiftShap"; value: DeepLiftShap }
+    | { $case: "rectGrad"; value: RectGrad }
+    | { $case: "excitationBackprop"; value: ExcitationBackprop }
     | undefined;
   /**
    * Quality figures of this explanation, computed beside it (ExplainResponse.evaluation); the same
@@ -1054,6 +1136,13 @@ export interface ModelInfo {
     | undefined;
   /** runs of this version that failed since it was loaded */
   runFailures: bigint;
+  /**
+   * Backward rule families the model's graph supports: "plain" (gradients), "guided", "deconvnet",
+   * "lrp" (every operator on its path has a relevance rule: lrp serves it).
+   */
+  ruleFamilies: string[];
+  /** why not "lrp": the operator and node without a relevance rule */
+  lrpReason: string;
 }
 
 export interface ListModelsRequest {
@@ -3418,6 +3507,163 @@ export const Deconvnet: MessageFns<Deconvnet> = {
   },
 };
 
+function createBaseLrp(): Lrp {
+  return { composite: "", epsilon: undefined, gamma: undefined, layerRules: "", contrast: "", channelReduction: "" };
+}
+
+export const Lrp: MessageFns<Lrp> = {
+  encode(message: Lrp, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.composite !== "") {
+      writer.uint32(10).string(message.composite);
+    }
+    if (message.epsilon !== undefined) {
+      writer.uint32(21).float(message.epsilon);
+    }
+    if (message.gamma !== undefined) {
+      writer.uint32(29).float(message.gamma);
+    }
+    if (message.layerRules !== "") {
+      writer.uint32(34).string(message.layerRules);
+    }
+    if (message.contrast !== "") {
+      writer.uint32(42).string(message.contrast);
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(50).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Lrp {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLrp();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.composite = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.epsilon = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.gamma = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.layerRules = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.contrast = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Lrp {
+    return {
+      composite: isSet(object.composite) ? globalThis.String(object.composite) : "",
+      epsilon: isSet(object.epsilon) ? globalThis.Number(object.epsilon) : undefined,
+      gamma: isSet(object.gamma) ? globalThis.Number(object.gamma) : undefined,
+      layerRules: isSet(object.layerRules)
+        ? globalThis.String(object.layerRules)
+        : isSet(object.layer_rules)
+        ? globalThis.String(object.layer_rules)
+        : "",
+      contrast: isSet(object.contrast) ? globalThis.String(object.contrast) : "",
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: Lrp): unknown {
+    const obj: any = {};
+    if (message.composite !== "") {
+      obj.composite = message.composite;
+    }
+    if (message.epsilon !== undefined) {
+      obj.epsilon = floatToJson(message.epsilon);
+    }
+    if (message.gamma !== undefined) {
+      obj.gamma = floatToJson(message.gamma);
+    }
+    if (message.layerRules !== "") {
+      obj.layerRules = message.layerRules;
+    }
+    if (message.contrast !== "") {
+      obj.contrast = message.contrast;
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Lrp>): Lrp {
+    return Lrp.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Lrp>): Lrp {
+    const message = createBaseLrp();
+    message.composite = object.composite ?? "";
+    message.epsilon = object.epsilon ?? undefined;
+    message.gamma = object.gamma ?? undefined;
+    message.layerRules = object.layerRules ?? "";
+    message.contrast = object.contrast ?? "";
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
 function createBaseGradCam(): GradCam {
   return { layer: "", relu: undefined, upsample: "" };
 }
@@ -3927,6 +4173,337 @@ export const Cam: MessageFns<Cam> = {
   },
 };
 
+function createBaseDeepLift(): DeepLift {
+  return { baseline: undefined, channelReduction: "" };
+}
+
+export const DeepLift: MessageFns<DeepLift> = {
+  encode(message: DeepLift, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.baseline !== undefined) {
+      writer.uint32(13).float(message.baseline);
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(18).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeepLift {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeepLift();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 13) {
+              break;
+            }
+
+            message.baseline = reader.float();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeepLift {
+    return {
+      baseline: isSet(object.baseline) ? globalThis.Number(object.baseline) : undefined,
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: DeepLift): unknown {
+    const obj: any = {};
+    if (message.baseline !== undefined) {
+      obj.baseline = floatToJson(message.baseline);
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeepLift>): DeepLift {
+    return DeepLift.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeepLift>): DeepLift {
+    const message = createBaseDeepLift();
+    message.baseline = object.baseline ?? undefined;
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
+function createBaseDeepLiftShap(): DeepLiftShap {
+  return {};
+}
+
+export const DeepLiftShap: MessageFns<DeepLiftShap> = {
+  encode(_: DeepLiftShap, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeepLiftShap {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeepLiftShap();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeepLiftShap {
+    return {};
+  },
+
+  toJSON(_: DeepLiftShap): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeepLiftShap>): DeepLiftShap {
+    return DeepLiftShap.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<DeepLiftShap>): DeepLiftShap {
+    const message = createBaseDeepLiftShap();
+    return message;
+  },
+};
+
+function createBaseRectGrad(): RectGrad {
+  return { q: undefined, channelReduction: "" };
+}
+
+export const RectGrad: MessageFns<RectGrad> = {
+  encode(message: RectGrad, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.q !== undefined) {
+      writer.uint32(13).float(message.q);
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(18).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RectGrad {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRectGrad();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 13) {
+              break;
+            }
+
+            message.q = reader.float();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RectGrad {
+    return {
+      q: isSet(object.q) ? globalThis.Number(object.q) : undefined,
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: RectGrad): unknown {
+    const obj: any = {};
+    if (message.q !== undefined) {
+      obj.q = floatToJson(message.q);
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RectGrad>): RectGrad {
+    return RectGrad.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RectGrad>): RectGrad {
+    const message = createBaseRectGrad();
+    message.q = object.q ?? undefined;
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
+function createBaseExcitationBackprop(): ExcitationBackprop {
+  return { layer: "", contrastive: undefined, upsample: "" };
+}
+
+export const ExcitationBackprop: MessageFns<ExcitationBackprop> = {
+  encode(message: ExcitationBackprop, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.contrastive !== undefined) {
+      writer.uint32(16).bool(message.contrastive);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExcitationBackprop {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExcitationBackprop();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.contrastive = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExcitationBackprop {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      contrastive: isSet(object.contrastive) ? globalThis.Boolean(object.contrastive) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+    };
+  },
+
+  toJSON(message: ExcitationBackprop): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.contrastive !== undefined) {
+      obj.contrastive = message.contrastive;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExcitationBackprop>): ExcitationBackprop {
+    return ExcitationBackprop.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExcitationBackprop>): ExcitationBackprop {
+    const message = createBaseExcitationBackprop();
+    message.layer = object.layer ?? "";
+    message.contrastive = object.contrastive ?? undefined;
+    message.upsample = object.upsample ?? "";
+    return message;
+  },
+};
+
 function createBaseRender(): Render {
   return {
     colormap: 0,
@@ -4192,6 +4769,21 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "cam":
         Cam.encode(message.method.value, writer.uint32(242).fork()).join();
         break;
+      case "lrp":
+        Lrp.encode(message.method.value, writer.uint32(250).fork()).join();
+        break;
+      case "deepLift":
+        DeepLift.encode(message.method.value, writer.uint32(266).fork()).join();
+        break;
+      case "deepLiftShap":
+        DeepLiftShap.encode(message.method.value, writer.uint32(274).fork()).join();
+        break;
+      case "rectGrad":
+        RectGrad.encode(message.method.value, writer.uint32(282).fork()).join();
+        break;
+      case "excitationBackprop":
+        ExcitationBackprop.encode(message.method.value, writer.uint32(290).fork()).join();
+        break;
     }
     for (const v of message.evaluate) {
       Metric.encode(v!, writer.uint32(402).fork()).join();
@@ -4429,6 +5021,46 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.method = { $case: "cam", value: Cam.decode(reader, reader.uint32()) };
             continue;
           }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.method = { $case: "lrp", value: Lrp.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 33: {
+            if (tag !== 266) {
+              break;
+            }
+
+            message.method = { $case: "deepLift", value: DeepLift.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 34: {
+            if (tag !== 274) {
+              break;
+            }
+
+            message.method = { $case: "deepLiftShap", value: DeepLiftShap.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 35: {
+            if (tag !== 282) {
+              break;
+            }
+
+            message.method = { $case: "rectGrad", value: RectGrad.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 36: {
+            if (tag !== 290) {
+              break;
+            }
+
+            message.method = { $case: "excitationBackprop", value: ExcitationBackprop.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 50: {
             if (tag !== 402) {
               break;
@@ -4534,6 +5166,24 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         ? { $case: "scoreCam", value: ScoreCam.fromJSON(object.score_cam) }
         : isSet(object.cam)
         ? { $case: "cam", value: Cam.fromJSON(object.cam) }
+        : isSet(object.lrp)
+        ? { $case: "lrp", value: Lrp.fromJSON(object.lrp) }
+        : isSet(object.deepLift)
+        ? { $case: "deepLift", value: DeepLift.fromJSON(object.deepLift) }
+        : isSet(object.deep_lift)
+        ? { $case: "deepLift", value: DeepLift.fromJSON(object.deep_lift) }
+        : isSet(object.deepLiftShap)
+        ? { $case: "deepLiftShap", value: DeepLiftShap.fromJSON(object.deepLiftShap) }
+        : isSet(object.deep_lift_shap)
+        ? { $case: "deepLiftShap", value: DeepLiftShap.fromJSON(object.deep_lift_shap) }
+        : isSet(object.rectGrad)
+        ? { $case: "rectGrad", value: RectGrad.fromJSON(object.rectGrad) }
+        : isSet(object.rect_grad)
+        ? { $case: "rectGrad", value: RectGrad.fromJSON(object.rect_grad) }
+        : isSet(object.excitationBackprop)
+        ? { $case: "excitationBackprop", value: ExcitationBackprop.fromJSON(object.excitationBackprop) }
+        : isSet(object.excitation_backprop)
+        ? { $case: "excitationBackprop", value: ExcitationBackprop.fromJSON(object.excitation_backprop) }
         : undefined,
       evaluate: globalThis.Array.isArray(object?.evaluate) ? object.evaluate.map((e: any) => Metric.fromJSON(e)) : [],
       region: isSet(object.region) ? Region.fromJSON(object.region) : undefined,
@@ -4601,6 +5251,16 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       obj.scoreCam = ScoreCam.toJSON(message.method.value);
     } else if (message.method?.$case === "cam") {
       obj.cam = Cam.toJSON(message.method.value);
+    } else if (message.method?.$case === "lrp") {
+      obj.lrp = Lrp.toJSON(message.method.value);
+    } else if (message.method?.$case === "deepLift") {
+      obj.deepLift = DeepLift.toJSON(message.method.value);
+    } else if (message.method?.$case === "deepLiftShap") {
+      obj.deepLiftShap = DeepLiftShap.toJSON(message.method.value);
+    } else if (message.method?.$case === "rectGrad") {
+      obj.rectGrad = RectGrad.toJSON(message.method.value);
+    } else if (message.method?.$case === "excitationBackprop") {
+      obj.excitationBackprop = ExcitationBackprop.toJSON(message.method.value);
     }
     if (message.evaluate?.length) {
       obj.evaluate = message.evaluate.map((e) => Metric.toJSON(e));
@@ -4752,6 +5412,36 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "cam": {
         if (object.method?.value !== undefined && object.method?.value !== null) {
           message.method = { $case: "cam", value: Cam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "lrp": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "lrp", value: Lrp.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "deepLift": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "deepLift", value: DeepLift.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "deepLiftShap": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "deepLiftShap", value: DeepLiftShap.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "rectGrad": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "rectGrad", value: RectGrad.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "excitationBackprop": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "excitationBackprop", value: ExcitationBackprop.fromPartial(object.method.value) };
         }
         break;
       }
@@ -6249,6 +6939,8 @@ function createBaseModelInfo(): ModelInfo {
     featureNames: [],
     loadedAt: undefined,
     runFailures: 0n,
+    ruleFamilies: [],
+    lrpReason: "",
   };
 }
 
@@ -6322,6 +7014,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         throw new globalThis.Error("value provided for field message.runFailures of type int64 too large");
       }
       writer.uint32(176).int64(message.runFailures);
+    }
+    for (const v of message.ruleFamilies) {
+      writer.uint32(186).string(v!);
+    }
+    if (message.lrpReason !== "") {
+      writer.uint32(194).string(message.lrpReason);
     }
     return writer;
   },
@@ -6515,6 +7213,22 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.runFailures = reader.int64() as bigint;
             continue;
           }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.ruleFamilies.push(reader.string());
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.lrpReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6593,6 +7307,16 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         : isSet(object.run_failures)
         ? BigInt(object.run_failures)
         : 0n,
+      ruleFamilies: globalThis.Array.isArray(object?.ruleFamilies)
+        ? object.ruleFamilies.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.rule_families)
+        ? object.rule_families.map((e: any) => globalThis.String(e))
+        : [],
+      lrpReason: isSet(object.lrpReason)
+        ? globalThis.String(object.lrpReason)
+        : isSet(object.lrp_reason)
+        ? globalThis.String(object.lrp_reason)
+        : "",
     };
   },
 
@@ -6664,6 +7388,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.runFailures !== 0n) {
       obj.runFailures = message.runFailures.toString();
     }
+    if (message.ruleFamilies?.length) {
+      obj.ruleFamilies = message.ruleFamilies;
+    }
+    if (message.lrpReason !== "") {
+      obj.lrpReason = message.lrpReason;
+    }
     return obj;
   },
 
@@ -6698,6 +7428,8 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     message.runFailures = (object.runFailures !== undefined && object.runFailures !== null)
       ? BigInt(object.runFailures)
       : 0n;
+    message.ruleFamilies = object.ruleFamilies?.map((e) => e) || [];
+    message.lrpReason = object.lrpReason ?? "";
     return message;
   },
 };
