@@ -67,8 +67,9 @@ def test_breaking_changes_fail(tmp_path, change):
 
 
 def test_additions_pass(tmp_path):
-    """A new method in the ExplainRequest oneof with a new number, as new methods are added."""
-    copy = _mutated(tmp_path, "    Cam cam = 30;\n", "    Cam cam = 30;\n    Cam cam_again = 31;\n")
+    """A new method in the ExplainRequest oneof with a new number, as new methods are added (900: above
+    the numbers the methods use)."""
+    copy = _mutated(tmp_path, "    Cam cam = 30;\n", "    Cam cam = 30;\n    Cam cam_again = 900;\n")
     result = buf("breaking", str(copy), "--against", "proto/released")
     assert result.returncode == 0, result.stdout + result.stderr
 

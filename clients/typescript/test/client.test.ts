@@ -288,8 +288,8 @@ describe("errors", () => {
   });
 
   it("model control needs an admin tenant: PERMISSION_DENIED", async () => {
-    for (const call of [client.unloadModel("shapes"), client.loadModel("shapes")]) {
-      const error = await rejection(call);
+    for (const call of [() => client.unloadModel("shapes"), () => client.loadModel("shapes")]) {
+      const error = await rejection(call());
       assert.equal(error.codeName, "PERMISSION_DENIED");
       assert.match(error.details, /alice/);
     }
