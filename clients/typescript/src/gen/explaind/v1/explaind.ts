@@ -798,6 +798,12 @@ export interface GradCam {
     | undefined;
   /** bilinear (default) | nearest | none */
   upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
 }
 
 /** Grad-CAM++ (Chattopadhyay et al. 2018; pytorch-grad-cam's weights, not min-max scaled). */
@@ -810,6 +816,12 @@ export interface GradCamPlusPlus {
     | undefined;
   /** bilinear (default) | nearest | none */
   upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
 }
 
 /** Guided Grad-CAM (Captum GuidedGradCam): guided backprop times the upsampled Grad-CAM map. */
@@ -838,6 +850,12 @@ export interface ScoreCam {
     | undefined;
   /** bilinear (default) | nearest | none */
   upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
 }
 
 /**
@@ -854,6 +872,12 @@ export interface Cam {
     | undefined;
   /** bilinear (default) | nearest | none */
   upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
 }
 
 /**
@@ -904,6 +928,188 @@ export interface ExcitationBackprop {
     | boolean
     | undefined;
   /** bilinear (default) | nearest | none (for a layer) */
+  upsample: string;
+}
+
+/** XGrad-CAM (Fu et al. 2020): w_k = sum g A / (sum A + 1e-7); map = ReLU(sum_k w_k A_k). */
+export interface XGradCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
+}
+
+/** LayerCAM (Jiang et al. 2021): map = ReLU(sum_k ReLU(g_k) A_k), element-wise. */
+export interface LayerCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
+}
+
+/** HiResCAM (Draelos & Carin 2020): map = ReLU(sum_k g_k A_k), element-wise. */
+export interface HiResCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
+}
+
+/** Grad-CAM element-wise (pytorch-grad-cam GradCAMElementWise): map = ReLU(sum_k ReLU(g_k A_k)). */
+export interface GradCamElementWise {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
+}
+
+/**
+ * Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's activations;
+ * forward only, class-agnostic (the prediction's pass reads the layer).
+ */
+export interface EigenCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the mean of the min-max scaled maps of 6 augmented */
+  augSmooth?: boolean | undefined;
+}
+
+/** Eigen-Grad-CAM (pytorch-grad-cam EigenGradCAM): the first principal component of g * A. */
+export interface EigenGradCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the mean of the min-max scaled maps of 6 augmented */
+  augSmooth?: boolean | undefined;
+}
+
+/**
+ * Ablation-CAM (Desai & Ramaswamy 2020; pytorch-grad-cam AblationCAM): w_k = (y - y_k) / y, y_k the
+ * target score with channel k of the layer ablated (0, or min - 1e7 for a layer with negative
+ * values), one batched row per channel made in the graph; map = ReLU(sum_k w_k A_k). Forward only.
+ * The response's `arrays` holds channel_weights [K].
+ */
+export interface AblationCam {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?: boolean | undefined;
+}
+
+/**
+ * Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++'s closed form with the gradient's powers
+ * averaged over noisy copies x + N(0, sigma^2) (the noise made in the graph, seeded).
+ */
+export interface SmoothGradCamPlusPlus {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  relu?:
+    | boolean
+    | undefined;
+  /** bilinear (default) | nearest | none */
+  upsample: string;
+  /** default false: the first principal component of the weighted */
+  eigenSmooth?:
+    | boolean
+    | undefined;
+  /** activations instead of their sum (pytorch-grad-cam eigen_smooth) */
+  augSmooth?:
+    | boolean
+    | undefined;
+  /** inputs (flip x 0.9, 1, 1.1; pytorch-grad-cam aug_smooth) */
+  numSamples?:
+    | number
+    | undefined;
+  /** sigma = noise_level * (max(x) - min(x)), default 0.15 */
+  noiseLevel?:
+    | number
+    | undefined;
+  /** absolute sigma, instead of noise_level; default unset */
+  stdev?: number | undefined;
+}
+
+/**
+ * Feature maps (survey 2.1.5, 2.2.2): the layer's top_k channels for the input, ranked by their
+ * spatial mean activation or by their Grad-CAM weight. The response's `arrays` hold feature_maps
+ * [k, h, w] (the activations), channels [k] (int32) and channel_scores [k], and for a model with
+ * gating or attention tensors (a Sigmoid / HardSigmoid whose output multiplies an activation:
+ * squeeze-excitation, spatial attention) each one as gate:<tensor name>: channel gates [C], spatial
+ * ones upsampled onto the input [H, W]. The attribution is the mean of the selected channels
+ * upsampled onto the input; with `render` the PNG is the grid of the selected channels, each scaled
+ * on its own and over the input, best first, row by row.
+ */
+export interface FeatureMaps {
+  /** tensor name; default model.yaml layers.cam, else the last 4-D */
+  layer: string;
+  /** activation feeding a global pooling (GetModel lists the layers) */
+  topK?:
+    | number
+    | undefined;
+  /** activation (default) | grad_cam (one gradient row) */
+  rankBy: string;
+  /** bilinear (default) | nearest: the attribution, gates and grid tiles */
   upsample: string;
 }
 
@@ -975,6 +1181,15 @@ export interface ExplainRequest {
     | { $case: "deepLiftShap"; value: DeepLiftShap }
     | { $case: "rectGrad"; value: RectGrad }
     | { $case: "excitationBackprop"; value: ExcitationBackprop }
+    | { $case: "xgradCam"; value: XGradCam }
+    | { $case: "layerCam"; value: LayerCam }
+    | { $case: "hiresCam"; value: HiResCam }
+    | { $case: "gradCamElementWise"; value: GradCamElementWise }
+    | { $case: "eigenCam"; value: EigenCam }
+    | { $case: "eigenGradCam"; value: EigenGradCam }
+    | { $case: "ablationCam"; value: AblationCam }
+    | { $case: "smoothGradCamPlusPlus"; value: SmoothGradCamPlusPlus }
+    | { $case: "featureMaps"; value: FeatureMaps }
     | undefined;
   /**
    * Quality figures of this explanation, computed beside it (ExplainResponse.evaluation); the same
@@ -3665,7 +3880,7 @@ export const Lrp: MessageFns<Lrp> = {
 };
 
 function createBaseGradCam(): GradCam {
-  return { layer: "", relu: undefined, upsample: "" };
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
 }
 
 export const GradCam: MessageFns<GradCam> = {
@@ -3678,6 +3893,12 @@ export const GradCam: MessageFns<GradCam> = {
     }
     if (message.upsample !== "") {
       writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
     }
     return writer;
   },
@@ -3719,6 +3940,22 @@ export const GradCam: MessageFns<GradCam> = {
             message.upsample = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3736,6 +3973,16 @@ export const GradCam: MessageFns<GradCam> = {
       layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
       relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
       upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
     };
   },
 
@@ -3750,6 +3997,12 @@ export const GradCam: MessageFns<GradCam> = {
     if (message.upsample !== "") {
       obj.upsample = message.upsample;
     }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
     return obj;
   },
 
@@ -3761,12 +4014,14 @@ export const GradCam: MessageFns<GradCam> = {
     message.layer = object.layer ?? "";
     message.relu = object.relu ?? undefined;
     message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
     return message;
   },
 };
 
 function createBaseGradCamPlusPlus(): GradCamPlusPlus {
-  return { layer: "", relu: undefined, upsample: "" };
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
 }
 
 export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
@@ -3779,6 +4034,12 @@ export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
     }
     if (message.upsample !== "") {
       writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
     }
     return writer;
   },
@@ -3820,6 +4081,22 @@ export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
             message.upsample = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3837,6 +4114,16 @@ export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
       layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
       relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
       upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
     };
   },
 
@@ -3851,6 +4138,12 @@ export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
     if (message.upsample !== "") {
       obj.upsample = message.upsample;
     }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
     return obj;
   },
 
@@ -3862,6 +4155,8 @@ export const GradCamPlusPlus: MessageFns<GradCamPlusPlus> = {
     message.layer = object.layer ?? "";
     message.relu = object.relu ?? undefined;
     message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
     return message;
   },
 };
@@ -3972,7 +4267,7 @@ export const GuidedGradCam: MessageFns<GuidedGradCam> = {
 };
 
 function createBaseScoreCam(): ScoreCam {
-  return { layer: "", relu: undefined, upsample: "" };
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
 }
 
 export const ScoreCam: MessageFns<ScoreCam> = {
@@ -3985,6 +4280,12 @@ export const ScoreCam: MessageFns<ScoreCam> = {
     }
     if (message.upsample !== "") {
       writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
     }
     return writer;
   },
@@ -4026,6 +4327,22 @@ export const ScoreCam: MessageFns<ScoreCam> = {
             message.upsample = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4043,6 +4360,16 @@ export const ScoreCam: MessageFns<ScoreCam> = {
       layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
       relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
       upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
     };
   },
 
@@ -4057,6 +4384,12 @@ export const ScoreCam: MessageFns<ScoreCam> = {
     if (message.upsample !== "") {
       obj.upsample = message.upsample;
     }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
     return obj;
   },
 
@@ -4068,12 +4401,14 @@ export const ScoreCam: MessageFns<ScoreCam> = {
     message.layer = object.layer ?? "";
     message.relu = object.relu ?? undefined;
     message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
     return message;
   },
 };
 
 function createBaseCam(): Cam {
-  return { layer: "", relu: undefined, upsample: "" };
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
 }
 
 export const Cam: MessageFns<Cam> = {
@@ -4086,6 +4421,12 @@ export const Cam: MessageFns<Cam> = {
     }
     if (message.upsample !== "") {
       writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
     }
     return writer;
   },
@@ -4127,6 +4468,22 @@ export const Cam: MessageFns<Cam> = {
             message.upsample = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4144,6 +4501,16 @@ export const Cam: MessageFns<Cam> = {
       layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
       relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
       upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
     };
   },
 
@@ -4158,6 +4525,12 @@ export const Cam: MessageFns<Cam> = {
     if (message.upsample !== "") {
       obj.upsample = message.upsample;
     }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
     return obj;
   },
 
@@ -4169,6 +4542,8 @@ export const Cam: MessageFns<Cam> = {
     message.layer = object.layer ?? "";
     message.relu = object.relu ?? undefined;
     message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
     return message;
   },
 };
@@ -4504,6 +4879,1284 @@ export const ExcitationBackprop: MessageFns<ExcitationBackprop> = {
   },
 };
 
+function createBaseXGradCam(): XGradCam {
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
+}
+
+export const XGradCam: MessageFns<XGradCam> = {
+  encode(message: XGradCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): XGradCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseXGradCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): XGradCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: XGradCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<XGradCam>): XGradCam {
+    return XGradCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<XGradCam>): XGradCam {
+    const message = createBaseXGradCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseLayerCam(): LayerCam {
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
+}
+
+export const LayerCam: MessageFns<LayerCam> = {
+  encode(message: LayerCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LayerCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLayerCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LayerCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LayerCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LayerCam>): LayerCam {
+    return LayerCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LayerCam>): LayerCam {
+    const message = createBaseLayerCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseHiResCam(): HiResCam {
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
+}
+
+export const HiResCam: MessageFns<HiResCam> = {
+  encode(message: HiResCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HiResCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHiResCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HiResCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: HiResCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HiResCam>): HiResCam {
+    return HiResCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HiResCam>): HiResCam {
+    const message = createBaseHiResCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGradCamElementWise(): GradCamElementWise {
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
+}
+
+export const GradCamElementWise: MessageFns<GradCamElementWise> = {
+  encode(message: GradCamElementWise, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GradCamElementWise {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGradCamElementWise();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GradCamElementWise {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GradCamElementWise): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GradCamElementWise>): GradCamElementWise {
+    return GradCamElementWise.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GradCamElementWise>): GradCamElementWise {
+    const message = createBaseGradCamElementWise();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseEigenCam(): EigenCam {
+  return { layer: "", relu: undefined, upsample: "", augSmooth: undefined };
+}
+
+export const EigenCam: MessageFns<EigenCam> = {
+  encode(message: EigenCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EigenCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEigenCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EigenCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: EigenCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EigenCam>): EigenCam {
+    return EigenCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EigenCam>): EigenCam {
+    const message = createBaseEigenCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseEigenGradCam(): EigenGradCam {
+  return { layer: "", relu: undefined, upsample: "", augSmooth: undefined };
+}
+
+export const EigenGradCam: MessageFns<EigenGradCam> = {
+  encode(message: EigenGradCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EigenGradCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEigenGradCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EigenGradCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: EigenGradCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EigenGradCam>): EigenGradCam {
+    return EigenGradCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EigenGradCam>): EigenGradCam {
+    const message = createBaseEigenGradCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseAblationCam(): AblationCam {
+  return { layer: "", relu: undefined, upsample: "", eigenSmooth: undefined, augSmooth: undefined };
+}
+
+export const AblationCam: MessageFns<AblationCam> = {
+  encode(message: AblationCam, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AblationCam {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAblationCam();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AblationCam {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+    };
+  },
+
+  toJSON(message: AblationCam): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AblationCam>): AblationCam {
+    return AblationCam.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AblationCam>): AblationCam {
+    const message = createBaseAblationCam();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSmoothGradCamPlusPlus(): SmoothGradCamPlusPlus {
+  return {
+    layer: "",
+    relu: undefined,
+    upsample: "",
+    eigenSmooth: undefined,
+    augSmooth: undefined,
+    numSamples: undefined,
+    noiseLevel: undefined,
+    stdev: undefined,
+  };
+}
+
+export const SmoothGradCamPlusPlus: MessageFns<SmoothGradCamPlusPlus> = {
+  encode(message: SmoothGradCamPlusPlus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.relu !== undefined) {
+      writer.uint32(16).bool(message.relu);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(26).string(message.upsample);
+    }
+    if (message.eigenSmooth !== undefined) {
+      writer.uint32(32).bool(message.eigenSmooth);
+    }
+    if (message.augSmooth !== undefined) {
+      writer.uint32(40).bool(message.augSmooth);
+    }
+    if (message.numSamples !== undefined) {
+      writer.uint32(48).int32(message.numSamples);
+    }
+    if (message.noiseLevel !== undefined) {
+      writer.uint32(61).float(message.noiseLevel);
+    }
+    if (message.stdev !== undefined) {
+      writer.uint32(69).float(message.stdev);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SmoothGradCamPlusPlus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSmoothGradCamPlusPlus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.relu = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.eigenSmooth = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.augSmooth = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.numSamples = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 61) {
+              break;
+            }
+
+            message.noiseLevel = reader.float();
+            continue;
+          }
+          case 8: {
+            if (tag !== 69) {
+              break;
+            }
+
+            message.stdev = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SmoothGradCamPlusPlus {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      relu: isSet(object.relu) ? globalThis.Boolean(object.relu) : undefined,
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+      eigenSmooth: isSet(object.eigenSmooth)
+        ? globalThis.Boolean(object.eigenSmooth)
+        : isSet(object.eigen_smooth)
+        ? globalThis.Boolean(object.eigen_smooth)
+        : undefined,
+      augSmooth: isSet(object.augSmooth)
+        ? globalThis.Boolean(object.augSmooth)
+        : isSet(object.aug_smooth)
+        ? globalThis.Boolean(object.aug_smooth)
+        : undefined,
+      numSamples: isSet(object.numSamples)
+        ? globalThis.Number(object.numSamples)
+        : isSet(object.num_samples)
+        ? globalThis.Number(object.num_samples)
+        : undefined,
+      noiseLevel: isSet(object.noiseLevel)
+        ? globalThis.Number(object.noiseLevel)
+        : isSet(object.noise_level)
+        ? globalThis.Number(object.noise_level)
+        : undefined,
+      stdev: isSet(object.stdev) ? globalThis.Number(object.stdev) : undefined,
+    };
+  },
+
+  toJSON(message: SmoothGradCamPlusPlus): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.relu !== undefined) {
+      obj.relu = message.relu;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    if (message.eigenSmooth !== undefined) {
+      obj.eigenSmooth = message.eigenSmooth;
+    }
+    if (message.augSmooth !== undefined) {
+      obj.augSmooth = message.augSmooth;
+    }
+    if (message.numSamples !== undefined) {
+      obj.numSamples = Math.round(message.numSamples);
+    }
+    if (message.noiseLevel !== undefined) {
+      obj.noiseLevel = floatToJson(message.noiseLevel);
+    }
+    if (message.stdev !== undefined) {
+      obj.stdev = floatToJson(message.stdev);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SmoothGradCamPlusPlus>): SmoothGradCamPlusPlus {
+    return SmoothGradCamPlusPlus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SmoothGradCamPlusPlus>): SmoothGradCamPlusPlus {
+    const message = createBaseSmoothGradCamPlusPlus();
+    message.layer = object.layer ?? "";
+    message.relu = object.relu ?? undefined;
+    message.upsample = object.upsample ?? "";
+    message.eigenSmooth = object.eigenSmooth ?? undefined;
+    message.augSmooth = object.augSmooth ?? undefined;
+    message.numSamples = object.numSamples ?? undefined;
+    message.noiseLevel = object.noiseLevel ?? undefined;
+    message.stdev = object.stdev ?? undefined;
+    return message;
+  },
+};
+
+function createBaseFeatureMaps(): FeatureMaps {
+  return { layer: "", topK: undefined, rankBy: "", upsample: "" };
+}
+
+export const FeatureMaps: MessageFns<FeatureMaps> = {
+  encode(message: FeatureMaps, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.layer !== "") {
+      writer.uint32(10).string(message.layer);
+    }
+    if (message.topK !== undefined) {
+      writer.uint32(16).int32(message.topK);
+    }
+    if (message.rankBy !== "") {
+      writer.uint32(26).string(message.rankBy);
+    }
+    if (message.upsample !== "") {
+      writer.uint32(34).string(message.upsample);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FeatureMaps {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFeatureMaps();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.topK = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rankBy = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.upsample = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FeatureMaps {
+    return {
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      topK: isSet(object.topK)
+        ? globalThis.Number(object.topK)
+        : isSet(object.top_k)
+        ? globalThis.Number(object.top_k)
+        : undefined,
+      rankBy: isSet(object.rankBy)
+        ? globalThis.String(object.rankBy)
+        : isSet(object.rank_by)
+        ? globalThis.String(object.rank_by)
+        : "",
+      upsample: isSet(object.upsample) ? globalThis.String(object.upsample) : "",
+    };
+  },
+
+  toJSON(message: FeatureMaps): unknown {
+    const obj: any = {};
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.topK !== undefined) {
+      obj.topK = Math.round(message.topK);
+    }
+    if (message.rankBy !== "") {
+      obj.rankBy = message.rankBy;
+    }
+    if (message.upsample !== "") {
+      obj.upsample = message.upsample;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FeatureMaps>): FeatureMaps {
+    return FeatureMaps.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FeatureMaps>): FeatureMaps {
+    const message = createBaseFeatureMaps();
+    message.layer = object.layer ?? "";
+    message.topK = object.topK ?? undefined;
+    message.rankBy = object.rankBy ?? "";
+    message.upsample = object.upsample ?? "";
+    return message;
+  },
+};
+
 function createBaseRender(): Render {
   return {
     colormap: 0,
@@ -4784,6 +6437,33 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "excitationBackprop":
         ExcitationBackprop.encode(message.method.value, writer.uint32(290).fork()).join();
         break;
+      case "xgradCam":
+        XGradCam.encode(message.method.value, writer.uint32(322).fork()).join();
+        break;
+      case "layerCam":
+        LayerCam.encode(message.method.value, writer.uint32(330).fork()).join();
+        break;
+      case "hiresCam":
+        HiResCam.encode(message.method.value, writer.uint32(338).fork()).join();
+        break;
+      case "gradCamElementWise":
+        GradCamElementWise.encode(message.method.value, writer.uint32(346).fork()).join();
+        break;
+      case "eigenCam":
+        EigenCam.encode(message.method.value, writer.uint32(354).fork()).join();
+        break;
+      case "eigenGradCam":
+        EigenGradCam.encode(message.method.value, writer.uint32(362).fork()).join();
+        break;
+      case "ablationCam":
+        AblationCam.encode(message.method.value, writer.uint32(370).fork()).join();
+        break;
+      case "smoothGradCamPlusPlus":
+        SmoothGradCamPlusPlus.encode(message.method.value, writer.uint32(378).fork()).join();
+        break;
+      case "featureMaps":
+        FeatureMaps.encode(message.method.value, writer.uint32(386).fork()).join();
+        break;
     }
     for (const v of message.evaluate) {
       Metric.encode(v!, writer.uint32(402).fork()).join();
@@ -5061,6 +6741,81 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.method = { $case: "excitationBackprop", value: ExcitationBackprop.decode(reader, reader.uint32()) };
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.method = { $case: "xgradCam", value: XGradCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.method = { $case: "layerCam", value: LayerCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 42: {
+            if (tag !== 338) {
+              break;
+            }
+
+            message.method = { $case: "hiresCam", value: HiResCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 43: {
+            if (tag !== 346) {
+              break;
+            }
+
+            message.method = { $case: "gradCamElementWise", value: GradCamElementWise.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 44: {
+            if (tag !== 354) {
+              break;
+            }
+
+            message.method = { $case: "eigenCam", value: EigenCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 45: {
+            if (tag !== 362) {
+              break;
+            }
+
+            message.method = { $case: "eigenGradCam", value: EigenGradCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 46: {
+            if (tag !== 370) {
+              break;
+            }
+
+            message.method = { $case: "ablationCam", value: AblationCam.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 47: {
+            if (tag !== 378) {
+              break;
+            }
+
+            message.method = {
+              $case: "smoothGradCamPlusPlus",
+              value: SmoothGradCamPlusPlus.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 48: {
+            if (tag !== 386) {
+              break;
+            }
+
+            message.method = { $case: "featureMaps", value: FeatureMaps.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 50: {
             if (tag !== 402) {
               break;
@@ -5184,6 +6939,42 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         ? { $case: "excitationBackprop", value: ExcitationBackprop.fromJSON(object.excitationBackprop) }
         : isSet(object.excitation_backprop)
         ? { $case: "excitationBackprop", value: ExcitationBackprop.fromJSON(object.excitation_backprop) }
+        : isSet(object.xgradCam)
+        ? { $case: "xgradCam", value: XGradCam.fromJSON(object.xgradCam) }
+        : isSet(object.xgrad_cam)
+        ? { $case: "xgradCam", value: XGradCam.fromJSON(object.xgrad_cam) }
+        : isSet(object.layerCam)
+        ? { $case: "layerCam", value: LayerCam.fromJSON(object.layerCam) }
+        : isSet(object.layer_cam)
+        ? { $case: "layerCam", value: LayerCam.fromJSON(object.layer_cam) }
+        : isSet(object.hiresCam)
+        ? { $case: "hiresCam", value: HiResCam.fromJSON(object.hiresCam) }
+        : isSet(object.hires_cam)
+        ? { $case: "hiresCam", value: HiResCam.fromJSON(object.hires_cam) }
+        : isSet(object.gradCamElementWise)
+        ? { $case: "gradCamElementWise", value: GradCamElementWise.fromJSON(object.gradCamElementWise) }
+        : isSet(object.grad_cam_element_wise)
+        ? { $case: "gradCamElementWise", value: GradCamElementWise.fromJSON(object.grad_cam_element_wise) }
+        : isSet(object.eigenCam)
+        ? { $case: "eigenCam", value: EigenCam.fromJSON(object.eigenCam) }
+        : isSet(object.eigen_cam)
+        ? { $case: "eigenCam", value: EigenCam.fromJSON(object.eigen_cam) }
+        : isSet(object.eigenGradCam)
+        ? { $case: "eigenGradCam", value: EigenGradCam.fromJSON(object.eigenGradCam) }
+        : isSet(object.eigen_grad_cam)
+        ? { $case: "eigenGradCam", value: EigenGradCam.fromJSON(object.eigen_grad_cam) }
+        : isSet(object.ablationCam)
+        ? { $case: "ablationCam", value: AblationCam.fromJSON(object.ablationCam) }
+        : isSet(object.ablation_cam)
+        ? { $case: "ablationCam", value: AblationCam.fromJSON(object.ablation_cam) }
+        : isSet(object.smoothGradCamPlusPlus)
+        ? { $case: "smoothGradCamPlusPlus", value: SmoothGradCamPlusPlus.fromJSON(object.smoothGradCamPlusPlus) }
+        : isSet(object.smooth_grad_cam_plus_plus)
+        ? { $case: "smoothGradCamPlusPlus", value: SmoothGradCamPlusPlus.fromJSON(object.smooth_grad_cam_plus_plus) }
+        : isSet(object.featureMaps)
+        ? { $case: "featureMaps", value: FeatureMaps.fromJSON(object.featureMaps) }
+        : isSet(object.feature_maps)
+        ? { $case: "featureMaps", value: FeatureMaps.fromJSON(object.feature_maps) }
         : undefined,
       evaluate: globalThis.Array.isArray(object?.evaluate) ? object.evaluate.map((e: any) => Metric.fromJSON(e)) : [],
       region: isSet(object.region) ? Region.fromJSON(object.region) : undefined,
@@ -5261,6 +7052,24 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       obj.rectGrad = RectGrad.toJSON(message.method.value);
     } else if (message.method?.$case === "excitationBackprop") {
       obj.excitationBackprop = ExcitationBackprop.toJSON(message.method.value);
+    } else if (message.method?.$case === "xgradCam") {
+      obj.xgradCam = XGradCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "layerCam") {
+      obj.layerCam = LayerCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "hiresCam") {
+      obj.hiresCam = HiResCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "gradCamElementWise") {
+      obj.gradCamElementWise = GradCamElementWise.toJSON(message.method.value);
+    } else if (message.method?.$case === "eigenCam") {
+      obj.eigenCam = EigenCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "eigenGradCam") {
+      obj.eigenGradCam = EigenGradCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "ablationCam") {
+      obj.ablationCam = AblationCam.toJSON(message.method.value);
+    } else if (message.method?.$case === "smoothGradCamPlusPlus") {
+      obj.smoothGradCamPlusPlus = SmoothGradCamPlusPlus.toJSON(message.method.value);
+    } else if (message.method?.$case === "featureMaps") {
+      obj.featureMaps = FeatureMaps.toJSON(message.method.value);
     }
     if (message.evaluate?.length) {
       obj.evaluate = message.evaluate.map((e) => Metric.toJSON(e));
@@ -5442,6 +7251,63 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "excitationBackprop": {
         if (object.method?.value !== undefined && object.method?.value !== null) {
           message.method = { $case: "excitationBackprop", value: ExcitationBackprop.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "xgradCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "xgradCam", value: XGradCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "layerCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "layerCam", value: LayerCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "hiresCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "hiresCam", value: HiResCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "gradCamElementWise": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "gradCamElementWise", value: GradCamElementWise.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "eigenCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "eigenCam", value: EigenCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "eigenGradCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "eigenGradCam", value: EigenGradCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "ablationCam": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "ablationCam", value: AblationCam.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "smoothGradCamPlusPlus": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = {
+            $case: "smoothGradCamPlusPlus",
+            value: SmoothGradCamPlusPlus.fromPartial(object.method.value),
+          };
+        }
+        break;
+      }
+      case "featureMaps": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "featureMaps", value: FeatureMaps.fromPartial(object.method.value) };
         }
         break;
       }
