@@ -15,7 +15,8 @@ Routes (``{name}``: a model):
   POST /v1/models/{name}:explainStream  ExplainRequest -> server-sent events (progress, partial, result)
   POST /v1/models/{name}:evaluate       EvaluateRequest -> EvaluateResponse
   POST /v1/models/{name}:evaluateStream EvaluateRequest -> server-sent events (progress, result)
-  GET  /openapi.json, and / with the web page (api/web/).
+  GET  /openapi.json, and / with the web page (api/web/; /static/ its assets, /examples/ the demo's
+       example images).
 Errors: ``{"error": {"code": HTTP status, "status": "INVALID_ARGUMENT", "message": "..."}}``; 413 for
 a body over max_message_bytes (gRPC's transport refuses such a message before any servicer).
 """
@@ -54,6 +55,7 @@ from .servicer import ExplainerServicer
 log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parent / "web"
+EXAMPLES = Path(__file__).resolve().parents[1] / "demo" / "examples"  # the page's example images
 TIMEOUT_HEADER = "x-timeout-s"  # the call's deadline in seconds, as gRPC's grpc-timeout
 MAX_TIMEOUT_S = 86400.0
 
@@ -159,6 +161,7 @@ class Gateway:
         routes = [
             Route("/", self.page, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=WEB), name="static"),
+            Mount("/examples", app=StaticFiles(directory=EXAMPLES, check_dir=False), name="examples"),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{name}:explain", self.explain, methods=["POST"]),
@@ -256,7 +259,7 @@ class Gateway:
             name = request.path_params["name"]
             if isinstance(body, dict) and "instances" in body:
                 requests = kserve_requests(body, name, self.settings.http_max_instances)
-                answers = await _all(self.servicer.Explain(r, context) for r in requests)  # type: ignore[arg-type]
+                answers = await _all([self.servicer.Explain(r, context) for r in requests])  # type: ignore[arg-type]
                 return {"explanations": [to_json(a) for a in answers]}
             return await self.servicer.Explain(explain_request(body, name, "body"), context)  # type: ignore[arg-type]
         return await self._unary(request, call)
@@ -326,9 +329,19 @@ async def _sse(head: dict[str, Any], updates: AsyncIterator[Message]) -> AsyncIt
         await updates.aclose()  # type: ignore[attr-defined]  (a client that left cancels the call)
 
 
-async def _all(calls: Iterator[Awaitable[Any]]) -> list[Any]:
-    """Run the calls concurrently (their rows batch together); the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
+async def _all(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Run the calls concurrently (their rows batch together); the first failure cancels the rest.
+
+    With several instances the failure's message starts with the instance it was: ``instances[i]: ``."""
+    async def one(i: int, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except HttpAbort as exc:
+            if len(calls) > 1:
+                raise HttpAbort(exc.code, f"instances[{i}]: {exc.message}", exc.headers) from None
+            raise
+
+    tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(calls)]
     try:
         return await asyncio.gather(*tasks)
     finally:
