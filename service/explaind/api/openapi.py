@@ -52,7 +52,7 @@ def _scalar(field: FieldDescriptor, components: dict[str, Any]) -> dict[str, Any
     if t in _INTEGER_64:
         return {"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,20}$"}
     if t in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
-        return {"type": "number"}
+        return {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]}
     if t == FD.TYPE_BOOL:
         return {"type": "boolean"}
     if t == FD.TYPE_BYTES:
