@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from explaind_client.tensors import from_proto
 from explaind_client.v1 import explaind_pb2 as pb
 
-from _server import DEMO, Server, free_port, start_server, stop_server
+from _server import DEMO, Server, free_port, start_server, stop_server, wait_until
 from test_security import ALICE, health_port_probe, pki  # noqa: F401  (pki: the certificates fixture)
 
 ROW = [13.2, 2.1, 2.4, 19.0, 100.0, 2.3, 2.0, 0.4, 1.6, 5.0, 1.0, 2.6, 750.0]
@@ -202,6 +202,22 @@ def test_a_deadline_from_the_timeout_header_ends_deadline_exceeded(gateway):
     assert status == {504: "DEADLINE_EXCEEDED", 429: "RESOURCE_EXHAUSTED"}[response.status_code]
     if response.status_code == 429:
         assert int(response.headers["retry-after"]) >= 1 and int(response.headers["retry-after-ms"]) >= 1
+
+
+def test_a_client_that_leaves_cancels_its_call(gateway):
+    srv, http = gateway
+    cancelled = lambda: srv.log().count('"code": "CANCELLED"')  # noqa: E731
+    before = cancelled()
+    with pytest.raises(httpx.ReadTimeout):  # the unary call: the client gives up waiting
+        http.post("/v1/models/shapes:explain", timeout=httpx.Timeout(10, read=0.5),
+                  json={"instances": [{"b64": b64(image())}], "rise": {"numMasks": 90000}})
+    assert wait_until(lambda: cancelled() > before, 30), srv.log()[-2000:]
+    before = cancelled()
+    with httpx.Client(base_url=http.base_url, timeout=30) as leaving:  # the stream: read one event, leave
+        with leaving.stream("POST", "/v1/models/shapes:explainStream",
+                            json={"image": b64(image()), "rise": {"numMasks": 90000}}) as response:
+            assert next(response.iter_lines()).startswith("event: ")
+    assert wait_until(lambda: cancelled() > before, 30), srv.log()[-2000:]
 
 
 # Streams --------------------------------------------------------------------------------------

@@ -217,7 +217,11 @@ class Gateway:
     async def _unary(self, request: Request, call: Callable[[HttpContext], Awaitable[Any]]) -> Response:
         try:
             context = self._context(request)
-            result = await call(context)
+            if request.method == "POST":
+                request.state.body = await self._body(request)
+            result = await _unless_disconnected(request, call(context))
+        except _Disconnected:
+            return Response(status_code=HTTP_STATUS[grpc.StatusCode.CANCELLED])  # nobody reads it
         except HttpAbort as exc:
             return error_response(exc.code, exc.message, exc.headers)
         except _TooLarge as exc:
@@ -255,7 +259,7 @@ class Gateway:
 
     async def explain(self, request: Request) -> Response:
         async def call(context: HttpContext) -> Any:
-            body = await self._body(request)
+            body = request.state.body
             name = request.path_params["name"]
             if isinstance(body, dict) and "instances" in body:
                 requests = kserve_requests(body, name, self.settings.http_max_instances)
@@ -266,7 +270,7 @@ class Gateway:
 
     async def evaluate(self, request: Request) -> Response:
         async def call(context: HttpContext) -> Any:
-            return await self.servicer.Evaluate(evaluate_request(await self._body(request),  # type: ignore[arg-type]
+            return await self.servicer.Evaluate(evaluate_request(request.state.body,  # type: ignore[arg-type]
                                                                  request.path_params["name"]), context)
         return await self._unary(request, call)
 
@@ -287,7 +291,7 @@ class Gateway:
 
         async def first(context: HttpContext) -> dict[str, Any]:
             nonlocal updates
-            body = await self._body(request)
+            body = request.state.body
             updates = open_stream(body, request.path_params["name"], context)
             try:
                 return _event(await updates.__anext__())
@@ -305,6 +309,30 @@ class Gateway:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, call: Awaitable[Any]) -> Any:
+    """Await `call`, cancelling it when the client disconnects first (as gRPC cancels a call whose
+    client went away: its rows leave the engine's queues). The body must have been read already."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(call), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HttpAbort):
+                await task
+            raise _Disconnected()
+    return task.result()
 
 
 def _event(update: Message) -> dict[str, Any]:
