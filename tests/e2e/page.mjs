@@ -58,6 +58,21 @@ try {
   await page.waitForSelector("#error:not([hidden])");
   await page.waitForFunction(() => !document.querySelector("#run").disabled);
   out.badUploadError = await page.textContent("#error");
+  // A tabular row, edited by hand, explained by two methods: bar charts.
+  await page.selectOption("#model", "tabular");
+  await page.waitForSelector("#methods input[value=tree_shap]");
+  await page.fill("#row", "13.2, 2.1, 2.4, 19, 100, 2.3, 2, 0.4, 1.6, 5, 1, 2.6, 750");
+  for (const box of await page.$$("#methods input")) await box.setChecked(["tree_shap", "occlusion"].includes(await box.getAttribute("value")));
+  await page.click("#run");
+  await page.waitForFunction(() => document.querySelectorAll("#results .card.done, #results .card.failed").length === 2);
+  out.tabular = await page.$$eval("#results .card", (cards) => cards.map((card) => {
+    const canvas = card.querySelector(".bars");
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let coloured = 0;
+    for (let i = 0; i < pixels.length; i += 4) if (pixels[i] !== pixels[i + 2]) coloured++;  // red or blue bars
+    return { method: card.dataset.method, done: card.classList.contains("done"), coloured, error: card.querySelector(".card-error").textContent,
+             top: [...card.querySelectorAll(".top li")].map((li) => li.textContent) };
+  }));
 } catch (error) {
   out.failure = String(error && error.stack || error);
 } finally {

@@ -2,7 +2,8 @@
 
 Needs Debian's chromium (/usr/bin/chromium) and `npm ci` in tests/e2e (.ci/run installs both). The
 script loads the page, uploads an example image, runs three methods with the deletion metric, and
-reads back each heatmap's pixels; then uploads a file that is not an image."""
+reads back each heatmap's pixels; then uploads a file that is not an image; then edits a tabular row
+and explains it with two methods (bar charts)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ def test_the_page_explains_an_upload_with_three_methods_and_shows_a_bad_upload_e
         assert card["png"].startswith("data:image/png;base64,") and card["raw"]
     assert expected_error["message"] in seen["badUploadError"]
     assert "INVALID_ARGUMENT" in seen["badUploadError"]
+    tabular = {card["method"]: card for card in seen["tabular"]}
+    assert set(tabular) == {"tree_shap", "occlusion"}
+    for card in tabular.values():
+        assert card["done"] and card["coloured"] > 500 and card["top"][0].startswith("class_"), card
     assert all(r.startswith(url) or r.startswith(("data:", "blob:")) for r in seen["requests"]), seen["requests"]
     assert shot.stat().st_size > 10_000
     if os.environ.get("EXPLAIND_PAGE_SCREENSHOT"):  # refreshing docs/gateway-page.png

@@ -494,6 +494,7 @@ async def serve(servicer: ExplainerServicer, settings: Settings, sock: socket.so
         def capture_signals(self) -> Iterator[None]:
             yield
 
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines: the server logs its own
     tls: dict[str, Any] = {}
     if settings.tls_cert:
         tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}

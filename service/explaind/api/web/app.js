@@ -195,7 +195,8 @@ function card(method) {
 // One method through :explainStream; resolves to an error message, or "" when it succeeded.
 async function explainOne(method, metrics, input) {
   const node = card(method);
-  const body = { ...input, [method]: {}, render: { colormap: "VIRIDIS", overlay: "ORIGINAL" } };
+  const body = { ...input, [method]: {} };
+  if (state.model.kind === "IMAGE") body.render = { colormap: "VIRIDIS", overlay: "ORIGINAL" };
   if (metrics.length) body.evaluate = metrics.map((m) => ({ [m]: {} }));
   try {
     const response = await fetch(`/v1/models/${encodeURIComponent(state.model.name)}:explainStream`, {
