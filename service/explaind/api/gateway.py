@@ -408,8 +408,9 @@ def kserve_requests(body: dict[str, Any], name: str, max_instances: int) -> list
     or an object of ExplainRequest's input fields (``{"image": BASE64}`` or ``{"tensor": {...}}``)."""
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
-        raise InvalidArgument("instances", "a non-empty array", echo(instances) if not isinstance(
-            instances, (list, dict)) else _json_kind(instances) if instances else "an empty array")
+        got = "an empty array" if instances == [] else (
+            _json_kind(instances) if isinstance(instances, dict) else echo(instances))
+        raise InvalidArgument("instances", "a non-empty array", got)
     if len(instances) > max_instances:
         raise InvalidArgument("instances", f"at most http_max_instances={max_instances} instances",
                               f"{len(instances)}")
