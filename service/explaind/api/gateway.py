@@ -288,21 +288,21 @@ class Gateway:
         field as JSON; an error after the stream started is ``event: error`` with the error object.
         An error before the first update (a bad request, auth) is an HTTP error as for unary calls."""
         updates: AsyncIterator[Message] | None = None
+        head: dict[str, Any] = {}
 
         async def first(context: HttpContext) -> dict[str, Any]:
             nonlocal updates
-            body = request.state.body
-            updates = open_stream(body, request.path_params["name"], context)
+            updates = open_stream(request.state.body, request.path_params["name"], context)
             try:
-                return _event(await updates.__anext__())
+                head.update(_event(await updates.__anext__()))
             except BaseException:
                 await updates.aclose()
                 raise
+            return {}
 
         response = await self._unary(request, first)
         if response.status_code != 200 or updates is None:
             return response
-        head = json.loads(response.body)
         return StreamingResponse(_sse(head, updates), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
