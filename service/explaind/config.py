@@ -43,6 +43,11 @@ class Settings:
     health_port: int = field(default=-1, metadata={
         "help": "a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, which "
                 "cannot speak TLS); -1: off, 0 picks a free one"})
+    http_port: int = field(default=-1, metadata={
+        "help": "HTTP/JSON gateway port (KServe v1 explain, server-sent events, OpenAPI at /openapi.json, "
+                "the web page at /), on host, with the gRPC port's TLS and auth; -1: off, 0 picks a free one"})
+    http_max_instances: int = field(default=64, metadata={
+        "help": "most instances in one KServe-style explain body (each is one ExplainRequest)"})
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
     repository_poll_s: float = field(default=10.0, metadata={
         "help": "seconds between checks of the repository for added, changed and removed model folders "
@@ -129,7 +134,7 @@ class Settings:
 
         for name in ("max_batch_rows", "max_queued_rows", "max_queued_jobs", "max_rows_per_request",
                      "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
-                     "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes"):
+                     "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes", "http_max_instances"):
             positive(name)
         if self.max_session_memory_bytes < -1:
             raise ValueError(f"max_session_memory_bytes must be -1 (no cap), 0 (auto) or a byte count, "
@@ -166,11 +171,13 @@ class Settings:
     def _validate_security(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("metrics_port", "health_port"):
+        for name in ("metrics_port", "health_port", "http_port"):
             if not -1 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in [-1, 65535] (-1: off), got {getattr(self, name)}")
         if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
             raise ValueError(f"health_port must differ from port and metrics_port, got {self.health_port}")
+        if self.http_port > 0 and self.http_port in (self.port, self.metrics_port, self.health_port):
+            raise ValueError(f"http_port must differ from port, metrics_port and health_port, got {self.http_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both (TLS) or neither (plaintext)")
         if self.tls_client_ca and not self.tls_cert:
