@@ -1,6 +1,7 @@
 """The gateway's web page end to end in headless Chromium (tests/e2e/page.mjs, playwright-core).
 
-Needs Debian's chromium (/usr/bin/chromium) and `npm ci` in tests/e2e (.ci/run installs both). The
+Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and node: `npm ci` in tests/e2e runs
+here when needed. The
 script loads the page, uploads an example image, runs three methods with the deletion metric, and
 reads back each heatmap's pixels; then uploads a file that is not an image; then edits a tabular row
 and explains it with two methods (bar charts)."""
@@ -17,14 +18,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _node import npm_ci
 from _server import DEMO, free_port, start_server, stop_server
 
 E2E = Path(__file__).resolve().parents[1] / "e2e"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and (E2E / "node_modules" / "playwright-core").is_dir() and shutil.which("node")),
-    reason="needs chromium (apt-get install chromium) and `npm ci` in tests/e2e, as .ci/run does")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="needs Debian's chromium (apt-get install chromium, as .ci/run does)")
+
+
+@pytest.fixture(autouse=True)
+def _playwright_core() -> None:
+    npm_ci(E2E)  # skips without node/npm
 
 
 def test_the_page_explains_an_upload_with_three_methods_and_shows_a_bad_upload_error(repository, tmp_path):
