@@ -57,7 +57,9 @@ def _inverted_residual(self, x):
 @contextmanager
 def torchray_sums(model: torch.nn.Module):
     """The model's residual additions through TorchRay's eltwise_sum (looked up when called, so that
-    TorchRay's patch applies), for the duration."""
+    TorchRay's patch applies), for the duration; the parameters' requires_grad restored after (TorchRay
+    turns it off on the model it is given, and the zoo's twins are shared by the other reference tests)."""
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     patched = []
     for module in model.modules():
         forward = {zoo.BasicBlock: _basic_block, zoo.SEBlock: _se_block, zoo.InvertedResidual: _inverted_residual}.get(type(module))
@@ -69,6 +71,8 @@ def torchray_sums(model: torch.nn.Module):
     finally:
         for module in patched:
             del module.forward
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
 
 
 def tensor_of(onnx_model, module_name: str) -> str:
