@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Method
+from .blur_ig import BlurIg
 from .cam import Cam
 from .deconvnet import Deconvnet
 from .extremal_perturbation import ExtremalPerturbation
@@ -10,6 +11,7 @@ from .grad_cam import GradCam
 from .grad_cam_plus_plus import GradCamPlusPlus
 from .guided_backprop import GuidedBackprop
 from .guided_grad_cam import GuidedGradCam
+from .guided_ig import GuidedIg
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
@@ -21,11 +23,13 @@ from .saliency import Saliency
 from .score_cam import ScoreCam
 from .smooth_grad import SmoothGrad
 from .tree_shap import TreeShap
+from .xrai import Xrai
 
 METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+    Xrai, GuidedIg, BlurIg,
 )
 
 
