@@ -5,7 +5,8 @@ ONNX model explaind runs (the target logit's input gradient by autograd).
 - guided_ig vs saliency GuidedIG (same baseline 0, steps, fraction, max_dist): 1e-3 relative.
 - blur_ig vs saliency BlurIG (batch_size 1, its default; saliency blurs an H x W x C image with sigma
   [s, s, 0], so it is given the image channels-last and the gradients transposed back): 1e-3.
-- xrai: the IG it averages vs saliency's IntegratedGradients from the same two baselines (1e-3); its
+- xrai: the IG it averages vs saliency's IntegratedGradients from the same two baselines (1e-3; there
+  saliency's call_model_function runs the ONNX model's gradient graph, see the test); its
   segments vs saliency's _get_segments_felzenszwalb (exact); and, given the same attributions and
   segments, saliency's XRAI region map and ranking (`flatten_xrai_segments`) exactly, full and fast.
 saliency 0.2.1's GuidedIG calls np.quantile(..., interpolation=...), which numpy 2 removed: the test
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from _methods import IMAGE, TOL, check
+from _methods import GRAD, IMAGE, SEED, TOL, check
 
 saliency = pytest.importorskip("saliency.core")
 from saliency.core import blur_ig as saliency_blur_ig  # noqa: E402
@@ -46,16 +47,23 @@ class _Numpy(types.ModuleType):
         return np.quantile(a, q, method=interpolation, **kw)
 
 
-def call_model(ex, target, channels_last=False):
-    """saliency's call_model_function: the target logit's gradient w.r.t. a batch of inputs."""
+def call_model(ex, target, channels_last=False, onnx=False):
+    """saliency's call_model_function: the target logit's gradient w.r.t. a batch of inputs, by torch
+    autograd on the torch twin, or (`onnx`) by onnxruntime on the ONNX model's gradient graph."""
 
     def call(batch, call_model_args=None, expected_keys=None):
         xs = np.asarray(batch, np.float32)
         if channels_last:
             xs = xs.transpose(0, 3, 1, 2)
-        xt = torch.from_numpy(np.ascontiguousarray(xs)).requires_grad_(True)
-        ex.torch_model(xt)[:, target].sum().backward()
-        grads = xt.grad.numpy().astype(np.float64)
+        xs = np.ascontiguousarray(xs)
+        if onnx:
+            seed = np.zeros((len(xs), ex.entry.num_classes), np.float32)
+            seed[:, target] = 1
+            grads = ex.gradient_session("plain").run([GRAD + "input"], {"input": xs, SEED: seed})[0].astype(np.float64)
+        else:
+            xt = torch.from_numpy(xs).requires_grad_(True)
+            ex.torch_model(xt)[:, target].sum().backward()
+            grads = xt.grad.numpy().astype(np.float64)
         if channels_last:
             grads = grads.transpose(0, 2, 3, 1)
         return {saliency.INPUT_OUTPUT_GRADIENTS: grads}
@@ -96,7 +104,9 @@ def test_xrai_ig_segments_and_regions(case, xp, summary, name):
     got, _ = xp.explain(Xrai(), {"steps": 20}, ex.in_process, x, target)
     assert got.model_evaluations == 1 + 2 * 20
     hwc = np.ascontiguousarray(x.transpose(1, 2, 0))
-    call = call_model(ex, target, channels_last=True)
+    # The path starts at a constant image, where VGG's max pools tie and torch and onnxruntime route
+    # the gradient to different (equal) inputs: saliency is given the ONNX model's gradients here.
+    call = call_model(ex, target, channels_last=True, onnx=True)
     ig = saliency.IntegratedGradients()
     ref_ig = np.mean([ig.GetMask(hwc, call, x_baseline=np.full_like(hwc, b), x_steps=20) for b in (x.min(), x.max())],
                      axis=0)
