@@ -17,6 +17,7 @@ from .integrated_gradients import IntegratedGradients
 from .kernel_shap import KernelShap
 from .lime import Lime
 from .linear_shap import LinearShap
+from .meaningful_perturbation import MeaningfulPerturbation
 from .occlusion import Occlusion
 from .rise import Rise
 from .saliency import Saliency
@@ -29,7 +30,7 @@ METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
-    Xrai, GuidedIg, BlurIg,
+    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation,
 )
 
 
