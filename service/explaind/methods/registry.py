@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .aggregated import Aggregated
 from .base import Method
 from .blur_ig import BlurIg
 from .cam import Cam
@@ -30,7 +31,7 @@ METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
-    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation,
+    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation, Aggregated,
 )
 
 
