@@ -1,0 +1,148 @@
+"""xrai, guided_ig, blur_ig, meaningful_perturbation, aggregated and occlusion's random fill through
+the real engine on linear ONNX models (f = w . x: gradients are w everywhere, so every answer is
+known in closed form), and their pieces on hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from explaind.errors import InvalidArgument
+from explaind.methods.aggregated import Aggregated, normalise
+from explaind.methods.blur_ig import BlurIg, sigmas
+from explaind.methods.guided_ig import GuidedIg
+from explaind.methods.meaningful_perturbation import MeaningfulPerturbation, regularisers, upsample_matrix
+from explaind.methods.occlusion import Occlusion, coarse_to_fine, window_positions
+from explaind.methods.xrai import Xrai, xrai_regions
+from explaind.models.white_box import WhiteBox
+
+from _linear import served_linear
+from inprocess import explain
+from oracles.noise import gaussian_noise_reference
+
+SHAPE = (3, 8, 8)
+X = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+WB = WhiteBox(True)
+
+
+def test_guided_ig_of_a_linear_model_is_x_times_w():
+    served, w = served_linear("lin", SHAPE, 3)
+    got, _ = explain(GuidedIg(), {"steps": 10, "max_dist": 0.1}, served, X, 1, "logit", white_box=WB)
+    np.testing.assert_allclose(got.attribution, X * w[:, 1].reshape(SHAPE), rtol=1e-5, atol=1e-6)
+    assert got.figures["completeness_gap"] == pytest.approx(0.0, abs=1e-4)
+    assert got.model_evaluations == 1 + 10 + 1
+
+
+def test_blur_ig_of_a_linear_model():
+    served, w = served_linear("lin", SHAPE, 3)
+    got, _ = explain(BlurIg(), {"steps": 5, "max_sigma": 2.0}, served, X, 0, "logit", white_box=WB)
+    s = [0.0, 0.4, 0.8, 1.2, 1.6, 2.0]
+    np.testing.assert_allclose(sigmas(5, 2.0, False), s)
+
+    def blur(sigma):
+        return X if sigma == 0 else ndimage.gaussian_filter(X, [0, sigma, sigma], mode="constant")
+
+    expected = -sum((s[i + 1] - s[i]) * (blur(s[i] + 0.01) - blur(s[i])) / 0.01 for i in range(5))
+    np.testing.assert_allclose(got.attribution, expected * w[:, 0].reshape(SHAPE), rtol=1e-4, atol=1e-6)
+    assert got.model_evaluations == 1 + 5
+
+
+def test_xrai_regions_by_hand():
+    attr = np.array([[4.0, 4.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0], [1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]])
+    top_left = np.zeros((4, 4), bool)
+    top_left[:2, :2] = True
+    bottom = np.zeros((4, 4), bool)
+    bottom[2:] = True
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True  # after top_left, it adds the bottom-left pixels: gain 1
+    masks = np.stack([bottom, left, top_left])
+    gains, ranks, regions = xrai_regions(attr, masks, 1.0, 1)
+    # top_left (4) first; then bottom (mean 1.5) beats left's new pixels (1); left adds nothing new.
+    np.testing.assert_array_equal(gains, [[4, 4, 0, 0], [4, 4, 0, 0], [1.5] * 4, [1.5] * 4])
+    np.testing.assert_array_equal(ranks, [[1, 1, 3, 3], [1, 1, 3, 3], [2] * 4, [2] * 4])  # uncovered last
+    assert regions == 2
+
+
+def test_xrai_on_a_linear_model_ranks_the_heavy_corner_first():
+    served, w = served_linear("lin", (3, 16, 16), 2)
+    x = np.zeros((3, 16, 16), np.float32)
+    x[:, :8, :8] = 1.0
+    got, params = explain(Xrai(), {"steps": 4, "baselines": [0.0], "segmentation_size": 0, "scales": [10.0],
+                                   "min_segment_size": 10, "dilation_radius": 0, "min_pixel_diff": 1}, served, x, 0,
+                          "logit", white_box=WB)
+    ig = x * w[:, 0].reshape(3, 16, 16) * 1.0  # linspace(0, 1, 4) with weight 1/4: sum 1
+    np.testing.assert_allclose(got.arrays["ig_attribution"], ig, rtol=1e-5, atol=1e-6)
+    assert got.model_evaluations == 1 + 4
+    assert got.arrays["segments"].min() == 1 and got.figures["regions"] >= 1
+
+
+def test_meaningful_perturbation_pieces_by_hand():
+    np.testing.assert_allclose(upsample_matrix(4, 2), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    mask = np.array([[1.0, 0.5], [0.5, 0.0]])
+    l1, tv, grad = regularisers(mask, 0.1, 0.2, 2.0)
+    assert l1 == pytest.approx(0.1 * 2.0) and tv == pytest.approx(0.2 * 1.0)
+    # d/dM: -0.1 sign(1 - M) + 0.2 * 2 * (sum of the differences touching each cell, signed)
+    np.testing.assert_allclose(grad, [[0.0 + 0.4, -0.1 + 0.0], [-0.1 + 0.0, -0.1 - 0.4]])
+
+
+def test_meaningful_perturbation_first_step_on_a_linear_model():
+    """Logit score, constant fill 0, no jitter: f(Phi) = sum_c w . (m x); the first Adam step moves
+    every cell by -lr sign(gradient) (Adam's first step), from M = 1."""
+    served, w = served_linear("lin", SHAPE, 3)
+    given = {"iterations": 1, "perturbation": "constant", "fill": 0.0, "jitter": 0, "mask_size": 4,
+             "l1_coeff": 0.0, "tv_coeff": 0.0, "learning_rate": 0.1}
+    got, _ = explain(MeaningfulPerturbation(), given, served, X, 2, "logit", white_box=WB)
+    u = upsample_matrix(8, 4)
+    g = u.T @ (X * w[:, 2].reshape(SHAPE)).sum(axis=0) @ u
+    expected_mask = u @ np.clip(1 - 0.1 * np.sign(g), 0, 1) @ u.T
+    np.testing.assert_allclose(got.arrays["mask"], expected_mask, atol=1e-5)
+    assert got.arrays["objective"][0] == pytest.approx(float((X * w[:, 2].reshape(SHAPE)).sum()), rel=1e-5)
+    with pytest.raises(InvalidArgument, match="meaningful_perturbation.fill"):
+        explain(MeaningfulPerturbation(), {"fill": 1.0}, served, X, 2, "logit", white_box=WB)
+
+
+def test_aggregated_of_two_exact_methods_is_their_common_normalised_map():
+    served, w = served_linear("lin", SHAPE, 3)
+    got, params = explain(Aggregated(), {"methods": "input_x_gradient, integrated_gradients"}, served, X, 1, "logit",
+                          white_box=WB)
+    expected = normalise((X * w[:, 1].reshape(SHAPE)).sum(axis=0), "max_abs")
+    np.testing.assert_allclose(got.attribution, expected, rtol=1e-4, atol=1e-6)
+    assert params["methods"] == "input_x_gradient,integrated_gradients"
+    assert set(got.arrays) == {"input_x_gradient", "integrated_gradients"}
+    assert got.model_evaluations == 1 + 1 + 52
+    assert np.abs(got.attribution).max() == pytest.approx(1.0, rel=1e-6)
+    for given, field in (({"methods": "nope"}, "aggregated.methods"), ({"methods": "aggregated"}, "aggregated.methods"),
+                         ({"weights": [1.0]}, "aggregated.weights")):
+        with pytest.raises(InvalidArgument, match=field):
+            explain(Aggregated(), given, served, X, 1, "logit", white_box=WB)
+
+
+def test_normalisations_by_hand():
+    v = np.array([-2.0, 1.0, 1.0])
+    np.testing.assert_allclose(normalise(v, "max_abs"), [-1, 0.5, 0.5])
+    np.testing.assert_allclose(normalise(v, "l1"), [-0.5, 0.25, 0.25])
+    np.testing.assert_allclose(normalise(v, "min_max"), [0, 1, 1])
+    np.testing.assert_allclose(normalise(v, "l2"), v / np.sqrt(6))
+
+
+def test_occlusion_random_fill_against_a_numpy_reference():
+    """Each window's patch: fill + scale * noise(seed of the window), the seeds drawn from the request's seed."""
+    served, w = served_linear("lin", SHAPE, 3)
+    got, params = explain(Occlusion(), {"window": [4, 4], "stride": [4, 4], "fill": "gaussian"}, served, X, 1, "logit",
+                          seed=7)
+    assert params == {"window": [4, 4], "stride": [4, 4], "fill": "gaussian"}
+    ys = xs = window_positions(8, 4, 4)
+    iy, ix = coarse_to_fine(len(ys), len(xs))
+    seeds = np.random.default_rng(7).integers(0, 2**31 - 1, size=1 + len(iy), dtype=np.int64)
+    noise = gaussian_noise_reference(seeds, X.size).reshape(-1, *SHAPE)
+    weights = w[:, 1].reshape(SHAPE)
+    expected = np.zeros((8, 8))
+    for k, (a, b) in enumerate(zip(ys[iy], xs[ix]), start=1):
+        occluded = X.astype(np.float64).copy()
+        patch = X.mean() + X.std() * noise[k]
+        occluded[:, a:a + 4, b:b + 4] = patch[:, a:a + 4, b:b + 4]
+        expected[a:a + 4, b:b + 4] = float((X * weights).sum() - (occluded * weights).sum())
+    np.testing.assert_allclose(got.attribution, expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(InvalidArgument, match="occlusion.baseline"):
+        explain(Occlusion(), {"fill": "uniform", "baseline": 1.0}, served, X, 1, "logit")
