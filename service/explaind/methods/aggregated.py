@@ -79,7 +79,14 @@ class Aggregated(Method):
         return method.parameters({}, ctx.model, ctx.settings, ctx.score)
 
     def unavailable(self, model: ModelView) -> str:
-        return ""  # each constituent is checked against the model in resolve
+        """Offered where the default constituents serve the model (the request's are checked in resolve)."""
+        from .registry import all_methods
+        known = all_methods()
+        for name in DEFAULT_METHODS.split(","):
+            why = known[name].unavailable(model)
+            if why:
+                return f"its default constituent {name} is not available: {why}"
+        return ""
 
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         from .registry import all_methods
