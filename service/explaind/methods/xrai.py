@@ -31,7 +31,8 @@ from .gradient_base import GradientMethod, gradient_stage
 from .params import IMAGE, Choice, Float, Floats, Int
 
 SCALES = [50.0, 100.0, 150.0, 250.0, 500.0, 1200.0]
-MAX_MASKS = 4096  # segments in all scales: the greedy search is O(masks^2 x pixels)
+MAX_MASKS = 1024  # segments in all scales: the greedy search is O(masks^2 x pixels)
+MIN_SEGMENTATION_SIZE = 16
 
 
 def to_hwc(x: np.ndarray, layout: str) -> np.ndarray:
@@ -39,8 +40,9 @@ def to_hwc(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 def segment_masks(image: np.ndarray, size: int, scales: list[float], sigma: float, min_size: int,
-                  dilation_radius: int) -> np.ndarray:
-    """[M, H, W] bool: the felzenszwalb masks of an H x W x C image at every scale, dilated."""
+                  dilation_radius: int, max_masks: int | None = None) -> np.ndarray:
+    """[M, H, W] bool: the felzenszwalb masks of an H x W x C image at every scale, dilated; refused
+    (InvalidArgument on xrai.scales) beyond `max_masks` before any mask is made."""
     from skimage import segmentation  # lazy: scikit-image is imported only when a request needs it
     from skimage.morphology import dilation, disk
     from skimage.transform import resize
@@ -49,13 +51,18 @@ def segment_masks(image: np.ndarray, size: int, scales: list[float], sigma: floa
     scaled = (image - low) / (high - low) * 2.0 - 1.0 if high > low else np.zeros_like(image, np.float64)
     if size:
         scaled = resize(scaled, (size, size), order=3, mode="constant", preserve_range=True, anti_aliasing=True)
-    masks = []
+    segmentations = []
     for scale in scales:
         labels = segmentation.felzenszwalb(scaled, scale=scale, sigma=sigma, min_size=min_size)
         if size:
             labels = resize(labels, shape, order=0, preserve_range=True, mode="constant",
                             anti_aliasing=False).astype(int)
-        masks.extend(labels == label for label in range(labels.min(), labels.max() + 1))
+        segmentations.append(labels)
+    count = sum(int(labels.max() - labels.min()) + 1 for labels in segmentations)
+    if max_masks is not None and count > max_masks:
+        raise InvalidArgument("xrai.scales", f"segmentations giving at most {max_masks} masks in all (larger scales "
+                              "or min_segment_size)", f"{count} masks")
+    masks = [labels == label for labels in segmentations for label in range(labels.min(), labels.max() + 1)]
     if dilation_radius:
         footprint = disk(dilation_radius)
         masks = [dilation(mask, footprint=footprint) for mask in masks]
@@ -94,7 +101,12 @@ def xrai_regions(attr: np.ndarray, masks: np.ndarray, area_threshold: float = 1.
             if not len(remaining):
                 break
             densities = (new @ values) / counts
-            best = int(np.argmax(densities))
+            # The candidates the matrix product cannot tell apart are compared as saliency does
+            # (each one's mean, the first of the highest), so the ranking is the same to the bit.
+            top = float(densities.max())
+            close = np.flatnonzero(densities >= top - 1e-9 * max(abs(top), 1e-300))
+            exact = [float(values[new[i]].mean()) for i in close]
+            best = int(close[int(np.argmax(exact))])
             added = new[best].reshape(attr.shape)
             gain = _density(added, attr)
             regions.append((added, gain))
@@ -126,7 +138,8 @@ class Xrai(GradientMethod):
         Choice("algorithm", "full", ("full", "fast"), "full | fast"),
         Float("area_threshold", 1.0, "full: stop once this fraction of the image is covered", 0.0, 1.0),
         Int("min_pixel_diff", 50, "skip masks adding fewer new pixels", 1, 1 << 30),
-        Int("segmentation_size", 224, "side the image is resized to for felzenszwalb; 0: no resize", 0, 2048),
+        Int("segmentation_size", 224, "side the image is resized to for felzenszwalb (16 to 1024); 0: no resize",
+            0, 1024),
         Floats("scales", SCALES, "felzenszwalb scales", 0.0, 1e6, exclusive_low=True, length=(1, 16)),
         Float("felzenszwalb_sigma", 0.8, "felzenszwalb's smoothing", 0.0, 100.0),
         Int("min_segment_size", 150, "felzenszwalb min_size", 1, 1 << 30),
@@ -134,6 +147,10 @@ class Xrai(GradientMethod):
     )
 
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
+        size = params["segmentation_size"]
+        if 0 < size < MIN_SEGMENTATION_SIZE:
+            raise InvalidArgument(f"{self.name}.segmentation_size", f"0 (no resize) or {MIN_SEGMENTATION_SIZE} to 1024",
+                                  size)
         rows = params["steps"] * len(params.get("baselines", [0, 0]))
         if rows > settings.max_rows_per_request:
             raise InvalidArgument(f"{self.name}.steps", f"at most {settings.max_rows_per_request} gradient rows in all "
@@ -145,6 +162,11 @@ class Xrai(GradientMethod):
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         x = ctx.x.astype(np.float32)
+        sig = ctx.model.signature
+        # The segments first: a segmentation with too many masks is refused before any row is spent.
+        masks = segment_masks(to_hwc(x, sig.layout), params["segmentation_size"], params["scales"],
+                              params["felzenszwalb_sigma"], params["min_segment_size"], params["dilation_radius"],
+                              MAX_MASKS)
         baselines = params.get("baselines") or [float(x.min()), float(x.max())]
         steps = params["steps"]
         alphas = np.linspace(0, 1, steps).astype(np.float32)
@@ -152,14 +174,8 @@ class Xrai(GradientMethod):
         grads = yield [gradient_stage(ctx, path=g.PATH_LINE, weights=weights, codes={"alpha": alphas},
                                       constants={"reference": np.full_like(x, b)}) for b in baselines]
         ig = np.mean([(x.astype(np.float64) - b) * r.total for b, r in zip(baselines, grads)], axis=0)
-        sig = ctx.model.signature
         channel = sig.channel_axis - 1
         attr = ig.max(axis=channel)
-        masks = segment_masks(to_hwc(x, sig.layout), params["segmentation_size"], params["scales"],
-                              params["felzenszwalb_sigma"], params["min_segment_size"], params["dilation_radius"])
-        if len(masks) > MAX_MASKS:
-            raise InvalidArgument(f"{self.name}.scales", f"segmentations giving at most {MAX_MASKS} masks in all",
-                                  f"{len(masks)} masks")
         gains, ranks, regions = xrai_regions(attr, masks, params["area_threshold"], params["min_pixel_diff"],
                                              params["algorithm"])
         return Result(gains.astype(np.float32), {"regions": float(regions), "masks": float(len(masks))},

@@ -77,6 +77,16 @@ def test_xrai_on_a_linear_model_ranks_the_heavy_corner_first():
     assert got.arrays["segments"].min() == 1 and got.figures["regions"] >= 1
 
 
+def test_xrai_refuses_too_many_masks_before_any_row():
+    served, _ = served_linear("lin", (3, 16, 16), 2)
+    x = np.random.default_rng(1).normal(size=(3, 16, 16)).astype(np.float32)
+    with pytest.raises(InvalidArgument, match=r"xrai\.scales: expected segmentations giving at most 1024 masks"):
+        explain(Xrai(), {"segmentation_size": 0, "scales": [1e-3] * 5, "min_segment_size": 1}, served, x, 0, "logit",
+                white_box=WB)
+    with pytest.raises(InvalidArgument, match=r"xrai\.segmentation_size"):
+        explain(Xrai(), {"segmentation_size": 4}, served, x, 0, "logit", white_box=WB)
+
+
 def test_meaningful_perturbation_pieces_by_hand():
     np.testing.assert_allclose(upsample_matrix(4, 2), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
     mask = np.array([[1.0, 0.5], [0.5, 0.0]])
