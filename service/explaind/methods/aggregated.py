@@ -116,10 +116,17 @@ class Aggregated(Method):
         return params
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        """The constituents' rows (and the layer prediction of those that read one), when all are known."""
+        return self._planned(params, ctx, engine=False)
+
+    def planned_engine_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+        return self._planned(params, ctx, engine=True)
+
+    def _planned(self, params: dict[str, Any], ctx: MethodContext, engine: bool) -> int | None:
         total = 0
         for method in self.constituents(params):
             own = self.own(method, ctx)
-            rows = method.planned_rows(own, ctx)
+            rows = method.planned_engine_rows(own, ctx) if engine else method.planned_rows(own, ctx)
             if rows is None:
                 return None
             total += rows + (1 if method.prediction_layer(own) else 0)
