@@ -43,6 +43,18 @@ def test_region_and_path_methods_over_grpc(client, example_image):
                                                                       agg.arrays["input_x_gradient"]]), axis=0),
                                atol=1e-6)
 
+    # constituents that read a layer's activation (cam, from a prediction stage of their own) or a layer's
+    # gradient (grad_cam): their [H, W] maps beside saliency's channel-summed one, max-normalised, averaged
+    cams = client.explain("shapes", method="aggregated", image=png, seed=1,
+                          params={"methods": "cam,grad_cam,saliency", "weights": [1.0, 1.0, 2.0]})
+    assert int(cams.stats["model_evaluations"]) == 1 + 1 + 1 + 1
+    for name in ("cam", "grad_cam", "saliency"):
+        assert np.abs(cams.arrays[name]).max() == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_allclose(cams.attribution, (cams.arrays["cam"] + cams.arrays["grad_cam"]
+                                                  + 2 * cams.arrays["saliency"]) / 4, atol=1e-6)
+    alone = client.explain("shapes", method="cam", image=png, seed=1)
+    np.testing.assert_allclose(cams.arrays["cam"], alone.attribution / np.abs(alone.attribution).max(), atol=1e-6)
+
     occ = client.explain("shapes", method="occlusion", image=png, seed=2, params={"fill": "uniform"})
     other = client.explain("shapes", method="occlusion", image=png, seed=3, params={"fill": "uniform"})
     assert not np.array_equal(occ.attribution, other.attribution)  # a random patch per window, seeded
