@@ -83,7 +83,7 @@ class MeaningfulPerturbation(GradientMethod):
     params = (
         Int("iterations", 300, "Adam steps", 1, lambda lim: lim.settings.max_rows_per_request - 1),
         Float("learning_rate", 0.1, "Adam's learning rate", 0.0, 100.0, exclusive_low=True),
-        Float("l1_coeff", 1e-4, "lambda1, weight of |1 - M|_1", 0.0, 1e6),
+        Float("l1_coeff", 1e-4, "lambda1, weight of the L1 norm of 1 - M", 0.0, 1e6),
         Float("tv_coeff", 1e-2, "lambda2, weight of TV(M)^beta", 0.0, 1e6),
         Float("tv_beta", 3.0, "beta", 1.0, 10.0),
         Int("mask_size", None, "side of the low-resolution mask", 1, lambda lim: min(lim.model.signature.spatial_shape),
