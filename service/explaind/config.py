@@ -95,6 +95,14 @@ class Settings:
                 "seconds (and after every session eviction): the arena otherwise stays at the largest batch "
                 "mix it ever met, which a long mixed load keeps raising (soak RSS after warm-up: +25 percent without, "
                 "flat with 10 s); one re-allocation per interval; 0: only after evictions"})
+    tree_shap_cache_bytes: int = field(default=64 << 20, metadata={
+        "help": "bytes of shap TreeExplainers tree_shap keeps prepared per model version (one per explained "
+                "column and mode, the arrays they hold measured); beyond it the least recently used are dropped; "
+                "0: none kept (each request prepares its own)"})
+    tree_shap_preload: bool = field(default=False, metadata={
+        "help": "prepare tree_shap's interventional explainers of every output column (both scores) when a "
+                "tree model's version loads, before it serves (shap imported then): its first requests skip "
+                "the ~1.5 s of shap's import and the preparation; within tree_shap_cache_bytes"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
@@ -126,6 +134,8 @@ class Settings:
         if self.max_session_memory_bytes < -1:
             raise ValueError(f"max_session_memory_bytes must be -1 (no cap), 0 (auto) or a byte count, "
                              f"got {self.max_session_memory_bytes}")
+        if self.tree_shap_cache_bytes < 0:
+            raise ValueError(f"tree_shap_cache_bytes must be >= 0 (0: no cache), got {self.tree_shap_cache_bytes}")
         if self.arena_release_s < 0:
             raise ValueError(f"arena_release_s must be 0 (only after evictions) or a number of seconds, got {self.arena_release_s}")
         if not 0 <= self.batch_tuning_s <= 10:

@@ -152,8 +152,13 @@ class Explainer:
 
     def warm(self, entry: LoadedModel) -> None:
         """Fill a new version's caches before it serves (the model control runs this off the event
-        loop: inspecting a big model's graph must not stall requests)."""
-        self.unavailable(entry)
+        loop: inspecting a big model's graph must not stall requests), then let each method the model
+        offers preload what it prepares once per version (tree_shap with tree_shap_preload)."""
+        offered = self.unavailable(entry)
+        view = self.view(entry)
+        for name, why in offered.items():
+            if not why:
+                self.methods[name].preload(view, self.settings)
 
     def retire(self, entry: LoadedModel) -> None:
         """A version out of service (replaced, unloaded, removed): forget its caches and let the engine

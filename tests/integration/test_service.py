@@ -60,7 +60,8 @@ def test_get_model_reports_the_contract(client):
     assert list(info.labels) == ["circle", "square", "triangle", "cross", "star"]
     assert list(info.methods) == ["occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "input_x_gradient", "smooth_grad",
                                   "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
-                                  "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam", "xrai", "guided_ig",
+                                  "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam", "deep_lift",
+                                  "rect_grad", "excitation_backprop", "xrai", "guided_ig",
                                   "blur_ig", "meaningful_perturbation", "aggregated"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
     assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers

@@ -156,7 +156,7 @@ def _torchvision_stub(reason: str) -> None:
     transforms.functional = functional
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
-    for name in ("Bottleneck", "BasicBlock"):  # zennit's torchvision canonizers match these classes
+    for name in ("ResNet", "Bottleneck", "BasicBlock"):  # zennit's canonizers match these; TorchRay imports them
         setattr(resnet, name, type(name, (torch.nn.Module,), {"__init__": unavailable(f"models.resnet.{name}")}))
     models.resnet = resnet
     tv.transforms, tv.ops, tv.models = transforms, ops, models

@@ -33,7 +33,7 @@ from ..engine.device import limit_blas_threads
 from ..engine.engine import Engine
 from ..explainer import Explainer
 from ..metrics import Metrics
-from ..models.repository import ModelRepository, RepositoryLimits
+from ..models.repository import LoadedModel, ModelRepository, RepositoryLimits
 from .auth import TokenFileError, authenticator
 from .decoding import add_explainer_to_server
 from .servicer import ExplainerServicer
@@ -106,6 +106,14 @@ async def start(settings: Settings) -> RunningServer:
                                  "sha256": entry.sha256})
     engine = Engine(settings, metrics)
     explainer = Explainer(settings, repository, engine)
+    if settings.tree_shap_preload:  # opt-in: the models loaded at start warmed as a reloaded version is
+        for entry in repository.list():
+            if isinstance(entry, LoadedModel):
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, explainer.warm, entry)
+                    log.info("model warmed", extra={"model": entry.name, "sha256": entry.sha256})
+                except Exception:  # warming is an optimisation: requests compute what it did not
+                    log.exception("warming model caches failed", extra={"model": entry.name})
     servicer = ExplainerServicer(explainer, metrics, identify=auth.identify,
                                  may_control_models=auth.may_control_models)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),

@@ -254,7 +254,7 @@ class Method(ABC):
             return "" if white_box.layers else "the model has no 4-D activation to use as a layer"
         if white_box.offers(self.needs, self.rules_needed):
             return ""
-        return white_box.why_not()
+        return white_box.why_not(self.rules_needed)
 
     def parameters(self, given: Mapping[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         """The request's parameters validated by the declarations, then by `resolve`; as used."""
@@ -274,6 +274,10 @@ class Method(ABC):
         """A layer whose activation the prediction stage reads too (ctx.layer_activation), so a method
         needing only the forward activation (CAM, Score-CAM) spends no pass of its own on it."""
         return ""
+
+    def preload(self, model: ModelView, settings: Settings) -> None:
+        """Work done once per model version before it serves (Explainer.warm, off the event loop), for
+        a method the model offers: nothing by default."""
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
         """All rows the stages will take, when known in advance (progress); None: per stage."""

@@ -7,6 +7,9 @@ from .base import Method
 from .blur_ig import BlurIg
 from .cam import Cam
 from .deconvnet import Deconvnet
+from .deep_lift import DeepLift
+from .deep_lift_shap import DeepLiftShap
+from .excitation_backprop import ExcitationBackprop
 from .extremal_perturbation import ExtremalPerturbation
 from .grad_cam import GradCam
 from .grad_cam_plus_plus import GradCamPlusPlus
@@ -20,6 +23,7 @@ from .lime import Lime
 from .linear_shap import LinearShap
 from .meaningful_perturbation import MeaningfulPerturbation
 from .occlusion import Occlusion
+from .rect_grad import RectGrad
 from .rise import Rise
 from .saliency import Saliency
 from .score_cam import ScoreCam
@@ -31,6 +35,7 @@ METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
     GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+    DeepLift, DeepLiftShap, RectGrad, ExcitationBackprop,
     Xrai, GuidedIg, BlurIg, MeaningfulPerturbation, Aggregated,
 )
 

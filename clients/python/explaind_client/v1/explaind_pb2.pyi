@@ -344,6 +344,36 @@ class Cam(_message.Message):
     upsample: str
     def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
 
+class DeepLift(_message.Message):
+    __slots__ = ("baseline", "channel_reduction")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    baseline: float
+    channel_reduction: str
+    def __init__(self, baseline: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class DeepLiftShap(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RectGrad(_message.Message):
+    __slots__ = ("q", "channel_reduction")
+    Q_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    q: float
+    channel_reduction: str
+    def __init__(self, q: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class ExcitationBackprop(_message.Message):
+    __slots__ = ("layer", "contrastive", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CONTRASTIVE_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    contrastive: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., contrastive: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
 class Xrai(_message.Message):
     __slots__ = ("steps", "baselines", "algorithm", "area_threshold", "min_pixel_diff", "segmentation_size", "scales", "felzenszwalb_sigma", "min_segment_size", "dilation_radius")
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -453,7 +483,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -480,6 +510,10 @@ class ExplainRequest(_message.Message):
     GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
     SCORE_CAM_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_SHAP_FIELD_NUMBER: _ClassVar[int]
+    RECT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    EXCITATION_BACKPROP_FIELD_NUMBER: _ClassVar[int]
     XRAI_FIELD_NUMBER: _ClassVar[int]
     GUIDED_IG_FIELD_NUMBER: _ClassVar[int]
     BLUR_IG_FIELD_NUMBER: _ClassVar[int]
@@ -513,6 +547,10 @@ class ExplainRequest(_message.Message):
     guided_grad_cam: GuidedGradCam
     score_cam: ScoreCam
     cam: Cam
+    deep_lift: DeepLift
+    deep_lift_shap: DeepLiftShap
+    rect_grad: RectGrad
+    excitation_backprop: ExcitationBackprop
     xrai: Xrai
     guided_ig: GuidedIg
     blur_ig: BlurIg
@@ -520,7 +558,7 @@ class ExplainRequest(_message.Message):
     aggregated: Aggregated
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., xrai: _Optional[_Union[Xrai, _Mapping]] = ..., guided_ig: _Optional[_Union[GuidedIg, _Mapping]] = ..., blur_ig: _Optional[_Union[BlurIg, _Mapping]] = ..., meaningful_perturbation: _Optional[_Union[MeaningfulPerturbation, _Mapping]] = ..., aggregated: _Optional[_Union[Aggregated, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xrai: _Optional[_Union[Xrai, _Mapping]] = ..., guided_ig: _Optional[_Union[GuidedIg, _Mapping]] = ..., blur_ig: _Optional[_Union[BlurIg, _Mapping]] = ..., meaningful_perturbation: _Optional[_Union[MeaningfulPerturbation, _Mapping]] = ..., aggregated: _Optional[_Union[Aggregated, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")

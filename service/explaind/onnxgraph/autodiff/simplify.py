@@ -26,6 +26,9 @@ from onnx import helper, numpy_helper
 # (Not deconvnet: it passes relu(g) whatever x was, and a window of non-positive values routes it to
 # its first element before the move, to its largest after.)
 POOL_BEFORE_RELU_VARIANTS = frozenset({"plain", "guided"})
+# The variants whose rules differ at BatchNormalization from those of the Conv it would be folded
+# into (excitation backprop passes through batch norm and takes max(W, 0) of the unfolded weights).
+KEEP_BATCH_NORM_VARIANTS = frozenset({"excitation", "excitation_contrastive"})
 
 
 def simplify(model: onnx.ModelProto, keep: set[str], variant: str = "plain") -> onnx.ModelProto:
@@ -34,7 +37,7 @@ def simplify(model: onnx.ModelProto, keep: set[str], variant: str = "plain") -> 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return model
     protected = keep | {o.name for o in graph.output}
-    gone = _fold_batch_norms(graph, protected)
+    gone = _fold_batch_norms(graph, protected) if variant not in KEEP_BATCH_NORM_VARIANTS else set()
     if variant in POOL_BEFORE_RELU_VARIANTS:
         gone |= _pool_before_relu(graph, protected)
     stale = [vi for vi in graph.value_info if vi.name in gone]
