@@ -12,10 +12,11 @@ with l1_coeff 1e-4, tv_coeff 1e-2, beta 3 (the paper's lambda1, lambda2, beta), 
 default; Adam (learning rate 0.1, betas 0.9 / 0.999, eps 1e-8, torch's update) from M = 1 for 300
 iterations, M clamped to [0, 1] after each step. Jitter: at each iteration m is shifted by a random
 integer (dy, dx) in [-jitter, jitter]^2 (edge replicated), default 4 px at 224 (scaled to the image).
-Gradient: d f_c / d Phi from the model's own graph (one row per iteration: the perturbed input),
-then exactly by the chain rule, d f_c / d m = sum_channels g (x - p) and d / d M = U_y^T (.) U_x for
-the (shifted) bilinear upsampling matrices U; the regularisers' gradients are exact (|.| at 0: 0, as
-torch). One more row scores the final mask unjittered. The attribution is 1 - m (what must be
+Gradient: exact, in the graph (variant `meaningful`, onnxgraph/variants/meaningful.py): a row is the
+mask M and its shift; the graph upsamples and shifts it, perturbs the input, runs the model and,
+from the model's own input gradient g, gives d f_c / d M = U_y^T (sum_channels g (x - p)) U_x for the
+(shifted) bilinear upsampling matrices U; the regularisers' gradients are exact on the host (|.| at
+0: 0, as torch). One row per iteration (one job each); one more scores the final mask unjittered. The attribution is 1 - m (what must be
 deleted); `mask` is m [H, W], `objective` E per iteration, `jitter` the shifts [iterations, 2].
 """
 
@@ -28,32 +29,16 @@ import numpy as np
 
 from ..config import Settings
 from ..errors import InvalidArgument
-from .base import PROBABILITY, MethodContext, ModelView, Result, Stages
-from .gradient_base import GradientMethod, gradient_stage
+from ..engine.job import RowChunk
+from ..onnxgraph.variants import SCORE_OUTPUT
+from ..onnxgraph.variants.meaningful import MASK_OUTPUT, PARAM_GRAD_OUTPUT, Meaningful
+from .base import PROBABILITY, MethodContext, ModelView, Reducer, Result, Stage, Stages
+from .gradient_base import GradientMethod
 from .params import IMAGE, Choice, Float, Int
 
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 DESIGN_SIZE = 224
-
-
-def upsample_matrix(size_out: int, size_in: int) -> np.ndarray:
-    """[out, in]: bilinear interpolation with half-pixel centres (torch align_corners=False)."""
-    u = np.zeros((size_out, size_in), np.float64)
-    scale = size_in / size_out
-    for i in range(size_out):
-        src = max((i + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(math.floor(src)), size_in - 1)
-        i1 = min(i0 + 1, size_in - 1)
-        frac = src - i0
-        u[i, i0] += 1.0 - frac
-        u[i, i1] += frac
-    return u
-
-
-def shifted(u: np.ndarray, shift: int) -> np.ndarray:
-    """Rows of `u` shifted by `shift` (row i takes row clip(i - shift)): the upsampled mask moved."""
-    return u[np.clip(np.arange(len(u)) - shift, 0, len(u) - 1)]
 
 
 def regularisers(mask: np.ndarray, l1: float, tv: float, beta: float) -> tuple[float, float, np.ndarray]:
@@ -69,6 +54,20 @@ def regularisers(mask: np.ndarray, l1: float, tv: float, beta: float) -> tuple[f
     grad[:, 1:] += gx
     grad[:, :-1] -= gx
     return l1_term, tv_term, grad
+
+
+class RowReducer(Reducer):
+    """The one row of an iteration: its score, mask and d score / d M."""
+
+    def __init__(self) -> None:
+        self.score = 0.0
+        self.mask: np.ndarray | None = None
+        self.grad: np.ndarray | None = None
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        self.score = float(rows[SCORE_OUTPUT][0])
+        self.mask = rows[MASK_OUTPUT][0].astype(np.float64)
+        self.grad = rows[PARAM_GRAD_OUTPUT][0].astype(np.float64)
 
 
 class MeaningfulPerturbation(GradientMethod):
@@ -133,42 +132,37 @@ class MeaningfulPerturbation(GradientMethod):
         return (x + std * ctx.rng.standard_normal(x.shape)).astype(np.float32)
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
-        sig = ctx.model.signature
-        height, width = sig.spatial_shape
-        channel = sig.channel_axis - 1
-        x = ctx.x.astype(np.float64)
-        p = self.perturbation(params, ctx).astype(np.float64)
+        x = ctx.x.astype(np.float32)
+        p = self.perturbation(params, ctx)
         size, n = params["mask_size"], params["iterations"]
-        uy, ux = upsample_matrix(height, size), upsample_matrix(width, size)
         j = params["jitter"]
         shifts = ctx.rng.integers(-j, j + 1, size=(n, 2)) if j else np.zeros((n, 2), np.int64)
         l1, tv, beta, lr = params["l1_coeff"], params["tv_coeff"], params["tv_beta"], params["learning_rate"]
+        exported = ctx.model.white_box.exported if ctx.model.white_box else None
+        variant = Meaningful(score=ctx.score, mask_size=size, exported=exported)
+        constants = {**ctx.target_constants(), "x0": x, "perturbation": p}
         mask = np.ones((size, size), np.float64)
         first, second = np.zeros_like(mask), np.zeros_like(mask)
         objective = np.zeros(n, np.float64)
 
-        def shown(m_up: np.ndarray) -> np.ndarray:
-            m = np.expand_dims(m_up, channel)
-            return (x * m + p * (1.0 - m)).astype(np.float32)
+        def row(shift: np.ndarray) -> Stage[RowReducer]:
+            codes = {"row": np.zeros(1, np.int64), "mask_params": mask[None].astype(np.float32),
+                     "shift": np.asarray(shift, np.int64).reshape(1, 2)}
+            return Stage(variant, constants, iter([codes]), 1, RowReducer())
 
         for t in range(n):
-            sy, sx = shifts[t]
-            ay, ax = shifted(uy, int(sy)), shifted(ux, int(sx))
-            m_up = ay @ mask @ ax.T
-            grads = yield gradient_stage(ctx, constants={"x0": shown(m_up)})
+            step_row = yield row(shifts[t])
             l1_term, tv_term, grad = regularisers(mask, l1, tv, beta)
-            objective[t] = l1_term + tv_term + grads.scores[0]
-            g_up = (grads.total * (x - p)).sum(axis=channel)
-            grad = grad + ay.T @ g_up @ ax
+            objective[t] = l1_term + tv_term + step_row.score
+            grad = grad + step_row.grad
             first = BETAS[0] * first + (1 - BETAS[0]) * grad
             second = BETAS[1] * second + (1 - BETAS[1]) * grad * grad
             step = lr * (first / (1 - BETAS[0] ** (t + 1))) / (np.sqrt(second / (1 - BETAS[1] ** (t + 1))) + ADAM_EPS)
             mask = np.clip(mask - step, 0.0, 1.0)
-        m_up = uy @ mask @ ux.T
-        final = yield gradient_stage(ctx, constants={"x0": shown(m_up)})
+        final = yield row(np.zeros(2, np.int64))
         l1_term, tv_term, _ = regularisers(mask, l1, tv, beta)
-        score = final.scores[0]
-        figures = {"objective": l1_term + tv_term + score, "l1": l1_term, "tv": tv_term, "score": score}
+        figures = {"objective": l1_term + tv_term + final.score, "l1": l1_term, "tv": tv_term, "score": final.score}
+        m_up = final.mask
         arrays = {"mask": m_up.astype(np.float32), "objective": objective.astype(np.float32),
                   "jitter": shifts.astype(np.float32)}
         return Result((1.0 - m_up).astype(np.float32), figures, arrays)

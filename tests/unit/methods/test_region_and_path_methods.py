@@ -12,7 +12,8 @@ from explaind.errors import InvalidArgument
 from explaind.methods.aggregated import Aggregated, normalise
 from explaind.methods.blur_ig import BlurIg, sigmas
 from explaind.methods.guided_ig import GuidedIg
-from explaind.methods.meaningful_perturbation import MeaningfulPerturbation, regularisers, upsample_matrix
+from explaind.methods.meaningful_perturbation import MeaningfulPerturbation, regularisers
+from explaind.onnxgraph.variants.meaningful import upsample_matrix
 from explaind.methods.occlusion import Occlusion, coarse_to_fine, window_positions
 from explaind.methods.xrai import Xrai, xrai_regions
 from explaind.models.white_box import WhiteBox
@@ -96,20 +97,46 @@ def test_meaningful_perturbation_pieces_by_hand():
     np.testing.assert_allclose(grad, [[0.0 + 0.4, -0.1 + 0.0], [-0.1 + 0.0, -0.1 - 0.4]])
 
 
-def test_meaningful_perturbation_first_step_on_a_linear_model():
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_meaningful_perturbation_first_step_on_a_linear_model(layout):
     """Logit score, constant fill 0, no jitter: f(Phi) = sum_c w . (m x); the first Adam step moves
-    every cell by -lr sign(gradient) (Adam's first step), from M = 1."""
-    served, w = served_linear("lin", SHAPE, 3)
+    every cell by -lr sign(gradient) (Adam's first step), from M = 1; the mask and its gradient are
+    made in the graph (variant meaningful), for either layout."""
+    shape = SHAPE if layout == "NCHW" else (8, 8, 3)
+    x = X if layout == "NCHW" else np.ascontiguousarray(X.transpose(1, 2, 0))
+    served, w = served_linear("lin", shape, 3, layout=layout)
     given = {"iterations": 1, "perturbation": "constant", "fill": 0.0, "jitter": 0, "mask_size": 4,
              "l1_coeff": 0.0, "tv_coeff": 0.0, "learning_rate": 0.1}
-    got, _ = explain(MeaningfulPerturbation(), given, served, X, 2, "logit", white_box=WB)
+    got, _ = explain(MeaningfulPerturbation(), given, served, x, 2, "logit", white_box=WB)
     u = upsample_matrix(8, 4)
-    g = u.T @ (X * w[:, 2].reshape(SHAPE)).sum(axis=0) @ u
+    contribution = (x * w[:, 2].reshape(shape)).sum(axis=0 if layout == "NCHW" else 2)
+    g = u.T @ contribution @ u
     expected_mask = u @ np.clip(1 - 0.1 * np.sign(g), 0, 1) @ u.T
     np.testing.assert_allclose(got.arrays["mask"], expected_mask, atol=1e-5)
-    assert got.arrays["objective"][0] == pytest.approx(float((X * w[:, 2].reshape(SHAPE)).sum()), rel=1e-5)
+    assert got.arrays["objective"][0] == pytest.approx(float(contribution.sum()), rel=1e-5)
     with pytest.raises(InvalidArgument, match="meaningful_perturbation.fill"):
-        explain(MeaningfulPerturbation(), {"fill": 1.0}, served, X, 2, "logit", white_box=WB)
+        explain(MeaningfulPerturbation(), {"fill": 1.0}, served, x, 2, "logit", white_box=WB)
+
+
+def test_meaningful_perturbation_jitter_shifts_the_mask_in_the_graph():
+    """One iteration with a shift: the objective's score is f of the input under the shifted mask."""
+    served, w = served_linear("lin", SHAPE, 3)
+    given = {"iterations": 2, "perturbation": "constant", "fill": 0.0, "jitter": 3, "mask_size": 4,
+             "l1_coeff": 0.0, "tv_coeff": 0.0, "learning_rate": 0.1}
+    got, _ = explain(MeaningfulPerturbation(), given, served, X, 0, "logit", seed=5, white_box=WB)
+    (dy, dx), _ = got.arrays["jitter"].astype(int)
+    u = upsample_matrix(8, 4)
+    rows, cols = np.clip(np.arange(8) - dy, 0, 7), np.clip(np.arange(8) - dx, 0, 7)
+    # step 1 from all ones (the shifted mask is all ones too); its gradient through the shifted matrices
+    grad = u[rows].T @ (X * w[:, 0].reshape(SHAPE)).sum(axis=0) @ u[cols]
+    mask1 = np.clip(1 - 0.1 * np.sign(grad), 0, 1)
+    shown = X * (u[rows] @ np.ones((4, 4)) @ u[cols].T)
+    assert got.arrays["objective"][0] == pytest.approx(float((shown * w[:, 0].reshape(SHAPE)).sum()), rel=1e-5)
+    (dy, dx) = got.arrays["jitter"].astype(int)[1]
+    rows, cols = np.clip(np.arange(8) - dy, 0, 7), np.clip(np.arange(8) - dx, 0, 7)
+    shown = X * (u[rows] @ mask1 @ u[cols].T)
+    assert got.arrays["objective"][1] == pytest.approx(float((shown * w[:, 0].reshape(SHAPE)).sum()), rel=1e-5)
+    assert np.abs(got.arrays["jitter"]).max() <= 3
 
 
 def test_aggregated_of_two_exact_methods_is_their_common_normalised_map():
