@@ -10,8 +10,10 @@ The blur is scipy's `gaussian_filter` (truncate 4, zero padding: mode "constant"
 axes only, as `saliency` blurs an H x W x C image with sigma [s, s, 0]. Defaults: 100 steps,
 max_sigma 50 pixels, grad_step 0.01. (saliency's batched loop weighs a whole batch by its last
 step's sigma difference; with batch_size 1, its default, the two agree; here every step has its own.)
-The gradients come from the model's own graph, one row per step; the blurred inputs are the rows'
-per-job inputs, a few dozen steps at a time. Score: the logit.
+The path is made in the graph (variant `blur_path`, onnxgraph/variants/blur_path.py): a row is one
+step's sigma codes, the graph blurs the input (scipy's kernel as matrices), runs the model and gives
+d blur / d sigma times the model's own input gradient, which the reducer sums with the step's
+weight sigma_{i+1} - sigma_i. One stage of `steps` rows. Score: the logit.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import MethodContext, Result, Stages
-from .gradient_base import GradientMethod, channel_reduction, gradient_stage, reduce_channels
+from ..engine.job import RowChunk
+from ..onnxgraph.variants.blur_path import CODES, SLOPE_GRAD_OUTPUT, BlurPath, blur_codes
+from .base import MethodContext, Reducer, Result, Stage, Stages, row_chunks
+from .gradient_base import GradientMethod, channel_reduction, reduce_channels
 from .params import IMAGE, Bool, Float, Int
-
-CONCURRENT_STEPS = 32  # blurred inputs in flight at once (each one job)
 
 
 def sigmas(steps: int, max_sigma: float, sqrt: bool) -> np.ndarray:
@@ -33,15 +35,15 @@ def sigmas(steps: int, max_sigma: float, sqrt: bool) -> np.ndarray:
     return np.sqrt(linear) if sqrt else linear
 
 
-def gaussian_blur(x: np.ndarray, sigma: float, spatial_axes: tuple[int, int]) -> np.ndarray:
-    """scipy gaussian_filter over the spatial axes, zero padding; sigma 0 returns x."""
-    if sigma == 0:
-        return x
-    from scipy import ndimage  # lazy: scipy is not imported by the server until a request needs it
-    per_axis = [0.0] * x.ndim
-    for axis in spatial_axes:
-        per_axis[axis] = sigma
-    return ndimage.gaussian_filter(x, sigma=per_axis, mode="constant")
+class WeightedSum(Reducer):
+    """sum_r weight_r * slope_grad_r (float64)."""
+
+    def __init__(self, shape: tuple[int, ...], weights: np.ndarray) -> None:
+        self.total = np.zeros(shape, np.float64)
+        self.weights = weights
+
+    def consume(self, codes: RowChunk, rows: dict[str, np.ndarray], slot: dict[str, np.ndarray]) -> None:
+        self.total += np.tensordot(self.weights[codes["row"]], rows[SLOPE_GRAD_OUTPUT].astype(np.float64), axes=1)
 
 
 class BlurIg(GradientMethod):
@@ -65,16 +67,14 @@ class BlurIg(GradientMethod):
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         steps, grad_step = params["steps"], params["grad_step"]
         sigma = sigmas(steps, params["max_sigma"], params["sqrt"])
-        axes = (1, 2) if ctx.model.signature.layout == "NCHW" else (0, 1)
-        x = ctx.x.astype(np.float32)
-        total = np.zeros(x.shape, np.float64)
-        for start in range(0, steps, CONCURRENT_STEPS):
-            group = range(start, min(steps, start + CONCURRENT_STEPS))
-            blurred = [gaussian_blur(x, float(sigma[i]), axes) for i in group]
-            grads = yield [gradient_stage(ctx, constants={"x0": np.asarray(b, np.float32)}) for b in blurred]
-            for i, b, g in zip(group, blurred, grads):
-                slope = (gaussian_blur(x, float(sigma[i]) + grad_step, axes) - b) / grad_step
-                total += (sigma[i + 1] - sigma[i]) * slope.astype(np.float64) * g.total
-        attribution = -total
+        here = np.array([blur_codes(float(s)) for s in sigma[:-1]])
+        further = np.array([blur_codes(float(s) + grad_step) for s in sigma[:-1]])
+        values = np.concatenate([here, further, np.full((steps, 1), grad_step)], axis=1).astype(np.float32)
+        codes = {name: values[:, i] for i, name in enumerate(CODES)}
+        exported = ctx.model.white_box.exported if ctx.model.white_box else None
+        reducer = WeightedSum(ctx.x.shape, np.diff(sigma))
+        summed = yield Stage(BlurPath(score=ctx.score, exported=exported), ctx.target_constants(),
+                             row_chunks(codes, 256), steps, reducer)
+        attribution = -summed.total
         return Result(reduce_channels(attribution, params.get("channel_reduction"), ctx.model),
                       {"attribution_sum": float(attribution.sum())})
