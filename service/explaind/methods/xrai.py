@@ -92,27 +92,35 @@ def xrai_regions(attr: np.ndarray, masks: np.ndarray, area_threshold: float = 1.
             gains[new] = gain
             covered |= masks[index]
     else:
-        remaining = np.arange(len(masks))
-        while covered.mean() <= area_threshold:
-            new = flat[remaining] & ~covered.reshape(-1)
-            counts = new.sum(axis=1)
-            keep = counts >= min_pixel_diff
-            remaining, new, counts = remaining[keep], new[keep], counts[keep]
-            if not len(remaining):
+        # Each mask's count and attribution sum over the pixels not yet covered, updated as regions are
+        # added (each pixel is subtracted once: masks x pixels in all, not per iteration).
+        counts = flat.sum(axis=1).astype(np.int64)
+        sums = np.concatenate([flat[i:i + 64].astype(np.float64) @ values for i in range(0, len(flat), 64)]) \
+            if len(flat) else np.zeros(0)
+        alive = np.ones(len(masks), bool)
+        covered_flat = covered.reshape(-1)
+        while covered_flat.mean() <= area_threshold:
+            alive &= counts >= min_pixel_diff
+            candidates = np.flatnonzero(alive)
+            if not len(candidates):
                 break
-            densities = (new @ values) / counts
-            # The candidates the matrix product cannot tell apart are compared as saliency does
-            # (each one's mean, the first of the highest), so the ranking is the same to the bit.
+            densities = sums[candidates] / counts[candidates]
+            # Candidates the running sums cannot tell apart are compared as saliency does (each one's
+            # mean over its new pixels, the first of the highest), so the ranking is the same to the bit.
             top = float(densities.max())
-            close = np.flatnonzero(densities >= top - 1e-9 * max(abs(top), 1e-300))
-            exact = [float(values[new[i]].mean()) for i in close]
+            close = candidates[densities >= top - 1e-9 * max(abs(top), 1e-300)]
+            exact = [float(values[flat[i] & ~covered_flat].mean()) for i in close]
             best = int(close[int(np.argmax(exact))])
-            added = new[best].reshape(attr.shape)
-            gain = _density(added, attr)
-            regions.append((added, gain))
-            gains[added] = gain
-            covered |= masks[remaining[best]]
-            remaining = np.delete(remaining, best)
+            added = flat[best] & ~covered_flat
+            gain = float(values[added].mean())
+            regions.append((added.reshape(attr.shape), gain))
+            gains.reshape(-1)[added] = gain
+            covered_flat |= flat[best]
+            alive[best] = False
+            pixels = np.flatnonzero(added)
+            touched = flat[:, pixels]
+            counts -= touched.sum(axis=1)
+            sums -= touched.astype(np.float64) @ values[pixels]
     uncovered = gains == -np.inf
     gains[uncovered] = _density(uncovered, attr)
     ranks = np.zeros(attr.shape, np.int64)
