@@ -11,7 +11,7 @@ from scipy import ndimage
 from explaind.errors import InvalidArgument
 from explaind.methods.aggregated import Aggregated, normalise
 from explaind.methods.blur_ig import BlurIg, sigmas
-from explaind.methods.guided_ig import GuidedIg
+from explaind.methods.guided_ig import GuidedIg, guided_step
 from explaind.methods.meaningful_perturbation import MeaningfulPerturbation, regularisers
 from explaind.onnxgraph.variants.meaningful import upsample_matrix
 from explaind.methods.occlusion import Occlusion, coarse_to_fine, window_positions
@@ -27,12 +27,29 @@ X = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
 WB = WhiteBox(True)
 
 
-def test_guided_ig_of_a_linear_model_is_x_times_w():
-    served, w = served_linear("lin", SHAPE, 3)
-    got, _ = explain(GuidedIg(), {"steps": 10, "max_dist": 0.1}, served, X, 1, "logit", white_box=WB)
-    np.testing.assert_allclose(got.attribution, X * w[:, 1].reshape(SHAPE), rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("shape", [SHAPE, (7,)])
+def test_guided_ig_of_a_linear_model_is_x_times_w(shape):
+    x = X if shape == SHAPE else np.linspace(-1, 2, 7).astype(np.float32)
+    served, w = served_linear("lin", shape, 3, layout="NCHW" if len(shape) == 3 else "tabular")
+    kind = "image" if len(shape) == 3 else "tabular"
+    got, _ = explain(GuidedIg(), {"steps": 10, "max_dist": 0.1}, served, x, 1, "logit", white_box=WB, kind=kind)
+    np.testing.assert_allclose(got.attribution, x * w[:, 1].reshape(shape), rtol=1e-5, atol=1e-6)
     assert got.figures["completeness_gap"] == pytest.approx(0.0, abs=1e-4)
     assert got.model_evaluations == 1 + 10 + 1
+
+
+def test_guided_step_moves_the_smallest_gradients_first_by_hand():
+    """Half way (2 steps) from 0 to [1, 1, 1, 1] with gradients [4, 3, 2, 1], fraction 0.25, unbounded:
+    the smallest |gradient| (feature 3) reaches its bound (gamma 2 > 1), then feature 2 closes the
+    remaining L1 gap exactly (gamma 1); attribution = moves x gradients."""
+    x_in, base = np.ones(4), np.zeros(4)
+    x, added = guided_step(base, np.array([4.0, 3.0, 2.0, 1.0]), x_in, base, 0, 2, 0.25, 1.0)
+    np.testing.assert_array_equal(x, [0, 0, 1, 1])
+    np.testing.assert_array_equal(added, [0, 0, 2, 1])
+    # max_dist 0: the straight path, every feature moves together (IG, Riemann left)
+    x, added = guided_step(base, np.array([4.0, 3.0, 2.0, 1.0]), x_in, base, 0, 2, 0.25, 0.0)
+    np.testing.assert_allclose(x, [0.5] * 4)
+    np.testing.assert_allclose(added, [2.0, 1.5, 1.0, 0.5])
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
