@@ -3,10 +3,11 @@ Meaningful Perturbation"), the deletion game with the paper's objective and defa
 
 A low-resolution mask M (mask_size x mask_size, 1 keeps, 0 perturbs; default ceil(min(H, W) / 8),
 28 at 224 px as the paper) is upsampled bilinearly (torch's `interpolate`, align_corners false) to
-m, and the input shown to the model is Phi(x; m) = m x + (1 - m) p, p the perturbation: the input
-blurred (Gaussian of blur_sigma, 10 px at 224, reflected edges), a constant (default the per-channel
-mean of x), or the input plus Gaussian noise (noise_std, default 0.2 (max(x) - min(x)); one draw per
-request). Minimised:
+m, and the input shown to the model is Phi(x; m) = m x + (1 - m) p, p the perturbation (the paper's
+eq. 1): the input blurred (Gaussian of blur_sigma, sigma_0 = 10 px at 224, reflected edges; the
+paper's spatially varying blur written as this blend, as common implementations do), a constant u_0
+(default the per-channel mean of x, the paper's mean colour), or Gaussian noise eta around u_0
+(noise_std, default 0.2 (max(x) - min(x)); one draw per request from its seed). Minimised:
     E(M) = l1_coeff * sum |1 - M| + tv_coeff * sum_u (|M_{u+y} - M_u|^beta + |M_{u+x} - M_u|^beta) + f_c(Phi(x; m))
 with l1_coeff 1e-4, tv_coeff 1e-2, beta 3 (the paper's lambda1, lambda2, beta), f_c the probability by
 default; Adam (learning rate 0.1, betas 0.9 / 0.999, eps 1e-8, torch's update) from M = 1 for 300
@@ -16,8 +17,9 @@ Gradient: exact, in the graph (variant `meaningful`, onnxgraph/variants/meaningf
 mask M and its shift; the graph upsamples and shifts it, perturbs the input, runs the model and,
 from the model's own input gradient g, gives d f_c / d M = U_y^T (sum_channels g (x - p)) U_x for the
 (shifted) bilinear upsampling matrices U; the regularisers' gradients are exact on the host (|.| at
-0: 0, as torch). One row per iteration (one job each); one more scores the final mask unjittered. The attribution is 1 - m (what must be
-deleted); `mask` is m [H, W], `objective` E per iteration, `jitter` the shifts [iterations, 2].
+0: 0, as torch). One row per iteration (one job each); one more scores the final mask unjittered.
+The attribution is 1 - m (what must be deleted); `mask` is m [H, W], `objective` E per iteration,
+`jitter` the shifts [iterations, 2].
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ class MeaningfulPerturbation(GradientMethod):
         Float("blur_sigma", None, "blur: Gaussian sigma, pixels", 0.0, 1000.0, exclusive_low=True,
               shown="10 s, s = min(H, W) / 224"),
         Float("fill", None, "constant: the value", shown="the per-channel mean of x"),
-        Float("noise_std", None, "noise: sigma", 0.0, 1e6, exclusive_low=True, shown="0.2 (max(x) - min(x))"),
+        Float("noise_std", None, "noise: sigma of the noise around the per-channel mean", 0.0, 1e6, exclusive_low=True,
+              shown="0.2 (max(x) - min(x))"),
         Int("jitter", None, "largest random shift of the mask, pixels; 0: none", 0,
             lambda lim: min(lim.model.signature.spatial_shape), shown="4 s (4 at 224 px)"),
     )
@@ -129,7 +132,8 @@ class MeaningfulPerturbation(GradientMethod):
                 return np.full_like(x, params["fill"])
             return np.broadcast_to(x.mean(axis=spatial, keepdims=True), x.shape).astype(np.float32)
         std = params.get("noise_std", 0.2 * float(x.max() - x.min()))
-        return (x + std * ctx.rng.standard_normal(x.shape)).astype(np.float32)
+        mean = x.mean(axis=spatial, keepdims=True)
+        return (mean + std * ctx.rng.standard_normal(x.shape)).astype(np.float32)
 
     def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
         x = ctx.x.astype(np.float32)
