@@ -209,3 +209,11 @@ def test_occlusion_random_fill_against_a_numpy_reference():
     np.testing.assert_allclose(got.attribution, expected, rtol=1e-3, atol=1e-4)
     with pytest.raises(InvalidArgument, match="occlusion.baseline"):
         explain(Occlusion(), {"fill": "uniform", "baseline": 1.0}, served, X, 1, "logit")
+
+
+def test_blur_path_batches_are_capped_by_their_blur_matrices():
+    from explaind.onnxgraph.signature import ModelSignature
+    from explaind.onnxgraph.variants.blur_path import BlurPath
+    big = ModelSignature("input", "logits", (3, 224, 224), "NCHW", "logits")
+    assert BlurPath().max_batch_rows(big, 1024) == 256 * 2**20 // (32 * 2 * 224 * 224) == 83
+    assert BlurPath().max_batch_rows(ModelSignature("input", "logits", (3, 8, 8), "NCHW", "logits"), 64) == 64

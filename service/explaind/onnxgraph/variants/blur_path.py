@@ -28,6 +28,7 @@ from ..signature import ModelSignature
 from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
 
 SLOPE_GRAD_OUTPUT = "slope_grad"
+KERNEL_BUDGET_BYTES = 256 * 2**20  # a batch's blur matrices and their temporaries
 CODES = ("sigma", "radius", "norm", "sigma_next", "radius_next", "norm_next", "grad_step")
 
 
@@ -109,6 +110,12 @@ class BlurPath(VariantSpec):
 
     def interface(self) -> VariantInterface:
         return VariantInterface(("x0", "target"), CODES, (SCORE_OUTPUT, SLOPE_GRAD_OUTPUT))
+
+    def max_batch_rows(self, sig: ModelSignature, configured: int) -> int:
+        """Each row makes four blur matrices (two sigmas, two axes) and ~4 temporaries of each."""
+        height, width = sig.spatial_shape
+        per_row = 4 * 4 * 2 * (height * height + width * width)
+        return max(1, min(configured, KERNEL_BUDGET_BYTES // per_row))
 
     def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:
         return build_model(model, sig, score=self.score, exported=self.exported, describe=self.describe())
