@@ -63,7 +63,8 @@ def test_get_model_reports_the_contract(client):
                                   "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift",
                                   "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam",
                                   "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam",
-                                  "smooth_grad_cam_plus_plus", "feature_maps"]
+                                  "smooth_grad_cam_plus_plus", "feature_maps",
+                                  "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
     assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers
     assert info.scores == "logits" and info.num_classes == 5

@@ -5,6 +5,10 @@ Follows Captum's `Occlusion`: a window covering all channels slides over the ima
 pixel's attribution is the mean, over the windows covering it, of f_c(x) - f_c(x_occluded), computed
 as f_c(x) - mean(f_c(x_occluded)) from running sums. Pixels no window covers get 0.
 Defaults: window 8x8, stride 4, baseline 0 in model input space, score = probability.
+Random fill (Zhou et al. 2014, "Object Detectors Emerge in Deep Scene CNNs": occluders of random
+pixel values): `fill` uniform or gaussian gives each window its own random patch, uniform in
+[min(x), max(x)] or N(mean(x), std(x)^2) per value, made in the graph from one seed per window drawn
+from the request's seed (`baseline` is then unused).
 Tabular: one feature at a time is replaced by its baseline (default the background mean):
 attribution_i = f_c(x) - f_c(x with feature i replaced).
 The job's first row is the unoccluded input, so f_c(x) comes from the same graph as the others.
@@ -27,7 +31,9 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.occlusion import ImageOcclusion, TabularOcclusion
 from .base import Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, chunked
-from .params import IMAGE, Float, Ints
+from .params import IMAGE, Choice, Float, Ints
+
+FILLS = ("baseline", "uniform", "gaussian")
 
 CHUNK_ROWS = 1024
 
@@ -121,6 +127,8 @@ class Occlusion(Method):
         Ints("stride", [4, 4], "images: stride [y, x] or [step]", 1, kinds=IMAGE, length=(1, 2), neutral=([1], [1, 1])),
         Float("baseline", None, "value replacing the occluded input, in model input space",
               shown="0 (images), the background mean (tabular)"),
+        Choice("fill", "baseline", FILLS, "images: baseline | uniform | gaussian (a seeded random patch per window)",
+               kinds=IMAGE, neutral=("baseline",)),
     )
 
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
@@ -138,7 +146,15 @@ class Occlusion(Method):
         if rows > settings.max_rows_per_request:
             raise InvalidArgument("occlusion.stride", f"a stride giving at most {settings.max_rows_per_request} "
                                   f"windows (the server's max_rows_per_request)", f"{list(stride)} ({rows} windows)")
-        return {"window": list(window), "stride": list(stride), "baseline": params.get("baseline", 0.0)}
+        if params["fill"] != "baseline" and "baseline" in params:
+            raise InvalidArgument("occlusion.baseline", f"unset with fill {params['fill']} (the patches are random)",
+                                  params["baseline"])
+        used: dict[str, Any] = {"window": list(window), "stride": list(stride)}
+        if params["fill"] == "baseline":  # (reported only when random: the map is the baseline's otherwise)
+            used["baseline"] = params.get("baseline", 0.0)
+        else:
+            used["fill"] = params["fill"]
+        return used
 
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
         """The unoccluded input and one row per window (images) or per feature (tabular)."""
@@ -166,8 +182,18 @@ class Occlusion(Method):
         iy, ix = coarse_to_fine(len(ys), len(xs))
         y0, x0 = ys[iy], xs[ix]
         windows = np.concatenate([np.zeros((1, 4), np.int64), np.stack([y0, x0, y0 + wh, x0 + ww], axis=1)])
-        constants["fill"] = np.array(params["baseline"], np.float32)
-        rows = chunked(len(windows), CHUNK_ROWS, lambda start, n: {"window": windows[start : start + n]})
-        image = yield Stage(ImageOcclusion(score=ctx.score), constants, rows, len(windows),
-                            ImageOcclusionReducer(height, width), partial=True)
+        fill = params.get("fill", "baseline")
+        if fill == "baseline":
+            constants["fill"] = np.array(params["baseline"], np.float32)
+            rows = chunked(len(windows), CHUNK_ROWS, lambda start, n: {"window": windows[start : start + n]})
+        else:
+            x = ctx.x.astype(np.float64)
+            low, scale = (x.min(), x.max() - x.min()) if fill == "uniform" else (x.mean(), x.std())
+            constants["fill"] = np.array(low, np.float32)
+            constants["fill_scale"] = np.array(scale, np.float32)
+            seeds = ctx.rng.integers(0, 2**31 - 1, size=len(windows), dtype=np.int64)
+            rows = chunked(len(windows), CHUNK_ROWS, lambda start, n: {"window": windows[start : start + n],
+                                                                       "noise_seed": seeds[start : start + n]})
+        variant = ImageOcclusion(score=ctx.score, random_fill="" if fill == "baseline" else fill)
+        image = yield Stage(variant, constants, rows, len(windows), ImageOcclusionReducer(height, width), partial=True)
         return Result(image.attribution())

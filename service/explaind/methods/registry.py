@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .ablation_cam import AblationCam
+from .aggregated import Aggregated
 from .base import Method
+from .blur_ig import BlurIg
 from .cam import Cam
 from .deconvnet import Deconvnet
 from .deep_lift import DeepLift
@@ -18,6 +20,7 @@ from .grad_cam_element_wise import GradCamElementWise
 from .grad_cam_plus_plus import GradCamPlusPlus
 from .guided_backprop import GuidedBackprop
 from .guided_grad_cam import GuidedGradCam
+from .guided_ig import GuidedIg
 from .hires_cam import HiResCam
 from .input_x_gradient import InputXGradient
 from .integrated_gradients import IntegratedGradients
@@ -26,6 +29,7 @@ from .layer_cam import LayerCam
 from .lime import Lime
 from .linear_shap import LinearShap
 from .lrp import Lrp
+from .meaningful_perturbation import MeaningfulPerturbation
 from .occlusion import Occlusion
 from .rect_grad import RectGrad
 from .rise import Rise
@@ -35,6 +39,7 @@ from .smooth_grad import SmoothGrad
 from .smooth_grad_cam_plus_plus import SmoothGradCamPlusPlus
 from .tree_shap import TreeShap
 from .xgrad_cam import XGradCam
+from .xrai import Xrai
 
 METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
@@ -43,6 +48,7 @@ METHODS: tuple[type[Method], ...] = (
     Lrp, DeepLift, DeepLiftShap, RectGrad, ExcitationBackprop,
     XGradCam, LayerCam, HiResCam, GradCamElementWise, EigenCam, EigenGradCam, AblationCam, SmoothGradCamPlusPlus,
     FeatureMaps,
+    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation, Aggregated,
 )
 
 

@@ -149,3 +149,11 @@ def gaussian_noise(b: GraphBuilder, row_seeds: str, num_elements: int) -> str:
     """
     state_1, state_2 = uniform_states(b, row_seeds, _pairs(num_elements))
     return box_muller(b, state_1, state_2, num_elements)
+
+
+def uniform_noise(b: GraphBuilder, row_seeds: str, num_elements: int) -> str:
+    """[R] int64 row seeds -> [R, num_elements] float32 uniforms in (0, 1] (the first stream's states,
+    as box_muller's u_1: (state + 0.5) 2^-31)."""
+    state, _ = uniform_states(b, row_seeds, num_elements)
+    return b.op("Mul", [b.op("Add", [b.cast(state, TensorProto.FLOAT), b.const(np.float32(0.5), "half")]),
+                        b.const(_SCALE, "scale")])

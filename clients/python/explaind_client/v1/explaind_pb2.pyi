@@ -139,14 +139,16 @@ class Target(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class Occlusion(_message.Message):
-    __slots__ = ("window", "stride", "baseline")
+    __slots__ = ("window", "stride", "baseline", "fill")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
     window: _containers.RepeatedScalarFieldContainer[int]
     stride: _containers.RepeatedScalarFieldContainer[int]
     baseline: float
-    def __init__(self, window: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., baseline: _Optional[float] = ...) -> None: ...
+    fill: str
+    def __init__(self, window: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., baseline: _Optional[float] = ..., fill: _Optional[str] = ...) -> None: ...
 
 class Rise(_message.Message):
     __slots__ = ("num_masks", "grid_size", "keep_probability", "baseline")
@@ -530,6 +532,98 @@ class FeatureMaps(_message.Message):
     upsample: str
     def __init__(self, layer: _Optional[str] = ..., top_k: _Optional[int] = ..., rank_by: _Optional[str] = ..., upsample: _Optional[str] = ...) -> None: ...
 
+class Xrai(_message.Message):
+    __slots__ = ("steps", "baselines", "algorithm", "area_threshold", "min_pixel_diff", "segmentation_size", "scales", "felzenszwalb_sigma", "min_segment_size", "dilation_radius")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    AREA_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_PIXEL_DIFF_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    FELZENSZWALB_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEGMENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DILATION_RADIUS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    baselines: _containers.RepeatedScalarFieldContainer[float]
+    algorithm: str
+    area_threshold: float
+    min_pixel_diff: int
+    segmentation_size: int
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    felzenszwalb_sigma: float
+    min_segment_size: int
+    dilation_radius: int
+    def __init__(self, steps: _Optional[int] = ..., baselines: _Optional[_Iterable[float]] = ..., algorithm: _Optional[str] = ..., area_threshold: _Optional[float] = ..., min_pixel_diff: _Optional[int] = ..., segmentation_size: _Optional[int] = ..., scales: _Optional[_Iterable[float]] = ..., felzenszwalb_sigma: _Optional[float] = ..., min_segment_size: _Optional[int] = ..., dilation_radius: _Optional[int] = ...) -> None: ...
+
+class GuidedIg(_message.Message):
+    __slots__ = ("steps", "fraction", "max_dist", "baseline", "channel_reduction")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIST_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    fraction: float
+    max_dist: float
+    baseline: float
+    channel_reduction: str
+    def __init__(self, steps: _Optional[int] = ..., fraction: _Optional[float] = ..., max_dist: _Optional[float] = ..., baseline: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class BlurIg(_message.Message):
+    __slots__ = ("steps", "max_sigma", "grad_step", "sqrt", "channel_reduction")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    GRAD_STEP_FIELD_NUMBER: _ClassVar[int]
+    SQRT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    max_sigma: float
+    grad_step: float
+    sqrt: bool
+    channel_reduction: str
+    def __init__(self, steps: _Optional[int] = ..., max_sigma: _Optional[float] = ..., grad_step: _Optional[float] = ..., sqrt: _Optional[bool] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class MeaningfulPerturbation(_message.Message):
+    __slots__ = ("iterations", "learning_rate", "l1_coeff", "tv_coeff", "tv_beta", "mask_size", "perturbation", "blur_sigma", "fill", "noise_std", "jitter")
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    L1_COEFF_FIELD_NUMBER: _ClassVar[int]
+    TV_COEFF_FIELD_NUMBER: _ClassVar[int]
+    TV_BETA_FIELD_NUMBER: _ClassVar[int]
+    MASK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    iterations: int
+    learning_rate: float
+    l1_coeff: float
+    tv_coeff: float
+    tv_beta: float
+    mask_size: int
+    perturbation: str
+    blur_sigma: float
+    fill: float
+    noise_std: float
+    jitter: int
+    def __init__(self, iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l1_coeff: _Optional[float] = ..., tv_coeff: _Optional[float] = ..., tv_beta: _Optional[float] = ..., mask_size: _Optional[int] = ..., perturbation: _Optional[str] = ..., blur_sigma: _Optional[float] = ..., fill: _Optional[float] = ..., noise_std: _Optional[float] = ..., jitter: _Optional[int] = ...) -> None: ...
+
+class Aggregated(_message.Message):
+    __slots__ = ("methods", "normalization", "aggregation", "weights", "channel_reduction")
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    methods: str
+    normalization: str
+    aggregation: str
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    channel_reduction: str
+    def __init__(self, methods: _Optional[str] = ..., normalization: _Optional[str] = ..., aggregation: _Optional[str] = ..., weights: _Optional[_Iterable[float]] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -547,7 +641,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -588,6 +682,11 @@ class ExplainRequest(_message.Message):
     ABLATION_CAM_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_GRAD_CAM_PLUS_PLUS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
+    XRAI_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_IG_FIELD_NUMBER: _ClassVar[int]
+    BLUR_IG_FIELD_NUMBER: _ClassVar[int]
+    MEANINGFUL_PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATED_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -630,9 +729,14 @@ class ExplainRequest(_message.Message):
     ablation_cam: AblationCam
     smooth_grad_cam_plus_plus: SmoothGradCamPlusPlus
     feature_maps: FeatureMaps
+    xrai: Xrai
+    guided_ig: GuidedIg
+    blur_ig: BlurIg
+    meaningful_perturbation: MeaningfulPerturbation
+    aggregated: Aggregated
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., xrai: _Optional[_Union[Xrai, _Mapping]] = ..., guided_ig: _Optional[_Union[GuidedIg, _Mapping]] = ..., blur_ig: _Optional[_Union[BlurIg, _Mapping]] = ..., meaningful_perturbation: _Optional[_Union[MeaningfulPerturbation, _Mapping]] = ..., aggregated: _Optional[_Union[Aggregated, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")

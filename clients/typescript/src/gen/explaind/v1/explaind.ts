@@ -517,7 +517,11 @@ export interface Occlusion {
   /** images: [y, x] or [step]; default [4, 4] */
   stride: number[];
   /** fill value in model input space; default 0 (images), the background mean */
-  baseline?: number | undefined;
+  baseline?:
+    | number
+    | undefined;
+  /** (tabular); tabular: one value for every feature */
+  fill: string;
 }
 
 /**
@@ -1113,6 +1117,170 @@ export interface FeatureMaps {
   upsample: string;
 }
 
+/**
+ * XRAI (Kapishnikov et al. 2019; the PAIR `saliency` package's XRAI): Integrated Gradients from each
+ * baseline (straight path, linspace(0, 1, steps) nodes, weight 1/steps), averaged, max over channels;
+ * felzenszwalb segments at several scales (image min-max scaled to [-1, 1], resized to
+ * segmentation_size, masks dilated by a disk); regions added greedily by attribution density. The
+ * attribution holds each pixel's region gain; `arrays`: segments (rank of each pixel's region, 1 =
+ * most salient), ig_attribution [C, H, W]; `figures`: regions, masks.
+ */
+export interface Xrai {
+  /** IG steps per baseline; default 100 */
+  steps?:
+    | number
+    | undefined;
+  /** constant baselines; default [min(x), max(x)] */
+  baselines: number[];
+  /** full (default) | fast */
+  algorithm: string;
+  /** full: stop once this fraction is covered; default 1 */
+  areaThreshold?:
+    | number
+    | undefined;
+  /** skip masks adding fewer pixels; default 50 */
+  minPixelDiff?:
+    | number
+    | undefined;
+  /** side the image is resized to for felzenszwalb, 16 to 1024; default 224; 0: no resize */
+  segmentationSize?:
+    | number
+    | undefined;
+  /** felzenszwalb scales; default [50, 100, 150, 250, 500, 1200]; at most */
+  scales: number[];
+  /** 1024 masks in all */
+  felzenszwalbSigma?:
+    | number
+    | undefined;
+  /** felzenszwalb min_size; default 150 */
+  minSegmentSize?:
+    | number
+    | undefined;
+  /** disk radius each mask is dilated by; default 5; 0: none */
+  dilationRadius?: number | undefined;
+}
+
+/**
+ * Guided Integrated Gradients (Kapishnikov et al. 2021; `saliency` GuidedIG): an adaptive path from
+ * the baseline that at each step moves the `fraction` of features with the smallest |gradient|,
+ * staying within max_dist (as alpha) of the straight path; one gradient per step.
+ */
+export interface GuidedIg {
+  /** default 200 */
+  steps?:
+    | number
+    | undefined;
+  /** default 0.25 */
+  fraction?:
+    | number
+    | undefined;
+  /** default 0.02 */
+  maxDist?:
+    | number
+    | undefined;
+  /** default 0 */
+  baseline?:
+    | number
+    | undefined;
+  /** none (default) | max | sum | mean */
+  channelReduction: string;
+}
+
+/**
+ * Blur IG (Xu et al. 2020; `saliency` BlurIG): integrated gradients along the path of Gaussian blurs
+ * sigma_i = i max_sigma / steps (sqrt: sqrt of it), scipy gaussian_filter over the spatial axes with
+ * zero padding; attribution = -sum_i (sigma_{i+1} - sigma_i) d blur / d sigma (sigma_i) * grad f (blur_i).
+ */
+export interface BlurIg {
+  /** default 100 */
+  steps?:
+    | number
+    | undefined;
+  /** pixels; default 50 */
+  maxSigma?:
+    | number
+    | undefined;
+  /** finite difference of d blur / d sigma; default 0.01 */
+  gradStep?:
+    | number
+    | undefined;
+  /** default false */
+  sqrt?:
+    | boolean
+    | undefined;
+  /** none (default) | max | sum | mean */
+  channelReduction: string;
+}
+
+/**
+ * Meaningful perturbation (Fong & Vedaldi 2017): a low-resolution mask m (1 keeps, 0 perturbs),
+ * bilinearly upsampled, minimising l1_coeff * |1 - m|_1 + tv_coeff * TV(m)^tv_beta + f_c(m x + (1 - m) p)
+ * (norms summed over the low-resolution mask), p the blurred input, a constant or noise; Adam, the mask
+ * clamped to [0, 1], jittered by a random shift each iteration; exact gradients from the graph. The
+ * attribution is 1 - m; `arrays`: mask m [H, W], objective (per iteration), jitter (the shifts
+ * [iterations, 2]); `figures`: objective, l1, tv, score (of the final mask, unjittered).
+ */
+export interface MeaningfulPerturbation {
+  /** default 300 */
+  iterations?:
+    | number
+    | undefined;
+  /** Adam; default 0.1 */
+  learningRate?:
+    | number
+    | undefined;
+  /** lambda1; default 0.0001 */
+  l1Coeff?:
+    | number
+    | undefined;
+  /** lambda2; default 0.01 */
+  tvCoeff?:
+    | number
+    | undefined;
+  /** beta; default 3 */
+  tvBeta?:
+    | number
+    | undefined;
+  /** low-resolution mask side; default ceil(min(H, W) / 8) (28 at 224 px) */
+  maskSize?:
+    | number
+    | undefined;
+  /** blur (default) | constant | noise */
+  perturbation: string;
+  /** pixels; default 10 s, s = min(H, W) / 224 */
+  blurSigma?:
+    | number
+    | undefined;
+  /** constant: the value; default the per-channel mean of x */
+  fill?:
+    | number
+    | undefined;
+  /** noise: sigma of the Gaussian noise around the per-channel mean; */
+  noiseStd?:
+    | number
+    | undefined;
+  /** default 0.2 (max(x) - min(x)) */
+  jitter?: number | undefined;
+}
+
+/**
+ * Aggregated explanations (Rieger & Hansen 2019): each constituent method's map (its defaults, the
+ * request's seed and target), reduced over channels, normalised, then combined pixel by pixel.
+ * `arrays`: each constituent's normalised map under its name. Offered where the default constituents serve.
+ */
+export interface Aggregated {
+  /** comma-separated method names; default saliency,integrated_gradients,smooth_grad */
+  methods: string;
+  /** max_abs (default) | l1 | l2 | min_max | none */
+  normalization: string;
+  /** mean (default) | median | max */
+  aggregation: string;
+  /** mean: weight per method; default equal */
+  weights: number[];
+  /** sum (default) | max | mean | max_abs */
+  channelReduction: string;
+}
+
 /** Present in a request: the response carries `heatmap_png`, at the input image's size. */
 export interface Render {
   colormap: Colormap;
@@ -1190,6 +1358,11 @@ export interface ExplainRequest {
     | { $case: "ablationCam"; value: AblationCam }
     | { $case: "smoothGradCamPlusPlus"; value: SmoothGradCamPlusPlus }
     | { $case: "featureMaps"; value: FeatureMaps }
+    | { $case: "xrai"; value: Xrai }
+    | { $case: "guidedIg"; value: GuidedIg }
+    | { $case: "blurIg"; value: BlurIg }
+    | { $case: "meaningfulPerturbation"; value: MeaningfulPerturbation }
+    | { $case: "aggregated"; value: Aggregated }
     | undefined;
   /**
    * Quality figures of this explanation, computed beside it (ExplainResponse.evaluation); the same
@@ -2047,7 +2220,7 @@ export const Target: MessageFns<Target> = {
 };
 
 function createBaseOcclusion(): Occlusion {
-  return { window: [], stride: [], baseline: undefined };
+  return { window: [], stride: [], baseline: undefined, fill: "" };
 }
 
 export const Occlusion: MessageFns<Occlusion> = {
@@ -2068,6 +2241,9 @@ export const Occlusion: MessageFns<Occlusion> = {
     }
     if (message.baseline !== undefined) {
       writer.uint32(29).float(message.baseline);
+    }
+    if (message.fill !== "") {
+      writer.uint32(34).string(message.fill);
     }
     return writer;
   },
@@ -2129,6 +2305,14 @@ export const Occlusion: MessageFns<Occlusion> = {
             message.baseline = reader.float();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.fill = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2146,6 +2330,7 @@ export const Occlusion: MessageFns<Occlusion> = {
       window: globalThis.Array.isArray(object?.window) ? object.window.map((e: any) => globalThis.Number(e)) : [],
       stride: globalThis.Array.isArray(object?.stride) ? object.stride.map((e: any) => globalThis.Number(e)) : [],
       baseline: isSet(object.baseline) ? globalThis.Number(object.baseline) : undefined,
+      fill: isSet(object.fill) ? globalThis.String(object.fill) : "",
     };
   },
 
@@ -2160,6 +2345,9 @@ export const Occlusion: MessageFns<Occlusion> = {
     if (message.baseline !== undefined) {
       obj.baseline = floatToJson(message.baseline);
     }
+    if (message.fill !== "") {
+      obj.fill = message.fill;
+    }
     return obj;
   },
 
@@ -2171,6 +2359,7 @@ export const Occlusion: MessageFns<Occlusion> = {
     message.window = object.window?.map((e) => e) || [];
     message.stride = object.stride?.map((e) => e) || [];
     message.baseline = object.baseline ?? undefined;
+    message.fill = object.fill ?? "";
     return message;
   },
 };
@@ -6157,6 +6346,990 @@ export const FeatureMaps: MessageFns<FeatureMaps> = {
   },
 };
 
+function createBaseXrai(): Xrai {
+  return {
+    steps: undefined,
+    baselines: [],
+    algorithm: "",
+    areaThreshold: undefined,
+    minPixelDiff: undefined,
+    segmentationSize: undefined,
+    scales: [],
+    felzenszwalbSigma: undefined,
+    minSegmentSize: undefined,
+    dilationRadius: undefined,
+  };
+}
+
+export const Xrai: MessageFns<Xrai> = {
+  encode(message: Xrai, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.steps !== undefined) {
+      writer.uint32(8).int32(message.steps);
+    }
+    if (message.baselines.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.baselines) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    if (message.algorithm !== "") {
+      writer.uint32(26).string(message.algorithm);
+    }
+    if (message.areaThreshold !== undefined) {
+      writer.uint32(37).float(message.areaThreshold);
+    }
+    if (message.minPixelDiff !== undefined) {
+      writer.uint32(40).int32(message.minPixelDiff);
+    }
+    if (message.segmentationSize !== undefined) {
+      writer.uint32(48).int32(message.segmentationSize);
+    }
+    if (message.scales.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.scales) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    if (message.felzenszwalbSigma !== undefined) {
+      writer.uint32(69).float(message.felzenszwalbSigma);
+    }
+    if (message.minSegmentSize !== undefined) {
+      writer.uint32(72).int32(message.minSegmentSize);
+    }
+    if (message.dilationRadius !== undefined) {
+      writer.uint32(80).int32(message.dilationRadius);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Xrai {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseXrai();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.steps = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag === 21) {
+              message.baselines.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.baselines.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.algorithm = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.areaThreshold = reader.float();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.minPixelDiff = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.segmentationSize = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag === 61) {
+              message.scales.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.scales.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 69) {
+              break;
+            }
+
+            message.felzenszwalbSigma = reader.float();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.minSegmentSize = reader.int32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.dilationRadius = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Xrai {
+    return {
+      steps: isSet(object.steps) ? globalThis.Number(object.steps) : undefined,
+      baselines: globalThis.Array.isArray(object?.baselines)
+        ? object.baselines.map((e: any) => globalThis.Number(e))
+        : [],
+      algorithm: isSet(object.algorithm) ? globalThis.String(object.algorithm) : "",
+      areaThreshold: isSet(object.areaThreshold)
+        ? globalThis.Number(object.areaThreshold)
+        : isSet(object.area_threshold)
+        ? globalThis.Number(object.area_threshold)
+        : undefined,
+      minPixelDiff: isSet(object.minPixelDiff)
+        ? globalThis.Number(object.minPixelDiff)
+        : isSet(object.min_pixel_diff)
+        ? globalThis.Number(object.min_pixel_diff)
+        : undefined,
+      segmentationSize: isSet(object.segmentationSize)
+        ? globalThis.Number(object.segmentationSize)
+        : isSet(object.segmentation_size)
+        ? globalThis.Number(object.segmentation_size)
+        : undefined,
+      scales: globalThis.Array.isArray(object?.scales) ? object.scales.map((e: any) => globalThis.Number(e)) : [],
+      felzenszwalbSigma: isSet(object.felzenszwalbSigma)
+        ? globalThis.Number(object.felzenszwalbSigma)
+        : isSet(object.felzenszwalb_sigma)
+        ? globalThis.Number(object.felzenszwalb_sigma)
+        : undefined,
+      minSegmentSize: isSet(object.minSegmentSize)
+        ? globalThis.Number(object.minSegmentSize)
+        : isSet(object.min_segment_size)
+        ? globalThis.Number(object.min_segment_size)
+        : undefined,
+      dilationRadius: isSet(object.dilationRadius)
+        ? globalThis.Number(object.dilationRadius)
+        : isSet(object.dilation_radius)
+        ? globalThis.Number(object.dilation_radius)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Xrai): unknown {
+    const obj: any = {};
+    if (message.steps !== undefined) {
+      obj.steps = Math.round(message.steps);
+    }
+    if (message.baselines?.length) {
+      obj.baselines = message.baselines.map((e) => floatToJson(e));
+    }
+    if (message.algorithm !== "") {
+      obj.algorithm = message.algorithm;
+    }
+    if (message.areaThreshold !== undefined) {
+      obj.areaThreshold = floatToJson(message.areaThreshold);
+    }
+    if (message.minPixelDiff !== undefined) {
+      obj.minPixelDiff = Math.round(message.minPixelDiff);
+    }
+    if (message.segmentationSize !== undefined) {
+      obj.segmentationSize = Math.round(message.segmentationSize);
+    }
+    if (message.scales?.length) {
+      obj.scales = message.scales.map((e) => floatToJson(e));
+    }
+    if (message.felzenszwalbSigma !== undefined) {
+      obj.felzenszwalbSigma = floatToJson(message.felzenszwalbSigma);
+    }
+    if (message.minSegmentSize !== undefined) {
+      obj.minSegmentSize = Math.round(message.minSegmentSize);
+    }
+    if (message.dilationRadius !== undefined) {
+      obj.dilationRadius = Math.round(message.dilationRadius);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Xrai>): Xrai {
+    return Xrai.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Xrai>): Xrai {
+    const message = createBaseXrai();
+    message.steps = object.steps ?? undefined;
+    message.baselines = object.baselines?.map((e) => e) || [];
+    message.algorithm = object.algorithm ?? "";
+    message.areaThreshold = object.areaThreshold ?? undefined;
+    message.minPixelDiff = object.minPixelDiff ?? undefined;
+    message.segmentationSize = object.segmentationSize ?? undefined;
+    message.scales = object.scales?.map((e) => e) || [];
+    message.felzenszwalbSigma = object.felzenszwalbSigma ?? undefined;
+    message.minSegmentSize = object.minSegmentSize ?? undefined;
+    message.dilationRadius = object.dilationRadius ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGuidedIg(): GuidedIg {
+  return { steps: undefined, fraction: undefined, maxDist: undefined, baseline: undefined, channelReduction: "" };
+}
+
+export const GuidedIg: MessageFns<GuidedIg> = {
+  encode(message: GuidedIg, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.steps !== undefined) {
+      writer.uint32(8).int32(message.steps);
+    }
+    if (message.fraction !== undefined) {
+      writer.uint32(21).float(message.fraction);
+    }
+    if (message.maxDist !== undefined) {
+      writer.uint32(29).float(message.maxDist);
+    }
+    if (message.baseline !== undefined) {
+      writer.uint32(37).float(message.baseline);
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(42).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuidedIg {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuidedIg();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.steps = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.fraction = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.maxDist = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.baseline = reader.float();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuidedIg {
+    return {
+      steps: isSet(object.steps) ? globalThis.Number(object.steps) : undefined,
+      fraction: isSet(object.fraction) ? globalThis.Number(object.fraction) : undefined,
+      maxDist: isSet(object.maxDist)
+        ? globalThis.Number(object.maxDist)
+        : isSet(object.max_dist)
+        ? globalThis.Number(object.max_dist)
+        : undefined,
+      baseline: isSet(object.baseline) ? globalThis.Number(object.baseline) : undefined,
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: GuidedIg): unknown {
+    const obj: any = {};
+    if (message.steps !== undefined) {
+      obj.steps = Math.round(message.steps);
+    }
+    if (message.fraction !== undefined) {
+      obj.fraction = floatToJson(message.fraction);
+    }
+    if (message.maxDist !== undefined) {
+      obj.maxDist = floatToJson(message.maxDist);
+    }
+    if (message.baseline !== undefined) {
+      obj.baseline = floatToJson(message.baseline);
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GuidedIg>): GuidedIg {
+    return GuidedIg.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GuidedIg>): GuidedIg {
+    const message = createBaseGuidedIg();
+    message.steps = object.steps ?? undefined;
+    message.fraction = object.fraction ?? undefined;
+    message.maxDist = object.maxDist ?? undefined;
+    message.baseline = object.baseline ?? undefined;
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
+function createBaseBlurIg(): BlurIg {
+  return { steps: undefined, maxSigma: undefined, gradStep: undefined, sqrt: undefined, channelReduction: "" };
+}
+
+export const BlurIg: MessageFns<BlurIg> = {
+  encode(message: BlurIg, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.steps !== undefined) {
+      writer.uint32(8).int32(message.steps);
+    }
+    if (message.maxSigma !== undefined) {
+      writer.uint32(21).float(message.maxSigma);
+    }
+    if (message.gradStep !== undefined) {
+      writer.uint32(29).float(message.gradStep);
+    }
+    if (message.sqrt !== undefined) {
+      writer.uint32(32).bool(message.sqrt);
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(42).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlurIg {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlurIg();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.steps = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.maxSigma = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.gradStep = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sqrt = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlurIg {
+    return {
+      steps: isSet(object.steps) ? globalThis.Number(object.steps) : undefined,
+      maxSigma: isSet(object.maxSigma)
+        ? globalThis.Number(object.maxSigma)
+        : isSet(object.max_sigma)
+        ? globalThis.Number(object.max_sigma)
+        : undefined,
+      gradStep: isSet(object.gradStep)
+        ? globalThis.Number(object.gradStep)
+        : isSet(object.grad_step)
+        ? globalThis.Number(object.grad_step)
+        : undefined,
+      sqrt: isSet(object.sqrt) ? globalThis.Boolean(object.sqrt) : undefined,
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: BlurIg): unknown {
+    const obj: any = {};
+    if (message.steps !== undefined) {
+      obj.steps = Math.round(message.steps);
+    }
+    if (message.maxSigma !== undefined) {
+      obj.maxSigma = floatToJson(message.maxSigma);
+    }
+    if (message.gradStep !== undefined) {
+      obj.gradStep = floatToJson(message.gradStep);
+    }
+    if (message.sqrt !== undefined) {
+      obj.sqrt = message.sqrt;
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BlurIg>): BlurIg {
+    return BlurIg.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BlurIg>): BlurIg {
+    const message = createBaseBlurIg();
+    message.steps = object.steps ?? undefined;
+    message.maxSigma = object.maxSigma ?? undefined;
+    message.gradStep = object.gradStep ?? undefined;
+    message.sqrt = object.sqrt ?? undefined;
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
+function createBaseMeaningfulPerturbation(): MeaningfulPerturbation {
+  return {
+    iterations: undefined,
+    learningRate: undefined,
+    l1Coeff: undefined,
+    tvCoeff: undefined,
+    tvBeta: undefined,
+    maskSize: undefined,
+    perturbation: "",
+    blurSigma: undefined,
+    fill: undefined,
+    noiseStd: undefined,
+    jitter: undefined,
+  };
+}
+
+export const MeaningfulPerturbation: MessageFns<MeaningfulPerturbation> = {
+  encode(message: MeaningfulPerturbation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.iterations !== undefined) {
+      writer.uint32(8).int32(message.iterations);
+    }
+    if (message.learningRate !== undefined) {
+      writer.uint32(21).float(message.learningRate);
+    }
+    if (message.l1Coeff !== undefined) {
+      writer.uint32(29).float(message.l1Coeff);
+    }
+    if (message.tvCoeff !== undefined) {
+      writer.uint32(37).float(message.tvCoeff);
+    }
+    if (message.tvBeta !== undefined) {
+      writer.uint32(45).float(message.tvBeta);
+    }
+    if (message.maskSize !== undefined) {
+      writer.uint32(48).int32(message.maskSize);
+    }
+    if (message.perturbation !== "") {
+      writer.uint32(58).string(message.perturbation);
+    }
+    if (message.blurSigma !== undefined) {
+      writer.uint32(69).float(message.blurSigma);
+    }
+    if (message.fill !== undefined) {
+      writer.uint32(77).float(message.fill);
+    }
+    if (message.noiseStd !== undefined) {
+      writer.uint32(85).float(message.noiseStd);
+    }
+    if (message.jitter !== undefined) {
+      writer.uint32(88).int32(message.jitter);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MeaningfulPerturbation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMeaningfulPerturbation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.iterations = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.learningRate = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.l1Coeff = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.tvCoeff = reader.float();
+            continue;
+          }
+          case 5: {
+            if (tag !== 45) {
+              break;
+            }
+
+            message.tvBeta = reader.float();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maskSize = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.perturbation = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 69) {
+              break;
+            }
+
+            message.blurSigma = reader.float();
+            continue;
+          }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.fill = reader.float();
+            continue;
+          }
+          case 10: {
+            if (tag !== 85) {
+              break;
+            }
+
+            message.noiseStd = reader.float();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.jitter = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MeaningfulPerturbation {
+    return {
+      iterations: isSet(object.iterations) ? globalThis.Number(object.iterations) : undefined,
+      learningRate: isSet(object.learningRate)
+        ? globalThis.Number(object.learningRate)
+        : isSet(object.learning_rate)
+        ? globalThis.Number(object.learning_rate)
+        : undefined,
+      l1Coeff: isSet(object.l1Coeff)
+        ? globalThis.Number(object.l1Coeff)
+        : isSet(object.l1_coeff)
+        ? globalThis.Number(object.l1_coeff)
+        : undefined,
+      tvCoeff: isSet(object.tvCoeff)
+        ? globalThis.Number(object.tvCoeff)
+        : isSet(object.tv_coeff)
+        ? globalThis.Number(object.tv_coeff)
+        : undefined,
+      tvBeta: isSet(object.tvBeta)
+        ? globalThis.Number(object.tvBeta)
+        : isSet(object.tv_beta)
+        ? globalThis.Number(object.tv_beta)
+        : undefined,
+      maskSize: isSet(object.maskSize)
+        ? globalThis.Number(object.maskSize)
+        : isSet(object.mask_size)
+        ? globalThis.Number(object.mask_size)
+        : undefined,
+      perturbation: isSet(object.perturbation) ? globalThis.String(object.perturbation) : "",
+      blurSigma: isSet(object.blurSigma)
+        ? globalThis.Number(object.blurSigma)
+        : isSet(object.blur_sigma)
+        ? globalThis.Number(object.blur_sigma)
+        : undefined,
+      fill: isSet(object.fill) ? globalThis.Number(object.fill) : undefined,
+      noiseStd: isSet(object.noiseStd)
+        ? globalThis.Number(object.noiseStd)
+        : isSet(object.noise_std)
+        ? globalThis.Number(object.noise_std)
+        : undefined,
+      jitter: isSet(object.jitter) ? globalThis.Number(object.jitter) : undefined,
+    };
+  },
+
+  toJSON(message: MeaningfulPerturbation): unknown {
+    const obj: any = {};
+    if (message.iterations !== undefined) {
+      obj.iterations = Math.round(message.iterations);
+    }
+    if (message.learningRate !== undefined) {
+      obj.learningRate = floatToJson(message.learningRate);
+    }
+    if (message.l1Coeff !== undefined) {
+      obj.l1Coeff = floatToJson(message.l1Coeff);
+    }
+    if (message.tvCoeff !== undefined) {
+      obj.tvCoeff = floatToJson(message.tvCoeff);
+    }
+    if (message.tvBeta !== undefined) {
+      obj.tvBeta = floatToJson(message.tvBeta);
+    }
+    if (message.maskSize !== undefined) {
+      obj.maskSize = Math.round(message.maskSize);
+    }
+    if (message.perturbation !== "") {
+      obj.perturbation = message.perturbation;
+    }
+    if (message.blurSigma !== undefined) {
+      obj.blurSigma = floatToJson(message.blurSigma);
+    }
+    if (message.fill !== undefined) {
+      obj.fill = floatToJson(message.fill);
+    }
+    if (message.noiseStd !== undefined) {
+      obj.noiseStd = floatToJson(message.noiseStd);
+    }
+    if (message.jitter !== undefined) {
+      obj.jitter = Math.round(message.jitter);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MeaningfulPerturbation>): MeaningfulPerturbation {
+    return MeaningfulPerturbation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MeaningfulPerturbation>): MeaningfulPerturbation {
+    const message = createBaseMeaningfulPerturbation();
+    message.iterations = object.iterations ?? undefined;
+    message.learningRate = object.learningRate ?? undefined;
+    message.l1Coeff = object.l1Coeff ?? undefined;
+    message.tvCoeff = object.tvCoeff ?? undefined;
+    message.tvBeta = object.tvBeta ?? undefined;
+    message.maskSize = object.maskSize ?? undefined;
+    message.perturbation = object.perturbation ?? "";
+    message.blurSigma = object.blurSigma ?? undefined;
+    message.fill = object.fill ?? undefined;
+    message.noiseStd = object.noiseStd ?? undefined;
+    message.jitter = object.jitter ?? undefined;
+    return message;
+  },
+};
+
+function createBaseAggregated(): Aggregated {
+  return { methods: "", normalization: "", aggregation: "", weights: [], channelReduction: "" };
+}
+
+export const Aggregated: MessageFns<Aggregated> = {
+  encode(message: Aggregated, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.methods !== "") {
+      writer.uint32(10).string(message.methods);
+    }
+    if (message.normalization !== "") {
+      writer.uint32(18).string(message.normalization);
+    }
+    if (message.aggregation !== "") {
+      writer.uint32(26).string(message.aggregation);
+    }
+    if (message.weights.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.weights) {
+        writer.float(v);
+      }
+      writer.join();
+    }
+    if (message.channelReduction !== "") {
+      writer.uint32(42).string(message.channelReduction);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Aggregated {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAggregated();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.methods = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.normalization = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.aggregation = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag === 37) {
+              message.weights.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.weights.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.channelReduction = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Aggregated {
+    return {
+      methods: isSet(object.methods) ? globalThis.String(object.methods) : "",
+      normalization: isSet(object.normalization) ? globalThis.String(object.normalization) : "",
+      aggregation: isSet(object.aggregation) ? globalThis.String(object.aggregation) : "",
+      weights: globalThis.Array.isArray(object?.weights) ? object.weights.map((e: any) => globalThis.Number(e)) : [],
+      channelReduction: isSet(object.channelReduction)
+        ? globalThis.String(object.channelReduction)
+        : isSet(object.channel_reduction)
+        ? globalThis.String(object.channel_reduction)
+        : "",
+    };
+  },
+
+  toJSON(message: Aggregated): unknown {
+    const obj: any = {};
+    if (message.methods !== "") {
+      obj.methods = message.methods;
+    }
+    if (message.normalization !== "") {
+      obj.normalization = message.normalization;
+    }
+    if (message.aggregation !== "") {
+      obj.aggregation = message.aggregation;
+    }
+    if (message.weights?.length) {
+      obj.weights = message.weights.map((e) => floatToJson(e));
+    }
+    if (message.channelReduction !== "") {
+      obj.channelReduction = message.channelReduction;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Aggregated>): Aggregated {
+    return Aggregated.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Aggregated>): Aggregated {
+    const message = createBaseAggregated();
+    message.methods = object.methods ?? "";
+    message.normalization = object.normalization ?? "";
+    message.aggregation = object.aggregation ?? "";
+    message.weights = object.weights?.map((e) => e) || [];
+    message.channelReduction = object.channelReduction ?? "";
+    return message;
+  },
+};
+
 function createBaseRender(): Render {
   return {
     colormap: 0,
@@ -6463,6 +7636,21 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         break;
       case "featureMaps":
         FeatureMaps.encode(message.method.value, writer.uint32(386).fork()).join();
+        break;
+      case "xrai":
+        Xrai.encode(message.method.value, writer.uint32(482).fork()).join();
+        break;
+      case "guidedIg":
+        GuidedIg.encode(message.method.value, writer.uint32(490).fork()).join();
+        break;
+      case "blurIg":
+        BlurIg.encode(message.method.value, writer.uint32(498).fork()).join();
+        break;
+      case "meaningfulPerturbation":
+        MeaningfulPerturbation.encode(message.method.value, writer.uint32(506).fork()).join();
+        break;
+      case "aggregated":
+        Aggregated.encode(message.method.value, writer.uint32(514).fork()).join();
         break;
     }
     for (const v of message.evaluate) {
@@ -6816,6 +8004,49 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.method = { $case: "featureMaps", value: FeatureMaps.decode(reader, reader.uint32()) };
             continue;
           }
+          case 60: {
+            if (tag !== 482) {
+              break;
+            }
+
+            message.method = { $case: "xrai", value: Xrai.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 61: {
+            if (tag !== 490) {
+              break;
+            }
+
+            message.method = { $case: "guidedIg", value: GuidedIg.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 62: {
+            if (tag !== 498) {
+              break;
+            }
+
+            message.method = { $case: "blurIg", value: BlurIg.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 63: {
+            if (tag !== 506) {
+              break;
+            }
+
+            message.method = {
+              $case: "meaningfulPerturbation",
+              value: MeaningfulPerturbation.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 64: {
+            if (tag !== 514) {
+              break;
+            }
+
+            message.method = { $case: "aggregated", value: Aggregated.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 50: {
             if (tag !== 402) {
               break;
@@ -6975,6 +8206,22 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         ? { $case: "featureMaps", value: FeatureMaps.fromJSON(object.featureMaps) }
         : isSet(object.feature_maps)
         ? { $case: "featureMaps", value: FeatureMaps.fromJSON(object.feature_maps) }
+        : isSet(object.xrai)
+        ? { $case: "xrai", value: Xrai.fromJSON(object.xrai) }
+        : isSet(object.guidedIg)
+        ? { $case: "guidedIg", value: GuidedIg.fromJSON(object.guidedIg) }
+        : isSet(object.guided_ig)
+        ? { $case: "guidedIg", value: GuidedIg.fromJSON(object.guided_ig) }
+        : isSet(object.blurIg)
+        ? { $case: "blurIg", value: BlurIg.fromJSON(object.blurIg) }
+        : isSet(object.blur_ig)
+        ? { $case: "blurIg", value: BlurIg.fromJSON(object.blur_ig) }
+        : isSet(object.meaningfulPerturbation)
+        ? { $case: "meaningfulPerturbation", value: MeaningfulPerturbation.fromJSON(object.meaningfulPerturbation) }
+        : isSet(object.meaningful_perturbation)
+        ? { $case: "meaningfulPerturbation", value: MeaningfulPerturbation.fromJSON(object.meaningful_perturbation) }
+        : isSet(object.aggregated)
+        ? { $case: "aggregated", value: Aggregated.fromJSON(object.aggregated) }
         : undefined,
       evaluate: globalThis.Array.isArray(object?.evaluate) ? object.evaluate.map((e: any) => Metric.fromJSON(e)) : [],
       region: isSet(object.region) ? Region.fromJSON(object.region) : undefined,
@@ -7070,6 +8317,16 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       obj.smoothGradCamPlusPlus = SmoothGradCamPlusPlus.toJSON(message.method.value);
     } else if (message.method?.$case === "featureMaps") {
       obj.featureMaps = FeatureMaps.toJSON(message.method.value);
+    } else if (message.method?.$case === "xrai") {
+      obj.xrai = Xrai.toJSON(message.method.value);
+    } else if (message.method?.$case === "guidedIg") {
+      obj.guidedIg = GuidedIg.toJSON(message.method.value);
+    } else if (message.method?.$case === "blurIg") {
+      obj.blurIg = BlurIg.toJSON(message.method.value);
+    } else if (message.method?.$case === "meaningfulPerturbation") {
+      obj.meaningfulPerturbation = MeaningfulPerturbation.toJSON(message.method.value);
+    } else if (message.method?.$case === "aggregated") {
+      obj.aggregated = Aggregated.toJSON(message.method.value);
     }
     if (message.evaluate?.length) {
       obj.evaluate = message.evaluate.map((e) => Metric.toJSON(e));
@@ -7308,6 +8565,39 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "featureMaps": {
         if (object.method?.value !== undefined && object.method?.value !== null) {
           message.method = { $case: "featureMaps", value: FeatureMaps.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "xrai": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "xrai", value: Xrai.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "guidedIg": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "guidedIg", value: GuidedIg.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "blurIg": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "blurIg", value: BlurIg.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "meaningfulPerturbation": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = {
+            $case: "meaningfulPerturbation",
+            value: MeaningfulPerturbation.fromPartial(object.method.value),
+          };
+        }
+        break;
+      }
+      case "aggregated": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = { $case: "aggregated", value: Aggregated.fromPartial(object.method.value) };
         }
         break;
       }
