@@ -192,6 +192,7 @@ class Explainer:
         served = self.served(entry)
         return ModelView(entry.config.kind, served.signature, entry.background, self.white_box(entry),
                          entry.preprocess, entry.model,
+                         generator_file=entry.folder / entry.config.generator if entry.config.generator else None,
                          derived=self._derived.setdefault((entry.name, entry.version), {}))
 
     def unavailable(self, entry: LoadedModel) -> dict[str, str]:
@@ -360,8 +361,8 @@ class Explainer:
                 scored = dataclasses.replace(ctx, score=query.score or PROBABILITY)
                 evaluation = await run_metrics(p.metrics, scored, run.result.attribution, seed, p.region,
                                                self._reexplainer(query, p, deadline, tenant), on_metrics_progress)
-        heatmap = b""
-        if query.render is not None:
+        heatmap = run.result.png
+        if query.render is not None and not heatmap:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)
             options = query.render
             if options.clip_percentile_low is None and p.method.render_low_percentile is not None:

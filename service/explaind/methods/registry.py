@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .activation_maximization import ActivationMaximization
 from .base import Method
 from .cam import Cam
 from .deconvnet import Deconvnet
@@ -25,7 +26,7 @@ from .tree_shap import TreeShap
 METHODS: tuple[type[Method], ...] = (
     Occlusion, Rise, Lime, KernelShap, ExtremalPerturbation, TreeShap, LinearShap,
     Saliency, InputXGradient, SmoothGrad, IntegratedGradients, GuidedBackprop, Deconvnet,
-    GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam,
+    GradCam, GradCamPlusPlus, GuidedGradCam, ScoreCam, Cam, ActivationMaximization,
 )
 
 
