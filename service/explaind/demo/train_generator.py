@@ -1,24 +1,26 @@
 """Train the shapes demo's image generator, the learned prior of activation maximisation (DGN-AM).
 
 Nguyen et al. 2016 ("Synthesizing the preferred inputs for neurons in neural networks via deep
-generator networks") maximise a class score over the code h of a generator G trained to invert a
-network's features: image = G(h), h in the space of a feature layer (they use CaffeNet's fc6), and
-the ascent moves h, clipped to [0, the codes' 99th percentile]. Here the features are the demo CNN's
-own: h = its global-average-pooled last activation (64 values, non-negative: after a ReLU), fixed;
-G is a small decoder (Gemm to 32 x 4 x 4, then four times: nearest 2x upsampling, conv3x3, ReLU;
-sigmoid to pixels, the model's normalisation) trained on the shapes data to minimise
-|G(h(x)) - x|^2 + feature_weight |h(G(h(x))) - h(x)|^2 (pixel and feature reconstruction; no
-adversarial term: the demo's images are simple enough). G outputs the model's input space directly,
-so explaind composes it in front of the model unchanged (onnxgraph/compose.py: chain).
+generator networks") maximise a class score over the code of an image generator G, image = G(code),
+the ascent moving the code and clipping it to the range the training codes take, so that the
+images stay ones G can make. Their G inverts a network's fc6 features (Dosovitskiy & Brox 2016, with
+image, feature and adversarial losses). The demo's G is smaller and simpler: the decoder of an
+autoencoder trained on the shapes data (make_dataset(n, seed=1)), |G(E(x)) - x|^2 + 1e-3 |E(x)|^2,
+a 32-value code; a decoder of the classifier's own pooled features was tried first and learns nothing
+(those 64 values say which class, not where the object is or what the clutter looks like: its loss
+stayed at the data's variance). G: Gemm to 32 x 4 x 4, then nearest 2x upsampling, conv3x3, ReLU
+twice, upsampling and conv3x3 to 3 channels at 32 x 32, a last nearest 2x upsampling, sigmoid to
+pixels, the model's normalisation. G outputs the model's input space, so explaind composes it in
+front of the model unchanged (onnxgraph/compose.py: chain). No adversarial term.
 
 Upsampling is a reshape-expand-reshape (no Resize or ConvTranspose: explaind's autodiff has rules for
 Expand, Reshape, Conv, Gemm, Relu, Sigmoid). The file records in its metadata the code's size
-(`explaind.latent_size`), the clip bounds (`explaind.latent_min` 0, `explaind.latent_max` the 99th
-percentile of the codes of the training images) and the codes' mean (`explaind.latent_mean`, the start of a DGN-AM ascent,
-comma-separated).
+(`explaind.latent_size`), the clip bounds (`explaind.latent_min` and `explaind.latent_max`: the 1st
+and 99th percentiles of all the training codes' values) and the codes' mean (`explaind.latent_mean`,
+comma-separated: where a DGN-AM ascent starts).
 
 Dev-only (torch):
-    python -m explaind.demo.train_generator      # ~3 min on 2 CPU cores; writes repository/shapes/generator.onnx
+    python -m explaind.demo.train_generator      # ~6 min on 2 busy CPU cores; writes repository/shapes/generator.onnx
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from explaind.demo.shapes_data import make_dataset
-from explaind.demo.train_shapes import MEAN, REPO_DIR, STD, ShapesNet, preprocess
+from explaind.demo.train_shapes import MEAN, REPO_DIR, STD, preprocess
 
-LATENT = 64
+LATENT = 32
 BASE = 4  # the decoder's first feature map is BASE x BASE
 FILE = "generator.onnx"
+CODE_PENALTY = 1e-3  # keeps the codes near the origin (a weak prior on the latent space)
 
 
 class Upsample2(nn.Module):
@@ -56,54 +58,51 @@ class Upsample2(nn.Module):
 
 
 class Generator(nn.Module):
-    """h [N, 64] -> the model's input [N, 3, 64, 64]: (sigmoid(decoder(h)) - mean) / std."""
+    """code [N, 32] -> the model's input [N, 3, 64, 64]: (sigmoid(decoder(code)) - mean) / std; the
+    decoder works at 32 x 32 and its last upsampling is nearest (2 x 2 blocks)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(LATENT, 32 * BASE * BASE)
         self.relu0 = nn.ReLU()
         self.up1, self.conv1, self.relu1 = Upsample2(32, 4), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()
-        self.up2, self.conv2, self.relu2 = Upsample2(32, 8), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()
-        self.up3, self.conv3, self.relu3 = Upsample2(32, 16), nn.Conv2d(32, 16, 3, padding=1), nn.ReLU()
-        self.up4, self.conv4 = Upsample2(16, 32), nn.Conv2d(16, 3, 3, padding=1)
+        self.up2, self.conv2, self.relu2 = Upsample2(32, 8), nn.Conv2d(32, 16, 3, padding=1), nn.ReLU()
+        self.up3, self.conv3 = Upsample2(16, 16), nn.Conv2d(16, 3, 3, padding=1)
+        self.up4 = Upsample2(3, 32)
         self.register_buffer("mean", torch.tensor(MEAN).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).reshape(1, 3, 1, 1))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = self.relu0(self.fc(h)).reshape(-1, 32, BASE, BASE)
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        x = self.relu0(self.fc(code)).reshape(-1, 32, BASE, BASE)
         x = self.relu1(self.conv1(self.up1(x)))
         x = self.relu2(self.conv2(self.up2(x)))
-        x = self.relu3(self.conv3(self.up3(x)))
-        pixels = torch.sigmoid(self.conv4(self.up4(x)))
+        pixels = torch.sigmoid(self.up4(self.conv3(self.up3(x))))
         return (pixels - self.mean) / self.std
 
 
-def classifier(repo: Path) -> ShapesNet:
-    """The demo CNN, its weights read from the bundled ONNX file."""
-    net = ShapesNet()
-    state = {t.name: torch.tensor(numpy_helper.to_array(t)) for t in onnx.load(str(repo / "model.onnx")).graph.initializer}
-    net.load_state_dict(state, strict=False)
-    return net.eval()
+class Encoder(nn.Module):
+    """image [N, 3, 64, 64] -> code [N, 32] (training only): 2x2 average pooling, three stride-2 convs, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
+                                 nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(32 * 4 * 4, LATENT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
-def features(net: ShapesNet, x: torch.Tensor) -> torch.Tensor:
-    """The code h: the pooled last activation [N, 64]."""
-    return torch.flatten(net.pool(net.features(x)), 1)
-
-
-def train(net: ShapesNet, n_train: int, epochs: int, batch: int, lr: float, feature_weight: float,
-          seed: int) -> tuple[Generator, torch.Tensor]:
+def train(n_train: int, epochs: int, batch: int, lr: float, seed: int) -> tuple[Generator, torch.Tensor]:
+    """An autoencoder on make_dataset(n_train, seed=1): |G(E(x)) - x|^2 + CODE_PENALTY |E(x)|^2; returns G
+    and the training images' codes."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     images, _, _ = make_dataset(n_train, seed=1)
     x = torch.from_numpy(preprocess(images))
-    with torch.no_grad():
-        codes = torch.cat([features(net, x[i:i + 500]) for i in range(0, len(x), 500)])
-    print(f"data and codes: {n_train} images in {time.perf_counter() - t0:.1f}s", flush=True)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    gen = Generator()
-    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    print(f"data: {n_train} images in {time.perf_counter() - t0:.1f}s", flush=True)
+    gen, enc = Generator(), Encoder()
+    opt = torch.optim.Adam([*gen.parameters(), *enc.parameters()], lr=lr)
     steps = epochs * ((n_train + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     order = torch.Generator().manual_seed(seed)
@@ -112,16 +111,16 @@ def train(net: ShapesNet, n_train: int, epochs: int, batch: int, lr: float, feat
         total = 0.0
         for i in range(0, n_train, batch):
             idx = perm[i:i + batch]
-            made = gen(codes[idx])
-            loss = ((made - x[idx]) ** 2).mean()
-            if feature_weight:
-                loss = loss + feature_weight * ((features(net, made) - codes[idx]) ** 2).mean()
+            code = enc(x[idx])
+            loss = ((gen(code) - x[idx]) ** 2).mean() + CODE_PENALTY * (code ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
         print(f"epoch {epoch + 1}/{epochs}: loss {total / n_train:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    with torch.no_grad():
+        codes = torch.cat([enc(x[i:i + 500]) for i in range(0, n_train, 500)])
     return gen.eval(), codes
 
 
@@ -132,9 +131,9 @@ def export(gen: Generator, codes: torch.Tensor, out: Path) -> None:
     torch.onnx.export(gen, (codes[:2],), str(path), input_names=["code"], output_names=["image"], opset_version=17,
                       dynamic_axes={"code": {0: "N"}, "image": {0: "N"}}, dynamo=False, do_constant_folding=True)
     proto = onnx.load(str(path))
-    latent_max = float(np.percentile(codes.numpy(), 99))
+    latent_min, latent_max = (float(v) for v in np.percentile(codes.numpy(), [1, 99]))
     mean = codes.numpy().mean(axis=0)
-    for key, value in (("explaind.latent_size", str(LATENT)), ("explaind.latent_min", "0"),
+    for key, value in (("explaind.latent_size", str(LATENT)), ("explaind.latent_min", f"{latent_min:.6g}"),
                        ("explaind.latent_max", f"{latent_max:.6g}"),
                        ("explaind.latent_mean", ",".join(f"{v:.6g}" for v in mean))):
         entry = proto.metadata_props.add()
@@ -147,25 +146,23 @@ def export(gen: Generator, codes: torch.Tensor, out: Path) -> None:
         expected = gen(codes[:16]).numpy()
     diff = float(np.abs(session.run(["image"], {"code": sample})[0] - expected).max())
     print(f"wrote {path} ({path.stat().st_size} bytes); onnxruntime vs torch: max abs diff {diff:.2e}; "
-          f"latent_max {latent_max:.4g}")
+          f"latent range [{latent_min:.4g}, {latent_max:.4g}]")
     if diff >= 1e-4:
         raise RuntimeError(f"ONNX export mismatch: {diff}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--feature-weight", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO_DIR)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    net = classifier(args.out)
-    gen, codes = train(net, args.n_train, args.epochs, args.batch, args.lr, args.feature_weight, args.seed)
+    gen, codes = train(args.n_train, args.epochs, args.batch, args.lr, args.seed)
     export(gen, codes, args.out)
 
 
