@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     gen, codes = train(args.n_train, args.epochs, args.batch, args.lr, args.seed)
     export(gen, codes, args.out)
+    name_in_yaml(args.out / "model.yaml")
+
+
+def name_in_yaml(path: Path) -> None:
+    """model.yaml's `generator: generator.onnx` line, added when it is missing (train_shapes writes the file)."""
+    if path.exists() and not any(line.startswith("generator:") for line in path.read_text().splitlines()):
+        path.write_text(path.read_text() + f"generator: {FILE}\n")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
 from ..models.inputs import display_image
+from ..onnxgraph.autodiff import unsupported_operators
+from ..onnxgraph.compose import chain
 from ..onnxgraph.variants import PROBABILITIES_OUTPUT, SCORE_OUTPUT
-from ..onnxgraph.variants.activation_max import IMAGE_OUTPUT, INPUT_GRAD_OUTPUT, ActivationMax, Prior
+from ..onnxgraph.variants.activation_max import IMAGE_OUTPUT, INPUT_GRAD_OUTPUT, PRIOR_SCOPE, ActivationMax, Prior
 from ..render.heatmap import encode_png
 from .base import (INPUT_GRADIENTS, LOGIT, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages)
 from .extremal_perturbation import gaussian_smooth
@@ -187,8 +189,23 @@ def load_prior(model: ModelView) -> Prior:
             latent = int(meta["explaind.latent_size"])
         except (KeyError, ValueError):
             raise FailedPrecondition(f"{where} has no explaind.latent_size in its metadata") from None
+        check_prior(graph, model, where)
         return Prior(hashlib.sha256(raw).hexdigest(), latent, graph)
     return model.derive(PRIOR_KEY, make)
+
+
+def check_prior(graph: onnx.ModelProto, model: ModelView, where: str) -> None:
+    """The generator composes in front of the model and the autodiff differentiates through it."""
+    if model.graph is None:
+        return
+    try:
+        composed, code = chain(graph, model.graph, model.signature.input_name, PRIOR_SCOPE)
+    except ValueError as exc:
+        raise FailedPrecondition(f"{where} cannot be composed in front of the model: {exc}") from None
+    blocked = unsupported_operators(composed, model.signature.input_name, [code])
+    if blocked:
+        raise FailedPrecondition(f"{where} has operators without a gradient rule: "
+                                 + ", ".join(sorted({op for op, _ in blocked})))
 
 
 def _prior_metadata(prior: Prior) -> tuple[float, float, np.ndarray]:

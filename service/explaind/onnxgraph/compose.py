@@ -129,6 +129,8 @@ def chain(front: onnx.ModelProto, model: onnx.ModelProto, input_name: str, scope
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError(f"the front model needs one input and one output, it has {len(inputs)} and {len(graph.output)}")
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ValueError("the front model may not use subgraphs (If, Loop, Scan)")
     if any(f.domain not in ("", "ai.onnx") for f in front.opset_import):
         raise ValueError("the front model may use default-domain operators only")
     if model_opset(front) != model_opset(model):
@@ -137,10 +139,10 @@ def chain(front: onnx.ModelProto, model: onnx.ModelProto, input_name: str, scope
     renamed = onnx.ModelProto()
     renamed.CopyFrom(front)
     g = renamed.graph
-    for node in g.node:
+    for i, node in enumerate(g.node):
         node.input[:] = [prefix + n if n else n for n in node.input]
         node.output[:] = [prefix + n for n in node.output]
-        node.name = prefix + node.name
+        node.name = f"{prefix}{i}/{node.name or node.op_type}"  # unique even where front's names are not
     for tensor in [*g.initializer, *g.input, *g.output, *g.value_info]:
         tensor.name = prefix + tensor.name
     bridge = helper.make_node("Identity", [g.output[0].name], [input_name], name=prefix + "to_model")

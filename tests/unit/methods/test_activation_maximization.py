@@ -198,3 +198,68 @@ def test_bad_parameters_name_the_field(given, field, error):
     served, _, view = served_conv()
     with pytest.raises(error, match=rf"activation_maximization\.{field}"):
         explain(METHOD, {"steps": 2, **given}, (served, view), X, 0, "logit")
+
+
+def linear_generator(path, latent: int = 3, seed: int = 4) -> np.ndarray:
+    """code [N, latent] -> MatMul(A) -> Reshape to [N, *SHAPE] ("image"), written to `path`; returns A."""
+    a = np.random.default_rng(seed).normal(size=(latent, int(np.prod(SHAPE)))).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["code", "A"], ["flat"]),
+             helper.make_node("Reshape", ["flat", "shape"], ["image"])]
+    graph = helper.make_graph(nodes, "gen", [helper.make_tensor_value_info("code", TensorProto.FLOAT, ["N", latent])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *SHAPE])],
+                              [numpy_helper.from_array(a, "A"),
+                               numpy_helper.from_array(np.array([-1, *SHAPE], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (("explaind.latent_size", str(latent)), ("explaind.latent_min", "-10"),
+                       ("explaind.latent_max", "10"), ("explaind.latent_mean", "0.5,0,-0.5")):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return a
+
+
+def test_generator_prior_is_composed_in_front_of_the_model(tmp_path):
+    """model(G(code)) with G linear: d logit_c / d code = A w_c, so plain ascent moves the code by
+    lr A w_c per step from the documented start (mean + 0.1 latent_max N(0, 1), seeded), and the
+    attribution is G(final code)."""
+    served, weights, _ = linear()
+    a = linear_generator(tmp_path / "g.onnx")
+    view = view_of(served, white_box=WhiteBox(True, "", (), ""))
+    import dataclasses
+    view = dataclasses.replace(view, generator_file=tmp_path / "g.onnx")
+    lr, steps, target, seed = 0.01, 3, 1, 8
+    given = {"parameterization": "generator", "optimizer": "sgd", "learning_rate": lr, "l2": 0.0, "steps": steps}
+    out, params = explain(METHOD, given, (served, view), X, target, "logit", seed=seed)
+    start = np.array([0.5, 0, -0.5], np.float32) + 1.0 * np.random.default_rng(seed).standard_normal(3, dtype=np.float32)
+    code = start.astype(np.float64) + steps * lr * (a.astype(np.float64) @ weights[:, target])
+    np.testing.assert_allclose(out.arrays["code"], code, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.attribution, (code @ a).reshape(SHAPE), rtol=1e-4, atol=1e-5)
+    assert params["latent_size"] == 3
+    # clipped to [latent_min, latent_max]
+    far, _ = explain(METHOD, {**given, "learning_rate": 100.0}, (served, view), X, target, "logit", seed=seed)
+    assert np.abs(far.arrays["code"]).max() == pytest.approx(10.0)
+    with pytest.raises(InvalidArgument, match=r"activation_maximization\.rotation"):
+        explain(METHOD, {**given, "rotation": 5.0}, (served, view), X, target, "logit")
+
+
+def test_a_broken_generator_is_a_failed_precondition(tmp_path):
+    served, _, _ = linear()
+    (tmp_path / "g.onnx").write_bytes(b"not onnx")
+    import dataclasses
+    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")), generator_file=tmp_path / "g.onnx")
+    with pytest.raises(FailedPrecondition, match="generator cannot be read"):
+        explain(METHOD, {"parameterization": "generator"}, (served, view), X, 0, "logit")
+
+
+def test_a_generator_without_gradient_rules_is_a_failed_precondition(tmp_path):
+    served, _, _ = linear()
+    linear_generator(tmp_path / "g.onnx")
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    model.graph.node.insert(1, helper.make_node("Sin", ["flat"], ["rounded"]))
+    model.graph.node[2].input[0] = "rounded"
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    import dataclasses
+    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")), generator_file=tmp_path / "g.onnx")
+    with pytest.raises(FailedPrecondition, match="without a gradient rule: Sin"):
+        explain(METHOD, {"parameterization": "generator"}, (served, view), X, 0, "logit")
