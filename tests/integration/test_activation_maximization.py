@@ -1,9 +1,9 @@
 """Activation maximisation through the real server and the Python client (the shared demo server).
 
-Streamed progress to steps + 2 rows (the prediction, the steps, the final point), partial images,
-the same answer unary and streamed for one seed, the PNG being the attribution as an image, the
-synthesised input classified as its target, the learned prior (the demo's generator), and bad
-parameters refused with INVALID_ARGUMENT naming the field.
+Streamed progress to steps + 1 rows (the steps, the final point; the prediction is one more model
+evaluation), partial images, the same answer unary and streamed for one seed, the PNG being the
+attribution as an image, the synthesised input classified as its target, the learned prior (the
+demo's generator), and bad parameters refused with INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_activation_maximization_streams_and_synthesises_the_target(client):
     progress = [u for u in updates if type(u).__name__ == "Progress"]
     partials = [u for u in updates if getattr(u, "partial", False)]
     final = updates[-1]
-    assert progress[-1].rows_done == progress[-1].rows_total == 62
+    assert progress[-1].rows_done == progress[-1].rows_total == 61  # the steps and the final point
     assert len(partials) >= 5 and partials[0].attribution.shape == (3, 64, 64)
     assert final.target_label == "star" and final.attribution.shape == (3, 64, 64)
     unary = client.explain("shapes", method="activation_maximization", tensor=START, target=4, seed=9, params=params)

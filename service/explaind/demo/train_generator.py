@@ -17,8 +17,8 @@ Upsampling is a reshape-expand-reshape (no Resize or ConvTranspose: explaind's a
 Expand, Reshape, Conv, Gemm, Relu, Sigmoid). The file records in its metadata the code's size
 (`explaind.latent_size`), the clip bounds (`explaind.latent_min` and `explaind.latent_max`: the
 smallest and largest value of the training codes; their 1st and 99th percentiles, [-2.1, 2.5], kept
-the star class below 0.4 in the ascent, its images out of the box's corners) and the codes' mean (`explaind.latent_mean`,
-comma-separated: where a DGN-AM ascent starts).
+the star class below 0.4 in the ascent) and the codes' mean (`explaind.latent_mean`, comma-separated:
+where a DGN-AM ascent starts).
 
 Dev-only (torch):
     python -m explaind.demo.train_generator      # ~6 min on 2 busy CPU cores; writes repository/shapes/generator.onnx

@@ -128,7 +128,8 @@ def chain(front: onnx.ModelProto, model: onnx.ModelProto, input_name: str, scope
     graph = front.graph
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     if len(inputs) != 1 or len(graph.output) != 1:
-        raise ValueError(f"the front model needs one input and one output, it has {len(inputs)} and {len(graph.output)}")
+        raise ValueError(f"the front model needs one input and one output, it has {len(inputs)} and "
+                         f"{len(graph.output)}")
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise ValueError("the front model may not use subgraphs (If, Loop, Scan)")
     if any(f.domain not in ("", "ai.onnx") for f in front.opset_import):

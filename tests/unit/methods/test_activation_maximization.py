@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -226,12 +228,12 @@ def test_generator_prior_is_composed_in_front_of_the_model(tmp_path):
     served, weights, _ = linear()
     a = linear_generator(tmp_path / "g.onnx")
     view = view_of(served, white_box=WhiteBox(True, "", (), ""))
-    import dataclasses
     view = dataclasses.replace(view, generator_file=tmp_path / "g.onnx")
     lr, steps, target, seed = 0.01, 3, 1, 8
     given = {"parameterization": "generator", "optimizer": "sgd", "learning_rate": lr, "l2": 0.0, "steps": steps}
     out, params = explain(METHOD, given, (served, view), X, target, "logit", seed=seed)
-    start = np.array([0.5, 0, -0.5], np.float32) + 1.0 * np.random.default_rng(seed).standard_normal(3, dtype=np.float32)
+    noise = np.random.default_rng(seed).standard_normal(3, dtype=np.float32)
+    start = np.array([0.5, 0, -0.5], np.float32) + 1.0 * noise
     code = start.astype(np.float64) + steps * lr * (a.astype(np.float64) @ weights[:, target])
     np.testing.assert_allclose(out.arrays["code"], code, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.attribution, (code @ a).reshape(SHAPE), rtol=1e-4, atol=1e-5)
@@ -246,8 +248,8 @@ def test_generator_prior_is_composed_in_front_of_the_model(tmp_path):
 def test_a_broken_generator_is_a_failed_precondition(tmp_path):
     served, _, _ = linear()
     (tmp_path / "g.onnx").write_bytes(b"not onnx")
-    import dataclasses
-    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")), generator_file=tmp_path / "g.onnx")
+    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")),
+                               generator_file=tmp_path / "g.onnx")
     with pytest.raises(FailedPrecondition, match="generator cannot be read"):
         explain(METHOD, {"parameterization": "generator"}, (served, view), X, 0, "logit")
 
@@ -259,7 +261,7 @@ def test_a_generator_without_gradient_rules_is_a_failed_precondition(tmp_path):
     model.graph.node.insert(1, helper.make_node("Sin", ["flat"], ["rounded"]))
     model.graph.node[2].input[0] = "rounded"
     onnx.save(model, str(tmp_path / "g.onnx"))
-    import dataclasses
-    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")), generator_file=tmp_path / "g.onnx")
+    view = dataclasses.replace(view_of(served, white_box=WhiteBox(True, "", (), "")),
+                               generator_file=tmp_path / "g.onnx")
     with pytest.raises(FailedPrecondition, match="without a gradient rule: Sin"):
         explain(METHOD, {"parameterization": "generator"}, (served, view), X, 0, "logit")
