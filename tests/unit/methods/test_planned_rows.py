@@ -17,7 +17,8 @@ from explaind.models.repository import ModelRepository
 
 SMALL = {"rise": {"num_masks": 40}, "smooth_grad": {"num_samples": 7}, "integrated_gradients": {"n_steps": 9},
          "extremal_perturbation": {"iterations": 3, "areas": [0.1]}, "lime": {"num_samples": 40},
-         "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]}}
+         "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]},
+         "activation_maximization": {"steps": 5}}
 # Kernel SHAP with shap's auto nsamples (settled by the image's superpixel count), slic's ~100 superpixels.
 IMAGE_EXTRA = [("kernel_shap", {"segmentation": "slic"}), ("kernel_shap", {}), ("occlusion", {}),
                ("lime", {"num_samples": 33, "segmentation": "felzenszwalb"})]
