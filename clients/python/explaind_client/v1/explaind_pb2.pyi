@@ -589,7 +589,7 @@ class Preprocess(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures")
+    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "generator")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -612,6 +612,7 @@ class ModelInfo(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ModelStatus
     reason: str
@@ -634,7 +635,8 @@ class ModelInfo(_message.Message):
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     loaded_at: _timestamp_pb2.Timestamp
     run_failures: int
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ...) -> None: ...
+    generator: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., generator: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
