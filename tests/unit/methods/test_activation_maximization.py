@@ -265,3 +265,29 @@ def test_a_generator_without_gradient_rules_is_a_failed_precondition(tmp_path):
                                generator_file=tmp_path / "g.onnx")
     with pytest.raises(FailedPrecondition, match="without a gradient rule: Sin"):
         explain(METHOD, {"parameterization": "generator"}, (served, view), X, 0, "logit")
+
+
+def test_nhwc_models_get_their_own_layout_back():
+    """The ascent works on [C, H, W] inside; an NHWC model's input, gradient and answer stay [H, W, C],
+    and the warps move the spatial axes."""
+    shape = (4, 5, 2)
+    served, weights = served_linear("am-nhwc", shape, 3, layout="NHWC", seed=2)
+    view = view_of(served, white_box=WhiteBox(True, "", (), ""))
+    x = np.random.default_rng(3).uniform(0.2, 0.8, size=shape).astype(np.float32)
+    given = {"optimizer": "sgd", "learning_rate": 0.1, "l2": 0.0, "steps": 2, "start": "input", "clip": False}
+    out, _ = explain(METHOD, given, (served, view), x, 1, "logit")
+    np.testing.assert_allclose(out.attribution, x + 0.2 * weights[:, 1].reshape(shape), rtol=1e-5, atol=1e-6)
+    assert out.arrays["image"].shape == shape
+    # one jittered step: the model sees x shifted by (dy, dx) (drawn from the seed), out[i, j] = x[i - dy, j - dx]
+    # with zero fill, so the gradient reaching x is w shifted back: w[i + dy, j + dx] where that exists
+    shifted, _ = explain(METHOD, {**given, "jitter": 1, "steps": 1}, (served, view), x, 1, "logit", seed=4)
+    rng = np.random.default_rng(4)
+    dy, dx = int(rng.integers(-1, 2)), int(rng.integers(-1, 2))
+    assert (dy, dx) != (0, 0)
+    w = weights[:, 1].reshape(shape)
+    expected = np.zeros(shape)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            if 0 <= i + dy < shape[0] and 0 <= j + dx < shape[1]:
+                expected[i, j] = w[i + dy, j + dx]
+    np.testing.assert_allclose((shifted.attribution - x) / 0.1, expected, atol=1e-4)
