@@ -222,7 +222,8 @@ def main() -> int:
           f"{100 * load['steal']:.1f}% stolen")
     path = args.out / f"estimators-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"written {path.relative_to(ROOT)} in {report['seconds']:.0f} s")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path  # speed.py may write outside the repo
+    print(f"written {shown} in {report['seconds']:.0f} s")
     return 0
 
 

@@ -3,11 +3,15 @@
 
     python benchmarks/gradient_graph.py                  # shapes + the reference zoo; prints a table, writes JSON
     python benchmarks/gradient_graph.py --models vgg --profile   # plus onnxruntime's per-operator times
+    python benchmarks/gradient_graph.py --out DIR        # the JSON as DIR/gradient-graph.json
 
 For each model: forward rows/s (the ONNX model alone) and gradient-graph rows/s (explaind's plain
 gradient variant, path "input", as the server builds it: one job's example repeated over R rows,
-score and input gradient out), each at its best batch of --batch-sizes, with the same session
-options as the server (intra-op threads = cores, sequential, spinning on). Forward and gradient
+score and input gradient out), each at its best batch of --batch-sizes (the batch is chosen per
+model and per graph: the backward graph is mostly memory-bound elementwise work and often runs
+best at a smaller batch than the compute-bound forward), with the same session options as the
+server (intra-op threads = cores, sequential, spinning on). `ratio` is gradient rows/s at its best
+batch over forward rows/s at its best; `ratio_by_batch` the same at each batch. Forward and gradient
 are measured in alternation (--repeats pairs per batch, medians), so the machine's drifting speed
 and the other load largely cancel in the ratio. --profile runs onnxruntime's profiler
 (SessionOptions.enable_profiling) on the gradient graph at the best batch and prints the share of
@@ -110,7 +114,7 @@ def measure(name: str, model: onnx.ModelProto, sig: ModelSignature, args: argpar
     grad_model = Gradient(score="logit", rule="plain", path="input").build(model, sig)
     fwd, grad = session(model, args.threads), session(grad_model, args.threads)
     result: dict = {"forward": {}, "gradient": {}}
-    sizes = args.batch_sizes or ([64, 256, 1024, 4096] if sig.layout == "tabular" else [16, 32, 64, 128])
+    sizes = args.batch_sizes or ([64, 256, 1024, 4096] if sig.layout == "tabular" else [4, 8, 16, 32])
     for rows in sizes:
         f_feed, g_feed = forward_feed(sig, x, rows), gradient_feed(x, rows)
         pairs = [(rate(fwd, f_feed, rows, args.seconds), rate(grad, g_feed, rows, args.seconds))
@@ -122,6 +126,7 @@ def measure(name: str, model: onnx.ModelProto, sig: ModelSignature, args: argpar
     result.update(forward_best_batch=bf, forward_rows_per_s=result["forward"][bf], gradient_best_batch=bg,
                   gradient_rows_per_s=result["gradient"][bg],
                   ratio=result["gradient"][bg] / result["forward"][bf],
+                  ratio_by_batch={rows: result["gradient"][rows] / result["forward"][rows] for rows in sizes},
                   nodes={"forward": len(model.graph.node), "gradient": len(grad_model.graph.node)})
     if args.profile:
         result["profile"] = profile(grad_model, gradient_feed(x, bg), args.threads, args.profile_runs)
@@ -133,30 +138,32 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["shapes", "resnet", "vgg", "mobilenetv2", "senet", "densenet", "mlp"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
-                        help="rows per run to try (default: 16 32 64 128 for images, 64 256 1024 4096 for the MLP)")
+                        help="rows per run to try (default: 4 8 16 32 for images, 64 256 1024 4096 for the MLP)")
     parser.add_argument("--seconds", type=float, default=0.4, help="per timed loop")
     parser.add_argument("--repeats", type=int, default=3, help="alternating forward/gradient pairs per batch")
     parser.add_argument("--profile", action="store_true", help="per-operator shares of the gradient graph")
     parser.add_argument("--profile-runs", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="folder for gradient-graph.json (default: benchmarks/results)")
     args = parser.parse_args()
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "onnxruntime": ort.__version__,
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
                     "load_average_before": os.getloadavg()[0], "models": {}}
-    print(f"{'model':12s} {'forward rows/s':>16s} {'gradient rows/s':>17s} {'ratio':>6s}  nodes fwd/grad")
+    print(f"{'model':12s} {'forward rows/s':>16s} {'gradient rows/s':>17s} {'ratio':>6s}  nodes fwd/grad  ratio per batch")
     for name, (model, sig) in models(args.models).items():
         r = measure(name, model, sig, args)
         report["models"][name] = r
         print(f"{name:12s} {r['forward_rows_per_s']:10.0f} ({r['forward_best_batch']:3d}) "
               f"{r['gradient_rows_per_s']:10.0f} ({r['gradient_best_batch']:3d}) {r['ratio']:6.3f}  "
-              f"{r['nodes']['forward']}/{r['nodes']['gradient']}", flush=True)
+              f"{r['nodes']['forward']}/{r['nodes']['gradient']:<8d} "
+              + " ".join(f"{rows}: {q:.3f}" for rows, q in r["ratio_by_batch"].items()), flush=True)
         if args.profile:
             print("    " + ", ".join(f"{op} {100 * share:.0f}%" for op, share in r["profile"][:10]))
     report["load_average_after"] = os.getloadavg()[0]
     print(f"(best batch in parentheses; load average {report['load_average_before']:.1f} before, "
           f"{report['load_average_after']:.1f} after, on {os.cpu_count()} cores)")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gradient-graph-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out / "gradient-graph.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     print(f"written {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0

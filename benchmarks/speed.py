@@ -89,7 +89,7 @@ def rise_checks(r: dict[str, Any]) -> list[Check]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "gradient_graph": Benchmark("gradient_graph.py", "gradient-graph-", [], ["--repeats", "1", "--seconds", "0.2"],
+    "gradient_graph": Benchmark("gradient_graph.py", "gradient-graph", [], ["--repeats", "1", "--seconds", "0.2"],
                                 gradient_checks),
     "white_box": Benchmark("bench_white_box.py", "white-box-", [],
                            ["--repeats", "1", "--captum-repeats", "1", "--requests", "4"], white_box_checks),

@@ -127,6 +127,9 @@ def model_text(m: pb.ModelInfo) -> str:
         lines.append(line("preprocess", f"resize to {'x'.join(str(s) for s in p.size) or '-'}, divide by "
                           f"{p.scale:g}, mean {_numbers(p.mean)}, std {_numbers(p.std)}, layout {p.layout or '-'}"))
     lines.append(line("white box", "yes" if m.white_box else f"no: {m.white_box_reason or 'no reason given'}"))
+    if m.white_box:
+        lines.append(line("rules", ", ".join(m.rule_families) +
+                          ("" if "lrp" in m.rule_families else f" (no lrp: {m.lrp_reason or 'no reason given'})")))
     if m.layers:
         lines.append(line("default layer", m.default_layer or "-"))
         lines += [("layers:" if i == 0 else "").ljust(16) + name for i, name in enumerate(m.layers)]

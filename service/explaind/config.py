@@ -43,6 +43,11 @@ class Settings:
     health_port: int = field(default=-1, metadata={
         "help": "a second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, which "
                 "cannot speak TLS); -1: off, 0 picks a free one"})
+    http_port: int = field(default=-1, metadata={
+        "help": "HTTP/JSON gateway port (KServe v1 explain, server-sent events, OpenAPI at /openapi.json, "
+                "the web page at /), on host, with the gRPC port's TLS and auth; -1: off, 0 picks a free one"})
+    http_max_instances: int = field(default=64, metadata={
+        "help": "most instances in one KServe-style explain body (each is one ExplainRequest)"})
     repository: str = field(default="", metadata={"help": "model repository folder; empty: the bundled demo"})
     repository_poll_s: float = field(default=10.0, metadata={
         "help": "seconds between checks of the repository for added, changed and removed model folders "
@@ -95,6 +100,14 @@ class Settings:
                 "seconds (and after every session eviction): the arena otherwise stays at the largest batch "
                 "mix it ever met, which a long mixed load keeps raising (soak RSS after warm-up: +25 percent without, "
                 "flat with 10 s); one re-allocation per interval; 0: only after evictions"})
+    tree_shap_cache_bytes: int = field(default=64 << 20, metadata={
+        "help": "bytes of shap TreeExplainers tree_shap keeps prepared per model version (one per explained "
+                "column and mode, the arrays they hold measured); beyond it the least recently used are dropped; "
+                "0: none kept (each request prepares its own)"})
+    tree_shap_preload: bool = field(default=False, metadata={
+        "help": "prepare tree_shap's interventional explainers of every output column (both scores) when a "
+                "tree model's version loads, before it serves (shap imported then): its first requests skip "
+                "the ~1.5 s of shap's import and the preparation; within tree_shap_cache_bytes"})
     max_num_masks: int = field(default=100_000, metadata={"help": "largest RISE num_masks"})
     max_message_bytes: int = field(default=64 << 20, metadata={"help": "largest gRPC message accepted or sent"})
     max_image_bytes: int = field(default=32 << 20, metadata={"help": "largest encoded image"})
@@ -121,11 +134,13 @@ class Settings:
 
         for name in ("max_batch_rows", "max_queued_rows", "max_queued_jobs", "max_rows_per_request",
                      "max_request_memory_bytes", "max_num_masks", "max_message_bytes", "max_image_bytes",
-                     "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes"):
+                     "max_image_pixels", "max_model_bytes", "max_sessions", "max_session_bytes", "http_max_instances"):
             positive(name)
         if self.max_session_memory_bytes < -1:
             raise ValueError(f"max_session_memory_bytes must be -1 (no cap), 0 (auto) or a byte count, "
                              f"got {self.max_session_memory_bytes}")
+        if self.tree_shap_cache_bytes < 0:
+            raise ValueError(f"tree_shap_cache_bytes must be >= 0 (0: no cache), got {self.tree_shap_cache_bytes}")
         if self.arena_release_s < 0:
             raise ValueError(f"arena_release_s must be 0 (only after evictions) or a number of seconds, got {self.arena_release_s}")
         if not 0 <= self.batch_tuning_s <= 10:
@@ -156,11 +171,13 @@ class Settings:
     def _validate_security(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("metrics_port", "health_port"):
+        for name in ("metrics_port", "health_port", "http_port"):
             if not -1 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in [-1, 65535] (-1: off), got {getattr(self, name)}")
         if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
             raise ValueError(f"health_port must differ from port and metrics_port, got {self.health_port}")
+        if self.http_port > 0 and self.http_port in (self.port, self.metrics_port, self.health_port):
+            raise ValueError(f"http_port must differ from port, metrics_port and health_port, got {self.http_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both (TLS) or neither (plaintext)")
         if self.tls_client_ca and not self.tls_cert:

@@ -29,7 +29,7 @@ from .models.live import ModelControl
 from .models.repository import LoadedModel, ModelEntry, ModelRepository, UnloadedModel
 from .models.white_box import WhiteBox, inspect_white_box
 from .onnxgraph.signature import ModelSignature
-from .render import RenderOptions, render_heatmap
+from .render import RenderOptions
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,13 @@ class Explainer:
 
     def warm(self, entry: LoadedModel) -> None:
         """Fill a new version's caches before it serves (the model control runs this off the event
-        loop: inspecting a big model's graph must not stall requests)."""
-        self.unavailable(entry)
+        loop: inspecting a big model's graph must not stall requests), then let each method the model
+        offers preload what it prepares once per version (tree_shap with tree_shap_preload)."""
+        offered = self.unavailable(entry)
+        view = self.view(entry)
+        for name, why in offered.items():
+            if not why:
+                self.methods[name].preload(view, self.settings)
 
     def retire(self, entry: LoadedModel) -> None:
         """A version out of service (replaced, unloaded, removed): forget its caches and let the engine
@@ -361,13 +366,13 @@ class Explainer:
                 scored = dataclasses.replace(ctx, score=query.score or PROBABILITY)
                 evaluation = await run_metrics(p.metrics, scored, run.result.attribution, seed, p.region,
                                                self._reexplainer(query, p, deadline, tenant), on_metrics_progress)
-        heatmap = run.result.png
-        if query.render is not None and not heatmap:
+        heatmap = b""
+        if query.render is not None:
             image = p.image if p.image is not None else display_image(p.x, entry.preprocess, p.served.signature.layout)
             options = query.render
             if options.clip_percentile_low is None and p.method.render_low_percentile is not None:
                 options = dataclasses.replace(options, clip_percentile_low=p.method.render_low_percentile)
-            heatmap = render_heatmap(run.result.attribution, options, image=image)
+            heatmap = p.method.render(run.result, options, image)
         return Explanation(run.result.attribution, run.target, entry.labels[run.target],
                            self._top_classes(entry, run.prediction), heatmap, stats(run.stats), run.result.figures,
                            run.result.arrays, complete=run.complete, evaluation=evaluation)

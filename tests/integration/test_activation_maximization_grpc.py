@@ -39,15 +39,17 @@ def test_activation_maximization_streams_and_synthesises_the_target(client):
     assert progress[-1].rows_done == progress[-1].rows_total == 61  # the steps and the final point
     assert len(partials) >= 5 and partials[0].attribution.shape == (3, 64, 64)
     assert final.target_label == "star" and final.attribution.shape == (3, 64, 64)
-    unary = client.explain("shapes", method="activation_maximization", tensor=START, target=4, seed=9, params=params)
+    unary = client.explain("shapes", method="activation_maximization", tensor=START, target=4, seed=9, params=params,
+                           render=True)
     np.testing.assert_array_equal(unary.attribution, final.attribution)
     assert probabilities(final.attribution)[4] >= 0.99
     assert final.figures["final_probability"] == pytest.approx(probabilities(final.attribution)[4], abs=1e-4)
     curve = final.arrays["score_curve"]
     assert curve.shape == (61,) and curve[-1] > curve[0]
-    pixels = np.asarray(Image.open(io.BytesIO(final.heatmap_png)).convert("RGB"))
+    assert final.heatmap_png == b""  # no render asked
+    pixels = np.asarray(Image.open(io.BytesIO(unary.heatmap_png)).convert("RGB")).astype(np.int64)
     expected = np.clip((final.attribution * 0.25 + 0.5) * 255, 0, 255).round().transpose(1, 2, 0)
-    np.testing.assert_array_equal(pixels, expected.astype(np.uint8))
+    assert np.abs(pixels - expected).max() <= 1 and (pixels == expected).mean() > 0.999  # float32 rounding ties
     np.testing.assert_allclose(final.arrays["image"], (final.attribution * 0.25 + 0.5).transpose(1, 2, 0), atol=1e-6)
     assert int(final.stats["model_evaluations"]) == 62
 

@@ -54,6 +54,9 @@ IMAGE: list[tuple[str, Params]] = [
     ("grad_cam", lambda i: {}),
     ("score_cam", lambda i: {}),
     ("cam", lambda i: {}),
+    ("ablation_cam", lambda i: {"aug_smooth": i % 2 == 0}),
+    ("smooth_grad_cam_plus_plus", lambda i: {"num_samples": 2 + i % 9, "noise_level": 0.05 + 0.004 * i}),
+    ("feature_maps", lambda i: {"top_k": 1 + i % 40}),
 ]
 TABULAR: list[tuple[str, Params]] = [
     ("occlusion", lambda i: {"baseline": -2.0 + 0.021 * i}),

@@ -142,6 +142,7 @@ def test_model_shows_what_get_model_gives_for_an_image_model(server, client, cap
     assert fields["preprocess"] == ("resize to 64x64, divide by 255, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25], "
                                     "layout NCHW")
     assert fields["white box"] == "yes"
+    assert fields["rules"] == ", ".join(info.rule_families) and "lrp" in info.rule_families
     assert fields["default layer"] == info.default_layer
     assert fields["layers"].split("\n") == list(info.layers)
     assert fields["methods"].replace("\n", " ") == ", ".join(info.methods)

@@ -196,7 +196,9 @@ def rows_evaluated(server) -> float:
 # Each method's own parameters kept small, so the explanation alone fits the budget and the metric does not.
 LIGHT = {"rise": {"num_masks": 40}, "smooth_grad": {"num_samples": 7}, "integrated_gradients": {"n_steps": 9},
          "extremal_perturbation": {"iterations": 3, "areas": [0.1]}, "lime": {"num_samples": 40},
-         "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]}}
+         "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]},
+         "smooth_grad_cam_plus_plus": {"num_samples": 5}}
+FORWARD_ONLY = ("cam", "eigen_cam", "feature_maps")  # the prediction's pass is the whole explanation
 
 
 def test_a_re_explaining_metric_over_the_budget_is_refused_before_any_row_for_every_method(repository, tmp_path,
@@ -204,7 +206,8 @@ def test_a_re_explaining_metric_over_the_budget_is_refused_before_any_row_for_ev
     """max_sensitivity with 1500 re-explanations, over a budget of 3000 rows for every method costing a
     row or more (2 rows each at least) though not if its rows were taken as unknown (1 row each, the
     prediction): refused with RESOURCE_EXHAUSTED naming the metric, and not one row run (the prediction
-    included). CAM costs nothing beyond the prediction: 3000 re-explanations are over too."""
+    included). CAM, Eigen-CAM and feature_maps (the demo has no gates) cost nothing beyond the prediction:
+3000 re-explanations are over too."""
     server = start_server(repository, tmp_path / "server.log", max_rows_per_request=3000)
     row = np.load(DEMO / "repository" / "tabular" / "background.npy")[0].astype(np.float32)
     try:
@@ -216,7 +219,7 @@ def test_a_re_explaining_metric_over_the_budget_is_refused_before_any_row_for_ev
                        ("kernel_shap", {"nsamples": 30, "background_kmeans": 3}))]
             assert len(cases) >= 19
             for model, method, given in cases:
-                heavy = [("max_sensitivity", {"nr_samples": 3000 if method == "cam" else 1500})]
+                heavy = [("max_sensitivity", {"nr_samples": 3000 if method in FORWARD_ONLY else 1500})]
                 before = rows_evaluated(server)
                 code, details = code_and_details(lambda: client.evaluate(
                     model, method=method, metrics=heavy, **given))

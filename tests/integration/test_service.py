@@ -60,7 +60,10 @@ def test_get_model_reports_the_contract(client):
     assert list(info.labels) == ["circle", "square", "triangle", "cross", "star"]
     assert list(info.methods) == ["occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "saliency", "input_x_gradient", "smooth_grad",
                                   "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
-                                  "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam",
+                                  "grad_cam_plus_plus", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift",
+                                  "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam",
+                                  "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam",
+                                  "smooth_grad_cam_plus_plus", "feature_maps",
                                   "activation_maximization"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
     assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers

@@ -156,7 +156,7 @@ def _torchvision_stub(reason: str) -> None:
     transforms.functional = functional
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
-    for name in ("Bottleneck", "BasicBlock"):  # zennit's torchvision canonizers match these classes
+    for name in ("ResNet", "Bottleneck", "BasicBlock"):  # zennit's canonizers match these; TorchRay imports them
         setattr(resnet, name, type(name, (torch.nn.Module,), {"__init__": unavailable(f"models.resnet.{name}")}))
     models.resnet = resnet
     tv.transforms, tv.ops, tv.models = transforms, ops, models
@@ -181,13 +181,21 @@ def stub_torchvision_if_broken() -> None:
         _torchvision_stub(TORCHVISION_STUBBED)
 
 
+def import_zennit() -> types.ModuleType:
+    """The zennit package (the real one; torchvision stubbed only when it cannot be imported)."""
+    stub_torchvision_if_broken()
+    return importlib.import_module("zennit")
+
+
 def import_pytorch_grad_cam() -> types.SimpleNamespace:
-    """GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
+    """The CAM classes (GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM, ...), ClassifierOutputTarget and scale_cam_image from pytorch-grad-cam (the
     real package); torchvision is stubbed only when it cannot be imported (see _torchvision_stub)."""
     stub_torchvision_if_broken()
-    from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
+    import pytorch_grad_cam as library
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    return types.SimpleNamespace(GradCAMPlusPlus=GradCAMPlusPlus, ScoreCAM=ScoreCAM,
+    cams = ("GradCAM", "GradCAMPlusPlus", "ScoreCAM", "XGradCAM", "LayerCAM", "HiResCAM", "GradCAMElementWise",
+            "EigenCAM", "EigenGradCAM", "AblationCAM")
+    return types.SimpleNamespace(**{name: getattr(library, name) for name in cams},
                                  ClassifierOutputTarget=ClassifierOutputTarget, scale_cam_image=scale_cam_image)

@@ -30,6 +30,7 @@ from explaind.demo.train_generator import Generator
 from explaind.demo.train_shapes import MEAN, STD, ShapesNet
 from explaind.explainer import ExplainQuery
 from explaind.methods.activation_maximization import FOURIER_SD, rfft_scale
+from explaind.render.heatmap import RenderOptions
 from inprocess import serve_requests
 
 REPOSITORY = Settings().repository_path
@@ -53,7 +54,7 @@ LO, HI = (0 - MEAN_T) / STD_T, (1 - MEAN_T) / STD_T
 
 def request(target: int, seed: int = SEED, **params) -> ExplainQuery:
     return ExplainQuery(model="shapes", method="activation_maximization", params=params,
-                        tensor=np.zeros((3, H, W), np.float32), target_index=target, seed=seed)
+                        tensor=np.zeros((3, H, W), np.float32), target_index=target, seed=seed, render=RenderOptions())
 
 
 def draws(rng: np.random.Generator, jitter: int, scale: float, rotation: float) -> torch.Tensor:

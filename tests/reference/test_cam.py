@@ -44,7 +44,7 @@ def test_cam_equals_its_closed_form(exported, xp, name):
     for target in range(weight.shape[0]):
         expected = np.tensordot(weight[target], activation, axes=1)
         got, params = xp.explain(Cam(), {"upsample": "none"}, ex.in_process, x, target)
-        assert params == {"layer": ex.layer, "relu": False, "upsample": "none"}
+        assert params == {"layer": ex.layer, "relu": False, "upsample": "none", "eigen_smooth": False, "aug_smooth": False}
         assert got.model_evaluations == 1 and got.stages == 1  # the prediction reads the layer
         assert rel_err(got.attribution, expected) < 1e-5
         assert got.attribution.mean() + bias[target] == pytest.approx(logits[target], rel=1e-4, abs=1e-4)

@@ -45,7 +45,7 @@ def test_score_cam_agrees_with_pytorch_grad_cam(exported, xp, name):
     weights, unscaled, final = library_score_cam(ex, xt, target)
 
     got, params = xp.explain(ScoreCam(), {"layer": ex.layer, "upsample": "none"}, ex.in_process, x, target)
-    assert params == {"layer": ex.layer, "relu": True, "upsample": "none"}
+    assert params == {"layer": ex.layer, "relu": True, "upsample": "none", "eigen_smooth": False, "aug_smooth": False}
     channels = weights.shape[0]
     assert got.model_evaluations == 1 + channels  # the prediction (which reads the layer), one row per channel
     assert got.stages == 2

@@ -181,6 +181,24 @@ def linear_cases() -> list[Case]:
             shapes={"x0": ["N", 4, "H", "W"]},
         ),
     ]
+    # a dense stride-1 Conv with 16 input channels or more: the flipped-kernel Conv adjoint (fewer
+    # channels, as above, get ConvTranspose)
+    r16 = np.random.default_rng(16)
+    x16 = away(r16, 1, 16, 4, 5)
+    cases += [
+        conv("16-channels-stride1", x16, C(away(r16, 3, 16, 3, 3)), {"pads": [1, 0, 2, 1]}),
+        conv("16-channels-same-lower-stride1", x16, C(away(r16, 2, 16, 2, 3)), {"auto_pad": "SAME_LOWER"}),
+        # strided depthwise with sizes divisible by the stride: one Conv per output phase
+        conv("depthwise-stride2-phases", away(r16, 2, 4, 6, 4), C(away(r16, 4, 1, 3, 3)),
+             {"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        conv("depthwise-stride2x1-phases", away(r16, 1, 3, 6, 5), C(away(r16, 3, 1, 3, 2)),
+             {"group": 3, "pads": [1, 0, 0, 1], "strides": [2, 1]}),
+        # stride 3 with a kernel of 3: a phase reads g[q + 1] only (a negative pad): ConvTranspose
+        conv("depthwise-stride3-no-phases", away(r16, 1, 3, 6, 6), C(away(r16, 3, 1, 3, 2)),
+             {"group": 3, "pads": [2, 0, 0, 1], "strides": [3, 2]}),
+        conv("depthwise-stride2-same-upper-phases", away(r16, 1, 2, 4, 6), C(away(r16, 2, 1, 2, 3)),
+             {"group": 2, "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ]
     for opset in (11, 15):
         bn = [C(away(r, 3)), C(away(r, 3)), C(away(r, 3)), C(positive(r, 3))]
         cases += [
@@ -429,6 +447,19 @@ def composite_cases() -> list[Case]:
             },
             ort64=False,
         ),
+        *[Case(  # batch norm folded into the Gemm (a Linear then a BatchNorm1d), either weight layout
+            f"Gemm-BatchNormalization-transB{t}",
+            [
+                ("Gemm", ["x", "w", "b"], ["c"], {"transB": t}),
+                ("BatchNormalization", ["c", "scale", "offset", "mean", "var"], ["n"], {"epsilon": 1e-3}),
+                ("Tanh", ["n"], ["y"], {}),
+            ],
+            {
+                "x": away(r, 2, 4), "w": C(away(r, *((3, 4) if t else (4, 3)))), "b": C(away(r, 3)),
+                "scale": C(away(r, 3)), "offset": C(away(r, 3)), "mean": C(away(r, 3)), "var": C(positive(r, 3)),
+            },
+            ort64=False,
+        ) for t in (0, 1)],
         Case(  # the same with the tensors the rewrites would remove asked for: nothing is rewritten
             "Conv-BatchNormalization-Relu-MaxPool-kept",
             [
@@ -477,12 +508,19 @@ def _backward_ops(case_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("case_id", "adjoint"), [
-    ("Conv-plain", "Conv"), ("Conv-groups2-stride1", "Conv"), ("Conv-same-lower-stride1", "Conv"),
-    ("Conv-depthwise-stride1-dilation2", "Conv"), ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
+    ("Conv-16-channels-stride1", "Conv"), ("Conv-16-channels-same-lower-stride1", "Conv"),
+    ("Conv-groups2-stride1", "Conv"), ("Conv-depthwise-stride1-dilation2", "Conv"),
+    ("Conv-plain", "ConvTranspose"), ("Conv-same-lower-stride1", "ConvTranspose"),
+    ("Conv-pads-beyond-kernel-stride1", "ConvTranspose"),
     ("Conv-stride2-remainder", "ConvTranspose"), ("Conv-dynamic-hw-stride2", "ConvTranspose"),
+    ("Conv-depthwise-stride2-phases", "Conv"), ("Conv-depthwise-stride2x1-phases", "Conv"),
+    ("Conv-depthwise-stride3-no-phases", "ConvTranspose"),
+    ("Conv-depthwise-stride2-same-upper-phases", "Conv"), ("Conv-depthwise", "ConvTranspose"),  # 6x5 by stride 2
 ])
 def test_conv_adjoint_form(case_id: str, adjoint: str) -> None:
-    """Stride 1 with pads <= the kernel's extent - 1: a Conv (faster on CPU); otherwise ConvTranspose."""
+    """Stride 1 with pads <= the kernel's extent - 1 and grouped or >= 16 input channels: a Conv
+    (faster on CPU); otherwise ConvTranspose (a dense conv over 4 input channels, as an image's
+    first layer, and every strided one but depthwise ones with sizes divisible by the stride)."""
     ops = _backward_ops(case_id)
     assert adjoint in ops and ({"Conv", "ConvTranspose"} - {adjoint}).isdisjoint(ops), ops
 
@@ -492,6 +530,9 @@ def test_forward_rewrites_apply_only_where_nothing_asked_for_is_removed() -> Non
     folded = {n.op_type for n in differentiate(next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
                                                .model(np.float32), "y", ["x"]).graph.node}
     assert "BatchNormalization" not in folded and "ScatterElements" not in folded, folded
+    for t in (0, 1):
+        gemm = next(c for c in ALL_CASES if c.id == f"Gemm-BatchNormalization-transB{t}")
+        assert "BatchNormalization" not in {n.op_type for n in differentiate(gemm.model(np.float32), "y", ["x"]).graph.node}
     case = next(c for c in ALL_CASES if c.id == "Conv-BatchNormalization-Relu-MaxPool")
     deconvnet = differentiate(case.model(np.float32), "y", ["x"], rule="deconvnet")  # relu(g) at x <= 0 too: no move
     assert [n.op_type for n in deconvnet.graph.node[:4]] == ["Conv", "Relu", "MaxPool", "Conv"]

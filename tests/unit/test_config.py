@@ -34,6 +34,9 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     ({"EXPLAIND_COMPUTE_NICE": "20"}, "compute_nice must be in .0, 19., got 20"),
     ({"EXPLAIND_BLAS_THREADS": "-1"}, "blas_threads must be >= 0"),
     ({"EXPLAIND_SHARED_ARENA": "maybe"}, "EXPLAIND_SHARED_ARENA: expected bool, got 'maybe'"),
+    ({"EXPLAIND_HTTP_PORT": "70000"}, "http_port must be in .-1, 65535. (-1: off), got 70000"),
+    ({"EXPLAIND_HTTP_PORT": "50051"}, "http_port must differ from port, metrics_port and health_port, got 50051"),
+    ({"EXPLAIND_HTTP_MAX_INSTANCES": "0"}, "http_max_instances must be positive"),
 ])
 def test_bad_settings_are_refused_with_the_name(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

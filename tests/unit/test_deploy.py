@@ -46,7 +46,7 @@ CLIENT_LABEL = ("explaind-client", "true")  # deploy/README.md documents it
 MONITORING_NAMESPACE = "monitoring"
 EXPLAINER_SERVICE = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 # Custom resources: kubernetes-validate has no schema for them; checked structurally below.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("serving.kserve.io/v1beta1", "InferenceService")}
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
 ADAPTER_RULES = DEPLOY / "prometheus-adapter" / "rules.yaml"
@@ -494,6 +494,23 @@ def test_the_service_monitor_example_scrapes_the_metrics_port():
              for p in s["spec"]["ports"]}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert "metrics" in ports, "no Service the ServiceMonitor selects has a metrics port"
+
+
+def test_the_kserve_inference_service_runs_explaind_as_its_explainer():
+    """No schema for the CRD: its explainer's containers are validated as a Pod's, their environment
+    as explaind's settings, and the gateway port is the container port KServe routes to."""
+    service = one(load_yaml((DEPLOY / "examples" / "kserve-inferenceservice.yaml").read_text()), "InferenceService")
+    assert set(service["spec"]) == {"predictor", "explainer"}
+    containers = service["spec"]["explainer"]["containers"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "explainer"}, "spec": {"containers": containers}}
+    assert schema_problems(pod) == []
+    (box,) = containers
+    env = {e["name"]: e["value"] for e in box["env"]}
+    assert unknown_setting_problems(n for n in env if n.startswith(ENV_PREFIX)) == []
+    settings = load_settings(env=env)
+    assert settings.http_port == box["ports"][0]["containerPort"] == 8080 and settings.host == "0.0.0.0"
+    probe = box["readinessProbe"]["httpGet"]
+    assert probe["port"] == 8080 and probe["path"] == f"/v1/models/{service['metadata']['name']}"
 
 
 @pytest.mark.parametrize("name", RENDERS)

@@ -230,6 +230,10 @@ def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_d
         info.white_box_reason = white_box.reason
         info.layers.extend(white_box.layers)
         info.default_layer = white_box.default_layer
+        if white_box.available:
+            info.rule_families.extend(white_box.rules)
+        info.lrp_reason = white_box.lrp_reason or ("" if "lrp" in white_box.rules else white_box.reason or
+                                                   "the model offers no relevance rules")
     if config.kind == "tabular":
         info.num_features = entry.example_shape[0]
     elif entry.preprocess is not None:

@@ -33,7 +33,8 @@ from ..engine.device import limit_blas_threads
 from ..engine.engine import Engine
 from ..explainer import Explainer
 from ..metrics import Metrics
-from ..models.repository import ModelRepository, RepositoryLimits
+from ..models.repository import LoadedModel, ModelRepository, RepositoryLimits
+from . import gateway
 from .auth import TokenFileError, authenticator
 from .decoding import add_explainer_to_server
 from .servicer import ExplainerServicer
@@ -62,6 +63,8 @@ class RunningServer:
     settings: Settings
     health_server: grpc.aio.Server | None = None  # the plaintext health_port server
     health_port: int | None = None
+    http: gateway.Uvicorn | None = None  # the HTTP/JSON gateway (http_port)
+    http_port: int | None = None
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, stop the engine."""
@@ -74,6 +77,8 @@ class RunningServer:
         if not finished:
             log.warning("grace period over; cancelling calls in flight", extra={"calls": self.servicer.in_flight})
         await self.server.stop(0 if not finished else 1.0)
+        if self.http is not None:
+            await self.http.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.engine.close()
@@ -91,7 +96,8 @@ async def start(settings: Settings) -> RunningServer:
     check_repository(settings.repository_path)
     for what, host, port in (("port", settings.host, settings.port),
                              ("metrics_port", settings.metrics_host, settings.metrics_port),
-                             ("health_port", settings.host, settings.health_port)):
+                             ("health_port", settings.host, settings.health_port),
+                             ("http_port", settings.host, settings.http_port)):
         check_port_free(what, host, port)  # before loading the models: a taken port fails at once
     credentials = server_credentials(settings)
     try:
@@ -106,6 +112,14 @@ async def start(settings: Settings) -> RunningServer:
                                  "sha256": entry.sha256})
     engine = Engine(settings, metrics)
     explainer = Explainer(settings, repository, engine)
+    if settings.tree_shap_preload:  # opt-in: the models loaded at start warmed as a reloaded version is
+        for entry in repository.list():
+            if isinstance(entry, LoadedModel):
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, explainer.warm, entry)
+                    log.info("model warmed", extra={"model": entry.name, "sha256": entry.sha256})
+                except Exception:  # warming is an optimisation: requests compute what it did not
+                    log.exception("warming model caches failed", extra={"model": entry.name})
     servicer = ExplainerServicer(explainer, metrics, identify=auth.identify,
                                  may_control_models=auth.may_control_models)
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -119,6 +133,8 @@ async def start(settings: Settings) -> RunningServer:
         enable_reflection(server, (SERVICE_NAME, HEALTH_SERVICE_NAME))
     health_server: grpc.aio.Server | None = None
     metrics_http: object | None = None
+    http: gateway.Uvicorn | None = None
+    http_port: int | None = None
     try:
         port = add_port(server, "port", settings.host, settings.port, credentials)
         health_port = None
@@ -135,7 +151,17 @@ async def start(settings: Settings) -> RunningServer:
         await server.start()
         if health_server is not None:
             await health_server.start()
+        if settings.http_port >= 0:
+            try:
+                sock = gateway.listen(settings.host, settings.http_port)
+            except OSError as exc:
+                address = _address(settings.host, settings.http_port)
+                raise StartupError(f"http_port: cannot listen on {address} ({exc.strerror or exc})") from None
+            http_port = sock.getsockname()[1]
+            http = await gateway.serve(servicer, settings, sock)
     except BaseException:
+        if http is not None:
+            await http.stop()
         if metrics_http is not None:
             metrics_http.shutdown()  # type: ignore[attr-defined]
         await server.stop(0)
@@ -149,10 +175,10 @@ async def start(settings: Settings) -> RunningServer:
     log.info("serving", extra={"port": port, "metrics_port": settings.metrics_port, "device": engine.device.kind,
                                "tls": "mtls" if settings.tls_client_ca else "tls" if credentials else "off",
                                "auth": "tokens" if auth.enabled else "off", "reflection": settings.reflection,
-                               "health_port": health_port, "repository": str(settings.repository_path),
+                               "health_port": health_port, "http_port": http_port, "repository": str(settings.repository_path),
                                "models": [e.name for e in repository.list()]})
     return RunningServer(server, port, servicer, health_servicer, engine, metrics, metrics_http, settings,
-                         health_server, health_port)
+                         health_server, health_port, http, http_port)
 
 
 def check_repository(path: Path) -> None:

@@ -30,6 +30,23 @@ def _yaml_list(items: list[str]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def fit_forest(seed: int = 0) -> tuple[RandomForestClassifier, list[np.ndarray]]:
+    """The demo's forest and its split (x_train, x_test, y_train, y_test), as exported: the same seed
+    gives the same trees (the integration tests compare shap on it with tree_shap on the export)."""
+    data = load_wine()
+    x = data.data.astype(np.float32)  # the ONNX model sees float32: train on what it sees
+    split = train_test_split(x, data.target, test_size=0.3, random_state=seed, stratify=data.target)
+    clf = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=seed)
+    clf.fit(split[0], split[2])
+    return clf, split
+
+
+def background_rows(x_train: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The model's background: BACKGROUND_ROWS training rows, in their order."""
+    rows = np.random.default_rng(seed).choice(len(x_train), size=BACKGROUND_ROWS, replace=False)
+    return x_train[np.sort(rows)].astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -37,12 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     data = load_wine()
-    x = data.data.astype(np.float32)  # the ONNX model sees float32: train on what it sees
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, data.target, test_size=0.3, random_state=args.seed, stratify=data.target
-    )
-    clf = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=args.seed)
-    clf.fit(x_train, y_train)
+    x = data.data.astype(np.float32)
+    clf, (x_train, x_test, y_train, y_test) = fit_forest(args.seed)
     acc = float((clf.predict(x_test) == y_test).mean())
     print(f"tabular held-out accuracy: {acc:.4f} ({len(y_test)} rows, split seed {args.seed})")
 
@@ -68,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         raise RuntimeError(f"ONNX export mismatch: {diff}")
     print(f"exported {path} ({path.stat().st_size} bytes)")
 
-    rng = np.random.default_rng(args.seed)
-    rows = rng.choice(len(x_train), size=BACKGROUND_ROWS, replace=False)
-    np.save(args.out / "background.npy", x_train[np.sort(rows)].astype(np.float32))
+    np.save(args.out / "background.npy", background_rows(x_train, args.seed))
 
     text = f"""kind: tabular
 input: {{name: input}}

@@ -39,8 +39,8 @@ space, fourier N(0, 0.01^2) per coefficient (lucent's sd), generator the codes' 
 latent_max x N(0, 1), clipped; `input`: the request's input (pixel only). Otherwise the request's input
 only settles the target when none is given (its top class).
 Response: the attribution is the final input in the model's space and layout (feed it back to the
-model); heatmap_png the same as an image (the preprocessing undone); arrays `image` (pixels [H, W, C]
-in [0, 1]), `score_curve` [steps + 1] (the objective at each step's input, then at the final
+model); with `render`, heatmap_png is that input as an image (its pixels, not a heatmap); arrays
+`image` (pixels [H, W, C] in [0, 1]), `score_curve` [steps + 1] (the objective at each step's input, then at the final
 untransformed one), `probability_curve` (the target's probability alongside) and, with a generator,
 `code`; figures `final_score`, `final_probability`. Defaults: 200 steps of Adam at learning rate 0.05
 and L2 1e-4 (0.4 and 0 with a generator), the class logit.
@@ -58,7 +58,6 @@ import onnx
 from ..config import Settings
 from ..engine.job import RowChunk
 from ..errors import FailedPrecondition, InvalidArgument
-from ..models.inputs import display_image
 from ..onnxgraph.autodiff import unsupported_operators
 from ..onnxgraph.compose import chain
 from ..onnxgraph.variants import PROBABILITIES_OUTPUT, SCORE_OUTPUT
@@ -170,6 +169,11 @@ class ActivationMaximization(Method):
             raise InvalidArgument(f"{n}.steps", f"at most {settings.max_rows_per_request - 1} (max_rows_per_request)",
                                   params["steps"])
         return params
+
+    def render(self, result: Result, options: Any, image: np.ndarray | None) -> bytes:
+        """The synthesised input itself as the PNG (its pixels, the preprocessing undone), not a heatmap."""
+        pixels = np.clip(np.round(result.arrays["image"] * 255.0), 0, 255).astype(np.uint8)
+        return encode_png(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels)
 
     def prediction_layer(self, params: dict[str, Any]) -> str:
         return params.get("layer") or ""
@@ -479,5 +483,4 @@ class _Ascent:
                   "probability_curve": np.array(probabilities, np.float32)}
         if self.kind == "generator":
             arrays["code"] = p.astype(np.float32)
-        png = encode_png(display_image(x, self.ctx.model.preprocess, self.ctx.model.signature.layout))
-        return Result(x, {"final_score": scores[-1], "final_probability": probabilities[-1]}, arrays, png=png)
+        return Result(x, {"final_score": scores[-1], "final_probability": probabilities[-1]}, arrays)

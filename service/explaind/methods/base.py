@@ -160,7 +160,6 @@ class Result:
     attribution: np.ndarray
     figures: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    png: bytes = b""  # an image the method made (activation maximisation): the response's heatmap_png
 
 
 @dataclass
@@ -257,7 +256,7 @@ class Method(ABC):
             return "" if white_box.layers else "the model has no 4-D activation to use as a layer"
         if white_box.offers(self.needs, self.rules_needed):
             return ""
-        return white_box.why_not()
+        return white_box.why_not(self.rules_needed)
 
     def parameters(self, given: Mapping[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         """The request's parameters validated by the declarations, then by `resolve`; as used."""
@@ -278,6 +277,10 @@ class Method(ABC):
         needing only the forward activation (CAM, Score-CAM) spends no pass of its own on it."""
         return ""
 
+    def preload(self, model: ModelView, settings: Settings) -> None:
+        """Work done once per model version before it serves (Explainer.warm, off the event loop), for
+        a method the model offers: nothing by default."""
+
     def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
         """All rows the stages will take, when known in advance (progress); None: per stage."""
         return None
@@ -286,6 +289,11 @@ class Method(ABC):
         """The engine rows behind planned_rows' model evaluations, for admission's cost (rows times the
         variant's measured seconds per row): the same unless a row expands inside the graph."""
         return self.planned_rows(params, ctx)
+
+    def render(self, result: Result, options: Any, image: np.ndarray | None) -> bytes:
+        """The response's PNG for `render` (render.RenderOptions): the attribution's heatmap."""
+        from ..render import render_heatmap  # the renderer loads only when a request renders
+        return render_heatmap(result.attribution, options, image=image)
 
     async def explain(self, params: dict[str, Any], ctx: MethodContext) -> MethodResult:
         runner = StageRunner(ctx, self.planned_engine_rows(params, ctx), allow_partial=ctx.allow_partial and

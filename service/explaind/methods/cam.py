@@ -8,6 +8,7 @@ sign). The weights are read from the graph: GlobalAveragePool (or ReduceMean ove
 axes), then optionally Flatten / Reshape / Squeeze, then Gemm (or MatMul, with or without an Add
 of the bias) producing the model's output. A model with anything else between the layer and the
 output is refused with the reason. Forward only: the prediction's pass, which also reads the layer. Score: the logit (the map decomposes the pre-softmax score).
+eigen_smooth and aug_smooth as every CAM (methods/cam_base.py; aug_smooth: five more predictions).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from onnx import numpy_helper
 
 from ..config import Settings
 from ..errors import FailedPrecondition, InvalidArgument, echo
-from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Result
-from .gradient_base import finish_map, resolve_layer, upsample_param
+from .base import LAYER_ACTIVATIONS, MethodContext, ModelView
+from .cam_base import BaseCam, LayerMap, MapStages, aug_smooth_param, eigen_smooth_param, weighted_map
+from .gradient_base import resolve_layer, upsample_param
 from .params import Bool, Text
 
 PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity"}
@@ -88,22 +90,23 @@ def class_weights(model: onnx.ModelProto, output: str) -> tuple[str, np.ndarray]
             raise refuse(f"found {path} from the output (node {node.name!r}, {node.op_type})")
 
 
-class Cam(Method):
+class Cam(BaseCam):
     name = "cam"
     title = "CAM"
     reference = "Zhou et al. 2016, Learning Deep Features for Discriminative Localization"
     description = "The last layer's activations weighted by the linear head's weights of the class (GAP + linear models)."
     needs = LAYER_ACTIVATIONS
-    kinds = frozenset({"image"})
-    default_score = LOGIT
+    reads_prediction_layer = True
     params = (
         Text("layer", None, "tensor name of the layer feeding the global average pooling",
              shown="the activation feeding the global pooling"),
         Bool("relu", False, "ReLU of the map (the paper's map keeps its sign)"),
         upsample_param(),
+        eigen_smooth_param(),
+        aug_smooth_param(),
     )
 
-    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
+    def map_rows(self, params: dict[str, Any], ctx: MethodContext) -> int:
         return 0  # the prediction stage reads the layer: nothing more
 
     def unavailable(self, model: ModelView) -> str:
@@ -126,14 +129,10 @@ class Cam(Method):
         params["layer"] = pooled
         return params
 
-    def prediction_layer(self, params: dict[str, Any]) -> str:
-        return str(params["layer"])
-
-    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Result:
-        activation = np.asarray(ctx.layer_activation, np.float64)                     # [K, h, w]
-        _, weights = class_weights(ctx.model.graph, ctx.model.signature.output_name)
+    def layer_map(self, x: np.ndarray, params: dict[str, Any], ctx: MethodContext) -> MapStages:
+        activation = (yield from self.activation(x, params, ctx)).astype(np.float64)    # [K, h, w]
+        _, weights = class_weights(ctx.model.graph, ctx.model.signature.output_name)  # MPRT re-draws them
         if weights.shape[1] != activation.shape[0]:
             raise FailedPrecondition(f"cam: the linear layer takes {weights.shape[1]} inputs but the pooled layer has "
                                      f"{activation.shape[0]} channels")
-        cam = np.tensordot(weights[ctx.target], activation, axes=1)
-        return Result(finish_map(cam, params["relu"], params["upsample"], ctx.model))
+        return LayerMap(weighted_map(weights[ctx.target], activation, bool(params["eigen_smooth"])))

@@ -13,7 +13,9 @@ ClassifierOutputTarget). Cost: K model evaluations besides the prediction (which
 known before the input is seen from the layer's inferred shape (planned_rows: shape inference on the
 model's concrete input shape where the graph leaves K symbolic, models/white_box.py; None only when
 even that cannot say). Forward passes only.
-The response's `arrays` holds channel_weights [K].
+eigen_smooth and aug_smooth as every CAM (methods/cam_base.py; aug_smooth: the layer of each augmented
+input from a prediction row, then its K masked rows). The response's `arrays` holds channel_weights [K]
+(of the unaugmented input).
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Settings
 from ..engine.job import RowChunk
 from ..onnxgraph.variants import SCORE_OUTPUT
 from ..onnxgraph.variants.channel_masks import ChannelMasks
-from .base import LAYER_ACTIVATIONS, LOGIT, Method, MethodContext, ModelView, Reducer, Result, Stage, Stages, chunked
-from .gradient_base import finish_map, layer_param, resolve_layer, upsample_param
-from .params import Bool
+from .base import LAYER_ACTIVATIONS, MethodContext, Reducer, Stage, chunked
+from .cam_base import BaseCam, LayerMap, MapStages, weighted_map
 
 CHUNK_ROWS = 256
 
@@ -46,38 +46,28 @@ def softmax(values: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-class ScoreCam(Method):
+class ScoreCam(BaseCam):
     name = "score_cam"
     title = "Score-CAM"
     reference = "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs; pytorch-grad-cam ScoreCAM"
     description = "A layer's channels weighted by the softmax of the scores of the input masked by each of them."
     needs = LAYER_ACTIVATIONS
-    kinds = frozenset({"image"})
-    default_score = LOGIT
     arrays = ("channel_weights",)
-    params = (layer_param(), Bool("relu", True, "ReLU of the weighted sum (pytorch-grad-cam)"), upsample_param())
+    reads_prediction_layer = True
 
-    def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
-        params["layer"] = resolve_layer(params, self.name, model)
-        return params
-
-    def prediction_layer(self, params: dict[str, Any]) -> str:
-        return str(params["layer"])
-
-    def planned_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
+    def map_rows(self, params: dict[str, Any], ctx: MethodContext) -> int | None:
         """One masked input per channel of the layer, when the graph's shapes say how many."""
         white_box = ctx.model.white_box
         return white_box.channels_of(str(params["layer"])) if white_box is not None else None
 
-    def stages(self, params: dict[str, Any], ctx: MethodContext) -> Stages:
-        activation = np.asarray(ctx.layer_activation, np.float32)                     # [K, h, w]
+    def layer_map(self, x: np.ndarray, params: dict[str, Any], ctx: MethodContext) -> MapStages:
+        activation = yield from self.activation(x, params, ctx)                     # [K, h, w]
         channels, h, w = activation.shape
         channel_ids = np.arange(channels, dtype=np.int64)
         rows = chunked(channels, CHUNK_ROWS, lambda start, n: {"channel": channel_ids[start:start + n]})
         scored = yield Stage(ChannelMasks(score=ctx.score, layer_height=h, layer_width=w),
-                             {**ctx.target_constants(), "activation": activation}, rows, channels,
+                             {**ctx.target_constants(), "x0": x, "activation": activation}, rows, channels,
                              ChannelScores(channels))
         weights = softmax(scored.scores)
-        cam = np.tensordot(weights, activation.astype(np.float64), axes=1)
-        return Result(finish_map(cam, params["relu"], params["upsample"], ctx.model),
-                      arrays={"channel_weights": weights.astype(np.float32)})
+        return LayerMap(weighted_map(weights, activation, bool(params["eigen_smooth"])),
+                        {"channel_weights": weights.astype(np.float32)})

@@ -18,12 +18,16 @@ The model's output column c is a function of the margins m (the trees' sums plus
 T(a m_j + b), with T identity or logistic. onnxruntime's binary case (two class labels, one class
 scored) writes [1 - s, s] (weights all positive, no transform), [-s, s] or [sigma(-s), sigma(s)].
 A post transform other than NONE and LOGISTIC (SOFTMAX, SOFTMAX_ZERO, PROBIT) leaves only the margin.
+The transforms are read as onnxruntime applies them (measured, 1.32): a single-target
+TreeEnsembleRegressor or TreeEnsemble outputs its sum untransformed (PROBIT aside), and opset 5's
+post_transform 1 is the logistic, 2 the softmax (the spec numbers them the other way round).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -31,11 +35,18 @@ from onnx import numpy_helper
 
 from ..errors import FailedPrecondition
 
+FLAT_CELLS = 1 << 20  # rows x trees per step of a flattened traversal (8 MiB of node indices)
 TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")
 PASS_THROUGH = {"Identity", "Cast"}
 V5_MODES = {0: "BRANCH_LEQ", 1: "BRANCH_LT", 2: "BRANCH_GTE", 3: "BRANCH_GT", 4: "BRANCH_EQ", 5: "BRANCH_NEQ",
             6: "BRANCH_MEMBER"}
-V5_TRANSFORMS = {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
+# The opset-5 spec numbers post_transform NONE 0, SOFTMAX 1, LOGISTIC 2, SOFTMAX_ZERO 3, PROBIT 4;
+# onnxruntime (measured on 1.32) applies 1 as the logistic and 2 as the softmax. The model's output is
+# what onnxruntime computes, so its reading is used (the reproduction check refuses a model whose
+# runtime reads them otherwise).
+V5_TRANSFORMS = {0: "NONE", 1: "LOGISTIC", 2: "SOFTMAX", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
+# onnxruntime writes a single-target regressor's (and opset-5 ensemble's) sum untransformed unless PROBIT.
+UNTRANSFORMED_SINGLE = {"TreeEnsembleRegressor", "TreeEnsemble"}
 V5_AGGREGATES = {0: "AVERAGE", 1: "SUM", 2: "MIN", 3: "MAX"}
 IDENTITY = "identity"
 LOGISTIC = "logistic"
@@ -105,23 +116,19 @@ class TreeModel:
                                  "form in TreeExplainer (identity or logistic of one margin); explain the margin "
                                  "(score LOGIT) instead")
 
+    @functools.cached_property
+    def flat(self) -> "FlatTrees":
+        """All trees in one node array (computed once per model: the per-request traversals use it)."""
+        return FlatTrees.of(self.trees)
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """[R, outputs]: the model's output as onnxruntime computes it, from these trees (a check that
         they were read right)."""
+        flat = self.flat
         rows = np.asarray(rows, np.float64)
-        margins = np.tile(self.base, (len(rows), 1))
-        for t in self.trees:
-            node = np.zeros(len(rows), np.int64)
-            while True:
-                inner = t.children_left[node] >= 0
-                if not inner.any():
-                    break
-                at = node[inner]
-                x = rows[np.nonzero(inner)[0], t.features[at]]
-                nxt = np.where(np.isnan(x), t.children_default[at],
-                               np.where(x <= t.thresholds[at], t.children_left[at], t.children_right[at]))
-                node[inner] = nxt
-            margins += t.values[node]
+        margins = np.empty((len(rows), self.margins))
+        for start, leaves in flat.leaves_reached(rows):
+            margins[start:start + len(leaves)] = self.base + flat.values[leaves].sum(axis=1)
         if self.layout != "margins":
             s = margins[:, 0]
             if self.layout == "binary_positive":
@@ -158,6 +165,72 @@ class TreeModel:
                 "objective": "binary_crossentropy" if column.transform == LOGISTIC else "squared_error",
                 "input_dtype": np.float64, "internal_dtype": np.float64}
 
+
+@dataclass(frozen=True)
+class FlatTrees:
+    """Every tree's nodes in one array (children as indices into it, -1 for a leaf's): one traversal
+    step moves every row down every tree at once (numpy, no loop over trees)."""
+
+    left: np.ndarray         # [N]
+    right: np.ndarray
+    default: np.ndarray
+    feature: np.ndarray      # [N], 0 at leaves (never read there)
+    threshold: np.ndarray
+    values: np.ndarray       # [N, margins]
+    roots: np.ndarray        # [T]
+    offsets: np.ndarray      # [T + 1]: tree t's nodes are offsets[t]:offsets[t + 1]
+
+    @staticmethod
+    def of(trees: list[Tree]) -> "FlatTrees":
+        sizes = np.array([len(t.features) for t in trees], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+        def shifted(name: str) -> np.ndarray:
+            return np.concatenate([np.where(getattr(t, name) >= 0, getattr(t, name).astype(np.int64) + offsets[i], -1)
+                                   for i, t in enumerate(trees)])
+
+        return FlatTrees(shifted("children_left"), shifted("children_right"), shifted("children_default"),
+                         np.concatenate([np.maximum(t.features, 0) for t in trees]).astype(np.int64),
+                         np.concatenate([t.thresholds for t in trees]), np.concatenate([t.values for t in trees]),
+                         offsets[:-1].copy(), offsets)
+
+    def chunks(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """The rows (float64) in chunks of at most FLAT_CELLS rows x trees: (start, chunk)."""
+        rows = np.asarray(rows, np.float64)
+        per = max(1, FLAT_CELLS // max(1, len(self.roots)))
+        for start in range(0, len(rows), per):
+            yield start, rows[start:start + per]
+
+    def steps(self, chunk: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(nodes [r, T], moved [r, T]): every row at every tree's root (moved None), then after each
+        step down (a row already at a leaf stays there, moved False)."""
+        node = np.broadcast_to(self.roots, (len(chunk), len(self.roots))).copy()
+        yield node, None
+        at = np.arange(len(chunk))[:, None]
+        while True:
+            left = self.left[node]
+            inner = left >= 0
+            if not inner.any():
+                return
+            x = chunk[at, self.feature[node]]
+            step = np.where(np.isnan(x), self.default[node], np.where(x <= self.threshold[node], left, self.right[node]))
+            node = np.where(inner, step, node)
+            yield node, inner
+
+    def leaves_reached(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """For chunks of rows (start, [r, T] the leaf each row reaches in each tree)."""
+        for start, chunk in self.chunks(rows):
+            for node, _ in self.steps(chunk):
+                pass
+            yield start, node
+
+    def covers(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Per tree, how many of the rows reach each of its nodes."""
+        count = np.zeros(len(self.left))
+        for _, chunk in self.chunks(rows):
+            for node, moved in self.steps(chunk):
+                count += np.bincount(node.ravel() if moved is None else node[moved], minlength=len(count))
+        return [count[self.offsets[t]:self.offsets[t + 1]] for t in range(len(self.roots))]
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-v))
@@ -413,6 +486,8 @@ def _aggregate(op: str, where: str, trees: list[Tree], base: np.ndarray, transfo
     elif aggregate != "SUM":
         raise FailedPrecondition(f"{where}: aggregate_function {aggregate} is not a sum over trees (Tree SHAP "
                                  "needs an additive ensemble)")
+    if op in UNTRANSFORMED_SINGLE and layout == "margins" and len(base) == 1 and transform != "PROBIT":
+        transform = "NONE"
     return TreeModel(op, trees, base, transform, layout, outputs, num_features)
 
 

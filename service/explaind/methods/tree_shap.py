@@ -25,13 +25,18 @@ Score: PROBABILITY (default) is the model's output column (NONE or LOGISTIC post
 is the ensemble's margin before the post transform, read from the graph even when the model outputs
 probabilities (SOFTMAX models: LOGIT only). Figures: base_value (E[g]), f_x, trees, leaves,
 background_rows. Work runs in chunks off the event loop, the deadline and cancellation honoured
-between chunks.
+between chunks. The first request for a column and mode prepares its TreeExplainers (shap's arrays,
+the background or covers set); they are kept per model version, within tree_shap_cache_bytes (least
+recently used dropped), so later requests run only shap's algorithm on the input (tabular demo,
+through gRPC, warm: ~3 ms per request); tree_shap_preload prepares the interventional ones of
+every column when the version loads.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Callable
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -81,22 +86,7 @@ def check_reproduces(trees: TreeModel, x: np.ndarray, output: np.ndarray) -> Non
 def background_covers(trees: TreeModel, background: np.ndarray) -> list[np.ndarray]:
     """Per tree, how many background rows reach each node (as shap's TreeExplainer computes them
     from `data`), zero covers raised to 1e-6 as shap does (its path weights divide by them)."""
-    rows = np.asarray(background, np.float64)
-    covers = []
-    for t in trees.trees:
-        count = np.zeros(len(t.features))
-        node = np.zeros(len(rows), np.int64)
-        active = np.ones(len(rows), bool)
-        while active.any():
-            np.add.at(count, node[active], 1.0)
-            inner = active & (t.children_left[node] >= 0)
-            at = node[inner]
-            x = rows[np.nonzero(inner)[0], t.features[at]]
-            node[inner] = np.where(np.isnan(x), t.children_default[at],
-                                   np.where(x <= t.thresholds[at], t.children_left[at], t.children_right[at]))
-            active = inner
-        covers.append(np.where(count == 0.0, 1e-6, count))
-    return covers
+    return [np.where(count == 0.0, 1e-6, count) for count in trees.flat.covers(np.asarray(background, np.float64))]
 
 
 def hitrate_covers(trees: TreeModel) -> list[np.ndarray]:
@@ -112,50 +102,120 @@ def hitrate_covers(trees: TreeModel) -> list[np.ndarray]:
     return covers
 
 
-def interventional_parts(trees: TreeModel, column: Column, x: np.ndarray,
-                         background: np.ndarray) -> list[Callable[[], tuple[np.ndarray, float, float]]]:
-    """Chunks of background rows: each gives (sum of its rows' phi, sum of their base values, rows)."""
+Prepared = list[tuple[Any, float]]  # per chunk: (a shap TreeExplainer, its background rows; 0 for trees)
+Build = Callable[[], tuple[Any, float]]
+
+
+def interventional_builds(trees: TreeModel, column: Column, background: np.ndarray) -> list[Build]:
+    """Chunks of background rows, each a TreeExplainer over its rows (weighted by them)."""
     nodes = max(1, sum(len(t.features) for t in trees.trees))
     size = int(max(1, min(SHAP_MAX_BACKGROUND, NODE_VISITS_PER_CHUNK // nodes)))
     model = trees.shap_model(column)
     output = "probability" if column.transform == LOGISTIC else "raw"
     rows = np.asarray(background, np.float64)
 
-    def part(chunk: np.ndarray) -> Callable[[], tuple[np.ndarray, float, float]]:
-        def run() -> tuple[np.ndarray, float, float]:
+    def build(chunk: np.ndarray) -> Build:
+        def run() -> tuple[Any, float]:
             import shap
 
-            explainer = shap.TreeExplainer(model, data=chunk, feature_perturbation="interventional",
-                                           model_output=output)
-            phi = np.asarray(explainer.shap_values(x[None, :].astype(np.float64), check_additivity=False),
-                             np.float64).reshape(-1)
-            return phi * len(chunk), float(np.ravel(explainer.expected_value)[0]) * len(chunk), float(len(chunk))
+            return (shap.TreeExplainer(model, data=chunk, feature_perturbation="interventional", model_output=output),
+                    float(len(chunk)))
         return run
 
-    return [part(rows[start:start + size]) for start in range(0, len(rows), size)]
+    return [build(rows[start:start + size]) for start in range(0, len(rows), size)]
 
 
-def path_dependent_parts(trees: TreeModel, column: Column, x: np.ndarray,
-                         covers: list[np.ndarray]) -> list[Callable[[], tuple[np.ndarray, float, float]]]:
-    """Chunks of trees (the values add over trees): each gives (phi, its trees' expected value, 0)."""
+def path_dependent_builds(trees: TreeModel, column: Column, covers: list[np.ndarray]) -> list[Build]:
+    """Chunks of trees (the values add over trees), each a TreeExplainer over its trees."""
     model = trees.shap_model(column, covers)
     all_trees = model["trees"]
     nodes = [len(t["features"]) for t in all_trees]
     per_chunk = max(1, NODE_VISITS_PER_CHUNK // max(1, max(nodes) * 64))
-    parts = []
+    builds = []
     for start in range(0, len(all_trees), per_chunk):
         chunk = {**model, "trees": all_trees[start:start + per_chunk],
                  "base_offset": model["base_offset"] if start == 0 else 0.0}
 
-        def run(chunk: dict[str, Any] = chunk) -> tuple[np.ndarray, float, float]:
+        def run(chunk: dict[str, Any] = chunk) -> tuple[Any, float]:
             import shap
 
-            explainer = shap.TreeExplainer(chunk, feature_perturbation="tree_path_dependent")
-            phi = np.asarray(explainer.shap_values(x[None, :].astype(np.float64), check_additivity=False),
-                             np.float64).reshape(-1)
-            return phi, float(np.ravel(explainer.expected_value)[0]), 0.0
-        parts.append(run)
-    return parts
+            return shap.TreeExplainer(chunk, feature_perturbation="tree_path_dependent"), 0.0
+        builds.append(run)
+    return builds
+
+
+def explain_part(explainer: Any, rows: float, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """One chunk's phi and expected value, weighted by its background rows (trees: unweighted)."""
+    phi = np.asarray(explainer.shap_values(x[None, :], check_additivity=False), np.float64).reshape(-1)
+    base = float(np.ravel(explainer.expected_value)[0])
+    weight = rows if rows else 1.0
+    return phi * weight, base * weight
+
+
+def held_bytes(value: Any, seen: set[int] | None = None, depth: int = 0) -> int:
+    """The bytes of the numpy arrays an object holds (through dicts, lists and attributes, 4 levels):
+    what a prepared TreeExplainer costs the cache."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or depth > 4:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(held_bytes(v, seen, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v, seen, depth + 1) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return sum(held_bytes(v, seen, depth + 1) for v in vars(value).values())
+    return 0
+
+
+class PreparedCache:
+    """The TreeExplainers prepared for one model version, by (feature_perturbation, covers, column).
+
+    A version's graph (its sha256) and background rows are fixed, so the key within it is the mode
+    and the explained column; the explainer keeps one cache per version (ModelView.derived) and drops
+    it with the version. Bounded by `budget` bytes (the arrays the explainers hold, measured): the
+    least recently used are dropped beyond it; a preparation larger than the budget is not kept.
+    Thread-safe (requests prepare in worker threads; two concurrent misses both build, one is kept)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.entries: OrderedDict[Hashable, tuple[Prepared, int]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Prepared | None:
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return None
+            self.entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: Hashable, prepared: Prepared) -> int:
+        """Keep `prepared` (unless over the whole budget or already there); returns how many entries
+        were dropped to make room, -1 when it was not kept."""
+        size = held_bytes(prepared)
+        dropped = 0
+        with self.lock:
+            if size > self.budget or key in self.entries:
+                return -1
+            self.entries[key] = (prepared, size)
+            self.used += size
+            while self.used > self.budget:
+                _, (_, freed) = self.entries.popitem(last=False)
+                self.used -= freed
+                dropped += 1
+        return dropped
+
+
+def prepared_cache(model: ModelView, settings: Settings) -> PreparedCache:
+    return model.derive("tree_shap.prepared", lambda: PreparedCache(settings.tree_shap_cache_bytes))
+
+
+async def _checkpoint() -> None:
+    """Nothing: a yield between chunks, where the deadline and cancellation are honoured."""
 
 
 class TreeShap(Method):
@@ -182,6 +242,27 @@ class TreeShap(Method):
         except FailedPrecondition as why:
             return str(why)
         return ""
+
+    def preload(self, model: ModelView, settings: Settings) -> None:
+        """tree_shap_preload: the interventional explainers of every output column, PROBABILITY and LOGIT
+        where the model has them, prepared into the version's cache (the key a request looks up);
+        stops once the cache is full (an entry not kept or one dropped)."""
+        if not settings.tree_shap_preload or model.background is None:
+            return
+        trees = tree_model(model)
+        cache = prepared_cache(model, settings)
+        background = np.asarray(model.background, np.float32)
+        for c in range(max(trees.outputs, 1)):
+            for score in (PROBABILITY, LOGIT):
+                try:
+                    column = explained_column(trees, c, score, model.signature.scores)
+                except FailedPrecondition:
+                    continue
+                key = ("interventional", "background", column)
+                if cache.get(key) is not None:
+                    continue
+                if cache.put(key, [build() for build in interventional_builds(trees, column, background)]) != 0:
+                    return  # full: what is there now serves the requests
 
     def resolve(self, params: dict[str, Any], model: ModelView, settings: Settings, score: str) -> dict[str, Any]:
         interventional = params["feature_perturbation"] == "interventional"
@@ -219,19 +300,32 @@ class TreeShap(Method):
         column = explained_column(trees, ctx.target, ctx.score, ctx.model.signature.scores)
         x = ctx.x.astype(np.float32).astype(np.float64)
         background = ctx.model.background
-        if params["feature_perturbation"] == "interventional":
-            parts = interventional_parts(trees, column, x, np.asarray(background, np.float32))
-        else:
-            covers = (background_covers(trees, np.asarray(background, np.float32))
-                      if params.get("covers", "background") == "background" else hitrate_covers(trees))
-            parts = path_dependent_parts(trees, column, x, covers)
+        perturbation = params["feature_perturbation"]
+        covers = params.get("covers", "background")
+        key = (perturbation, covers, column)
+        cache = prepared_cache(ctx.model, ctx.settings)
+        prepared = cache.get(key)
+        if prepared is None:  # first request for this column and mode: build, one chunk per step
+            if perturbation == "interventional":
+                builds = interventional_builds(trees, column, np.asarray(background, np.float32))
+            else:
+                node_covers = (background_covers(trees, np.asarray(background, np.float32)) if covers == "background"
+                               else hitrate_covers(trees))
+                builds = path_dependent_builds(trees, column, node_covers)
+            prepared = []
+            for build in builds:
+                yield Await(_checkpoint)
+                prepared.append(build())
+            cache.put(key, prepared)
         phi = np.zeros(len(x))
         base, rows = 0.0, 0.0
-        for run in parts:  # each chunk off the event loop; the deadline is checked before each
-            part_phi, part_base, part_rows = yield Await(lambda run=run: asyncio.to_thread(run))
+        for i, (explainer, weight) in enumerate(prepared):  # the generator runs off the event loop
+            if i:
+                yield Await(_checkpoint)
+            part_phi, part_base = explain_part(explainer, weight, x)
             phi += part_phi
             base += part_base
-            rows += part_rows
+            rows += weight
         if rows:  # interventional: the rows' weighted means
             phi, base = phi / rows, base / rows
         figures = {"base_value": base, "f_x": base + float(phi.sum()), "trees": float(len(trees.trees)),

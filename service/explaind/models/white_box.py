@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..onnxgraph.autodiff import unsupported_operators
+from ..onnxgraph.autodiff.lrp import operators_without_rule
 from .repository import LoadedModel
 
 
@@ -30,6 +31,12 @@ class WhiteBox:
     layers: tuple[str, ...] = ()       # 4-D float activations, in graph order
     default_layer: str = ""            # model.yaml layers.cam, else the last 4-D input of a global pooling
     rules: tuple[str, ...] = ("plain", "guided", "deconvnet")  # backward rules the model offers
+    blocked_rules: tuple[tuple[str, str], ...] = ()  # (rule, why not: the operator and node) of the others
+
+    @property
+    def lrp_reason(self) -> str:
+        """Why the model offers no "lrp" rules ("" when it does or nothing says)."""
+        return dict(self.blocked_rules).get("lrp", "")
     exported: tuple[str, str] | None = None  # gradients: exported: (seed input, gradient output)
     channels: tuple[tuple[str, int], ...] = ()  # (layer, its channel count) where shape inference knows it
 
@@ -46,14 +53,22 @@ class WhiteBox:
             return False
         return all(rule in self.rules for rule in rules_needed)
 
-    def why_not(self) -> str:
+    def why_not(self, rules_needed: tuple[str, ...] = ()) -> str:
         if not self.available:
             return self.reason
+        blocked = dict(self.blocked_rules)
+        for rule in rules_needed:
+            if rule in blocked:
+                return blocked[rule]
         if self.exported:
             return "the model exports its plain input gradient only (layer methods and guided or deconvnet " \
                    "rules need gradients: auto)"
         return "the model has no 4-D activation to use as a layer"
 
+
+# Rule variants checked operator by operator when a model loads (guided and deconvnet change only
+# ReLU and serve wherever the plain gradient does); a model may offer some and not others.
+CHECKED_RULES = ("deep_lift", "rect_grad", "excitation", "excitation_contrastive")
 
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
 
@@ -76,8 +91,44 @@ def inspect_white_box(entry: LoadedModel) -> WhiteBox:
         if config.kind == "image" else []
     layers = [name for name, _ in found]
     default = config.layers.get("cam", "") or last_pooled_activation(model, set(layers))
-    return WhiteBox(True, "", tuple(layers), default,
-                    channels=tuple((name, k) for name, k in found if k is not None))
+    rules, blocked_rules = checked_rules(model, entry.output_spec.name, entry.input_spec.name)
+    lrp_reason = lrp_unavailable(model, entry.output_spec.name, entry.input_spec.name)
+    rules += () if lrp_reason else ("lrp",)
+    blocked_rules += (("lrp", lrp_reason),) if lrp_reason else ()
+    return WhiteBox(True, "", tuple(layers), default, rules=("plain", "guided", "deconvnet", *rules),
+                    blocked_rules=blocked_rules, channels=tuple((name, k) for name, k in found if k is not None))
+
+
+def lrp_unavailable(model: onnx.ModelProto, output: str, source: str) -> str:
+    """Why LRP cannot run on the model ("" when it can): the first operator without a relevance rule
+    (LRP's composites choose rules per node, so it is checked apart from CHECKED_RULES)."""
+    try:
+        blocked = operators_without_rule(model, output, source)
+    except Exception as exc:  # noqa: BLE001  (gradients work; LRP alone is refused, with the reason)
+        return f"relevance rules cannot be derived: {exc}"
+    if not blocked:
+        return ""
+    op, node = blocked[0]
+    more = f" (and {len(blocked) - 1} more operators)" if len(blocked) > 1 else ""
+    return f"operator {op} (node {node!r}) has no relevance rule (LRP){more}"
+
+
+def checked_rules(model: onnx.ModelProto, output: str, input_name: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(the CHECKED_RULES the model supports, (rule, reason) for each it does not)."""
+    supported, blocked = [], []
+    for rule in CHECKED_RULES:
+        try:
+            missing = unsupported_operators(model, output, [input_name], rule=rule)
+        except Exception as exc:  # noqa: BLE001  (as for the plain rules: the reason is reported)
+            blocked.append((rule, f"the {rule} rules cannot be applied: {exc}"))
+            continue
+        if missing:
+            op, node = missing[0]
+            more = f" (and {len(missing) - 1} more operators)" if len(missing) > 1 else ""
+            blocked.append((rule, f"operator {op} (node {node!r}) has no {rule} rule{more}"))
+        else:
+            supported.append(rule)
+    return tuple(supported), tuple(blocked)
 
 
 def four_d_activations(model: onnx.ModelProto) -> list[str]:

@@ -18,10 +18,14 @@ from explaind.models.repository import ModelRepository
 SMALL = {"rise": {"num_masks": 40}, "smooth_grad": {"num_samples": 7}, "integrated_gradients": {"n_steps": 9},
          "extremal_perturbation": {"iterations": 3, "areas": [0.1]}, "lime": {"num_samples": 40},
          "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]},
+         "smooth_grad_cam_plus_plus": {"num_samples": 5},
          "activation_maximization": {"steps": 5}}
 # Kernel SHAP with shap's auto nsamples (settled by the image's superpixel count), slic's ~100 superpixels.
 IMAGE_EXTRA = [("kernel_shap", {"segmentation": "slic"}), ("kernel_shap", {}), ("occlusion", {}),
-               ("lime", {"num_samples": 33, "segmentation": "felzenszwalb"})]
+               ("lime", {"num_samples": 33, "segmentation": "felzenszwalb"}),
+               # aug_smooth: six maps; the forward CAMs read five augmented inputs' layers with rows of their own
+               ("ablation_cam", {"aug_smooth": True}), ("eigen_cam", {"aug_smooth": True}),
+               ("layer_cam", {"aug_smooth": True}), ("feature_maps", {"rank_by": "grad_cam"})]
 TABULAR = {"occlusion": {}, "lime": {"num_samples": 50}, "kernel_shap": {"nsamples": 30},
            "kernel_shap_kmeans": {"nsamples": 30, "background_kmeans": 3}}
 

@@ -10,13 +10,16 @@ value = mean f(background) = (11.5 + 13.5) / 2 = 7.5; 7.5 + 1 + 5 = 13.5.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from explaind.config import Settings
 from explaind.engine.engine import ServedModel
 from explaind.methods.base import ModelView
-from explaind.methods.tree_shap import TreeShap
+from explaind.methods.tree_shap import PreparedCache, TreeShap, held_bytes
 from explaind.onnxgraph.signature import ModelSignature
 from inprocess import explain
 
@@ -77,3 +80,66 @@ def test_a_model_without_trees_is_refused():
     onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     why = TreeShap().unavailable(model(onx)[1])
     assert "tree ensemble" in why and "Gemm" in why
+
+
+def test_prepared_cache_drops_the_least_recently_used_beyond_its_budget():
+    cache = PreparedCache(budget=1000)
+    entry = [(np.zeros(50), 1.0)]  # 400 bytes held
+    for key in ("a", "b"):
+        cache.put(key, [(np.zeros(50), 1.0)])
+    assert cache.get("a") is not None and cache.used == 800  # "a" now the most recently used
+    cache.put("c", entry)
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is entry
+    assert cache.used == 800
+    cache.put("big", [(np.zeros(200), 1.0)])  # 1600 bytes: over the whole budget, not kept
+    assert cache.get("big") is None and cache.used == 800
+
+
+def test_held_bytes_counts_the_arrays_an_explainer_holds():
+    shap = pytest.importorskip("shap")
+    explainer = shap.TreeExplainer({"trees": [{"children_left": np.array([1, -1, -1]), "children_right": np.array([2, -1, -1]),
+                                               "children_default": np.array([1, -1, -1]), "features": np.array([0, -1, -1]),
+                                               "thresholds": np.array([1.0, 0, 0]), "values": np.array([[0.0], [1.0], [3.0]]),
+                                               "node_sample_weight": np.array([2.0, 1.0, 1.0])}]},
+                                   data=BACKGROUND.astype(np.float64), feature_perturbation="interventional")
+    assert held_bytes(explainer) >= BACKGROUND.astype(np.float64).nbytes + 7 * 3 * 8
+
+
+def test_repeated_requests_reuse_the_prepared_explainers():
+    """With the version's derived dict (as the server passes it) the second request finds the first's
+    explainers: same values; with tree_shap_cache_bytes 0 none are kept."""
+    onx = two_trees()
+    served, view = model(onx)
+    derived: dict = {}
+    view = dataclasses.replace(view, derived=derived)
+    x = np.array([1.0, 2.0], np.float32)
+    first, _ = explain(TreeShap(), {}, (served, view), x, 0)
+    cache = derived["tree_shap.prepared"]
+    assert len(cache.entries) == 1 and cache.used > 0
+    (prepared, _), = cache.entries.values()
+    second, _ = explain(TreeShap(), {}, (served, view), x, 0)
+    assert next(iter(cache.entries.values()))[0] is prepared
+    np.testing.assert_array_equal(first.attribution, second.attribution)
+    np.testing.assert_allclose(second.attribution, [1.0, 5.0], atol=1e-6)
+    explain(TreeShap(), {"feature_perturbation": "tree_path_dependent"}, (served, view), x, 0)
+    assert len(cache.entries) == 2  # another mode, another entry
+    derived.clear()
+    explain(TreeShap(), {}, (served, view), x, 0, settings=Settings(intra_op_threads=1, tree_shap_cache_bytes=0))
+    assert len(derived["tree_shap.prepared"].entries) == 0
+
+
+def test_preload_prepares_what_a_request_looks_up():
+    onx = two_trees()
+    served, view = model(onx)
+    derived: dict = {}
+    view = dataclasses.replace(view, derived=derived)
+    TreeShap().preload(view, Settings(intra_op_threads=1))
+    assert derived == {}  # off by default
+    settings = Settings(intra_op_threads=1, tree_shap_preload=True)
+    TreeShap().preload(view, settings)
+    cache = derived["tree_shap.prepared"]
+    assert [key[:2] for key in cache.entries] == [("interventional", "background")]  # NONE: no LOGIT column
+    prepared = next(iter(cache.entries.values()))[0]
+    outcome, _ = explain(TreeShap(), {}, (served, view), np.array([1.0, 2.0], np.float32), 0, settings=settings)
+    assert len(cache.entries) == 1 and next(iter(cache.entries.values()))[0] is prepared
+    np.testing.assert_allclose(outcome.attribution, [1.0, 5.0], atol=1e-6)

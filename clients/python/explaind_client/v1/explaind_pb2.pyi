@@ -292,25 +292,49 @@ class Deconvnet(_message.Message):
     channel_reduction: str
     def __init__(self, channel_reduction: _Optional[str] = ...) -> None: ...
 
+class Lrp(_message.Message):
+    __slots__ = ("composite", "epsilon", "gamma", "layer_rules", "contrast", "channel_reduction")
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    LAYER_RULES_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    composite: str
+    epsilon: float
+    gamma: float
+    layer_rules: str
+    contrast: str
+    channel_reduction: str
+    def __init__(self, composite: _Optional[str] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ..., layer_rules: _Optional[str] = ..., contrast: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
 class GradCam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class GradCamPlusPlus(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class GuidedGradCam(_message.Message):
     __slots__ = ("layer", "upsample", "channel_reduction")
@@ -323,24 +347,32 @@ class GuidedGradCam(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., upsample: _Optional[str] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
 
 class ScoreCam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class Cam(_message.Message):
-    __slots__ = ("layer", "relu", "upsample")
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RELU_FIELD_NUMBER: _ClassVar[int]
     UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     layer: str
     relu: bool
     upsample: str
-    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class ActivationMaximization(_message.Message):
     __slots__ = ("objective", "layer", "channel", "position", "parameterization", "steps", "learning_rate", "optimizer", "l2", "blur_every", "blur_sigma", "norm_percentile", "contribution_percentile", "jitter", "scale", "rotation", "decay_power", "clip", "start")
@@ -384,6 +416,162 @@ class ActivationMaximization(_message.Message):
     start: str
     def __init__(self, objective: _Optional[str] = ..., layer: _Optional[str] = ..., channel: _Optional[int] = ..., position: _Optional[_Iterable[int]] = ..., parameterization: _Optional[str] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., l2: _Optional[float] = ..., blur_every: _Optional[int] = ..., blur_sigma: _Optional[float] = ..., norm_percentile: _Optional[float] = ..., contribution_percentile: _Optional[float] = ..., jitter: _Optional[int] = ..., scale: _Optional[float] = ..., rotation: _Optional[float] = ..., decay_power: _Optional[float] = ..., clip: _Optional[bool] = ..., start: _Optional[str] = ...) -> None: ...
 
+class DeepLift(_message.Message):
+    __slots__ = ("baseline", "channel_reduction")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    baseline: float
+    channel_reduction: str
+    def __init__(self, baseline: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class DeepLiftShap(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RectGrad(_message.Message):
+    __slots__ = ("q", "channel_reduction")
+    Q_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    q: float
+    channel_reduction: str
+    def __init__(self, q: _Optional[float] = ..., channel_reduction: _Optional[str] = ...) -> None: ...
+
+class ExcitationBackprop(_message.Message):
+    __slots__ = ("layer", "contrastive", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CONTRASTIVE_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    contrastive: bool
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., contrastive: _Optional[bool] = ..., upsample: _Optional[str] = ...) -> None: ...
+
+class XGradCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class LayerCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class HiResCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class GradCamElementWise(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class EigenCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class EigenGradCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class AblationCam(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
+
+class SmoothGradCamPlusPlus(_message.Message):
+    __slots__ = ("layer", "relu", "upsample", "eigen_smooth", "aug_smooth", "num_samples", "noise_level", "stdev")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    RELU_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    STDEV_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    relu: bool
+    upsample: str
+    eigen_smooth: bool
+    aug_smooth: bool
+    num_samples: int
+    noise_level: float
+    stdev: float
+    def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ..., num_samples: _Optional[int] = ..., noise_level: _Optional[float] = ..., stdev: _Optional[float] = ...) -> None: ...
+
+class FeatureMaps(_message.Message):
+    __slots__ = ("layer", "top_k", "rank_by", "upsample")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RANK_BY_FIELD_NUMBER: _ClassVar[int]
+    UPSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    top_k: int
+    rank_by: str
+    upsample: str
+    def __init__(self, layer: _Optional[str] = ..., top_k: _Optional[int] = ..., rank_by: _Optional[str] = ..., upsample: _Optional[str] = ...) -> None: ...
+
 class Render(_message.Message):
     __slots__ = ("colormap", "polarity", "overlay", "clip_percentile", "clip_percentile_low", "alpha")
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
@@ -401,7 +589,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "activation_maximization", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "activation_maximization", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -428,6 +616,20 @@ class ExplainRequest(_message.Message):
     GUIDED_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
     SCORE_CAM_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
+    LRP_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_FIELD_NUMBER: _ClassVar[int]
+    DEEP_LIFT_SHAP_FIELD_NUMBER: _ClassVar[int]
+    RECT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    EXCITATION_BACKPROP_FIELD_NUMBER: _ClassVar[int]
+    XGRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    LAYER_CAM_FIELD_NUMBER: _ClassVar[int]
+    HIRES_CAM_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CAM_ELEMENT_WISE_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_CAM_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_GRAD_CAM_FIELD_NUMBER: _ClassVar[int]
+    ABLATION_CAM_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_GRAD_CAM_PLUS_PLUS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MAPS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_MAXIMIZATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -457,10 +659,24 @@ class ExplainRequest(_message.Message):
     guided_grad_cam: GuidedGradCam
     score_cam: ScoreCam
     cam: Cam
+    lrp: Lrp
+    deep_lift: DeepLift
+    deep_lift_shap: DeepLiftShap
+    rect_grad: RectGrad
+    excitation_backprop: ExcitationBackprop
+    xgrad_cam: XGradCam
+    layer_cam: LayerCam
+    hires_cam: HiResCam
+    grad_cam_element_wise: GradCamElementWise
+    eigen_cam: EigenCam
+    eigen_grad_cam: EigenGradCam
+    ablation_cam: AblationCam
+    smooth_grad_cam_plus_plus: SmoothGradCamPlusPlus
+    feature_maps: FeatureMaps
     activation_maximization: ActivationMaximization
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., activation_maximization: _Optional[_Union[ActivationMaximization, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., activation_maximization: _Optional[_Union[ActivationMaximization, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -589,7 +805,7 @@ class Preprocess(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "generator")
+    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "rule_families", "lrp_reason", "generator")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -612,6 +828,8 @@ class ModelInfo(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     RUN_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    LRP_REASON_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ModelStatus
@@ -635,8 +853,10 @@ class ModelInfo(_message.Message):
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     loaded_at: _timestamp_pb2.Timestamp
     run_failures: int
+    rule_families: _containers.RepeatedScalarFieldContainer[str]
+    lrp_reason: str
     generator: str
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., generator: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., rule_families: _Optional[_Iterable[str]] = ..., lrp_reason: _Optional[str] = ..., generator: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

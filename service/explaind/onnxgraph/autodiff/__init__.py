@@ -3,7 +3,10 @@
 ``differentiate(model, output, wrt)`` returns the model plus a seed input shaped like `output` and
 one gradient output per tensor in `wrt` (``explaind::grad::<name>``): d sum(seed * output) / d t.
 Rule variants: "plain" (the gradient), "guided" (guided backpropagation) and "deconvnet", which
-differ only at Relu (and Clip with min 0, ReLU6). ``unsupported_operators`` lists what blocks it.
+differ only at Relu (and Clip with min 0, ReLU6); "deep_lift", "rect_grad", "excitation" and
+"excitation_contrastive" (rules/deep_lift.py, rect_grad.py, excitation.py); "lrp" (rules/lrp_linear.py,
+lrp_propagation.py), whose rule per linear layer a composite chooses per node (lrp.py, the
+`node_rules` argument). ``unsupported_operators`` lists what blocks a variant.
 """
 
 from .core import differentiate, unsupported_operators

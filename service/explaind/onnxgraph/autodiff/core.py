@@ -29,7 +29,7 @@ from . import rules as _rules  # imported for its side effect: it registers the 
 from .emitter import Emitter
 from .errors import UnsupportedOperator
 from .info import GraphInfo
-from .registry import RuleContext, is_non_differentiable, known_variants, lookup
+from .registry import NodeRule, NodeRuleChooser, RuleContext, is_non_differentiable, known_variants, lookup
 from .simplify import simplify
 
 del _rules  # (the rule table is all that was wanted of it)
@@ -45,14 +45,16 @@ def differentiate(
     rule: str = "plain",
     seed_name: str = "explaind::seed",
     grad_prefix: str = "explaind::grad::",
+    node_rules: NodeRuleChooser | None = None,
 ) -> onnx.ModelProto:
     """Return a new model: `model` plus the input `seed_name` (shaped like `output`) and the outputs
     ``grad_prefix + t`` = d sum(seed * output) / dt for each t in `wrt`.
 
     `rule` picks the backward rules: "plain" (the true gradient), "guided" (guided backpropagation)
-    or "deconvnet". Raises UnsupportedOperator for the first operator on the path without a rule.
+    or "deconvnet". `node_rules` may choose another variant (and its parameters) per node: LRP's
+    composites. Raises UnsupportedOperator for the first operator on the path without a rule.
     """
-    model, walk = _walk(model, output, wrt, rule, seed_name, collect=None)
+    model, walk = _walk(model, output, wrt, rule, seed_name, collect=None, node_rules=node_rules)
     taken = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
     taken |= {o for n in model.graph.node for o in n.output}
     clashes = [grad_prefix + t for t in wrt if grad_prefix + t in taken]
@@ -61,10 +63,11 @@ def differentiate(
     return _assemble(model, walk, wrt, seed_name, grad_prefix)
 
 
-def unsupported_operators(model: onnx.ModelProto, output: str, wrt: list[str], *, rule: str = "plain") -> list[tuple[str, str]]:
+def unsupported_operators(model: onnx.ModelProto, output: str, wrt: list[str], *, rule: str = "plain",
+                          node_rules: NodeRuleChooser | None = None) -> list[tuple[str, str]]:
     """(op_type, node name) of every operator on the differentiated path that has no usable rule."""
     found: list[tuple[str, str]] = []
-    _walk(model, output, wrt, rule, "explaind::seed", collect=found)
+    _walk(model, output, wrt, rule, "explaind::seed", collect=found, node_rules=node_rules)
     return found
 
 
@@ -88,7 +91,8 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 
 
 def _walk(
-    model: onnx.ModelProto, output: str, wrt: list[str], variant: str, seed_name: str, collect: list | None
+    model: onnx.ModelProto, output: str, wrt: list[str], variant: str, seed_name: str, collect: list | None,
+    node_rules: NodeRuleChooser | None = None,
 ) -> tuple[onnx.ModelProto, _Walk]:
     if variant not in known_variants():
         raise ValueError(f"rule: expected one of {', '.join(sorted(known_variants()))}, got {variant!r}")
@@ -120,7 +124,10 @@ def _walk(
 
     # 1. forward activity
     active = {t for t in wrt if info.is_float(t)}
-    specs = [lookup(variant, n) for n in nodes]
+    names = [_node_name(n, i) for i, n in enumerate(nodes)]
+    chosen = node_rules(model, names) if node_rules is not None else {}
+    node_rule = [chosen.get(name) or NodeRule(variant) for name in names]
+    specs = [lookup(r.variant, n) for r, n in zip(node_rule, nodes)]
     for node, spec in zip(nodes, specs):
         if is_non_differentiable(node):
             continue
@@ -159,7 +166,7 @@ def _walk(
 
     for index in path:
         node, spec = nodes[index], specs[index]
-        name = _node_name(node, index)
+        name = names[index]
         gy = [total(o) if o in relevant else None for o in node.output]
         need = [bool(n) and n in relevant and n in active and (spec is None or spec.carries(i)) for i, n in enumerate(node.input)]
         try:
@@ -171,7 +178,8 @@ def _walk(
                 raise UnsupportedOperator(node.op_type, name, node.domain, f"no gradient with respect to {which}")
             if all(g is None for g in gy):
                 continue
-            ctx = RuleContext(node, name, emitter, info, variant, gy, need, default_dtype)
+            ctx = RuleContext(node, name, emitter, info, node_rule[index].variant, gy, need, default_dtype,
+                              node_rule[index].params)
             grads = spec.fn(ctx)
         except UnsupportedOperator as err:
             if collect is None:

@@ -52,6 +52,14 @@ class Emitter:
             self._consts[key] = name
         return self._consts[key]
 
+    def discard_if_unused(self, name: str) -> None:
+        """Drop the initializer `name` (from const) when no emitted node reads it."""
+        if any(name in n.input for n in self.nodes):
+            return
+        self.initializers[:] = [t for t in self.initializers if t.name != name]
+        for key in [k for k, v in self._consts.items() if v == name]:
+            del self._consts[key]
+
     def ints(self, values: list[int] | tuple[int, ...] | int) -> str:
         """An int64 constant: 1-D for a list, 0-D for an int."""
         return self.const(np.array(values, np.int64), "ints")

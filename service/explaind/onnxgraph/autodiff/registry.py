@@ -11,8 +11,9 @@ Variants change a few rules and fall back to the plain ones for every other oper
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -81,6 +82,19 @@ def register(
     return decorate
 
 
+@dataclass(frozen=True)
+class NodeRule:
+    """The rule variant one node uses, with that rule's parameters (LRP's epsilon, gamma, bounds...)."""
+
+    variant: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Chooses rules per node: called with the simplified model and its node names (as errors show them),
+# returns a NodeRule per node name; nodes left out use differentiate's `rule`.
+NodeRuleChooser = Callable[[onnx.ModelProto, list[str]], Mapping[str, NodeRule]]
+
+
 def known_variants() -> set[str]:
     return {*VARIANTS, *(variant for variant, _, _ in RULES)}
 
@@ -107,6 +121,7 @@ class RuleContext:
     gy: list[str | None]
     need: list[bool]
     default_dtype: int = onnx.TensorProto.FLOAT  # the output's type, for tensors inference missed
+    params: Mapping[str, Any] = field(default_factory=dict)  # the node's NodeRule parameters
 
     # The forward node ---------------------------------------------------------------------------
 

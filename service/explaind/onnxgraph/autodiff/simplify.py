@@ -1,9 +1,11 @@
 """Forward-graph rewrites before differentiation that leave every kept tensor's value unchanged and
 make the backward graph cheaper.
 
-1. BatchNormalization (inference) folded into the Conv before it: W' = W * s, b' = (b - mean) * s + B
-   with s = scale / sqrt(var + eps) per output channel (Ioffe & Szegedy 2015; the folding
-   onnxruntime itself does on the forward graph). The backward pass then has no per-channel Mul.
+1. BatchNormalization (inference) folded into the Conv (or the Gemm, alpha = beta = 1: a Linear then a
+   BatchNorm1d) before it: W' = W * s, b' = (b - mean) * s + B with s = scale / sqrt(var + eps) per
+   output channel (Ioffe & Szegedy 2015; the folding onnxruntime itself does on the forward graph).
+   The backward pass then has no per-channel Mul, and LRP's rules see one linear layer (Zennit's
+   batch-norm canonizer).
 2. Relu before a MaxPool with non-overlapping windows moved after it: max(relu(x)) = relu(max(x))
    exactly (relu is monotone), the Relu and its backward mask then run on the pooled tensor (1/k of
    the elements), and the gradient is the same for the plain and guided rules: each window routes
@@ -26,6 +28,9 @@ from onnx import helper, numpy_helper
 # (Not deconvnet: it passes relu(g) whatever x was, and a window of non-positive values routes it to
 # its first element before the move, to its largest after.)
 POOL_BEFORE_RELU_VARIANTS = frozenset({"plain", "guided"})
+# The variants whose rules differ at BatchNormalization from those of the Conv it would be folded
+# into (excitation backprop passes through batch norm and takes max(W, 0) of the unfolded weights).
+KEEP_BATCH_NORM_VARIANTS = frozenset({"excitation", "excitation_contrastive"})
 
 
 def simplify(model: onnx.ModelProto, keep: set[str], variant: str = "plain") -> onnx.ModelProto:
@@ -34,7 +39,7 @@ def simplify(model: onnx.ModelProto, keep: set[str], variant: str = "plain") -> 
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return model
     protected = keep | {o.name for o in graph.output}
-    gone = _fold_batch_norms(graph, protected)
+    gone = _fold_batch_norms(graph, protected) if variant not in KEEP_BATCH_NORM_VARIANTS else set()
     if variant in POOL_BEFORE_RELU_VARIANTS:
         gone |= _pool_before_relu(graph, protected)
     stale = [vi for vi in graph.value_info if vi.name in gone]
@@ -61,7 +66,9 @@ def _fold_batch_norms(graph: onnx.GraphProto, protected: set[str]) -> set[str]:
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     removed, gone = [], set()
     for conv in graph.node:
-        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2:
+        if conv.op_type not in ("Conv", "Gemm") or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2:
+            continue
+        if conv.op_type == "Gemm" and not _plain_gemm(conv):
             continue
         bn = readers.get(conv.output[0])
         if bn is None or bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or bn.input[0] != conv.output[0]:
@@ -73,12 +80,19 @@ def _fold_batch_norms(graph: onnx.GraphProto, protected: set[str]) -> set[str]:
         if any(p is None for p in params) or (len(conv.input) > 2 and conv.input[2] and bias is None):
             continue
         w, scale, offset, mean, var = (numpy_helper.to_array(p) for p in params)  # type: ignore[arg-type]
-        if w.dtype.kind != "f" or w.ndim < 3 or scale.shape != (w.shape[0],):
+        gemm = conv.op_type == "Gemm"
+        out_axis = (0 if int(_attrs(conv).get("transB", 0)) else 1) if gemm else 0
+        if w.dtype.kind != "f" or (w.ndim != 2 if gemm else w.ndim < 3) or scale.shape != (w.shape[out_axis],):
+            continue
+        out = w.shape[out_axis]
+        b = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else np.zeros(out)
+        if b.shape != (out,):
             continue
         eps = float(_attrs(bn).get("epsilon", 1e-5))
         s = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
-        b = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else np.zeros(w.shape[0])
-        new_w = (w.astype(np.float64) * s.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
+        per_output = [1] * w.ndim
+        per_output[out_axis] = -1
+        new_w = (w.astype(np.float64) * s.reshape(per_output)).astype(w.dtype)
         new_b = ((b - mean.astype(np.float64)) * s + offset.astype(np.float64)).astype(w.dtype)
         names = []
         for value, hint in ((new_w, "weight"), (new_b, "bias")):
@@ -93,6 +107,12 @@ def _fold_batch_norms(graph: onnx.GraphProto, protected: set[str]) -> set[str]:
     for bn in removed:
         graph.node.remove(bn)
     return gone
+
+
+def _plain_gemm(gemm: onnx.NodeProto) -> bool:
+    """Y = A B' + C (alpha = beta = 1, A not transposed): a Linear layer."""
+    a = _attrs(gemm)
+    return float(a.get("alpha", 1.0)) == 1.0 and float(a.get("beta", 1.0)) == 1.0 and not int(a.get("transA", 0))
 
 
 def _non_overlapping(pool: onnx.NodeProto) -> bool:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff import differentiate
+from ..autodiff.rules import rect_grad as rect_grad_rules
 from ..builder import NAMESPACE, GraphBuilder
 from ..compose import model_opset, splice, topological_sort
 from ..noise import gaussian_noise
@@ -28,22 +29,28 @@ from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
 PATH_INPUT = "input"   # the example itself
 PATH_LINE = "line"     # reference + alpha * (x - reference): Integrated Gradients
 PATH_NOISE = "noise"   # x + sigma * N(0, 1): SmoothGrad
+PATH_PAIR = "pair"     # the input and a reference per row, one doubled batch: DeepLIFT (rule deep_lift)
 
 INPUT_GRAD_OUTPUT = "input_grad"
 LAYER_OUTPUT = "layer"
 LAYER_GRAD_OUTPUT = "layer_grad"
+REFERENCE_SCORE_OUTPUT = "reference_score"  # PATH_PAIR: the target score of each row's reference
+RECT_GRAD_Q = "rect_grad_q"  # rule rect_grad: each job's percentile q (a per-job constant)
 
 _AUTODIFF_SEED = NAMESPACE + "autodiff_seed"
 _GRAD_PREFIX = NAMESPACE + "grad::"
 
 
-def gradient_inputs(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(per-job constants, per-row codes) of a gradient variant with this path."""
+def gradient_inputs(path: str, rule: str = "plain") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(per-job constants, per-row codes) of a gradient variant with this path and rule."""
+    extra = (RECT_GRAD_Q,) if rule == rect_grad_rules.VARIANT else ()
     if path == PATH_LINE:
-        return ("x0", "target", "reference"), ("alpha",)
+        return ("x0", "target", "reference", *extra), ("alpha",)
     if path == PATH_NOISE:
-        return ("x0", "target", "sigma"), ("noise_seed",)
-    return ("x0", "target"), ()
+        return ("x0", "target", "sigma", *extra), ("noise_seed",)
+    if path == PATH_PAIR:
+        return ("x0", "target", *extra), ("reference",)
+    return ("x0", "target", *extra), ()
 
 
 def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: str, rule: str, path: str,
@@ -67,30 +74,52 @@ def build_gradient_model(model: onnx.ModelProto, sig: ModelSignature, *, score: 
         sigma = b.op("Reshape", [b.op("Gather", [b.input("sigma", TensorProto.FLOAT, ["jobs"]), job_index], axis=0),
                                  per_row])
         rows = b.op("Add", [rows, b.op("Mul", [sigma, b.op("Reshape", [noise, shape])])])
+    elif path == PATH_PAIR:  # rows [0, R): the inputs; [R, 2R): their references (Captum's layout)
+        if layer:
+            raise ValueError("the pair path reads the input gradient only")
+        reference = b.input("reference", TensorProto.FLOAT, ["rows", *sig.example_shape])
+        rows = b.op("Concat", [rows, reference], axis=0)
     elif path != PATH_INPUT:
         raise ValueError(f"unknown gradient path {path!r}")
+    if rule == rect_grad_rules.VARIANT:
+        q = b.input(RECT_GRAD_Q, TensorProto.FLOAT, ["jobs"])
+        b.op("Gather", [q, job_index], out=rect_grad_rules.Q_TENSOR, axis=0)
     b.op("Identity", [rows], out=sig.input_name)
     b.mark_model()
     scores = class_scores(b, sig.output_name, score, sig.scores)
-    b.output(target_score(b, scores, target, job_index), "score", TensorProto.FLOAT, ["rows"])
+    seed_index = b.op("Concat", [job_index, job_index], axis=0) if path == PATH_PAIR else job_index
+    picked = target_score(b, scores, target, seed_index)
+    if path == PATH_PAIR:
+        count = b.op("Shape", [job_index])
+        b.output(b.op("Slice", [picked, count, b.const(np.array([2 ** 62], np.int64))]), REFERENCE_SCORE_OUTPUT,
+                 TensorProto.FLOAT, ["rows"])
+        picked = b.op("Slice", [picked, b.const(np.array([0], np.int64)), count])
+    b.output(picked, "score", TensorProto.FLOAT, ["rows"])
     if layer:
         b.output(layer, LAYER_OUTPUT, TensorProto.FLOAT, None)  # type: ignore[arg-type]
-    composed = splice(model, sig.input_name, b, keep=(exported[1],) if exported else ())
-    return with_gradients(composed, b, sig, scores, target, job_index, score=score, rule=rule, layer=layer,
-                          exported=exported)
+    keep = (exported[1],) if exported else ()
+    keep += (rect_grad_rules.Q_TENSOR,) if rule == rect_grad_rules.VARIANT else ()  # read by the backward only
+    composed = splice(model, sig.input_name, b, keep=keep)
+    return with_gradients(composed, b, sig, scores, target, seed_index, score=score, rule=rule, layer=layer,
+                          exported=exported, first_rows=job_index if path == PATH_PAIR else "",
+                          classes=_class_count(model, sig.output_name))
 
 
 def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignature, scores: str, target: str,
                    job_index: str, *, score: str, rule: str, layer: str,
-                   exported: tuple[str, str] | None) -> onnx.ModelProto:
+                   exported: tuple[str, str] | None, first_rows: str = "",
+                   classes: int | None = None) -> onnx.ModelProto:
     """`composed` (b's prefix, the model, b's suffix computing the class `scores`) plus the gradient of
-    each row's target score with respect to the model input (and `layer`), exposed as `input_grad`."""
+    each row's target score with respect to the model input (and `layer`), exposed as `input_grad`;
+    `first_rows`: a tensor of R elements, when the model ran on 2R rows of which only the first R's
+    gradients are answers (the pair path); `classes`: the number of classes when known before run
+    time (a cheaper seed)."""
     first_node, first_init = len(b.nodes), len(b.initializers)
     if exported is not None:
         if layer or rule != "plain":
             raise ValueError("exported gradients give the plain input gradient only")
         seed_input, gradient_output = exported
-        one_hot = _one_hot_seed(b, scores, target, job_index, b.name("one_hot"))
+        one_hot = _one_hot_seed(b, scores, target, job_index, b.name("one_hot"), classes)
         if score == "probability" and sig.scores == "logits":
             # The exported gradient is of sum(seed * logits): seed = dp_t/dlogits = p_t (e_t - p).
             p_t = b.op("GatherElements", [scores, b.unsqueeze(b.op("Gather", [target, job_index], axis=0), [1])],
@@ -104,12 +133,32 @@ def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignatu
         return _finish(composed, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, "", seed_input)
     wrt = [sig.input_name] + ([layer] if layer else [])
     derived = differentiate(composed, scores, wrt, rule=rule, seed_name=_AUTODIFF_SEED, grad_prefix=_GRAD_PREFIX)
-    _one_hot_seed(b, scores, target, job_index, _AUTODIFF_SEED)
-    return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer, _AUTODIFF_SEED)
+    _one_hot_seed(b, scores, target, job_index, _AUTODIFF_SEED, classes)
+    return _finish(derived, b.nodes[first_node:], b.initializers[first_init:], sig.input_name, layer, _AUTODIFF_SEED,
+                   first_rows)
 
 
-def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out: str) -> str:
-    """Nodes making the backward seed: one-hot of each row's target over the score's classes."""
+def _class_count(model: onnx.ModelProto, output: str) -> int | None:
+    """The model output's number of classes (axis 1) when the graph declares it, else None."""
+    for vi in [*model.graph.output, *model.graph.value_info]:
+        if vi.name == output and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+                return int(dims[1].dim_value)
+    return None
+
+
+def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out: str,
+                  class_count: int | None = None) -> str:
+    """Nodes making the backward seed: one-hot of each row's target over the score's classes.
+
+    With the class count K known, the rows of the K x K identity gathered by target (one Gather;
+    the general form, an Equal of the targets against Range(K) broadcast to [R, K] then a Cast,
+    was ~15% of the MLP's gradient graph at 1024 rows). An out-of-range target fails here as it
+    does in the score's GatherElements."""
+    if class_count is not None:
+        eye = b.const(np.eye(class_count, dtype=np.float32), "one_hot_rows")
+        return b.op("Gather", [eye, b.op("Gather", [target, job_index], axis=0)], out=out, axis=0)
     classes = b.op("Range", [b.const(np.array(0, np.int64)),
                              b.squeeze(b.op("Slice", [b.op("Shape", [scores]), b.const(np.array([1], np.int64)),
                                                       b.const(np.array([2], np.int64))]), [0]),
@@ -119,8 +168,9 @@ def _one_hot_seed(b: GraphBuilder, scores: str, target: str, job_index: str, out
 
 
 def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_constants: list[onnx.TensorProto],
-            input_name: str, layer: str, seed: str) -> onnx.ModelProto:
-    """The seed made in the graph instead of fed; gradients exposed under explaind's output names."""
+            input_name: str, layer: str, seed: str, first_rows: str = "") -> onnx.ModelProto:
+    """The seed made in the graph instead of fed; gradients exposed under explaind's output names
+    (with `first_rows`, only the first Size(first_rows) rows of each)."""
     graph = model.graph
     kept_inputs = [i for i in graph.input if i.name != seed]
     del graph.input[:]
@@ -130,13 +180,26 @@ def _finish(model: onnx.ModelProto, seed_nodes: list[onnx.NodeProto], seed_const
     outputs = [o for o in graph.output if not o.name.startswith(_GRAD_PREFIX)]
     renames = [(input_name, INPUT_GRAD_OUTPUT)] + ([(layer, LAYER_GRAD_OUTPUT)] if layer else [])
     for tensor, public in renames:
-        graph.node.append(helper.make_node("Identity", [_GRAD_PREFIX + tensor], [NAMESPACE + public],
+        source = _GRAD_PREFIX + tensor
+        if first_rows:
+            source = _first_rows(graph, source, first_rows)
+        graph.node.append(helper.make_node("Identity", [source], [NAMESPACE + public],
                                            name=NAMESPACE + "expose/" + public))
         outputs.append(helper.make_tensor_value_info(NAMESPACE + public, TensorProto.FLOAT, None))
     del graph.output[:]
     graph.output.extend(outputs)
     topological_sort(graph)  # the seed is made from the scores and feeds the backward nodes
     return model
+
+
+def _first_rows(graph: onnx.GraphProto, tensor: str, like: str) -> str:
+    """tensor[:Size(like)] along axis 0, written into `graph`."""
+    count, zero, out = NAMESPACE + "first_rows/count", NAMESPACE + "first_rows/zero", f"{tensor}::first_rows"
+    if not any(count in n.output for n in graph.node):
+        graph.node.append(helper.make_node("Shape", [like], [count], name=count))
+        graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), zero))
+    graph.node.append(helper.make_node("Slice", [tensor, zero, count], [out], name=out))
+    return out
 
 
 @register
@@ -154,8 +217,9 @@ class Gradient(VariantSpec):
     exported: tuple[str, str] | None = None
 
     def interface(self) -> VariantInterface:
-        constants, codes = gradient_inputs(self.path)
+        constants, codes = gradient_inputs(self.path, self.rule)
         outputs = (SCORE_OUTPUT, INPUT_GRAD_OUTPUT) + ((LAYER_OUTPUT, LAYER_GRAD_OUTPUT) if self.layer else ())
+        outputs += (REFERENCE_SCORE_OUTPUT,) if self.path == PATH_PAIR else ()
         return VariantInterface(constants, codes, outputs)
 
     def build(self, model: onnx.ModelProto, sig: ModelSignature) -> onnx.ModelProto:

@@ -57,20 +57,25 @@ def relu_deconvnet(ctx: RuleContext) -> list:
 
 
 def _clip_window(ctx: RuleContext) -> str | None:
-    """[min < x < max] for Clip (min/max inputs from opset 11, attributes before); None: no bounds."""
+    """[min < x < max] for Clip (min/max inputs from opset 11, attributes before); None: no bounds.
+
+    The window is read off the output y = min(max(x, min), max) instead, which is the same test:
+    x in (min, max) gives y = x; x <= min gives y <= min; x >= max gives y = max. x is then read
+    by the Clip alone and onnxruntime fuses Conv + Clip (ReLU6) as in the forward model; on the
+    zoo's mobilenetv2 that removes a separate Clip and a layout reorder at each of its 8 ReLU6."""
     e = ctx.e
-    x = ctx.x()
+    y = ctx.y()
     if ctx.opset >= 11:
         low, high = ctx.x(1), ctx.x(2)
     else:
         low_value, high_value = ctx.attr("min"), ctx.attr("max")
-        low = ctx.scalar(low_value, x) if low_value is not None else ""
-        high = ctx.scalar(high_value, x) if high_value is not None else ""
+        low = ctx.scalar(low_value, y) if low_value is not None else ""
+        high = ctx.scalar(high_value, y) if high_value is not None else ""
     terms = []
     if low:
-        terms.append(e.op("Greater", [x, low]))
+        terms.append(e.op("Greater", [y, low]))
     if high:
-        terms.append(e.op("Less", [x, high]))
+        terms.append(e.op("Less", [y, high]))
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else e.op("And", terms)

@@ -7,7 +7,7 @@ Gradients flow to the data inputs only: explanations never differentiate with re
 from __future__ import annotations
 
 from ..registry import RuleContext, register
-from .windows import flipped_conv_adjoint, transposed_window
+from .windows import flipped_conv_adjoint, phase_conv_adjoint, transposed_window
 
 
 @register("Gemm", grad_inputs=(0, 1, 2))
@@ -85,7 +85,8 @@ def matmul(ctx: RuleContext) -> list:
 @register("Conv", grad_inputs=(0,))
 def conv(ctx: RuleContext) -> list:
     """Y = conv(X, W) + B: dX = conv_transpose(g, W) with the same strides, dilations and groups
-    (stride 1 with a constant W: the equal Conv of g with W flipped and transposed, which is faster).
+    (stride 1 with a constant W: the equal Conv of g with W flipped and transposed, which is faster;
+    a strided depthwise Conv: one Conv per output phase, interleaved, also faster).
 
     The transposed convolution is cut (pads, or a Slice) and zero-extended (output_padding) so its
     output matches X exactly: input positions no window reaches (a strided conv's remainder) get 0.
@@ -98,6 +99,8 @@ def conv(ctx: RuleContext) -> list:
         ctx.fail("the kernel shape is unknown")
     group = int(ctx.attr("group", 1))
     fast = flipped_conv_adjoint(ctx, ctx.g, [int(k) for k in kernel], nd, group)
+    if fast is None and group > 1 and w_shape is not None and w_shape[0] == group and w_shape[1] == 1:  # depthwise
+        fast = phase_conv_adjoint(ctx, ctx.g, [int(k) for k in kernel], nd, group)
     return [fast or transposed_window(ctx, ctx.g, w, list(kernel), nd, group=group)]
 
 
