@@ -197,6 +197,7 @@ class Explainer:
         served = self.served(entry)
         return ModelView(entry.config.kind, served.signature, entry.background, self.white_box(entry),
                          entry.preprocess, entry.model,
+                         generator_file=entry.folder / entry.config.generator if entry.config.generator else None,
                          derived=self._derived.setdefault((entry.name, entry.version), {}))
 
     def unavailable(self, entry: LoadedModel) -> dict[str, str]:

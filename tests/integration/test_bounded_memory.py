@@ -57,6 +57,8 @@ IMAGE: list[tuple[str, Params]] = [
     ("ablation_cam", lambda i: {"aug_smooth": i % 2 == 0}),
     ("smooth_grad_cam_plus_plus", lambda i: {"num_samples": 2 + i % 9, "noise_level": 0.05 + 0.004 * i}),
     ("feature_maps", lambda i: {"top_k": 1 + i % 40}),
+    ("activation_maximization", lambda i: {"steps": 2 + i % 7, "learning_rate": 0.01 + 0.001 * i, "jitter": i % 4,
+                                           "rotation": 0.1 * i, "l2": 0.0001 * i}),
 ]
 TABULAR: list[tuple[str, Params]] = [
     ("occlusion", lambda i: {"baseline": -2.0 + 0.021 * i}),

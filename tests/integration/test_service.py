@@ -64,14 +64,15 @@ def test_get_model_reports_the_contract(client):
                                   "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam",
                                   "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam",
                                   "smooth_grad_cam_plus_plus", "feature_maps",
-                                  "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated"]
+                                  "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated",
+                                  "activation_maximization"]
     assert info.white_box and info.default_layer == "/features/features.14/Relu_output_0"
     assert info.default_layer in info.layers and "/features/features.2/Relu_output_0" in info.layers
-    assert info.scores == "logits" and info.num_classes == 5
+    assert info.scores == "logits" and info.num_classes == 5 and info.generator == "generator.onnx"
     assert list(info.preprocess.size) == [64, 64] and list(info.preprocess.mean) == [0.5, 0.5, 0.5]
     tabular = client.get_model("tabular")
     assert tabular.kind == pb.TABULAR and list(tabular.methods) == ["occlusion", "lime", "kernel_shap", "tree_shap"]
-    assert tabular.num_features == 13
+    assert tabular.num_features == 13 and tabular.generator == ""
     assert not tabular.white_box and "TreeEnsembleClassifier" in tabular.white_box_reason
 
 

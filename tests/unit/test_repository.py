@@ -417,6 +417,9 @@ def test_without_session_check(tmp_path: Path) -> None:
         ({"kind": "tabular", "background": "/etc/passwd"}, "background: '/etc/passwd' is an absolute path"),
         ({"kind": "tabular", "background": "missing.npy"}, "background: 'missing.npy' does not exist"),
         ({"kind": "image", "labels_file": "a/../../x"}, "labels_file: 'a/../../x' contains '..'"),
+        ({"kind": "tabular", "generator": "g.onnx"}, "generator: only allowed for kind image"),
+        ({"kind": "image", "generator": "../g.onnx"}, "generator: '../g.onnx' contains '..'"),
+        ({"kind": "image", "generator": "missing.onnx"}, "generator: 'missing.onnx' does not exist"),
     ],
 )
 def test_parse_errors(tmp_path: Path, data: object, message: str) -> None:

@@ -221,6 +221,7 @@ def model_info(entry: ModelEntry, methods: list[str], max_batch_rows: int, max_d
     info.labels.extend(entry.labels)
     info.methods.extend(methods)
     info.scores = config.scores
+    info.generator = config.generator or ""
     info.num_classes = entry.num_classes
     info.max_batch_rows = max_batch_rows
     info.max_delay_ms = max_delay_ms

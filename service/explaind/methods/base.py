@@ -33,6 +33,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar, Generator, Generic, Iterator, Mapping, TypeVar, Union
 
 import numpy as np
@@ -66,6 +67,7 @@ class ModelView:
     white_box: Any = None     # models.white_box.WhiteBox: gradients and the layers layer methods may use
     preprocess: Any = None    # models.config.Preprocess of image models (to see the input as pixels)
     graph: Any = None         # the model's onnx.ModelProto (CAM reads its head's weights)
+    generator_file: Path | None = None  # model.yaml's generator (activation_maximization's learned prior)
     # What methods derive from the graph once per model version (tree_shap's trees), by method name;
     # the explainer keeps one dict per version and drops it when the version retires.
     derived: dict[str, Any] | None = field(default=None, compare=False, repr=False)

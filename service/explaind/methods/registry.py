@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .activation_maximization import ActivationMaximization
 from .ablation_cam import AblationCam
 from .aggregated import Aggregated
 from .base import Method
@@ -48,7 +49,7 @@ METHODS: tuple[type[Method], ...] = (
     Lrp, DeepLift, DeepLiftShap, RectGrad, ExcitationBackprop,
     XGradCam, LayerCam, HiResCam, GradCamElementWise, EigenCam, EigenGradCam, AblationCam, SmoothGradCamPlusPlus,
     FeatureMaps,
-    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation, Aggregated,
+    Xrai, GuidedIg, BlurIg, MeaningfulPerturbation, Aggregated, ActivationMaximization,
 )
 
 

@@ -31,6 +31,7 @@ _TOP_KEYS = (
     "feature_names",
     "preprocess",
     "background",
+    "generator",
     "layers",
     "gradients",
     "exported_gradients",
@@ -79,6 +80,7 @@ class ModelConfig:
     exported_gradients: tuple[str, str] | None = None
     max_batch_rows: int | None = None
     max_delay_ms: float | None = None
+    generator: str | None = None  # image models: an ONNX generator, activation_maximization's learned prior
     spin: str | None = None  # onnxruntime threads spin: off | run | always (None: the server's --spin)
 
 
@@ -201,6 +203,12 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
             raise _wrong_kind(kind, "tabular", "background")
         background = _file_ref(top["background"], "background", folder)
 
+    generator: str | None = None
+    if "generator" in top:
+        if kind != "image":
+            raise _wrong_kind(kind, "image", "generator")
+        generator = _file_ref(top["generator"], "generator", folder)
+
     layers: dict[str, str] = {}
     if "layers" in top:
         raw = _mapping(top["layers"], "layers", None)
@@ -256,6 +264,7 @@ def parse_model_config(data: object, folder: Path) -> ModelConfig:
         max_batch_rows=max_batch_rows,
         max_delay_ms=max_delay_ms,
         spin=spin,
+        generator=generator,
     )
 
 

@@ -528,7 +528,7 @@ def _load(name: str, folder: Path, limits: RepositoryLimits, learned: _Learned, 
     learned.sha256 = hashlib.sha256(raw).hexdigest()
     config = read_config(folder)
     learned.kind = config.kind
-    learned.reading(config.labels_file, config.background)
+    learned.reading(config.labels_file, config.background, config.generator)
 
     model = parse_model(raw)
     check_domains(model, limits.allowed_domains)  # before reading any external data

@@ -118,3 +118,44 @@ def _subgraph_inputs_ready(node: onnx.NodeProto, available: set[str]) -> bool:
             if any(name not in available and name not in local for n in sub.node for name in n.input if name):
                 return False
     return True
+
+
+def chain(front: onnx.ModelProto, model: onnx.ModelProto, input_name: str, scope: str) -> tuple[onnx.ModelProto, str]:
+    """`front` (one input, one output) composed in front of `model`: front's output feeds model's input
+    `input_name`. Every tensor of `front` is renamed under `scope` + "/" so that no name clashes; the
+    result's input is front's (renamed, returned with it), its outputs the model's, and `input_name`
+    stays a tensor of the graph (what front made). Used for the learned prior of activation maximisation."""
+    graph = front.graph
+    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ValueError(f"the front model needs one input and one output, it has {len(inputs)} and "
+                         f"{len(graph.output)}")
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ValueError("the front model may not use subgraphs (If, Loop, Scan)")
+    if any(f.domain not in ("", "ai.onnx") for f in front.opset_import):
+        raise ValueError("the front model may use default-domain operators only")
+    if model_opset(front) != model_opset(model):
+        raise ValueError(f"the front model's opset {model_opset(front)} differs from the model's {model_opset(model)}")
+    prefix = scope + "/"
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(front)
+    g = renamed.graph
+    for i, node in enumerate(g.node):
+        node.input[:] = [prefix + n if n else n for n in node.input]
+        node.output[:] = [prefix + n for n in node.output]
+        node.name = f"{prefix}{i}/{node.name or node.op_type}"  # unique even where front's names are not
+    for tensor in [*g.initializer, *g.input, *g.output, *g.value_info]:
+        tensor.name = prefix + tensor.name
+    bridge = helper.make_node("Identity", [g.output[0].name], [input_name], name=prefix + "to_model")
+    body = model.graph
+    composed = helper.make_graph(
+        nodes=[*g.node, bridge, *body.node], name=f"{body.name or 'model'}+{scope}",
+        inputs=[next(i for i in g.input if i.name == prefix + inputs[0].name)]
+        + [i for i in body.input if i.name != input_name and _is_initializer(body, i.name)],
+        outputs=list(body.output), initializer=[*g.initializer, *body.initializer],
+        value_info=list(body.value_info), sparse_initializer=list(body.sparse_initializer))
+    out = helper.make_model(composed, opset_imports=list(model.opset_import), producer_name="explaind")
+    out.ir_version = model.ir_version
+    for function in model.functions:
+        out.functions.append(function)
+    return out, prefix + inputs[0].name

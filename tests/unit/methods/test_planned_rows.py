@@ -18,7 +18,8 @@ from explaind.models.repository import ModelRepository
 SMALL = {"rise": {"num_masks": 40}, "smooth_grad": {"num_samples": 7}, "integrated_gradients": {"n_steps": 9},
          "extremal_perturbation": {"iterations": 3, "areas": [0.1]}, "lime": {"num_samples": 40},
          "kernel_shap": {"nsamples": 40}, "occlusion": {"window": [16], "stride": [16]},
-         "smooth_grad_cam_plus_plus": {"num_samples": 5}}
+         "smooth_grad_cam_plus_plus": {"num_samples": 5},
+         "activation_maximization": {"steps": 5}}
 SMALL.update({"xrai": {"steps": 4}, "guided_ig": {"steps": 5}, "blur_ig": {"steps": 5},
               "meaningful_perturbation": {"iterations": 3}, "aggregated": {"methods": "cam,saliency,smooth_grad"}})
 # Kernel SHAP with shap's auto nsamples (settled by the image's superpixel count), slic's ~100 superpixels.

@@ -376,6 +376,48 @@ class Cam(_message.Message):
     aug_smooth: bool
     def __init__(self, layer: _Optional[str] = ..., relu: _Optional[bool] = ..., upsample: _Optional[str] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
+class ActivationMaximization(_message.Message):
+    __slots__ = ("objective", "layer", "channel", "position", "parameterization", "steps", "learning_rate", "optimizer", "l2", "blur_every", "blur_sigma", "norm_percentile", "contribution_percentile", "jitter", "scale", "rotation", "decay_power", "clip", "start")
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERIZATION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    BLUR_EVERY_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    NORM_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    DECAY_POWER_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    objective: str
+    layer: str
+    channel: int
+    position: _containers.RepeatedScalarFieldContainer[int]
+    parameterization: str
+    steps: int
+    learning_rate: float
+    optimizer: str
+    l2: float
+    blur_every: int
+    blur_sigma: float
+    norm_percentile: float
+    contribution_percentile: float
+    jitter: int
+    scale: float
+    rotation: float
+    decay_power: float
+    clip: bool
+    start: str
+    def __init__(self, objective: _Optional[str] = ..., layer: _Optional[str] = ..., channel: _Optional[int] = ..., position: _Optional[_Iterable[int]] = ..., parameterization: _Optional[str] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., l2: _Optional[float] = ..., blur_every: _Optional[int] = ..., blur_sigma: _Optional[float] = ..., norm_percentile: _Optional[float] = ..., contribution_percentile: _Optional[float] = ..., jitter: _Optional[int] = ..., scale: _Optional[float] = ..., rotation: _Optional[float] = ..., decay_power: _Optional[float] = ..., clip: _Optional[bool] = ..., start: _Optional[str] = ...) -> None: ...
+
 class DeepLift(_message.Message):
     __slots__ = ("baseline", "channel_reduction")
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -641,7 +683,7 @@ class Render(_message.Message):
     def __init__(self, colormap: _Optional[_Union[Colormap, str]] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., overlay: _Optional[_Union[Overlay, str]] = ..., clip_percentile: _Optional[float] = ..., clip_percentile_low: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated", "evaluate", "region")
+    __slots__ = ("model", "tensor", "image", "target", "seed", "score", "render", "allow_partial", "occlusion", "rise", "lime", "kernel_shap", "extremal_perturbation", "tree_shap", "linear_shap", "saliency", "smooth_grad", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_plus_plus", "input_x_gradient", "guided_grad_cam", "score_cam", "cam", "lrp", "deep_lift", "deep_lift_shap", "rect_grad", "excitation_backprop", "xgrad_cam", "layer_cam", "hires_cam", "grad_cam_element_wise", "eigen_cam", "eigen_grad_cam", "ablation_cam", "smooth_grad_cam_plus_plus", "feature_maps", "xrai", "guided_ig", "blur_ig", "meaningful_perturbation", "aggregated", "activation_maximization", "evaluate", "region")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -687,6 +729,7 @@ class ExplainRequest(_message.Message):
     BLUR_IG_FIELD_NUMBER: _ClassVar[int]
     MEANINGFUL_PERTURBATION_FIELD_NUMBER: _ClassVar[int]
     AGGREGATED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_MAXIMIZATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -734,9 +777,10 @@ class ExplainRequest(_message.Message):
     blur_ig: BlurIg
     meaningful_perturbation: MeaningfulPerturbation
     aggregated: Aggregated
+    activation_maximization: ActivationMaximization
     evaluate: _containers.RepeatedCompositeFieldContainer[Metric]
     region: Region
-    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., xrai: _Optional[_Union[Xrai, _Mapping]] = ..., guided_ig: _Optional[_Union[GuidedIg, _Mapping]] = ..., blur_ig: _Optional[_Union[BlurIg, _Mapping]] = ..., meaningful_perturbation: _Optional[_Union[MeaningfulPerturbation, _Mapping]] = ..., aggregated: _Optional[_Union[Aggregated, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., seed: _Optional[int] = ..., score: _Optional[_Union[Score, str]] = ..., render: _Optional[_Union[Render, _Mapping]] = ..., allow_partial: _Optional[bool] = ..., occlusion: _Optional[_Union[Occlusion, _Mapping]] = ..., rise: _Optional[_Union[Rise, _Mapping]] = ..., lime: _Optional[_Union[Lime, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShap, _Mapping]] = ..., extremal_perturbation: _Optional[_Union[ExtremalPerturbation, _Mapping]] = ..., tree_shap: _Optional[_Union[TreeShap, _Mapping]] = ..., linear_shap: _Optional[_Union[LinearShap, _Mapping]] = ..., saliency: _Optional[_Union[Saliency, _Mapping]] = ..., smooth_grad: _Optional[_Union[SmoothGrad, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradients, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackprop, _Mapping]] = ..., deconvnet: _Optional[_Union[Deconvnet, _Mapping]] = ..., grad_cam: _Optional[_Union[GradCam, _Mapping]] = ..., grad_cam_plus_plus: _Optional[_Union[GradCamPlusPlus, _Mapping]] = ..., input_x_gradient: _Optional[_Union[InputXGradient, _Mapping]] = ..., guided_grad_cam: _Optional[_Union[GuidedGradCam, _Mapping]] = ..., score_cam: _Optional[_Union[ScoreCam, _Mapping]] = ..., cam: _Optional[_Union[Cam, _Mapping]] = ..., lrp: _Optional[_Union[Lrp, _Mapping]] = ..., deep_lift: _Optional[_Union[DeepLift, _Mapping]] = ..., deep_lift_shap: _Optional[_Union[DeepLiftShap, _Mapping]] = ..., rect_grad: _Optional[_Union[RectGrad, _Mapping]] = ..., excitation_backprop: _Optional[_Union[ExcitationBackprop, _Mapping]] = ..., xgrad_cam: _Optional[_Union[XGradCam, _Mapping]] = ..., layer_cam: _Optional[_Union[LayerCam, _Mapping]] = ..., hires_cam: _Optional[_Union[HiResCam, _Mapping]] = ..., grad_cam_element_wise: _Optional[_Union[GradCamElementWise, _Mapping]] = ..., eigen_cam: _Optional[_Union[EigenCam, _Mapping]] = ..., eigen_grad_cam: _Optional[_Union[EigenGradCam, _Mapping]] = ..., ablation_cam: _Optional[_Union[AblationCam, _Mapping]] = ..., smooth_grad_cam_plus_plus: _Optional[_Union[SmoothGradCamPlusPlus, _Mapping]] = ..., feature_maps: _Optional[_Union[FeatureMaps, _Mapping]] = ..., xrai: _Optional[_Union[Xrai, _Mapping]] = ..., guided_ig: _Optional[_Union[GuidedIg, _Mapping]] = ..., blur_ig: _Optional[_Union[BlurIg, _Mapping]] = ..., meaningful_perturbation: _Optional[_Union[MeaningfulPerturbation, _Mapping]] = ..., aggregated: _Optional[_Union[Aggregated, _Mapping]] = ..., activation_maximization: _Optional[_Union[ActivationMaximization, _Mapping]] = ..., evaluate: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
@@ -865,7 +909,7 @@ class Preprocess(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "rule_families", "lrp_reason")
+    __slots__ = ("name", "status", "reason", "kind", "inputs", "outputs", "labels", "sha256", "methods", "scores", "preprocess", "num_classes", "num_features", "max_batch_rows", "max_delay_ms", "white_box", "white_box_reason", "layers", "default_layer", "feature_names", "loaded_at", "run_failures", "rule_families", "lrp_reason", "generator")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -890,6 +934,7 @@ class ModelInfo(_message.Message):
     RUN_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RULE_FAMILIES_FIELD_NUMBER: _ClassVar[int]
     LRP_REASON_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: ModelStatus
     reason: str
@@ -914,7 +959,8 @@ class ModelInfo(_message.Message):
     run_failures: int
     rule_families: _containers.RepeatedScalarFieldContainer[str]
     lrp_reason: str
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., rule_families: _Optional[_Iterable[str]] = ..., lrp_reason: _Optional[str] = ...) -> None: ...
+    generator: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., reason: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_features: _Optional[int] = ..., max_batch_rows: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., white_box: _Optional[bool] = ..., white_box_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_failures: _Optional[int] = ..., rule_families: _Optional[_Iterable[str]] = ..., lrp_reason: _Optional[str] = ..., generator: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

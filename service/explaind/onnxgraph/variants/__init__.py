@@ -5,13 +5,13 @@ registers itself (`base.register`); importing this package registers them all. A
 new module here and one line below.
 """
 
-from . import (blur_path, channel_ablation, channel_masks, coalition, extremal, gradient, meaningful, occlusion, predict,
-               ranked, relevance, rise, rows, segments)
+from . import (activation_max, blur_path, channel_ablation, channel_masks, coalition, extremal, gradient, meaningful,
+               occlusion, predict, ranked, relevance, rise, rows, segments)
 from .base import (PROBABILITIES_OUTPUT, RAW_OUTPUT, REGISTRY, SCORE_OUTPUT, VariantInterface, VariantSpec, create,
                    register)
 
 __all__ = ["PROBABILITIES_OUTPUT", "RAW_OUTPUT", "REGISTRY", "SCORE_OUTPUT", "VariantInterface", "VariantSpec",
            "create", "register",
            # the variant modules, imported for their registration
-           "blur_path", "channel_ablation", "channel_masks", "coalition", "extremal", "gradient", "meaningful",
-           "occlusion", "predict", "ranked", "relevance", "rise", "rows", "segments"]
+           "activation_max", "blur_path", "channel_ablation", "channel_masks", "coalition", "extremal", "gradient",
+           "meaningful", "occlusion", "predict", "ranked", "relevance", "rise", "rows", "segments"]

@@ -885,6 +885,85 @@ export interface Cam {
 }
 
 /**
+ * Activation maximisation (survey 2.1.4; Simonyan et al. 2014, Yosinski et al. 2015, Olah et al. 2017,
+ * Nguyen et al. 2016 DGN-AM): an input that maximises the target class's score (the logit by
+ * default), a channel's mean or one neuron at a layer, by gradient ascent with the model's own
+ * gradients, one model evaluation per step plus one. The request's input is the start with
+ * start: input (pixel parameterisation); otherwise the start is seeded random and the input only
+ * settles the target when none is given (its top class). The attribution is the final input in the
+ * model's space and layout; with render, heatmap_png is that input as an image (not a heatmap); arrays
+ * image ([H, W, C] pixels in [0, 1]),
+ * score_curve and probability_curve ([steps + 1]), code (generator); figures final_score,
+ * final_probability. docs/activation-maximization.md gives the objective, regularisers and defaults.
+ */
+export interface ActivationMaximization {
+  /** class (default) | channel (its mean at layer) | neuron */
+  objective: string;
+  /** channel, neuron: tensor name; default model.yaml layers.cam, */
+  layer: string;
+  /** else the last 4-D activation feeding a global pooling */
+  channel?:
+    | number
+    | undefined;
+  /** neuron: (y, x) in the layer; default the layer's centre */
+  position: number[];
+  /** pixel (default) | fourier (Olah 2017) | generator (DGN-AM: */
+  parameterization: string;
+  /** the model's learned prior, model.yaml generator) */
+  steps?:
+    | number
+    | undefined;
+  /** default 0.05 (pixel, fourier), 0.4 (generator) */
+  learningRate?:
+    | number
+    | undefined;
+  /** adam (default) | sgd (plain gradient ascent) */
+  optimizer: string;
+  /** L2 penalty on the parameters (Simonyan 2014); default 0.0001 */
+  l2?:
+    | number
+    | undefined;
+  /** (pixel, fourier), 0 (generator) */
+  blurEvery?:
+    | number
+    | undefined;
+  /** that blur's sigma in pixels; default 0.5 */
+  blurSigma?:
+    | number
+    | undefined;
+  /** zero pixels whose norm is below this percentile; default 0 */
+  normPercentile?:
+    | number
+    | undefined;
+  /** zero pixels whose |x * gradient| is below it; default 0 */
+  contributionPercentile?:
+    | number
+    | undefined;
+  /** random shift of up to this many pixels per step (Olah 2017); default 0 */
+  jitter?:
+    | number
+    | undefined;
+  /** random scale in [1 - scale, 1 + scale] per step; default 0 */
+  scale?:
+    | number
+    | undefined;
+  /** random rotation in [-rotation, rotation] degrees; default 0 */
+  rotation?:
+    | number
+    | undefined;
+  /** fourier: spectrum scaling 1 / f^decay_power; default 1 */
+  decayPower?:
+    | number
+    | undefined;
+  /** keep pixels in the valid range after each step; default true */
+  clip?:
+    | boolean
+    | undefined;
+  /** random (default), seeded | input (the request's input; pixel) */
+  start: string;
+}
+
+/**
  * DeepLIFT, rescale rule (Shrikumar et al. 2017; Captum DeepLift): (x - x0) times the multipliers
  * (y - y0) / (x - x0) of every element-wise nonlinearity (the gradient where |x - x0| < 1e-10),
  * Captum's max-pool rule, linear layers as gradients. Figures: convergence_delta, attribution_sum,
@@ -1363,6 +1442,7 @@ export interface ExplainRequest {
     | { $case: "blurIg"; value: BlurIg }
     | { $case: "meaningfulPerturbation"; value: MeaningfulPerturbation }
     | { $case: "aggregated"; value: Aggregated }
+    | { $case: "activationMaximization"; value: ActivationMaximization }
     | undefined;
   /**
    * Quality figures of this explanation, computed beside it (ExplainResponse.evaluation); the same
@@ -1531,6 +1611,8 @@ export interface ModelInfo {
   ruleFamilies: string[];
   /** why not "lrp": the operator and node without a relevance rule */
   lrpReason: string;
+  /** image models: model.yaml's learned image prior (an ONNX */
+  generator: string;
 }
 
 export interface ListModelsRequest {
@@ -4737,6 +4819,421 @@ export const Cam: MessageFns<Cam> = {
   },
 };
 
+function createBaseActivationMaximization(): ActivationMaximization {
+  return {
+    objective: "",
+    layer: "",
+    channel: undefined,
+    position: [],
+    parameterization: "",
+    steps: undefined,
+    learningRate: undefined,
+    optimizer: "",
+    l2: undefined,
+    blurEvery: undefined,
+    blurSigma: undefined,
+    normPercentile: undefined,
+    contributionPercentile: undefined,
+    jitter: undefined,
+    scale: undefined,
+    rotation: undefined,
+    decayPower: undefined,
+    clip: undefined,
+    start: "",
+  };
+}
+
+export const ActivationMaximization: MessageFns<ActivationMaximization> = {
+  encode(message: ActivationMaximization, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.objective !== "") {
+      writer.uint32(10).string(message.objective);
+    }
+    if (message.layer !== "") {
+      writer.uint32(18).string(message.layer);
+    }
+    if (message.channel !== undefined) {
+      writer.uint32(24).int32(message.channel);
+    }
+    if (message.position.length !== 0) {
+      writer.uint32(34).fork();
+      for (const v of message.position) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.parameterization !== "") {
+      writer.uint32(42).string(message.parameterization);
+    }
+    if (message.steps !== undefined) {
+      writer.uint32(48).int32(message.steps);
+    }
+    if (message.learningRate !== undefined) {
+      writer.uint32(61).float(message.learningRate);
+    }
+    if (message.optimizer !== "") {
+      writer.uint32(66).string(message.optimizer);
+    }
+    if (message.l2 !== undefined) {
+      writer.uint32(77).float(message.l2);
+    }
+    if (message.blurEvery !== undefined) {
+      writer.uint32(80).int32(message.blurEvery);
+    }
+    if (message.blurSigma !== undefined) {
+      writer.uint32(93).float(message.blurSigma);
+    }
+    if (message.normPercentile !== undefined) {
+      writer.uint32(101).float(message.normPercentile);
+    }
+    if (message.contributionPercentile !== undefined) {
+      writer.uint32(109).float(message.contributionPercentile);
+    }
+    if (message.jitter !== undefined) {
+      writer.uint32(112).int32(message.jitter);
+    }
+    if (message.scale !== undefined) {
+      writer.uint32(125).float(message.scale);
+    }
+    if (message.rotation !== undefined) {
+      writer.uint32(133).float(message.rotation);
+    }
+    if (message.decayPower !== undefined) {
+      writer.uint32(141).float(message.decayPower);
+    }
+    if (message.clip !== undefined) {
+      writer.uint32(144).bool(message.clip);
+    }
+    if (message.start !== "") {
+      writer.uint32(154).string(message.start);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActivationMaximization {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActivationMaximization();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.objective = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.layer = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.channel = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag === 32) {
+              message.position.push(reader.int32());
+
+              continue;
+            }
+
+            if (tag === 34) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.position.push(reader.int32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.parameterization = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.steps = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 61) {
+              break;
+            }
+
+            message.learningRate = reader.float();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.optimizer = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.l2 = reader.float();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.blurEvery = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 93) {
+              break;
+            }
+
+            message.blurSigma = reader.float();
+            continue;
+          }
+          case 12: {
+            if (tag !== 101) {
+              break;
+            }
+
+            message.normPercentile = reader.float();
+            continue;
+          }
+          case 13: {
+            if (tag !== 109) {
+              break;
+            }
+
+            message.contributionPercentile = reader.float();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.jitter = reader.int32();
+            continue;
+          }
+          case 15: {
+            if (tag !== 125) {
+              break;
+            }
+
+            message.scale = reader.float();
+            continue;
+          }
+          case 16: {
+            if (tag !== 133) {
+              break;
+            }
+
+            message.rotation = reader.float();
+            continue;
+          }
+          case 17: {
+            if (tag !== 141) {
+              break;
+            }
+
+            message.decayPower = reader.float();
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.clip = reader.bool();
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.start = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActivationMaximization {
+    return {
+      objective: isSet(object.objective) ? globalThis.String(object.objective) : "",
+      layer: isSet(object.layer) ? globalThis.String(object.layer) : "",
+      channel: isSet(object.channel) ? globalThis.Number(object.channel) : undefined,
+      position: globalThis.Array.isArray(object?.position) ? object.position.map((e: any) => globalThis.Number(e)) : [],
+      parameterization: isSet(object.parameterization) ? globalThis.String(object.parameterization) : "",
+      steps: isSet(object.steps) ? globalThis.Number(object.steps) : undefined,
+      learningRate: isSet(object.learningRate)
+        ? globalThis.Number(object.learningRate)
+        : isSet(object.learning_rate)
+        ? globalThis.Number(object.learning_rate)
+        : undefined,
+      optimizer: isSet(object.optimizer) ? globalThis.String(object.optimizer) : "",
+      l2: isSet(object.l2) ? globalThis.Number(object.l2) : undefined,
+      blurEvery: isSet(object.blurEvery)
+        ? globalThis.Number(object.blurEvery)
+        : isSet(object.blur_every)
+        ? globalThis.Number(object.blur_every)
+        : undefined,
+      blurSigma: isSet(object.blurSigma)
+        ? globalThis.Number(object.blurSigma)
+        : isSet(object.blur_sigma)
+        ? globalThis.Number(object.blur_sigma)
+        : undefined,
+      normPercentile: isSet(object.normPercentile)
+        ? globalThis.Number(object.normPercentile)
+        : isSet(object.norm_percentile)
+        ? globalThis.Number(object.norm_percentile)
+        : undefined,
+      contributionPercentile: isSet(object.contributionPercentile)
+        ? globalThis.Number(object.contributionPercentile)
+        : isSet(object.contribution_percentile)
+        ? globalThis.Number(object.contribution_percentile)
+        : undefined,
+      jitter: isSet(object.jitter) ? globalThis.Number(object.jitter) : undefined,
+      scale: isSet(object.scale) ? globalThis.Number(object.scale) : undefined,
+      rotation: isSet(object.rotation) ? globalThis.Number(object.rotation) : undefined,
+      decayPower: isSet(object.decayPower)
+        ? globalThis.Number(object.decayPower)
+        : isSet(object.decay_power)
+        ? globalThis.Number(object.decay_power)
+        : undefined,
+      clip: isSet(object.clip) ? globalThis.Boolean(object.clip) : undefined,
+      start: isSet(object.start) ? globalThis.String(object.start) : "",
+    };
+  },
+
+  toJSON(message: ActivationMaximization): unknown {
+    const obj: any = {};
+    if (message.objective !== "") {
+      obj.objective = message.objective;
+    }
+    if (message.layer !== "") {
+      obj.layer = message.layer;
+    }
+    if (message.channel !== undefined) {
+      obj.channel = Math.round(message.channel);
+    }
+    if (message.position?.length) {
+      obj.position = message.position.map((e) => Math.round(e));
+    }
+    if (message.parameterization !== "") {
+      obj.parameterization = message.parameterization;
+    }
+    if (message.steps !== undefined) {
+      obj.steps = Math.round(message.steps);
+    }
+    if (message.learningRate !== undefined) {
+      obj.learningRate = floatToJson(message.learningRate);
+    }
+    if (message.optimizer !== "") {
+      obj.optimizer = message.optimizer;
+    }
+    if (message.l2 !== undefined) {
+      obj.l2 = floatToJson(message.l2);
+    }
+    if (message.blurEvery !== undefined) {
+      obj.blurEvery = Math.round(message.blurEvery);
+    }
+    if (message.blurSigma !== undefined) {
+      obj.blurSigma = floatToJson(message.blurSigma);
+    }
+    if (message.normPercentile !== undefined) {
+      obj.normPercentile = floatToJson(message.normPercentile);
+    }
+    if (message.contributionPercentile !== undefined) {
+      obj.contributionPercentile = floatToJson(message.contributionPercentile);
+    }
+    if (message.jitter !== undefined) {
+      obj.jitter = Math.round(message.jitter);
+    }
+    if (message.scale !== undefined) {
+      obj.scale = floatToJson(message.scale);
+    }
+    if (message.rotation !== undefined) {
+      obj.rotation = floatToJson(message.rotation);
+    }
+    if (message.decayPower !== undefined) {
+      obj.decayPower = floatToJson(message.decayPower);
+    }
+    if (message.clip !== undefined) {
+      obj.clip = message.clip;
+    }
+    if (message.start !== "") {
+      obj.start = message.start;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ActivationMaximization>): ActivationMaximization {
+    return ActivationMaximization.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ActivationMaximization>): ActivationMaximization {
+    const message = createBaseActivationMaximization();
+    message.objective = object.objective ?? "";
+    message.layer = object.layer ?? "";
+    message.channel = object.channel ?? undefined;
+    message.position = object.position?.map((e) => e) || [];
+    message.parameterization = object.parameterization ?? "";
+    message.steps = object.steps ?? undefined;
+    message.learningRate = object.learningRate ?? undefined;
+    message.optimizer = object.optimizer ?? "";
+    message.l2 = object.l2 ?? undefined;
+    message.blurEvery = object.blurEvery ?? undefined;
+    message.blurSigma = object.blurSigma ?? undefined;
+    message.normPercentile = object.normPercentile ?? undefined;
+    message.contributionPercentile = object.contributionPercentile ?? undefined;
+    message.jitter = object.jitter ?? undefined;
+    message.scale = object.scale ?? undefined;
+    message.rotation = object.rotation ?? undefined;
+    message.decayPower = object.decayPower ?? undefined;
+    message.clip = object.clip ?? undefined;
+    message.start = object.start ?? "";
+    return message;
+  },
+};
+
 function createBaseDeepLift(): DeepLift {
   return { baseline: undefined, channelReduction: "" };
 }
@@ -7652,6 +8149,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "aggregated":
         Aggregated.encode(message.method.value, writer.uint32(514).fork()).join();
         break;
+      case "activationMaximization":
+        ActivationMaximization.encode(message.method.value, writer.uint32(562).fork()).join();
+        break;
     }
     for (const v of message.evaluate) {
       Metric.encode(v!, writer.uint32(402).fork()).join();
@@ -8047,6 +8547,17 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.method = { $case: "aggregated", value: Aggregated.decode(reader, reader.uint32()) };
             continue;
           }
+          case 70: {
+            if (tag !== 562) {
+              break;
+            }
+
+            message.method = {
+              $case: "activationMaximization",
+              value: ActivationMaximization.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
           case 50: {
             if (tag !== 402) {
               break;
@@ -8222,6 +8733,10 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         ? { $case: "meaningfulPerturbation", value: MeaningfulPerturbation.fromJSON(object.meaningful_perturbation) }
         : isSet(object.aggregated)
         ? { $case: "aggregated", value: Aggregated.fromJSON(object.aggregated) }
+        : isSet(object.activationMaximization)
+        ? { $case: "activationMaximization", value: ActivationMaximization.fromJSON(object.activationMaximization) }
+        : isSet(object.activation_maximization)
+        ? { $case: "activationMaximization", value: ActivationMaximization.fromJSON(object.activation_maximization) }
         : undefined,
       evaluate: globalThis.Array.isArray(object?.evaluate) ? object.evaluate.map((e: any) => Metric.fromJSON(e)) : [],
       region: isSet(object.region) ? Region.fromJSON(object.region) : undefined,
@@ -8327,6 +8842,8 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       obj.meaningfulPerturbation = MeaningfulPerturbation.toJSON(message.method.value);
     } else if (message.method?.$case === "aggregated") {
       obj.aggregated = Aggregated.toJSON(message.method.value);
+    } else if (message.method?.$case === "activationMaximization") {
+      obj.activationMaximization = ActivationMaximization.toJSON(message.method.value);
     }
     if (message.evaluate?.length) {
       obj.evaluate = message.evaluate.map((e) => Metric.toJSON(e));
@@ -8598,6 +9115,15 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
       case "aggregated": {
         if (object.method?.value !== undefined && object.method?.value !== null) {
           message.method = { $case: "aggregated", value: Aggregated.fromPartial(object.method.value) };
+        }
+        break;
+      }
+      case "activationMaximization": {
+        if (object.method?.value !== undefined && object.method?.value !== null) {
+          message.method = {
+            $case: "activationMaximization",
+            value: ActivationMaximization.fromPartial(object.method.value),
+          };
         }
         break;
       }
@@ -10097,6 +10623,7 @@ function createBaseModelInfo(): ModelInfo {
     runFailures: 0n,
     ruleFamilies: [],
     lrpReason: "",
+    generator: "",
   };
 }
 
@@ -10176,6 +10703,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     }
     if (message.lrpReason !== "") {
       writer.uint32(194).string(message.lrpReason);
+    }
+    if (message.generator !== "") {
+      writer.uint32(234).string(message.generator);
     }
     return writer;
   },
@@ -10385,6 +10915,14 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.lrpReason = reader.string();
             continue;
           }
+          case 29: {
+            if (tag !== 234) {
+              break;
+            }
+
+            message.generator = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -10473,6 +11011,7 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         : isSet(object.lrp_reason)
         ? globalThis.String(object.lrp_reason)
         : "",
+      generator: isSet(object.generator) ? globalThis.String(object.generator) : "",
     };
   },
 
@@ -10550,6 +11089,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.lrpReason !== "") {
       obj.lrpReason = message.lrpReason;
     }
+    if (message.generator !== "") {
+      obj.generator = message.generator;
+    }
     return obj;
   },
 
@@ -10586,6 +11128,7 @@ export const ModelInfo: MessageFns<ModelInfo> = {
       : 0n;
     message.ruleFamilies = object.ruleFamilies?.map((e) => e) || [];
     message.lrpReason = object.lrpReason ?? "";
+    message.generator = object.generator ?? "";
     return message;
   },
 };
