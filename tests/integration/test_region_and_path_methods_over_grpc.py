@@ -62,7 +62,7 @@ def test_region_and_path_methods_over_grpc(client, example_image):
     for method, params, field in (("guided_ig", {"fraction": 0.0}, "guided_ig.fraction"),
                                   ("xrai", {"algorithm": "slow"}, "xrai.algorithm"),
                                   ("meaningful_perturbation", {"perturbation": "fade"}, "meaningful_perturbation.perturbation"),
-                                  ("aggregated", {"methods": "lrp"}, "aggregated.methods"),
+                                  ("aggregated", {"methods": "tree_shap"}, "aggregated.methods"),
                                   ("occlusion", {"fill": "random"}, "occlusion.fill")):
         with pytest.raises(grpc.RpcError) as error:
             client.explain("shapes", method=method, image=png, params=params)
