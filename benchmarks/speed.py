@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every speed claim of explaind in one run: issue 14's targets, each measured by its own benchmark.
 
-    python benchmarks/speed.py                 # all of them, ~25 minutes on 2 cores; table + JSON
+    python benchmarks/speed.py                 # all of them, ~10 minutes on 2 quiet cores; table + JSON
     python benchmarks/speed.py --only rise tree_shap --quick
 
 Runs, one after the other and each in its own process (so one benchmark's threads and caches do not
