@@ -22,7 +22,7 @@ from onnx import TensorProto
 
 from . import gradient as gradients
 from ..builder import NAMESPACE, GraphBuilder
-from ..compose import model_opset, splice, topological_sort
+from ..compose import model_opset, splice
 from ..score import class_scores, declare_common_inputs, declare_target, target_score
 from ..signature import ModelSignature
 from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
@@ -88,14 +88,7 @@ def build_model(model: onnx.ModelProto, sig: ModelSignature, *, score: str, expo
     input_grad = NAMESPACE + gradients.INPUT_GRAD_OUTPUT
     suffix.output(suffix.op("Mul", [input_grad, slope]), SLOPE_GRAD_OUTPUT, TensorProto.FLOAT,
                   ["rows", *sig.example_shape])
-    graph = derived.graph
-    graph.node.extend(suffix.nodes)
-    graph.initializer.extend(suffix.initializers)
-    kept = [o for o in graph.output if o.name != input_grad] + list(suffix.outputs)
-    del graph.output[:]
-    graph.output.extend(kept)
-    topological_sort(graph)
-    return derived
+    return gradients.consume_input_gradient(derived, suffix)
 
 
 @register

@@ -37,7 +37,7 @@ from onnx import TensorProto, helper
 
 from . import gradient as gradients
 from ..builder import NAMESPACE, GraphBuilder
-from ..compose import model_opset, splice, topological_sort
+from ..compose import model_opset, splice
 from ..score import class_scores, declare_common_inputs, declare_target, target_score
 from ..signature import ModelSignature
 from .base import VariantInterface, VariantSpec, register
@@ -374,15 +374,7 @@ def build_model(model: onnx.ModelProto, sig: ModelSignature, *, geometry: MaskGe
     input_grad = NAMESPACE + gradients.INPUT_GRAD_OUTPUT
     grad = backward(suffix, sig, geometry, levels, fwd, input_grad, padded_area)
     suffix.output(grad, PARAM_GRAD_OUTPUT, TensorProto.FLOAT, ["rows", *geometry.shape_in])
-    graph = derived.graph
-    graph.node.extend(suffix.nodes)
-    graph.initializer.extend(suffix.initializers)
-    graph.input.extend(suffix.inputs)
-    kept = [o for o in graph.output if o.name != input_grad] + list(suffix.outputs)
-    del graph.output[:]
-    graph.output.extend(kept)
-    topological_sort(graph)
-    return derived
+    return gradients.consume_input_gradient(derived, suffix)
 
 
 @register

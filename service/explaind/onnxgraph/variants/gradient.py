@@ -138,6 +138,22 @@ def with_gradients(composed: onnx.ModelProto, b: GraphBuilder, sig: ModelSignatu
                    first_rows)
 
 
+def consume_input_gradient(derived: onnx.ModelProto, suffix: GraphBuilder) -> onnx.ModelProto:
+    """`derived` (from with_gradients) with `suffix`'s nodes, initializers, inputs and outputs added and
+    the input gradient no longer an output: for variants whose outputs are made from the input gradient
+    (a mask's or a path parameter's gradient by the chain rule), so the [rows, *input] tensor is not copied out."""
+    graph = derived.graph
+    graph.node.extend(suffix.nodes)
+    graph.initializer.extend(suffix.initializers)
+    graph.input.extend(suffix.inputs)
+    input_grad = NAMESPACE + INPUT_GRAD_OUTPUT
+    kept = [o for o in graph.output if o.name != input_grad] + list(suffix.outputs)
+    del graph.output[:]
+    graph.output.extend(kept)
+    topological_sort(graph)
+    return derived
+
+
 def _class_count(model: onnx.ModelProto, output: str) -> int | None:
     """The model output's number of classes (axis 1) when the graph declares it, else None."""
     for vi in [*model.graph.output, *model.graph.value_info]:

@@ -20,7 +20,7 @@ from onnx import TensorProto
 
 from . import gradient as gradients
 from ..builder import NAMESPACE, GraphBuilder
-from ..compose import model_opset, splice, topological_sort
+from ..compose import model_opset, splice
 from ..score import class_scores, declare_common_inputs, declare_target, target_score
 from ..signature import ModelSignature
 from .base import SCORE_OUTPUT, VariantInterface, VariantSpec, register
@@ -82,14 +82,7 @@ def build_model(model: onnx.ModelProto, sig: ModelSignature, *, mask_size: int, 
     g_mask = suffix.reduce("ReduceSum", suffix.op("Mul", [input_grad, difference]), [1 if nchw else 3], 0)  # [R, H, W]
     g_params = suffix.op("MatMul", [suffix.op("MatMul", [suffix.op("Transpose", [uy], perm=[0, 2, 1]), g_mask]), ux])
     suffix.output(g_params, PARAM_GRAD_OUTPUT, TensorProto.FLOAT, ["rows", mask_size, mask_size])
-    graph = derived.graph
-    graph.node.extend(suffix.nodes)
-    graph.initializer.extend(suffix.initializers)
-    kept = [o for o in graph.output if o.name != input_grad] + list(suffix.outputs)
-    del graph.output[:]
-    graph.output.extend(kept)
-    topological_sort(graph)
-    return derived
+    return gradients.consume_input_gradient(derived, suffix)
 
 
 @register
